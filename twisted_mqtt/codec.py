@@ -51,6 +51,7 @@ from twisted_mqtt.properties import (
     NONZERO,
     SPECS,
     Properties,
+    PropertyId,
     WireType,
 )
 from twisted_mqtt.topics import validate_topic_filter, validate_topic_name
@@ -68,6 +69,11 @@ _PUBLISH = PacketType.PUBLISH
 # ---------------------------------------------------------------------------------------------
 # Primitive readers.  Each takes the buffer, a position and the end of the packet body.
 
+# The label of a Malformed Packet or Protocol Error the specification describes without a
+# normative label of its own (a truncated field, a repeated property...): the receiver "MUST
+# close the Network Connection" [MQTT-4.13.1-1].
+_UNLABELLED = "MQTT-4.13.1-1"
+
 
 def _varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     """Read a Variable Byte Integer; malformed if truncated, over 4 bytes or not minimal."""
@@ -75,7 +81,7 @@ def _varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     shift = 0
     for count in range(4):
         if pos >= end:
-            raise MalformedPacket("truncated variable byte integer", "MQTT-1.5.5-1")
+            raise MalformedPacket("truncated variable byte integer", _UNLABELLED)
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -89,28 +95,28 @@ def _varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
 
 def _u16(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     if pos + 2 > end:
-        raise MalformedPacket("truncated two byte integer", "MQTT-1.5.2-1")
+        raise MalformedPacket("truncated two byte integer", _UNLABELLED)
     return (buf[pos] << 8) | buf[pos + 1], pos + 2
 
 
 def _u32(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     if pos + 4 > end:
-        raise MalformedPacket("truncated four byte integer", "MQTT-1.5.3-1")
+        raise MalformedPacket("truncated four byte integer", _UNLABELLED)
     return int.from_bytes(buf[pos:pos + 4], "big"), pos + 4
 
 
 def _byte(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     if pos >= end:
-        raise MalformedPacket("truncated byte", "MQTT-1.5.1-1")
+        raise MalformedPacket("truncated byte", _UNLABELLED)
     return buf[pos], pos + 1
 
 
 def _binary(buf: bytes, pos: int, end: int) -> Tuple[bytes, int]:
     if pos + 2 > end:
-        raise MalformedPacket("truncated binary data length", "MQTT-1.5.6-1")
+        raise MalformedPacket("truncated binary data length", _UNLABELLED)
     stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
     if stop > end:
-        raise MalformedPacket("binary data runs past the packet", "MQTT-1.5.6-1")
+        raise MalformedPacket("binary data runs past the packet", _UNLABELLED)
     return buf[pos + 2:stop], stop
 
 
@@ -159,27 +165,33 @@ def _properties(buf: bytes, pos: int, end: int, where: str) -> Tuple[Properties,
         ident, pos = _varint(buf, pos, stop)
         spec = SPECS.get(ident)
         if spec is None or where not in spec.packets:
-            raise MalformedPacket(f"property 0x{ident:02X} not allowed in {where}", "MQTT-2.2.2-2")
+            # Section 2.2.2.2: an identifier not valid for the packet type is a Malformed Packet.
+            raise MalformedPacket(f"property 0x{ident:02X} not allowed in {where}", _UNLABELLED)
         item, pos = _READERS[spec.wire](buf, pos, stop)
         name = ATTRIBUTE[ident]
         if spec.repeatable:
-            if name in found and where == "SUBSCRIBE":
-                raise ProtocolError("subscription identifier repeated", "MQTT-3.8.2.1.2")
+            # Only the Subscription Identifier is single in SUBSCRIBE; User Property repeats.
+            if name in found and where == "SUBSCRIBE" and name == "subscription_identifiers":
+                raise ProtocolError("subscription identifier repeated", _UNLABELLED)
             found[name] = found.get(name, ()) + (item,)
         elif name in found:
-            raise ProtocolError(f"property {spec.name} repeated", "MQTT-2.2.2-2")
+            raise ProtocolError(f"property {spec.name} repeated", _UNLABELLED)
         else:
             found[name] = item
         if ident in BOOLEAN_BYTES and item > 1:
-            raise ProtocolError(f"{spec.name} must be 0 or 1", "MQTT-2.2.2-2")
+            raise ProtocolError(f"{spec.name} must be 0 or 1", _UNLABELLED)
         if ident in NONZERO and item == 0:
-            raise ProtocolError(f"{spec.name} must not be 0", "MQTT-2.2.2-2")
+            raise ProtocolError(f"{spec.name} must not be 0",
+                                "MQTT-3.3.2-8" if ident == PropertyId.TOPIC_ALIAS else _UNLABELLED)
+    response_topic = found.get("response_topic")
+    if response_topic is not None and ("+" in response_topic or "#" in response_topic):
+        raise ProtocolError(f"wildcard in response topic {response_topic!r}", "MQTT-3.3.2-14")
     return Properties(**found), stop
 
 
 def _no_more(pos: int, end: int, what: str) -> None:
     if pos != end:
-        raise MalformedPacket(f"{end - pos} unexpected bytes at the end of {what}", "MQTT-2.1.4-1")
+        raise MalformedPacket(f"{end - pos} unexpected bytes at the end of {what}", _UNLABELLED)
 
 
 def _packet_id(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
@@ -189,9 +201,24 @@ def _packet_id(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
     return packet_id, pos
 
 
+# The statement that the sender of each packet type uses one of its reason codes.
+_REASON_LABELS = {
+    PacketType.CONNACK: "MQTT-3.2.2-8",
+    PacketType.PUBACK: "MQTT-3.4.2-1",
+    PacketType.PUBREC: "MQTT-3.5.2-1",
+    PacketType.PUBREL: "MQTT-3.6.2-1",
+    PacketType.PUBCOMP: "MQTT-3.7.2-1",
+    PacketType.SUBACK: "MQTT-3.9.3-2",
+    PacketType.UNSUBACK: "MQTT-3.11.3-2",
+    PacketType.DISCONNECT: "MQTT-3.14.2-1",
+    PacketType.AUTH: "MQTT-3.15.2-1",
+}
+
+
 def _reason(ptype: PacketType, code: int) -> int:
     if code not in VALID_REASON_CODES[ptype]:
-        raise MalformedPacket(f"reason code 0x{code:02X} not valid in {ptype.name}", "MQTT-2.4")
+        raise MalformedPacket(f"reason code 0x{code:02X} not valid in {ptype.name}",
+                              _REASON_LABELS[ptype])
     return code
 
 
@@ -212,8 +239,10 @@ def _decode_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> C
     has_will = cflags & 0x04
     will_qos = (cflags >> 3) & 0x03
     will_retain = bool(cflags & 0x20)
-    if not has_will and (will_qos or will_retain):
-        raise MalformedPacket("will QoS or retain without a will", "MQTT-3.1.2-11")
+    if not has_will and will_qos:
+        raise MalformedPacket("will QoS without a will", "MQTT-3.1.2-11")
+    if not has_will and will_retain:
+        raise MalformedPacket("will retain without a will", "MQTT-3.1.2-13")
     if will_qos == 3:
         raise MalformedPacket("will QoS 3", "MQTT-3.1.2-12")
     has_user, has_password = cflags & 0x80, cflags & 0x40
@@ -223,6 +252,9 @@ def _decode_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> C
     props = NO_PROPERTIES
     if level == V5:
         props, pos = _properties(buf, pos, end, "CONNECT")
+        if props.authentication_data is not None and props.authentication_method is None:
+            # Section 3.1.2.11.10: a Protocol Error without a normative label.
+            raise ProtocolError("authentication data without a method", _UNLABELLED)
     client_id, pos = _string(buf, pos, end)
     will = None
     if has_will:
@@ -326,14 +358,15 @@ def _decode_subscribe(buf: bytes, pos: int, end: int, flags: int, level: int) ->
         topic_filter, pos = _string(buf, pos, end)
         options, pos = _byte(buf, pos, end)
         qos = options & 0x03
-        if qos == 3:
-            raise MalformedPacket("subscription with QoS 3", "MQTT-3.8.3-4")
         if level == V5:
             if options & 0xC0:
                 raise MalformedPacket("subscription options reserved bits set", "MQTT-3.8.3-5")
+            # Section 3.8.3.1: Maximum QoS 3 and Retain Handling 3 are Protocol Errors.
+            if qos == 3:
+                raise ProtocolError("subscription with QoS 3", _UNLABELLED)
             retain_handling = (options >> 4) & 0x03
             if retain_handling == 3:
-                raise ProtocolError("retain handling 3", "MQTT-3.8.3-5")
+                raise ProtocolError("retain handling 3", _UNLABELLED)
             no_local = bool(options & 0x04)
             validate_topic_filter(topic_filter)
             if no_local and topic_filter.startswith("$share/"):
@@ -341,8 +374,9 @@ def _decode_subscribe(buf: bytes, pos: int, end: int, flags: int, level: int) ->
             subs.append(Subscription(topic_filter, qos, no_local, bool(options & 0x08),
                                      retain_handling))
         else:
-            if options & 0xFC:
-                raise MalformedPacket("requested QoS reserved bits set", "MQTT-3-8.3-4")
+            if options & 0xFC or qos == 3:
+                # The label is spelt so in the 3.1.1 specification.
+                raise MalformedPacket("requested QoS reserved bits set or QoS 3", "MQTT-3-8.3-4")
             validate_topic_filter(topic_filter)
             subs.append(Subscription(topic_filter, qos))
     if not subs:
@@ -408,7 +442,8 @@ def _reason_decoder(cls: Any, ptype: PacketType) -> Callable[..., Any]:
     def decode(buf: bytes, pos: int, end: int, flags: int, level: int) -> Any:
         if level != V5:
             if ptype == PacketType.AUTH:
-                raise ProtocolError("AUTH before MQTT 5", "MQTT-3.15")
+                # Packet type 15 is reserved in 3.1.1: a protocol violation [MQTT-4.8.0-1].
+                raise ProtocolError("AUTH before MQTT 5", "MQTT-4.8.0-1")
             _no_more(pos, end, where)
             return cls()
         code = 0
@@ -451,12 +486,13 @@ class Decoder:
     """Incremental decoder of one direction of one connection.
 
     ``protocol_level`` is learnt from CONNECT when it is not given; until then only CONNECT is
-    accepted.  With ``raw_publish`` a PUBLISH comes out as a ``RawPublish`` tuple, the cheapest
+    accepted.  A second CONNECT is a Protocol Error [MQTT-3.1.0-2].  With
+    ``raw_publish`` a PUBLISH comes out as a ``RawPublish`` tuple, the cheapest
     form for the broker's hot path; otherwise as a ``Publish``.
     """
 
     __slots__ = ("protocol_level", "max_packet_size", "raw_publish", "_pending", "_pending_len",
-                 "_need")
+                 "_need", "_connected")
 
     def __init__(
         self,
@@ -470,17 +506,30 @@ class Decoder:
         self._pending: List[bytes] = []
         self._pending_len = 0
         self._need = 0
+        self._connected = False  # a CONNECT has been decoded
 
     def feed(self, data: bytes) -> List[Any]:
-        """Take the next bytes of the stream; return every packet they complete, in order."""
+        """Take the next bytes of the stream; return every packet they complete, in order.
+
+        A ``CodecError`` carries in ``decoded`` the packets completed before the bad one, so that
+        they are handled before the connection is closed.
+        """
+        out: List[Any] = []
+        try:
+            self._decode(data, out)
+        except CodecError as exc:
+            exc.decoded = out
+            raise
+        return out
+
+    def _decode(self, data: bytes, out: List[Any]) -> None:
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)
             if self._pending_len < self._need:
-                return []
+                return
             data = b"".join(self._pending)
             self._pending = []
-        out: List[Any] = []
         append = out.append
         buf = data
         size = len(buf)
@@ -535,13 +584,16 @@ class Decoder:
                 append(fields if raw else Publish(*fields))
             else:
                 if ptype == 0:
-                    raise MalformedPacket("reserved packet type 0", "MQTT-2.1.2-1")
+                    raise MalformedPacket("reserved packet type 0", _UNLABELLED)
                 if flags != _FLAGS[ptype]:  # type: ignore[index]
                     name = PacketType(ptype).name
                     raise MalformedPacket(f"reserved flags of {name} are {flags:04b}",
                                           "MQTT-2.1.3-1")
                 packet = _DECODERS[ptype](buf, body, end, flags, level)  # type: ignore[arg-type]
                 if ptype == PacketType.CONNECT:
+                    if self._connected:
+                        raise ProtocolError("second CONNECT", "MQTT-3.1.0-2")
+                    self._connected = True
                     level = self.protocol_level = packet.protocol_level
                 append(packet)
             pos = end
@@ -550,7 +602,6 @@ class Decoder:
             self._pending = [rest]
             self._pending_len = len(rest)
             self._need = need
-        return out
 
 
 def decode_all(data: bytes, protocol_level: Optional[int] = None) -> List[Packet]:
@@ -558,7 +609,7 @@ def decode_all(data: bytes, protocol_level: Optional[int] = None) -> List[Packet
     decoder = Decoder(protocol_level)
     packets = decoder.feed(data)
     if decoder._pending:
-        raise MalformedPacket("incomplete packet at the end of the data", "MQTT-2.1.4-1")
+        raise MalformedPacket("incomplete packet at the end of the data", _UNLABELLED)
     return packets
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, List
+
 from twisted_mqtt.packets import ReasonCode
 
 
@@ -13,6 +15,8 @@ class CodecError(Exception):
     """
 
     reason_code: ReasonCode = ReasonCode.MALFORMED_PACKET
+    decoded: List[Any] = []
+    """Packets decoded from the same input before this error (set by ``Decoder.feed``)."""
 
     def __init__(self, message: str, label: str = "", reason_code: ReasonCode | None = None):
         super().__init__(message)

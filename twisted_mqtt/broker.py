@@ -1,0 +1,476 @@
+"""The broker core: sessions, routing, retained messages, wills, keep alive sweeps and $SYS.
+
+It never touches sockets: connections are ``Connection`` objects that write to a transport, and
+time comes from the injected clock (an ``IReactorTime`` provider such as ``task.Clock``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from twisted_mqtt import __version__
+from twisted_mqtt.auth import AllowAllTopics, DenyAll
+from twisted_mqtt.capabilities import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_COMPATIBILITIES,
+    Capabilities,
+    Compatibilities,
+)
+from twisted_mqtt.interfaces import IAuthenticator, IAuthorizer
+from twisted_mqtt.packets import ReasonCode, Subscription, Will
+from twisted_mqtt.properties import NO_PROPERTIES
+from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry
+from twisted_mqtt.stats import Stats
+from twisted_mqtt.topics import SharedGroup, SubscriptionTree, matches
+
+if TYPE_CHECKING:
+    from twisted_mqtt.connection import Connection
+
+log = Logger()
+
+# One aggregated route to a session: (session, qos, retain_as_published, sub_ids, local), where
+# ``local`` is the (qos, rap, sub_ids) to use when the publisher is that same client (None: its
+# subscriptions are all No Local).
+Route = Tuple[Session, int, bool, Tuple[int, ...], Optional[Tuple[int, bool, Tuple[int, ...]]]]
+Routes = Tuple[List[Route], List[SharedGroup]]
+
+NEVER = 0xFFFFFFFF
+
+
+def _aggregate(entries: List[SubscriptionEntry]) -> Tuple[int, bool, Tuple[int, ...]]:
+    qos = max(e.qos for e in entries)
+    rap = any(e.retain_as_published for e in entries)
+    sub_ids = tuple(sorted({e.sub_id for e in entries if e.sub_id is not None}))
+    return qos, rap, sub_ids
+
+
+class Broker:
+    """The pure core of the MQTT broker, shared by all connections of all listeners."""
+
+    def __init__(
+        self,
+        clock: Any,
+        capabilities: Capabilities = DEFAULT_CAPABILITIES,
+        compatibilities: Compatibilities = DEFAULT_COMPATIBILITIES,
+        authenticator: Optional[IAuthenticator] = None,
+        authorizer: Optional[IAuthorizer] = None,
+        enhanced_authenticator: Any = None,
+    ) -> None:
+        self.clock = clock
+        self.capabilities = capabilities
+        self.compatibilities = compatibilities
+        self.authenticator: IAuthenticator = authenticator or DenyAll()
+        self.authorizer: IAuthorizer = authorizer or AllowAllTopics()
+        self.enhanced_authenticator = enhanced_authenticator
+        self.sessions: Dict[str, Session] = {}
+        self.tree = SubscriptionTree()
+        self.retained: Dict[str, Message] = {}
+        self.connections: set[Connection] = set()
+        self.dirty: List[Connection] = []
+        self.stats = Stats()
+        self.now: float = clock.seconds()
+        self.started_at = self.now
+        self.running = False
+        self._routes: Dict[str, Routes] = {}
+        self._sweep_call: Any = None
+        self._sys_call: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the keep alive sweep and the $SYS publications."""
+        if self.running:
+            return
+        self.running = True
+        self.now = self.clock.seconds()
+        self.started_at = self.now
+        self._sweep_call = self.clock.callLater(self.capabilities.keepalive_sweep_interval,
+                                                self._sweep)
+        if self.capabilities.sys_interval > 0:
+            self._publish_sys()
+
+    def stop(self) -> None:
+        """Disconnect every client (v5: DISCONNECT 0x8B) and stop the timers."""
+        self.running = False
+        for call in (self._sweep_call, self._sys_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._sweep_call = self._sys_call = None
+        for conn in list(self.connections):
+            conn.shutdown(ReasonCode.SERVER_SHUTTING_DOWN)
+        for session in list(self.sessions.values()):
+            for name in ("will_timer", "expiry_timer"):
+                call = getattr(session, name)
+                if call is not None and call.active():
+                    call.cancel()
+                setattr(session, name, None)
+        self.flush()
+
+    def tick(self) -> float:
+        """Refresh and return the coarse current time."""
+        self.now = now = self.clock.seconds()
+        return now
+
+    def _sweep(self) -> None:
+        now = self.tick()
+        for conn in list(self.connections):
+            conn.check_keepalive(now)
+        self._expire_retained(now)
+        self.flush()
+        self._sweep_call = self.clock.callLater(self.capabilities.keepalive_sweep_interval,
+                                                self._sweep)
+
+    def flush(self) -> None:
+        """Write out what every connection has queued."""
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+            dirty = self.dirty
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def assign_client_id(self) -> str:
+        """A fresh client identifier for a client that sent an empty one."""
+        return "auto-" + uuid.uuid4().hex
+
+    def open_session(self, conn: Connection, client_id: str, clean_start: bool,
+                     expiry_interval: int, will: Optional[Will]) -> Tuple[Session, bool]:
+        """Attach ``conn`` to the session of ``client_id``; return it and Session Present."""
+        session = self.sessions.get(client_id)
+        if session is not None:
+            old = session.connection
+            if old is not None:
+                old.take_over()
+            self._cancel_timers(session)
+            session.will = None  # a new connection cancels a delayed will [MQTT-3.1.3-9]
+            if clean_start:
+                self._end_session(session)
+                session = None
+        present = session is not None
+        if session is None:
+            session = self.sessions[client_id] = Session(client_id)
+            self.stats.sessions_created += 1
+        session.connection = conn
+        session.expiry_interval = expiry_interval
+        session.will = will
+        session.protocol_level = conn.protocol_level
+        return session, present
+
+    def close_session_connection(self, session: Session, publish_will: bool) -> None:
+        """The connection of ``session`` ended; keep, expire or end the session; handle the will."""
+        session.connection = None
+        self._redistribute_shared(session)
+        will = session.will if publish_will else None
+        session.will = None
+        expiry = session.expiry_interval
+        if will is not None:
+            delay = will.properties.will_delay_interval or 0
+            if delay == 0 or expiry == 0:
+                self.publish_will(session.client_id, will)
+            else:
+                session.will = will
+                wait = delay if expiry == NEVER else min(delay, expiry)
+                session.will_timer = self.clock.callLater(wait, self._fire_will, session)
+        if expiry == 0:
+            self._end_session(session)
+        elif expiry != NEVER:
+            session.expiry_timer = self.clock.callLater(expiry, self._expire_session, session)
+
+    def _fire_will(self, session: Session) -> None:
+        session.will_timer = None
+        will, session.will = session.will, None
+        if will is not None and session.connection is None:
+            self.tick()
+            self.publish_will(session.client_id, will)
+            self.flush()
+
+    def _expire_session(self, session: Session) -> None:
+        session.expiry_timer = None
+        if session.connection is None and self.sessions.get(session.client_id) is session:
+            self.tick()
+            self.stats.sessions_expired += 1
+            self._end_session(session)
+            self.flush()
+
+    def _cancel_timers(self, session: Session) -> None:
+        for name in ("will_timer", "expiry_timer"):
+            call = getattr(session, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(session, name, None)
+
+    def _end_session(self, session: Session) -> None:
+        """Discard a session: its subscriptions, queued messages, and publish a pending will."""
+        self._cancel_timers(session)
+        will, session.will = session.will, None
+        if will is not None and session.connection is None:
+            self.publish_will(session.client_id, will)
+        for topic_filter in list(session.subscriptions):
+            self.tree.remove(topic_filter, session.client_id)
+        if session.subscriptions:
+            self._routes.clear()
+        session.subscriptions.clear()
+        self.stats.dropped += len(session.queue)
+        session.queue.clear()
+        session.inflight.clear()
+        session.inbound_qos2.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def publish_will(self, client_id: str, will: Will) -> None:
+        """Publish a Will Message on behalf of ``client_id``."""
+        props = will.properties
+        expires_at = None
+        if props is not NO_PROPERTIES:
+            if props.message_expiry_interval is not None:
+                expires_at = self.now + props.message_expiry_interval
+            props = replace(props, will_delay_interval=None)
+            if props == NO_PROPERTIES:
+                props = NO_PROPERTIES
+        message = Message(will.topic, will.payload, will.qos, will.retain, props, expires_at,
+                          client_id)
+        self.stats.wills_sent += 1
+        self.publish(message)
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def subscribe(self, session: Session, subscription: Subscription,
+                  sub_id: Optional[int]) -> bool:
+        """Add or replace a subscription of ``session``; True if it is new."""
+        entry = SubscriptionEntry(subscription, sub_id, session.client_id)
+        session.subscriptions[subscription.topic_filter] = entry
+        new = self.tree.add(subscription.topic_filter, session.client_id, entry)
+        self._routes.clear()
+        return new
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        """Remove a subscription; True if it existed [MQTT-3.10.4-1]."""
+        if session.subscriptions.pop(topic_filter, None) is None:
+            return False
+        self.tree.remove(topic_filter, session.client_id)
+        self._routes.clear()
+        return True
+
+    def retained_for(self, topic_filter: str) -> List[Message]:
+        """Retained messages matching a (non-shared) filter, oldest expiry first dropped."""
+        now = self.now
+        if "+" not in topic_filter and "#" not in topic_filter:
+            found = self.retained.get(topic_filter)
+            candidates = [found] if found is not None else []
+        else:
+            candidates = [m for t, m in self.retained.items() if matches(topic_filter, t)]
+        return [m for m in candidates if not m.expired(now)]
+
+    def _expire_retained(self, now: float) -> None:
+        expired = [t for t, m in self.retained.items() if m.expired(now)]
+        for topic in expired:
+            del self.retained[topic]
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def _compute_routes(self, topic: str) -> Routes:
+        normal, shared = self.tree.match(topic)
+        per_client: Dict[str, List[SubscriptionEntry]] = {}
+        for client_id, entry in normal:
+            per_client.setdefault(client_id, []).append(entry)
+        routes: List[Route] = []
+        for client_id, entries in per_client.items():
+            session = self.sessions[client_id]
+            qos, rap, sub_ids = _aggregate(entries)
+            others = [e for e in entries if not e.no_local]
+            local = _aggregate(others) if others else None
+            routes.append((session, qos, rap, sub_ids, local))
+        result = (routes, shared)
+        if len(self._routes) > 100_000:
+            self._routes.clear()
+        self._routes[topic] = result
+        return result
+
+    def publish(self, message: Message) -> int:
+        """Route a message to every matching subscription; return how many sessions get it."""
+        stats = self.stats
+        stats.messages_received += 1
+        if message.retain:
+            self._retain(message)
+        routes = self._routes.get(message.topic)
+        if routes is None:
+            routes = self._compute_routes(message.topic)
+        normal, shared = routes
+        origin = message.origin
+        mqos = message.qos
+        retain = message.retain
+        count = 0
+        deliver = self.deliver
+        for session, qos, rap, sub_ids, local in normal:
+            if session.client_id == origin:
+                if local is None:
+                    continue
+                qos, rap, sub_ids = local
+            deliver(session, message, qos if qos < mqos else mqos, retain and rap, sub_ids)
+            count += 1
+        for group in shared:
+            if self._deliver_shared(group, message, None):
+                count += 1
+        return count
+
+    def _retain(self, message: Message) -> None:
+        topic = message.topic
+        if not message.payload:
+            self.retained.pop(topic, None)  # [MQTT-3.3.1-6]
+            return
+        if topic not in self.retained and (
+            len(self.retained) >= self.capabilities.maximum_retained_messages
+        ):
+            self.stats.retained_dropped += 1
+            log.warn("retained message limit reached; not retaining {topic}", topic=topic)
+            return
+        expiry = self.capabilities.retained_message_expiry
+        if message.expires_at is None and expiry is not None:
+            stored = Message(topic, message.payload, message.qos, True, message.properties,
+                             self.now + expiry, message.origin)
+        else:
+            stored = message
+        self.retained[topic] = stored
+
+    def _pick_member(self, group: SharedGroup, exclude: Optional[str]) -> Optional[Session]:
+        members = list(group.members)
+        count = len(members)
+        fallback = None
+        for step in range(count):
+            client_id = members[(group.cursor + step) % count]
+            if client_id == exclude:
+                continue
+            session = self.sessions.get(client_id)
+            if session is None:
+                continue
+            if session.connection is not None:
+                group.cursor = (group.cursor + step + 1) % count
+                return session
+            if fallback is None:
+                fallback = session
+        if fallback is not None:
+            group.cursor = (group.cursor + 1) % count
+        return fallback
+
+    def _deliver_shared(self, group: SharedGroup, message: Message,
+                        exclude: Optional[str]) -> bool:
+        session = self._pick_member(group, exclude)
+        if session is None:
+            return False
+        entry = group.members[session.client_id]
+        qos = entry.qos if entry.qos < message.qos else message.qos
+        sub_ids = (entry.sub_id,) if entry.sub_id is not None else ()
+        self.deliver(session, message, qos, message.retain and entry.retain_as_published,
+                     sub_ids, group)
+        return True
+
+    def deliver(self, session: Session, message: Message, qos: int, retain: bool,
+                sub_ids: Tuple[int, ...], share: Optional[SharedGroup] = None) -> None:
+        """Send or queue one message to one session."""
+        conn = session.connection
+        if qos == 0:
+            if conn is not None:
+                if conn.paused:
+                    self.stats.dropped += 1
+                else:
+                    conn.send_qos0(message, retain, sub_ids)
+            elif self.compatibilities.queue_qos0_offline:
+                self._enqueue(session, Delivery(message, 0, retain, sub_ids, share))
+            else:
+                self.stats.dropped += 1
+            return
+        delivery = Delivery(message, qos, retain, sub_ids, share)
+        if (conn is not None and not conn.paused and not session.queue
+                and len(session.inflight) < session.send_quota):
+            conn.send_delivery(delivery)
+        else:
+            self._enqueue(session, delivery)
+
+    def _enqueue(self, session: Session, delivery: Delivery) -> None:
+        if len(session.queue) >= self.capabilities.maximum_queued_messages:
+            self.stats.dropped += 1
+            return
+        session.queue.append(delivery)
+
+    def pump(self, session: Session) -> None:
+        """Send queued messages while the session's send quota allows."""
+        conn = session.connection
+        if conn is None or conn.paused:
+            return
+        queue = session.queue
+        inflight = session.inflight
+        quota = session.send_quota
+        now = self.now
+        while queue and len(inflight) < quota and not conn.paused:
+            delivery = queue.popleft()
+            if delivery.message.expired(now):
+                self.stats.expired += 1
+                continue
+            if delivery.qos == 0:
+                conn.send_qos0(delivery.message, delivery.retain, delivery.sub_ids)
+            else:
+                conn.send_delivery(delivery)
+
+    def _redistribute_shared(self, session: Session) -> None:
+        """Give a leaving member's unsent and unacknowledged QoS 1 shared messages to another
+        online member; QoS 2 messages in flight stay with it [MQTT-4.8.2-4]."""
+        if not session.queue and not session.inflight:
+            return
+        moved: List[Delivery] = []
+        for packet_id, delivery in list(session.inflight.items()):
+            if delivery.share is not None and delivery.qos == 1:
+                del session.inflight[packet_id]
+                moved.append(delivery)
+        kept: List[Delivery] = []
+        for delivery in session.queue:
+            (moved if delivery.share is not None else kept).append(delivery)
+        if len(kept) != len(session.queue):
+            session.queue.clear()
+            session.queue.extend(kept)
+        for delivery in moved:
+            group = delivery.share
+            assert group is not None
+            if not self._deliver_shared(group, delivery.message, session.client_id):
+                session.queue.append(delivery)
+
+    # -- $SYS -----------------------------------------------------------------------------------
+
+    def sys_figures(self) -> Dict[str, Any]:
+        """The $SYS figures, by topic suffix."""
+        stats = self.stats
+        connected = sum(1 for s in self.sessions.values() if s.connection is not None)
+        return {
+            "version": f"twisted_mqtt {__version__}",
+            "uptime": int(self.now - self.started_at),
+            "time": int(time.time()),
+            "clients/connected": connected,
+            "clients/disconnected": len(self.sessions) - connected,
+            "clients/total": len(self.sessions),
+            "clients/maximum": stats.clients_maximum,
+            "messages/received": stats.messages_received,
+            "messages/sent": stats.messages_sent,
+            "messages/dropped": stats.dropped,
+            "messages/inflight": sum(len(s.inflight) for s in self.sessions.values()),
+            "messages/retained": len(self.retained),
+            "subscriptions/count": self.tree.count,
+            "bytes/received": stats.bytes_received,
+            "bytes/sent": stats.bytes_sent,
+            "packets/received": stats.packets_received,
+            "packets/sent": stats.packets_sent,
+        }
+
+    def _publish_sys(self) -> None:
+        self.tick()
+        for suffix, figure in self.sys_figures().items():
+            message = Message("$SYS/broker/" + suffix, str(figure).encode(), 0, True)
+            self.stats.messages_received -= 1  # the broker's own figures are not traffic
+            self.publish(message)
+        self.flush()
+        self._sys_call = self.clock.callLater(self.capabilities.sys_interval, self._publish_sys)

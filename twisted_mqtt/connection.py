@@ -1,0 +1,723 @@
+"""One client connection's state machine: decode, check, dispatch to the broker, queue output.
+
+It writes to any object with ``write`` and ``loseConnection`` (a Twisted transport or a
+``StringTransport``) and buffers its output until ``flush``, so each connection gets one write
+per batch of input however many packets the batch produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from twisted_mqtt.codec import Decoder, encode_publish, encode_within
+from twisted_mqtt.errors import CodecError, UnsupportedProtocolVersion
+from twisted_mqtt.interfaces import ClientInfo, ConnectRequest
+from twisted_mqtt.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    ProtocolLevel,
+    PubAck,
+    PubComp,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+)
+from twisted_mqtt.properties import NO_PROPERTIES, Properties
+from twisted_mqtt.session import Delivery, Message, Session
+from twisted_mqtt.topics import split_shared
+
+if TYPE_CHECKING:
+    from twisted_mqtt.broker import Broker
+
+log = Logger()
+
+AWAITING_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
+NEVER = 0xFFFFFFFF
+V5 = ProtocolLevel.MQTT_5
+CONNECT_TIMEOUT = 10.0
+PAUSED_WRITE_LIMIT = 1024 * 1024
+_R = ReasonCode
+
+# v5 CONNACK reason code -> v3 return code [MQTT-3.2.2-5 (3.1.1)].
+_V3_RETURN_CODES: Dict[int, int] = {
+    _R.UNSUPPORTED_PROTOCOL_VERSION: 1,
+    _R.CLIENT_IDENTIFIER_NOT_VALID: 2,
+    _R.SERVER_UNAVAILABLE: 3,
+    _R.SERVER_BUSY: 3,
+    _R.BAD_USER_NAME_OR_PASSWORD: 4,
+    _R.NOT_AUTHORIZED: 5,
+    _R.BANNED: 5,
+    _R.BAD_AUTHENTICATION_METHOD: 5,
+}
+_V3_UNSUPPORTED = b"\x20\x02\x00\x01"
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Connection:
+    """The server side of one MQTT connection."""
+
+    def __init__(self, broker: Broker, transport: Any, address: Optional[str],
+                 listener: str = "") -> None:
+        self.broker = broker
+        self.transport = transport
+        self.address = address
+        self.listener = listener
+        caps = broker.capabilities
+        self.decoder = Decoder(max_packet_size=caps.maximum_packet_size, raw_publish=True)
+        self.state = AWAITING_CONNECT
+        self.protocol_level: int = ProtocolLevel.MQTT_3_1_1
+        self.v5 = False
+        self.session: Optional[Session] = None
+        self.client: Optional[ClientInfo] = None
+        self.keep_alive = 0
+        self.last_rx = self.opened_at = broker.now
+        self.paused = False
+        self._out: List[bytes] = []
+        self._dirty = False
+        self._paused_bytes = 0
+        self._held: Optional[List[Any]] = None
+        self._connect: Optional[Connect] = None
+        self._assigned_id: Optional[str] = None
+        self._will_ok = True
+        self._detached = False
+        self.aliases_in: Optional[Dict[int, str]] = None
+        self.aliases_out: Optional[Dict[str, int]] = None
+        self.alias_max_out = 0
+        self.max_packet_out: Optional[int] = None
+        self.connect_expiry = 0
+        broker.connections.add(self)
+
+    def __repr__(self) -> str:
+        client_id = self.client.client_id if self.client else "?"
+        return f"<Connection {client_id} from {self.address}>"
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Handle bytes from the peer, then write out everything they caused."""
+        broker = self.broker
+        self.last_rx = broker.now
+        broker.stats.bytes_received += len(data)
+        if self.state == CLOSED:
+            return
+        error: Optional[CodecError] = None
+        try:
+            packets = self.decoder.feed(data)
+        except CodecError as exc:
+            packets = exc.decoded
+            error = exc
+        broker.stats.packets_received += len(packets)
+        if self._held is not None:
+            self._held.extend(packets)
+            if error is not None:
+                self._held.append(error)
+        else:
+            self._handle(packets)
+            if error is not None and self.state != CLOSED:
+                self._codec_error(error)
+        broker.flush()
+
+    def _handle(self, packets: List[Any]) -> None:
+        handlers = self._HANDLERS
+        on_publish = self._on_publish
+        for index, packet in enumerate(packets):
+            if self.state == CLOSED:
+                return
+            if self._held is not None:
+                self._held.extend(packets[index:])
+                return
+            kind = type(packet)
+            if kind is tuple:
+                on_publish(packet)
+            elif isinstance(packet, CodecError):
+                self._codec_error(packet)
+            else:
+                handlers[kind](self, packet)
+
+    def _codec_error(self, error: CodecError) -> None:
+        self.broker.stats.protocol_errors += 1
+        log.info("{conn!r}: {error}; closing (reason 0x{code:02X})", conn=self, error=error,
+                 code=int(error.reason_code))
+        if self.state == AWAITING_CONNECT:
+            if isinstance(error, UnsupportedProtocolVersion):
+                self.write(_V3_UNSUPPORTED)  # [MQTT-3.1.2-2]
+            self.close()
+        else:
+            self.disconnect(error.reason_code)
+
+    def connection_lost(self) -> None:
+        """The transport is gone: detach from the session (publishing the will if due)."""
+        self.state = CLOSED
+        self._detach()
+        self.broker.connections.discard(self)
+        self.broker.flush()
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the next flush."""
+        self._out.append(data)
+        if not self._dirty:
+            self._dirty = True
+            self.broker.dirty.append(self)
+
+    def flush(self) -> None:
+        """Write queued bytes to the transport in one call."""
+        self._dirty = False
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self.broker.stats.bytes_sent += len(data)
+        if self.paused:
+            self._paused_bytes += len(data)
+            if self._paused_bytes > PAUSED_WRITE_LIMIT:
+                log.warn("{conn!r}: not reading what it is sent; dropping it", conn=self)
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    def send_packet(self, packet: Packet) -> None:
+        """Encode and queue a packet, respecting the client's Maximum Packet Size."""
+        data = encode_within(packet, self.protocol_level, self.max_packet_out)
+        if data is not None:
+            self.broker.stats.packets_sent += 1
+            self.write(data)
+
+    def send_qos0(self, message: Message, retain: bool, sub_ids: Tuple[int, ...]) -> None:
+        """Send a QoS 0 PUBLISH."""
+        if self.alias_max_out:
+            data = self._aliased(message, 0, retain, sub_ids, None)
+        else:
+            data = message.encoded(self.v5, 0, retain, sub_ids, self.broker.now)
+        if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
+            self.broker.stats.dropped += 1  # [MQTT-3.1.2-25]
+            return
+        stats = self.broker.stats
+        stats.messages_sent += 1
+        stats.packets_sent += 1
+        self.write(data)
+
+    def send_delivery(self, delivery: Delivery) -> None:
+        """Send a QoS 1/2 PUBLISH under a new packet identifier and track it until acknowledged."""
+        session = self.session
+        assert session is not None
+        packet_id = session.allocate_packet_id()
+        if packet_id is None:
+            session.queue.appendleft(delivery)
+            return
+        message = delivery.message
+        if self.alias_max_out:
+            data = self._aliased(message, delivery.qos, delivery.retain, delivery.sub_ids,
+                                 packet_id)
+        else:
+            data = message.encoded(self.v5, delivery.qos, delivery.retain, delivery.sub_ids,
+                                   self.broker.now, packet_id=packet_id)
+        if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
+            self.broker.stats.dropped += 1  # discarded as if sent [MQTT-3.1.2-25]
+            return
+        session.inflight[packet_id] = delivery
+        stats = self.broker.stats
+        stats.messages_sent += 1
+        stats.packets_sent += 1
+        self.write(data)
+
+    def _aliased(self, message: Message, qos: int, retain: bool, sub_ids: Tuple[int, ...],
+                 packet_id: Optional[int], dup: bool = False) -> Optional[bytes]:
+        """Encode with an outbound topic alias when the client allows them [MQTT-3.3.2-11]."""
+        aliases = self.aliases_out
+        if aliases is None:
+            aliases = self.aliases_out = {}
+        topic = message.topic
+        alias = aliases.get(topic)
+        topic_bytes = message.topic_bytes
+        new = False
+        if alias is not None:
+            topic_bytes = b""
+        elif len(aliases) < self.alias_max_out:
+            alias = aliases[topic] = len(aliases) + 1
+            new = True
+        props = message.v5_properties(sub_ids, self.broker.now, alias)
+        data = encode_publish(topic_bytes, message.payload, qos, retain, dup, packet_id, props)
+        if new and self.max_packet_out is not None and len(data) > self.max_packet_out:
+            del aliases[topic]
+            return None
+        return data
+
+    def _resend(self, session: Session) -> None:
+        """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1]."""
+        now = self.broker.now
+        for packet_id, delivery in session.inflight.items():
+            if delivery.state == 0:
+                message = delivery.message
+                if self.alias_max_out:
+                    data = self._aliased(message, delivery.qos, delivery.retain,
+                                         delivery.sub_ids, packet_id, dup=True)
+                else:
+                    data = message.encoded(self.v5, delivery.qos, delivery.retain,
+                                           delivery.sub_ids, now, dup=True, packet_id=packet_id)
+                if data is not None:
+                    self.broker.stats.packets_sent += 1
+                    self.write(data)
+            else:
+                self.send_packet(PubRel(packet_id))
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def disconnect(self, reason: int, reason_string: Optional[str] = None) -> None:
+        """Close the connection; a v5 client is told why with DISCONNECT [MQTT-3.14.0-1]."""
+        if self.state == CLOSED:
+            return
+        if self.v5 and self.state == CONNECTED:
+            props = Properties(reason_string=reason_string) if reason_string else NO_PROPERTIES
+            self.send_packet(Disconnect(reason, props))
+        log.info("{conn!r}: disconnected by the broker, reason 0x{reason:02X}", conn=self,
+                 reason=int(reason))
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the transport, detaching from the session now."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self._detach()
+        self.flush()
+        self.transport.loseConnection()
+
+    def _detach(self) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        session = self.session
+        if session is not None and session.connection is self:
+            self.broker.close_session_connection(session, self._will_ok)
+
+    def take_over(self) -> None:
+        """Another connection claims this client id [MQTT-3.1.4-3]."""
+        self.disconnect(_R.SESSION_TAKEN_OVER)
+
+    def shutdown(self, reason: int) -> None:
+        """The broker is stopping."""
+        self.disconnect(reason)
+
+    def check_keepalive(self, now: float) -> None:
+        """Close a connection silent for 1.5 times its keep alive [MQTT-3.1.2-22], or one that
+        never sent CONNECT."""
+        if self.state == CONNECTED:
+            if self.keep_alive and now - self.last_rx > self.keep_alive * 1.5:
+                self.disconnect(_R.KEEP_ALIVE_TIMEOUT)
+        elif self.state == AWAITING_CONNECT and now - self.opened_at > CONNECT_TIMEOUT:
+            log.info("{conn!r}: no CONNECT within {timeout}s; closing", conn=self,
+                     timeout=CONNECT_TIMEOUT)
+            self.close()
+
+    def pause(self) -> None:
+        """The transport's buffer is full: stop sending PUBLISH packets."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The transport drained: send what was held back."""
+        self.paused = False
+        self._paused_bytes = 0
+        if self.session is not None and self.state == CONNECTED:
+            self.broker.pump(self.session)
+            self.broker.flush()
+
+    # -- CONNECT --------------------------------------------------------------------------------
+
+    def _on_connect(self, packet: Connect) -> None:
+        if self.state != AWAITING_CONNECT:
+            self.disconnect(_R.PROTOCOL_ERROR, "second CONNECT")  # [MQTT-3.1.0-2]
+            return
+        broker = self.broker
+        caps = broker.capabilities
+        level = packet.protocol_level
+        self.protocol_level = level
+        self.v5 = level == V5
+        client_id = packet.client_id
+        if not client_id:
+            if (level == ProtocolLevel.MQTT_3_1
+                    and not broker.compatibilities.allow_empty_client_id_v31):
+                self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)
+                return
+            if level == ProtocolLevel.MQTT_3_1_1 and not packet.clean_start:
+                self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)  # [MQTT-3.1.3-8]
+                return
+            client_id = self._assigned_id = broker.assign_client_id()
+        elif len(client_id) > caps.maximum_client_id_length:
+            self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)
+            return
+        will = packet.will
+        if will is not None:
+            if will.qos > caps.maximum_qos:
+                self._refuse(_R.QOS_NOT_SUPPORTED)  # [MQTT-3.2.2-12]
+                return
+            if will.retain and not caps.retain_available:
+                self._refuse(_R.RETAIN_NOT_SUPPORTED)  # [MQTT-3.2.2-13]
+                return
+        if packet.properties.authentication_method is not None:
+            self._refuse(_R.BAD_AUTHENTICATION_METHOD)
+            return
+        self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
+        self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level)
+        request = ConnectRequest(self.client, packet.password, packet)
+        try:
+            result = broker.authenticator.authenticate(request)
+        except Exception:
+            log.failure("authenticator failed for {conn!r}", conn=self)
+            result = _R.UNSPECIFIED_ERROR
+        if hasattr(result, "addCallbacks"):
+            self.state = AUTHENTICATING
+            self._held = []
+            result.addCallbacks(self._authenticated, self._authentication_failed)
+        else:
+            self._authenticated(result)
+
+    def _authentication_failed(self, failure: Any) -> None:
+        log.failure("authenticator failed for {conn!r}", failure, conn=self)
+        self._authenticated(_R.UNSPECIFIED_ERROR)
+
+    def _authenticated(self, result: Any) -> None:
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        if result is True:
+            code = 0
+        elif result is False or result is None:
+            code = _R.NOT_AUTHORIZED
+        else:
+            code = int(result)
+        if code:
+            self.broker.stats.auth_failures += 1
+            self._refuse(code)
+        else:
+            self._accept()
+            if held:
+                self._handle(held)
+        self.broker.flush()
+
+    def _refuse(self, code: int) -> None:
+        """Answer CONNECT with a failure and close [MQTT-3.2.2-6]."""
+        self.state = AWAITING_CONNECT
+        log.info("{address}: connection refused, reason 0x{code:02X}", address=self.address,
+                 code=code)
+        if self.v5:
+            self.send_packet(ConnAck(code))
+        else:
+            self.send_packet(ConnAck(_V3_RETURN_CODES.get(code, 5)))
+        self.close()
+
+    def _accept(self) -> None:
+        packet = self._connect
+        assert packet is not None
+        broker = self.broker
+        caps = broker.capabilities
+        props = packet.properties
+        v5 = self.v5
+        if v5:
+            requested = props.session_expiry_interval or 0
+        else:
+            requested = 0 if packet.clean_start else NEVER
+        expiry = min(requested, caps.maximum_session_expiry)
+        keep_alive = packet.keep_alive
+        server_keep_alive = None
+        maximum_ka = caps.maximum_keep_alive
+        if v5 and maximum_ka is not None and (keep_alive == 0 or keep_alive > maximum_ka):
+            keep_alive = server_keep_alive = maximum_ka
+        self.keep_alive = keep_alive
+        self.connect_expiry = requested
+        client_receive_maximum = 65535
+        if v5:
+            self.max_packet_out = props.maximum_packet_size
+            self.alias_max_out = props.topic_alias_maximum or 0
+            client_receive_maximum = props.receive_maximum or 65535
+        session, present = broker.open_session(self, packet.client_id, packet.clean_start,
+                                               expiry, packet.will)
+        session.send_quota = min(client_receive_maximum, caps.maximum_inflight)
+        self.session = session
+        self.state = CONNECTED
+        stats = broker.stats
+        stats.connections_total += 1
+        connected = sum(1 for c in broker.connections if c.state == CONNECTED)
+        stats.clients_maximum = max(stats.clients_maximum, connected)
+        ack_props = NO_PROPERTIES
+        if v5:
+            ack_props = Properties(
+                session_expiry_interval=expiry if expiry != requested else None,
+                assigned_client_identifier=self._assigned_id,  # [MQTT-3.2.2-16]
+                server_keep_alive=server_keep_alive,
+                receive_maximum=caps.receive_maximum if caps.receive_maximum < 65535 else None,
+                maximum_packet_size=caps.maximum_packet_size,
+                topic_alias_maximum=caps.topic_alias_maximum or None,
+                maximum_qos=caps.maximum_qos if caps.maximum_qos < 2 else None,
+                retain_available=int(caps.retain_available),
+                wildcard_subscription_available=int(caps.wildcard_subscription_available),
+                subscription_identifier_available=int(caps.subscription_identifier_available),
+                shared_subscription_available=int(caps.shared_subscription_available),
+                response_information=self._response_information(packet),
+            )
+        log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, session present "
+                 "{present})", conn=self, protocol_level=int(packet.protocol_level),
+                 clean=packet.clean_start, present=present)
+        self.send_packet(ConnAck(0, present, ack_props))
+        if present:
+            self._resend(session)
+        broker.pump(session)
+
+    def _response_information(self, packet: Connect) -> Optional[str]:
+        template = self.broker.capabilities.response_information
+        if template is None or not packet.properties.request_response_information:
+            return None  # [MQTT-3.1.2-28]
+        return template.replace("{client_id}", packet.client_id)
+
+    # -- PUBLISH and acknowledgements -----------------------------------------------------------
+
+    def _on_publish(self, fields: Tuple[Any, ...]) -> None:
+        topic, payload, qos, retain, dup, packet_id, props = fields
+        if self.state != CONNECTED:
+            self.disconnect(_R.PROTOCOL_ERROR)
+            return
+        broker = self.broker
+        caps = broker.capabilities
+        expires_at = None
+        if props is not NO_PROPERTIES:
+            alias = props.topic_alias
+            if alias is not None:
+                if alias > caps.topic_alias_maximum:
+                    self.disconnect(_R.TOPIC_ALIAS_INVALID, "topic alias above maximum")
+                    return
+                aliases = self.aliases_in
+                if aliases is None:
+                    aliases = self.aliases_in = {}
+                if topic:
+                    aliases[alias] = topic
+                else:
+                    known = aliases.get(alias)
+                    if known is None:
+                        self.disconnect(_R.PROTOCOL_ERROR, "unknown topic alias")
+                        return
+                    topic = known
+                props = replace(props, topic_alias=None)
+            if props.subscription_identifiers:
+                self.disconnect(_R.PROTOCOL_ERROR, "subscription identifier from a client")
+                return  # [MQTT-3.3.4-6]
+            if props.payload_format_indicator == 1 and not _is_utf8(payload):
+                if qos == 0:
+                    self.disconnect(_R.PAYLOAD_FORMAT_INVALID)
+                else:
+                    ack = PubAck if qos == 1 else PubRec
+                    self.send_packet(ack(packet_id, _R.PAYLOAD_FORMAT_INVALID))
+                return
+            if props.message_expiry_interval is not None:
+                expires_at = broker.now + props.message_expiry_interval
+            if props == NO_PROPERTIES:
+                props = NO_PROPERTIES
+        if qos > caps.maximum_qos:
+            self.disconnect(_R.QOS_NOT_SUPPORTED)  # [MQTT-3.2.2-11]
+            return
+        if retain and not caps.retain_available:
+            self.disconnect(_R.RETAIN_NOT_SUPPORTED)  # [MQTT-3.2.2-14]
+            return
+        session = self.session
+        assert session is not None and self.client is not None
+        if qos == 2 and packet_id in session.inbound_qos2:
+            self.send_packet(PubRec(packet_id))  # no second delivery [MQTT-4.3.3-10]
+            return
+        if topic.startswith("$SYS") or not broker.authorizer.may_publish(self.client, topic):
+            self._refuse_publish(topic, qos, packet_id)
+            return
+        if qos == 2 and len(session.inbound_qos2) >= caps.receive_maximum:
+            self.disconnect(_R.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
+            return
+        count = broker.publish(Message(topic, payload, qos, retain, props, expires_at,
+                                       session.client_id))
+        if qos == 1:
+            if count or not self.v5:
+                self.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                broker.stats.packets_sent += 1
+            else:
+                self.send_packet(PubAck(packet_id, _R.NO_MATCHING_SUBSCRIBERS))
+        elif qos == 2:
+            session.inbound_qos2.add(packet_id)
+            code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
+            self.send_packet(PubRec(packet_id, code))
+
+    def _refuse_publish(self, topic: str, qos: int, packet_id: Optional[int]) -> None:
+        log.info("{conn!r}: publish to {topic} refused", conn=self, topic=topic)
+        if not self.v5 and self.broker.compatibilities.disconnect_v3_on_refused_publish:
+            self.close()
+            return
+        if qos == 1:
+            self.send_packet(PubAck(packet_id, _R.NOT_AUTHORIZED))  # type: ignore[arg-type]
+        elif qos == 2:
+            if not self.v5:
+                assert self.session is not None and packet_id is not None
+                self.session.inbound_qos2.add(packet_id)
+            self.send_packet(PubRec(packet_id, _R.NOT_AUTHORIZED))  # type: ignore[arg-type]
+
+    def _on_puback(self, packet: PubAck) -> None:
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        delivery = session.inflight.get(packet.packet_id)
+        if delivery is not None and delivery.qos == 1:
+            del session.inflight[packet.packet_id]
+            self.broker.pump(session)
+
+    def _on_pubrec(self, packet: PubRec) -> None:
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        delivery = session.inflight.get(packet.packet_id)
+        if delivery is None or delivery.qos != 2:
+            self.send_packet(PubRel(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        if packet.reason_code >= 0x80:
+            del session.inflight[packet.packet_id]  # [MQTT-4.8.2-6 analogue for PUBREC]
+            self.broker.pump(session)
+            return
+        delivery.state = 1
+        self.send_packet(PubRel(packet.packet_id))
+
+    def _on_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        if packet.packet_id in session.inbound_qos2:
+            session.inbound_qos2.discard(packet.packet_id)
+            self.send_packet(PubComp(packet.packet_id))
+        else:
+            self.send_packet(PubComp(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
+
+    def _on_pubcomp(self, packet: PubComp) -> None:
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        delivery = session.inflight.get(packet.packet_id)
+        if delivery is not None and delivery.qos == 2 and delivery.state == 1:
+            del session.inflight[packet.packet_id]
+            self.broker.pump(session)
+
+    # -- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------------------
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        assert session is not None
+        caps = self.broker.capabilities
+        sub_id = None
+        ids = packet.properties.subscription_identifiers
+        if ids:
+            if not caps.subscription_identifier_available:
+                self.disconnect(_R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+                return
+            sub_id = ids[0]
+        codes = []
+        retained: List[Tuple[Message, int, Tuple[int, ...]]] = []
+        for subscription in packet.subscriptions:
+            codes.append(self._subscribe_one(session, subscription, sub_id, retained))
+        self.send_packet(SubAck(packet.packet_id, tuple(codes)))
+        broker = self.broker
+        for message, qos, sub_ids in retained:
+            broker.deliver(session, message, qos, True, sub_ids)  # [MQTT-3.3.1-9]
+
+    def _subscribe_one(self, session: Session, subscription: Subscription,
+                       sub_id: Optional[int],
+                       retained: List[Tuple[Message, int, Tuple[int, ...]]]) -> int:
+        broker = self.broker
+        caps = broker.capabilities
+        topic_filter = subscription.topic_filter
+        group, plain = split_shared(topic_filter)
+        failure = 0x80
+        if topic_filter in caps.refused_filters:
+            return failure
+        if group is not None and not caps.shared_subscription_available:
+            return _R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else failure
+        if ("+" in plain or "#" in plain) and not caps.wildcard_subscription_available:
+            return _R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else failure
+        assert self.client is not None
+        if not broker.authorizer.may_subscribe(self.client, topic_filter):
+            return _R.NOT_AUTHORIZED if self.v5 else failure
+        granted = min(subscription.qos, caps.maximum_qos)
+        if granted != subscription.qos:
+            subscription = replace(subscription, qos=granted)
+        new = broker.subscribe(session, subscription, sub_id)
+        handling = subscription.retain_handling
+        if group is None and (handling == 0 or (handling == 1 and new)):
+            sub_ids = (sub_id,) if sub_id is not None else ()
+            for message in broker.retained_for(topic_filter):
+                retained.append((message, min(message.qos, granted), sub_ids))
+        return granted
+
+    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = tuple(0 if self.broker.unsubscribe(session, f) else _R.NO_SUBSCRIPTION_EXISTED
+                      for f in packet.topic_filters)
+        self.send_packet(UnsubAck(packet.packet_id, codes if self.v5 else ()))
+
+    # -- the rest -------------------------------------------------------------------------------
+
+    def _on_pingreq(self, packet: PingReq) -> None:
+        self.broker.stats.packets_sent += 1
+        self.write(b"\xd0\x00")  # [MQTT-3.12.4-1]
+
+    def _on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        if self.v5 and session is not None:
+            expiry = packet.properties.session_expiry_interval
+            if expiry is not None:
+                if self.connect_expiry == 0 and expiry != 0:
+                    self.disconnect(_R.PROTOCOL_ERROR, "session expiry set after 0")
+                    return  # [MQTT-3.14.2-2 and 3.14.2.2.2]
+                session.expiry_interval = min(expiry,
+                                              self.broker.capabilities.maximum_session_expiry)
+        # The will is discarded unless v5 reason 0x04 asks for it [MQTT-3.14.4-3].
+        self._will_ok = self.v5 and packet.reason_code == _R.DISCONNECT_WITH_WILL_MESSAGE
+        self.close()
+
+    def _on_auth(self, packet: Auth) -> None:
+        # Enhanced authentication is refused at CONNECT when no method is configured, so an
+        # AUTH packet here is always unexpected [MQTT-4.12.0-1].
+        self.disconnect(_R.PROTOCOL_ERROR, "unexpected AUTH")
+
+    def _unexpected(self, packet: Any) -> None:
+        self.disconnect(_R.PROTOCOL_ERROR, f"{type(packet).__name__} not expected from a client")
+
+    _HANDLERS: Dict[type, Callable[[Any, Any], None]] = {}
+
+
+Connection._HANDLERS = {
+    Connect: Connection._on_connect,
+    PubAck: Connection._on_puback,
+    PubRec: Connection._on_pubrec,
+    PubRel: Connection._on_pubrel,
+    PubComp: Connection._on_pubcomp,
+    Subscribe: Connection._on_subscribe,
+    Unsubscribe: Connection._on_unsubscribe,
+    PingReq: Connection._on_pingreq,
+    Disconnect: Connection._on_disconnect,
+    Auth: Connection._on_auth,
+}
+for _kind in (ConnAck, SubAck, UnsubAck, PingResp):
+    Connection._HANDLERS[_kind] = Connection._unexpected

@@ -1,0 +1,61 @@
+"""Zope interfaces through which the broker asks its hooks for decisions."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from zope.interface import Attribute, Interface
+
+from twisted_mqtt._value import value
+
+
+@value
+class ClientInfo:
+    """Who a connection is: what authentication and authorisation decisions are made about."""
+
+    client_id: str
+    username: Optional[str] = None
+    address: Optional[str] = None
+    """The peer's host address (IPv4/IPv6 text), or None for a Unix socket or in-memory peer."""
+    listener: str = ""
+    protocol_level: int = 4
+
+
+@value
+class ConnectRequest:
+    """A CONNECT awaiting an authentication decision."""
+
+    client: ClientInfo
+    password: Optional[bytes] = None
+    connect: Any = None
+    """The decoded ``Connect`` packet."""
+
+
+class IAuthenticator(Interface):
+    """Decides whether a client may connect."""
+
+    def authenticate(request: ConnectRequest) -> Any:
+        """Return True to accept, False to refuse as not authorised, or an MQTT 5 reason code
+        (e.g. 0x86 bad user name or password); or a Deferred firing with one of these."""
+
+
+class IAuthorizer(Interface):
+    """Decides what a connected client may do with topics."""
+
+    def may_publish(client: ClientInfo, topic: str) -> bool:
+        """Whether ``client`` may publish to ``topic``."""
+
+    def may_subscribe(client: ClientInfo, topic_filter: str) -> bool:
+        """Whether ``client`` may subscribe to ``topic_filter``."""
+
+
+class IConnectionSink(Interface):
+    """What the core needs of a transport: the Twisted ``ITransport`` subset it writes to."""
+
+    disconnecting = Attribute("True once the connection is being closed.")
+
+    def write(data: bytes) -> None:
+        """Send bytes."""
+
+    def loseConnection() -> None:
+        """Close after the buffered bytes are sent."""

@@ -1,0 +1,164 @@
+"""Application messages, deliveries and per-client-id session state that outlives a connection."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Set, Tuple
+
+from twisted_mqtt.codec import encode_properties, encode_publish, publish_template
+from twisted_mqtt.packets import Subscription, Will
+from twisted_mqtt.properties import NO_PROPERTIES, Properties
+
+if TYPE_CHECKING:
+    from twisted_mqtt.connection import Connection
+    from twisted_mqtt.topics import SharedGroup
+
+class Message:
+    """One application message as the broker routes it.
+
+    ``properties`` never carries a topic alias or subscription identifiers (those belong to one
+    hop).  Encodings are cached per variant so that one PUBLISH is encoded once for all
+    subscribers that receive it alike.
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin",
+                 "_topic_bytes", "_cache")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties = NO_PROPERTIES,
+        expires_at: Optional[float] = None,
+        origin: Optional[str] = None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expires_at = expires_at
+        self.origin = origin
+        self._topic_bytes: Optional[bytes] = None
+        self._cache: Optional[Dict[Any, Any]] = None
+
+    @property
+    def topic_bytes(self) -> bytes:
+        """The topic encoded as UTF-8."""
+        raw = self._topic_bytes
+        if raw is None:
+            raw = self._topic_bytes = self.topic.encode("utf-8")
+        return raw
+
+    def expired(self, now: float) -> bool:
+        """Whether the message expiry interval has passed."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def v5_properties(self, sub_ids: Tuple[int, ...], now: float, alias: Optional[int]) -> bytes:
+        """The v5 property block for one delivery: remaining expiry, subscription ids, alias."""
+        props = self.properties
+        changes: Dict[str, Any] = {}
+        if self.expires_at is not None:
+            changes["message_expiry_interval"] = max(0, math.ceil(self.expires_at - now))
+        if sub_ids:
+            changes["subscription_identifiers"] = sub_ids
+        if alias is not None:
+            changes["topic_alias"] = alias
+        if changes:
+            props = replace(props, **changes)
+        return encode_properties(props)
+
+    def encoded(self, v5: bool, qos: int, retain: bool, sub_ids: Tuple[int, ...], now: float,
+                dup: bool = False, packet_id: Optional[int] = None) -> bytes:
+        """The whole PUBLISH for one delivery (QoS 0 variants are cached)."""
+        key = (v5, qos, retain, sub_ids)
+        cache = self._cache
+        if qos == 0 and self.expires_at is None:
+            if cache is None:
+                cache = self._cache = {}
+            data = cache.get(key)
+            if data is None:
+                props = self.v5_properties(sub_ids, now, None) if v5 else None
+                data = cache[key] = encode_publish(self.topic_bytes, self.payload, 0, retain,
+                                                   False, None, props)
+            return data
+        if not dup and self.expires_at is None and packet_id is not None:
+            if cache is None:
+                cache = self._cache = {}
+            template = cache.get(key)
+            if template is None:
+                props = self.v5_properties(sub_ids, now, None) if v5 else None
+                template = cache[key] = publish_template(self.topic_bytes, self.payload, qos,
+                                                         retain, props)
+            head, tail = template
+            return head + packet_id.to_bytes(2, "big") + tail
+        props = self.v5_properties(sub_ids, now, None) if v5 else None
+        return encode_publish(self.topic_bytes, self.payload, qos, retain, dup, packet_id, props)
+
+
+class Delivery:
+    """A message on its way to one session: the QoS, retain flag and subscription ids it gets."""
+
+    __slots__ = ("message", "qos", "retain", "sub_ids", "share", "state")
+
+    def __init__(self, message: Message, qos: int, retain: bool, sub_ids: Tuple[int, ...],
+                 share: Optional[SharedGroup] = None) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.sub_ids = sub_ids
+        self.share = share
+        self.state = 0
+        """0: PUBLISH sent (awaiting PUBACK/PUBREC); 1: PUBREL sent (awaiting PUBCOMP)."""
+
+
+class SubscriptionEntry:
+    """A session's subscription: the options and the subscription identifier (v5)."""
+
+    __slots__ = ("subscription", "qos", "no_local", "retain_as_published", "sub_id", "client_id")
+
+    def __init__(self, subscription: Subscription, sub_id: Optional[int], client_id: str) -> None:
+        self.subscription = subscription
+        self.qos = subscription.qos
+        self.no_local = subscription.no_local
+        self.retain_as_published = subscription.retain_as_published
+        self.sub_id = sub_id
+        self.client_id = client_id
+
+
+class Session:
+    """State of one client id: subscriptions, messages in flight and queued, expiry and will."""
+
+    __slots__ = ("client_id", "subscriptions", "inflight", "queue", "inbound_qos2", "next_id",
+                 "expiry_interval", "connection", "will", "will_timer", "expiry_timer",
+                 "protocol_level", "send_quota")
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.subscriptions: Dict[str, SubscriptionEntry] = {}
+        self.inflight: Dict[int, Delivery] = {}
+        self.queue: Deque[Delivery] = deque()
+        self.inbound_qos2: Set[int] = set()
+        self.next_id = 1
+        self.expiry_interval = 0
+        self.connection: Optional[Connection] = None
+        self.will: Optional[Will] = None
+        self.will_timer: Any = None
+        self.expiry_timer: Any = None
+        self.protocol_level = 4
+        self.send_quota = 65535
+
+    def allocate_packet_id(self) -> Optional[int]:
+        """A packet identifier not in use by a message in flight, or None if all are."""
+        inflight = self.inflight
+        if len(inflight) >= 65535:
+            return None
+        packet_id = self.next_id
+        while packet_id in inflight:
+            packet_id = packet_id % 65535 + 1
+        self.next_id = packet_id % 65535 + 1
+        return packet_id

@@ -1,0 +1,88 @@
+"""``twistd mqtt`` and ``python -m twisted_mqtt``: command-line options and ``makeService``."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_mqtt.auth import AllowAll, LocalOnly
+from twisted_mqtt.capabilities import DEFAULT_CAPABILITIES, Capabilities
+from twisted_mqtt.service import BrokerService
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Options of the ``mqtt`` twistd plugin."""
+
+    synopsis = "[options]"
+    longdesc = ("Run an MQTT 3.1, 3.1.1 and 5.0 broker. With no listener given, it listens on "
+                "tcp:1883. Without authentication configuration, only clients from loopback "
+                "addresses and Unix sockets are accepted; --allow-anonymous accepts all.")
+    optFlags = [
+        ["allow-anonymous", None, "Accept clients from any address without authentication."],
+    ]
+    optParameters = [
+        ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).", int],
+        ["max-keep-alive", None, None,
+         "Longest keep alive allowed; longer requests get this as Server Keep Alive.", int],
+        ["max-packet-size", None, DEFAULT_CAPABILITIES.maximum_packet_size,
+         "Largest packet accepted, bytes.", int],
+        ["receive-maximum", None, DEFAULT_CAPABILITIES.receive_maximum,
+         "Unacknowledged QoS 1/2 messages a client may send at once.", int],
+        ["topic-alias-maximum", None, DEFAULT_CAPABILITIES.topic_alias_maximum,
+         "Highest topic alias a client may use (0 disables them).", int],
+        ["sys-interval", None, DEFAULT_CAPABILITIES.sys_interval,
+         "Seconds between $SYS publications (0 disables).", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["refuse-subscribe"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
+        self["listen"].append(endpoint)
+
+    def opt_refuse_subscribe(self, topic_filter: str) -> None:
+        """Refuse subscriptions to this topic filter with SUBACK 0x80 (repeatable)."""
+        self["refuse-subscribe"].append(topic_filter)
+
+    def postOptions(self) -> None:
+        """Apply the default listener."""
+        if self["tcp"] is not None:
+            self["listen"].append(f"tcp:{self['tcp']}")
+        if not self["listen"]:
+            self["listen"].append("tcp:1883")
+
+    def capabilities(self) -> Capabilities:
+        """The limits these options set."""
+        return Capabilities(
+            maximum_packet_size=self["max-packet-size"],
+            receive_maximum=self["receive-maximum"],
+            topic_alias_maximum=self["topic-alias-maximum"],
+            maximum_keep_alive=self["max-keep-alive"],
+            refused_filters=tuple(self["refuse-subscribe"]),
+            sys_interval=self["sys-interval"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> BrokerService:
+    """Build the broker service with its listeners from parsed options."""
+    if options["allow-anonymous"]:
+        authenticator: Any = AllowAll()
+        log.warn("anonymous clients are accepted from any address (--allow-anonymous)")
+    else:
+        authenticator = LocalOnly()
+        log.info("no authentication configured: anonymous clients are accepted from loopback "
+                 "addresses and Unix sockets only; use --allow-anonymous to accept all")
+    service = BrokerService(reactor=reactor, capabilities=options.capabilities(),
+                            authenticator=authenticator)
+    listeners: List[str] = options["listen"]
+    for endpoint in listeners:
+        service.add_listener(endpoint)
+        log.info("listening for MQTT on {endpoint}", endpoint=endpoint)
+    return service
