@@ -144,10 +144,10 @@ class Broker:
                      expiry_interval: int, will: Optional[Will]) -> Tuple[Session, bool]:
         """Attach ``conn`` to the session of ``client_id``; return it and Session Present."""
         session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            session.connection.take_over()  # may end the session [MQTT-3.1.4-3]
+            session = self.sessions.get(client_id)
         if session is not None:
-            old = session.connection
-            if old is not None:
-                old.take_over()
             self._cancel_timers(session)
             session.will = None  # a new connection cancels a delayed will [MQTT-3.1.3-9]
             if clean_start:

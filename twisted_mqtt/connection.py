@@ -49,6 +49,7 @@ NEVER = 0xFFFFFFFF
 V5 = ProtocolLevel.MQTT_5
 CONNECT_TIMEOUT = 10.0
 PAUSED_WRITE_LIMIT = 1024 * 1024
+LINGER = 2.0
 _R = ReasonCode
 
 # v5 CONNACK reason code -> v3 return code [MQTT-3.2.2-5 (3.1.1)].
@@ -100,6 +101,7 @@ class Connection:
         self._assigned_id: Optional[str] = None
         self._will_ok = True
         self._detached = False
+        self._linger: Any = None
         self.aliases_in: Optional[Dict[int, str]] = None
         self.aliases_out: Optional[Dict[str, int]] = None
         self.alias_max_out = 0
@@ -132,7 +134,11 @@ class Connection:
             if error is not None:
                 self._held.append(error)
         else:
-            self._handle(packets)
+            try:
+                self._handle(packets)
+            except Exception:
+                log.failure("{conn!r}: internal error; disconnecting it", conn=self)
+                self.disconnect(_R.IMPLEMENTATION_SPECIFIC_ERROR)
             if error is not None and self.state != CLOSED:
                 self._codec_error(error)
         broker.flush()
@@ -169,6 +175,8 @@ class Connection:
         """The transport is gone: detach from the session (publishing the will if due)."""
         self.state = CLOSED
         self._detach()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self.broker.connections.discard(self)
         self.broker.flush()
 
@@ -303,7 +311,14 @@ class Connection:
         self.state = CLOSED
         self._detach()
         self.flush()
-        self.transport.loseConnection()
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+            return
+        # Send FIN but keep reading (and discarding) until the peer closes, so that a client
+        # still writing reads our last packet instead of getting a reset; then close for good.
+        half_close()
+        self._linger = self.broker.clock.callLater(LINGER, self.transport.abortConnection)
 
     def _detach(self) -> None:
         if self._detached:
