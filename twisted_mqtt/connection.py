@@ -492,9 +492,10 @@ class Connection:
                 shared_subscription_available=int(caps.shared_subscription_available),
                 response_information=self._response_information(packet),
             )
-        log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, session present "
-                 "{present})", conn=self, protocol_level=int(packet.protocol_level),
-                 clean=packet.clean_start, present=present)
+        log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, "
+                 "session present {present})", conn=self,
+                 protocol_level=int(packet.protocol_level), clean=packet.clean_start,
+                 present=present)
         self.send_packet(ConnAck(0, present, ack_props))
         if present:
             self._resend(session)

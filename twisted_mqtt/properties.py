@@ -177,6 +177,13 @@ class Properties:
         """True when at least one property is present."""
         return self != NO_PROPERTIES
 
+    def __repr__(self) -> str:
+        present = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in self.__slots__  # type: ignore[attr-defined]
+            if getattr(self, name) not in (None, ())
+        )
+        return f"Properties({present})"
+
 
 NO_PROPERTIES = Properties()
 
