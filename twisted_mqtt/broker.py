@@ -149,10 +149,11 @@ class Broker:
             session = self.sessions.get(client_id)
         if session is not None:
             self._cancel_timers(session)
-            session.will = None  # a new connection cancels a delayed will [MQTT-3.1.3-9]
             if clean_start:
-                self._end_session(session)
+                self._end_session(session)  # the session ends: its delayed will goes out
                 session = None
+            else:
+                session.will = None  # continuing the session cancels it [MQTT-3.1.3-9]
         present = session is not None
         if session is None:
             session = self.sessions[client_id] = Session(client_id)
@@ -423,22 +424,25 @@ class Broker:
         online member; QoS 2 messages in flight stay with it [MQTT-4.8.2-4]."""
         if not session.queue and not session.inflight:
             return
-        moved: List[Delivery] = []
+        # What no other member takes, or has expired (onward delivery to another member would
+        # not have started [MQTT-3.3.2-5]), stays: in flight under its packet identifier, to be
+        # resent on reconnect [MQTT-4.4.0-1], or queued.
+        now = self.now
+        exclude = session.client_id
         for packet_id, delivery in list(session.inflight.items()):
-            if delivery.share is not None and delivery.qos == 1:
+            group = delivery.share
+            if (group is not None and delivery.qos == 1 and not delivery.message.expired(now)
+                    and self._deliver_shared(group, delivery.message, exclude)):
                 del session.inflight[packet_id]
-                moved.append(delivery)
         kept: List[Delivery] = []
-        for delivery in session.queue:
-            (moved if delivery.share is not None else kept).append(delivery)
+        for delivery in list(session.queue):
+            group = delivery.share
+            if (group is None or delivery.message.expired(now)
+                    or not self._deliver_shared(group, delivery.message, exclude)):
+                kept.append(delivery)
         if len(kept) != len(session.queue):
             session.queue.clear()
             session.queue.extend(kept)
-        for delivery in moved:
-            group = delivery.share
-            assert group is not None
-            if not self._deliver_shared(group, delivery.message, session.client_id):
-                session.queue.append(delivery)
 
     # -- $SYS -----------------------------------------------------------------------------------
 

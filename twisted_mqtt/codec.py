@@ -539,11 +539,17 @@ class Decoder:
         limit = self.max_packet_size
         need = 0
         while pos < size:
+            first = buf[pos]
+            if level is None and first != _CONNECT:
+                # Checked on the first byte: a stream that does not start with CONNECT (say an
+                # HTTP request) is refused now, not after the bytes its "length" asks for.
+                if first >> 4 == PacketType.CONNECT:
+                    raise MalformedPacket("CONNECT flags not 0", "MQTT-2.1.3-1")
+                raise ProtocolError("first packet is not CONNECT", "MQTT-3.1.0-1")
             # Fixed header: type/flags byte, then the remaining length (1 to 4 bytes).
             if pos + 1 >= size:
                 need = size - pos + 1
                 break
-            first = buf[pos]
             length = buf[pos + 1]
             body = pos + 2
             if length >= 0x80:
@@ -575,10 +581,6 @@ class Decoder:
                 break
             ptype = first >> 4
             flags = first & 0x0F
-            if level is None and first != _CONNECT:
-                if ptype == PacketType.CONNECT:
-                    raise MalformedPacket("CONNECT flags not 0", "MQTT-2.1.3-1")
-                raise ProtocolError("first packet is not CONNECT", "MQTT-3.1.0-1")
             if ptype == _PUBLISH:
                 fields = _publish_fields(buf, body, end, flags, level)  # type: ignore[arg-type]
                 append(fields if raw else Publish(*fields))

@@ -276,6 +276,8 @@ class Connection:
     def _resend(self, session: Session) -> None:
         """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1]."""
         now = self.broker.now
+        limit = self.max_packet_out
+        too_large = []
         for packet_id, delivery in session.inflight.items():
             if delivery.state == 0:
                 message = delivery.message
@@ -285,11 +287,16 @@ class Connection:
                 else:
                     data = message.encoded(self.v5, delivery.qos, delivery.retain,
                                            delivery.sub_ids, now, dup=True, packet_id=packet_id)
-                if data is not None:
-                    self.broker.stats.packets_sent += 1
-                    self.write(data)
+                if data is None or (limit is not None and len(data) > limit):
+                    too_large.append(packet_id)  # the new limit: as if sent [MQTT-3.1.2-25]
+                    continue
+                self.broker.stats.packets_sent += 1
+                self.write(data)
             else:
                 self.send_packet(PubRel(packet_id))
+        for packet_id in too_large:
+            del session.inflight[packet_id]
+            self.broker.stats.dropped += 1
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -338,11 +345,13 @@ class Connection:
 
     def check_keepalive(self, now: float) -> None:
         """Close a connection silent for 1.5 times its keep alive [MQTT-3.1.2-22], or one that
-        never sent CONNECT."""
+        never completed CONNECT (including authentication) within the connect timeout."""
         if self.state == CONNECTED:
             if self.keep_alive and now - self.last_rx > self.keep_alive * 1.5:
                 self.disconnect(_R.KEEP_ALIVE_TIMEOUT)
-        elif self.state == AWAITING_CONNECT and now - self.opened_at > CONNECT_TIMEOUT:
+        elif self.state in (AWAITING_CONNECT, AUTHENTICATING) and (
+            now - self.opened_at > CONNECT_TIMEOUT
+        ):
             log.info("{conn!r}: no CONNECT within {timeout}s; closing", conn=self,
                      timeout=CONNECT_TIMEOUT)
             self.close()
@@ -496,7 +505,9 @@ class Connection:
                  "session present {present})", conn=self,
                  protocol_level=int(packet.protocol_level), clean=packet.clean_start,
                  present=present)
-        self.send_packet(ConnAck(0, present, ack_props))
+        # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved.
+        self.send_packet(ConnAck(0, present and self.protocol_level != ProtocolLevel.MQTT_3_1,
+                                 ack_props))
         if present:
             self._resend(session)
         broker.pump(session)

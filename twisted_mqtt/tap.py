@@ -52,11 +52,20 @@ class Options(usage.Options):
         self["refuse-subscribe"].append(topic_filter)
 
     def postOptions(self) -> None:
-        """Apply the default listener."""
+        """Apply the default listener; refuse bad listeners here rather than in makeService."""
         if self["tcp"] is not None:
+            if not 0 <= self["tcp"] <= 65535:
+                raise usage.UsageError(f"--tcp: port must be 0-65535, not {self['tcp']}")
             self["listen"].append(f"tcp:{self['tcp']}")
         if not self["listen"]:
             self["listen"].append("tcp:1883")
+        from twisted.internet import endpoints, reactor
+
+        for endpoint in self["listen"]:
+            try:  # a bad endpoint string is a usage error, not a traceback from makeService
+                endpoints.serverFromString(reactor, endpoint)
+            except Exception as error:
+                raise usage.UsageError(f"bad listener {endpoint!r}: {error}") from None
 
     def capabilities(self) -> Capabilities:
         """The limits these options set."""

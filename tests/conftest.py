@@ -1,0 +1,210 @@
+"""Fixtures for the end-to-end tests: real broker processes on loopback ephemeral ports.
+
+A broker is started as ``twistd -n --pidfile= mqtt --listen tcp:0:interface=127.0.0.1 ...`` (or
+``python -m twisted_mqtt ...``) with its log in a file; the port the kernel chose is read from
+the line Twisted logs when the listener starts ("MQTTFactory starting on NNNN"), so there is no
+race for a free port.  On teardown the broker gets SIGTERM and must exit cleanly within a bound,
+with no traceback in its log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+PORT_LINE = re.compile(r"MQTTFactory starting on (\d+)")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+LOG_ERRORS = ("Traceback", "Unhandled Error", "Unhandled error")
+
+
+def broker_env() -> dict:
+    """The environment for a broker process: the repository root on ``sys.path`` (twistd only
+    finds the ``mqtt`` plugin through it) and unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def twistd_command() -> List[str]:
+    """``twistd`` run by the interpreter running the tests."""
+    script = Path(sys.executable).with_name("twistd")
+    if not script.exists():
+        found = shutil.which("twistd")
+        script = Path(found) if found else script
+    if script.exists():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
+            "sys.argv[0] = 'twistd'; sys.exit(run())"]
+
+
+def run_twistd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Run ``twistd ARGS`` to completion (for --help and bad options)."""
+    return subprocess.run([*twistd_command(), *args], env=broker_env(), cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def log_problems(text: str) -> List[str]:
+    """Lines of a broker log that show an error the broker did not handle."""
+    return [line for line in text.splitlines() if any(e in line for e in LOG_ERRORS)]
+
+
+class BrokerProcess:
+    """A broker running in a child process, its log going to a file."""
+
+    def __init__(self, argv: List[str], log_path: Path, host: str = "127.0.0.1") -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.host = host
+        self.ports: List[int] = []
+        self.returncode: Optional[int] = None
+        with open(log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=broker_env(),
+                                         cwd=log_path.parent)
+
+    @property
+    def port(self) -> int:
+        """The (first) listening port."""
+        return self.ports[0]
+
+    def log(self) -> str:
+        """Everything the broker logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, count: int = 1,
+                     timeout: float = START_TIMEOUT) -> List[re.Match]:
+        """Poll the log until ``pattern`` matched ``count`` times; fail at the deadline or if
+        the process exits first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            found = list(regex.finditer(text))
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited with {self.proc.returncode} before "
+                                     f"logging {pattern!r}:\n{text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the broker log within {timeout}s:\n"
+                                     f"{text}")
+            time.sleep(0.02)
+
+    def wait_ready(self, listeners: int = 1) -> None:
+        """Wait for every listener's port in the log, then until the first accepts a socket."""
+        matches = self.wait_for_log(PORT_LINE.pattern, count=listeners)
+        self.ports = [int(m.group(1)) for m in matches]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=2.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self) -> str:
+        """SIGTERM; the broker must exit cleanly within STOP_TIMEOUT.  Return its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"broker did not exit within {STOP_TIMEOUT}s of SIGTERM:\n"
+                                 f"{self.log()}") from None
+        return self.log()
+
+    def check_clean_exit(self) -> None:
+        """Stop, then check the exit status and that the log shows no unhandled error."""
+        text = self.stop()
+        # twistd re-raises the signal it stopped for once it has shut down; python -m exits 0.
+        assert self.returncode in (0, -signal.SIGTERM), (
+            f"broker exited with {self.returncode}:\n{text}")
+        assert "Main loop terminated." in text, f"no orderly shutdown:\n{text}"
+        problems = log_problems(text)
+        assert not problems, f"errors in the broker log:\n{text}"
+
+
+StartBroker = Callable[..., BrokerProcess]
+
+
+def _starter(directory: Path, started: List[BrokerProcess]) -> StartBroker:
+    def start(*options: str, module: bool = False, listen: Optional[List[str]] = None,
+              host: str = "127.0.0.1") -> BrokerProcess:
+        """Start ``twistd -n --pidfile= mqtt`` (or ``python -m twisted_mqtt``) with
+        ``options`` and wait until it accepts connections."""
+        endpoints = listen if listen is not None else [LOOPBACK]
+        args: List[str] = []
+        for endpoint in endpoints:
+            args += ["--listen", endpoint]
+        args += list(options)
+        if module:
+            argv = [sys.executable, "-m", "twisted_mqtt", *args]
+        else:
+            argv = [*twistd_command(), "-n", "--pidfile=", "mqtt", *args]
+        log_path = directory / f"broker-{len(started)}.log"
+        broker = BrokerProcess(argv, log_path, host)
+        started.append(broker)
+        broker.wait_ready(len(endpoints))
+        return broker
+
+    return start
+
+
+def _stop_all(started: List[BrokerProcess]) -> None:
+    failures = []
+    for broker in started:
+        try:
+            broker.check_clean_exit()
+        except AssertionError as error:
+            failures.append(str(error))
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[StartBroker]:
+    """Start brokers for one test; each is stopped and checked when the test ends."""
+    started: List[BrokerProcess] = []
+    yield _starter(tmp_path, started)
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def module_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartBroker]:
+    """Start brokers shared by a module's tests; stopped and checked at the module's end."""
+    started: List[BrokerProcess] = []
+    yield _starter(tmp_path_factory.mktemp("brokers"), started)
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def broker(module_brokers: StartBroker) -> BrokerProcess:
+    """A broker with the default options (``twistd -n mqtt``) on a loopback ephemeral port."""
+    return module_brokers()
+
+
+@pytest.fixture(scope="module")
+def limited_broker(module_brokers: StartBroker) -> BrokerProcess:
+    """A broker started with limits: ``--refuse-subscribe test/nosubscribe --max-keep-alive 60
+    --max-packet-size 65536 --receive-maximum 10 --topic-alias-maximum 2 --sys-interval 0``."""
+    return module_brokers("--refuse-subscribe", "test/nosubscribe", "--max-keep-alive", "60",
+                          "--max-packet-size", "65536", "--receive-maximum", "10",
+                          "--topic-alias-maximum", "2", "--sys-interval", "0")

@@ -1,0 +1,1340 @@
+"""Message flows through the broker core and the connection state machine, in memory.
+
+Each test drives ``twisted_mqtt.testing.InMemoryBroker`` (a ``Broker`` on a ``task.Clock``) with
+``InMemoryClient`` peers over ``StringTransport``: no sockets, no sleeping, no wall clock.  They
+cover, at MQTT 5 and 3.1.1 (and 3.1 where it differs):
+
+* QoS 0/1/2 in both directions with exact packet identifiers, duplicate QoS 2 PUBLISH, unknown
+  PUBREL, DUP not propagated, QoS downgrade and the broker's Maximum QoS;
+* overlapping subscriptions and Subscription Identifiers;
+* shared subscriptions: round robin, one member per message, hand over of a leaving member's
+  messages, no retained messages, No Local refused;
+* No Local, Retain As Published, Retain Handling, retained messages (store, replace, delete,
+  limit, expiry), refused filters, UNSUBSCRIBE;
+* message expiry and the properties forwarded unchanged, Payload Format Indicator checks;
+* topic aliases inbound and outbound;
+* flow control inbound and outbound, queue limits, Maximum Packet Size both ways;
+* slow consumers (transport back-pressure) and encoding reuse.
+
+Every label cited in this module is checked to exist in the specification text
+(``test_cited_labels_exist``); a label followed by "(3.1.1)" is one of MQTT 3.1.1, any other
+one of MQTT 5.0.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytest
+
+from tests.test_topics import check_cited_labels
+from twisted_mqtt import connection as connection_module
+from twisted_mqtt.capabilities import Capabilities, Compatibilities
+from twisted_mqtt.codec import encode
+from twisted_mqtt.packets import (
+    Disconnect,
+    PingReq,
+    ProtocolLevel,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+)
+from twisted_mqtt.properties import NO_PROPERTIES, Properties
+from twisted_mqtt.session import Message, Session
+from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
+
+V5 = ProtocolLevel.MQTT_5
+V311 = ProtocolLevel.MQTT_3_1_1
+V31 = ProtocolLevel.MQTT_3_1
+ALL_LEVELS = [V31, V311, V5]
+V3_LEVELS = [V31, V311]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def make_hub(compatibilities: Optional[Compatibilities] = None, **caps: Any) -> InMemoryBroker:
+    """An in-memory broker without $SYS publications and with the given capabilities."""
+    return InMemoryBroker(capabilities=Capabilities(sys_interval=0, **caps),
+                          compatibilities=compatibilities)
+
+
+def connect(hub: InMemoryBroker, client_id: str, level: int = V5, clean_start: bool = True,
+            **props: Any) -> InMemoryClient:
+    """A connected client; ``props`` are its CONNECT properties (v5)."""
+    client = hub.client(protocol_level=level)
+    properties = Properties(**props) if props else NO_PROPERTIES
+    ack = client.connect(client_id, clean_start=clean_start, properties=properties)
+    assert ack.reason_code == 0, ack
+    assert client.received() == []
+    return client
+
+
+def subscribe(client: InMemoryClient, *subscriptions: Subscription, packet_id: int = 1,
+              sub_id: Optional[int] = None) -> SubAck:
+    """Send SUBSCRIBE and return its SUBACK; any PUBLISH sent along stays readable."""
+    props = Properties(subscription_identifiers=(sub_id,)) if sub_id else NO_PROPERTIES
+    client.send(Subscribe(packet_id, tuple(subscriptions), props))
+    packets = client.received()
+    acks = [p for p in packets if isinstance(p, SubAck)]
+    assert len(acks) == 1, packets
+    assert acks[0].packet_id == packet_id
+    client._unread = [p for p in packets if not isinstance(p, SubAck)]
+    return acks[0]
+
+
+def publishes(client: InMemoryClient) -> List[Publish]:
+    """The packets received since the last read, all of which must be PUBLISH."""
+    packets = client.received()
+    assert all(isinstance(p, Publish) for p in packets), packets
+    return packets
+
+
+def one_publish(client: InMemoryClient) -> Publish:
+    """The single PUBLISH received since the last read."""
+    packets = publishes(client)
+    assert len(packets) == 1, packets
+    return packets[0]
+
+
+def pid(packet: Publish) -> int:
+    """The packet identifier of a QoS 1/2 PUBLISH."""
+    assert packet.packet_id is not None
+    return packet.packet_id
+
+
+def session_of(hub: InMemoryBroker, client_id: str) -> Session:
+    return hub.broker.sessions[client_id]
+
+
+def disconnect_reason(client: InMemoryClient) -> int:
+    """The reason code of the DISCONNECT the broker sent before closing the connection."""
+    packets = client.received()
+    assert client.closed, packets
+    assert isinstance(packets[-1], Disconnect), packets
+    return packets[-1].reason_code
+
+
+def ack_all(client: InMemoryClient, packets: Sequence[Publish]) -> None:
+    """Acknowledge QoS 1 PUBLISH packets."""
+    for packet in packets:
+        assert packet.qos == 1 and packet.packet_id is not None
+        client.send(PubAck(packet.packet_id))
+
+
+# -- QoS flows, inbound ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_inbound_qos0_qos1(level: int) -> None:
+    """QoS 0 gets no answer [MQTT-4.3.1-1]; QoS 1 gets a PUBACK with the PUBLISH's packet
+    identifier [MQTT-4.3.2-4, MQTT-3.3.4-1]; the same identifier after the PUBACK is a new
+    message [MQTT-4.3.2-5]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"zero", 0))
+    assert pub.received() == []
+    assert one_publish(sub).payload == b"zero"
+    pub.send(Publish("t", b"one", 1, packet_id=17))
+    assert pub.received() == [PubAck(17)]
+    pub.send(Publish("t", b"one again", 1, packet_id=17))
+    assert pub.received() == [PubAck(17)]
+    assert [p.payload for p in publishes(sub)] == [b"one", b"one again"]
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_inbound_qos2_exactly_once(level: int) -> None:
+    """QoS 2: PUBREC with the packet identifier [MQTT-4.3.3-8]; a PUBLISH with the same
+    identifier before PUBREL (DUP or not) gets PUBREC again and is not delivered a second time
+    [MQTT-4.3.3-10]; PUBREL gets PUBCOMP with the same identifier [MQTT-4.3.3-11]; after that
+    the identifier starts a new message [MQTT-4.3.3-12]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"m1", 2, packet_id=300))
+    assert pub.received() == [PubRec(300)]
+    first = one_publish(sub)
+    assert (first.payload, first.qos) == (b"m1", 2)
+    pub.send(Publish("t", b"m1", 2, dup=True, packet_id=300))
+    pub.send(Publish("t", b"m1", 2, packet_id=300))
+    assert pub.received() == [PubRec(300), PubRec(300)]
+    assert sub.received() == []
+    assert session_of(hub, "pub").inbound_qos2 == {300}
+    pub.send(PubRel(300))
+    assert pub.received() == [PubComp(300)]
+    assert session_of(hub, "pub").inbound_qos2 == set()
+    pub.send(Publish("t", b"m2", 2, packet_id=300))
+    assert pub.received() == [PubRec(300)]
+    assert one_publish(sub).payload == b"m2"
+
+
+def test_inbound_qos2_after_error_pubrec_is_new_v5() -> None:
+    """After a PUBREC with a reason code of 0x80 or more, a PUBLISH with the same packet
+    identifier is a new message [MQTT-4.3.3-9]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub")
+    bad = Properties(payload_format_indicator=1)
+    pub.send(Publish("t", b"\xff", 2, packet_id=8, properties=bad))
+    assert pub.received() == [PubRec(8, 0x99)]
+    pub.send(Publish("t", b"fine", 2, packet_id=8, properties=bad))
+    assert pub.received() == [PubRec(8)]
+    assert one_publish(sub).payload == b"fine"
+
+
+def test_pubrel_unknown_packet_id_v5() -> None:
+    """A PUBREL for an identifier with no QoS 2 exchange is answered by PUBCOMP 0x92 (Packet
+    Identifier not found) [MQTT-3.7.2-1]."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(PubRel(42))
+    assert pub.received() == [PubComp(42, 0x92)]
+    assert not pub.closed
+
+
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_pubrel_unknown_packet_id_v3(level: int) -> None:
+    """MQTT 3 has no reason codes: the PUBREL is completed [MQTT-4.3.3-11]."""
+    hub = make_hub()
+    pub = connect(hub, "pub", level)
+    pub.send(PubRel(42))
+    assert pub.received() == [PubComp(42)]
+
+
+def test_inbound_qos1_qos2_without_subscribers_v5() -> None:
+    """With no matching subscription a v5 PUBACK/PUBREC says 0x10 (No matching subscribers)
+    [MQTT-3.4.2-1, MQTT-3.5.2-1]; the QoS 2 exchange still completes."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("nobody", b"x", 1, packet_id=1), Publish("nobody", b"x", 2, packet_id=2))
+    assert pub.received() == [PubAck(1, 0x10), PubRec(2, 0x10)]
+    pub.send(PubRel(2))
+    assert pub.received() == [PubComp(2)]
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_dup_not_propagated(level: int) -> None:
+    """The DUP flag of an incoming PUBLISH is not propagated to subscribers
+    [MQTT-3.3.1-3, MQTT-3.3.1-3 (3.1.1)]; new deliveries go out with DUP 0 [MQTT-4.3.2-2,
+    MQTT-4.3.3-2]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"1", 1, dup=True, packet_id=1))
+    pub.send(Publish("t", b"2", 2, dup=True, packet_id=2))
+    got = publishes(sub)
+    assert [(p.payload, p.qos, p.dup) for p in got] == [(b"1", 1, False), (b"2", 2, False)]
+
+
+# -- QoS flows, outbound --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_outbound_qos1(level: int) -> None:
+    """QoS 1 to a subscriber: an unused non-zero packet identifier [MQTT-4.3.2-1], DUP 0
+    [MQTT-4.3.2-2], unacknowledged until PUBACK [MQTT-4.3.2-3]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub", level)
+    for i in range(3):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    got = publishes(sub)
+    ids = [pid(p) for p in got]
+    assert [p.payload for p in got] == [b"0", b"1", b"2"]
+    assert all(p.qos == 1 and not p.dup for p in got)
+    assert all(ids) and len(set(ids)) == 3
+    session = session_of(hub, "sub")
+    assert set(session.inflight) == set(ids)
+    sub.send(PubAck(ids[1]))
+    assert set(session.inflight) == {ids[0], ids[2]}
+    sub.send(PubAck(ids[0]), PubAck(ids[2]))
+    assert session.inflight == {}
+    assert sub.received() == []
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_outbound_qos2(level: int) -> None:
+    """QoS 2 to a subscriber: PUBLISH with a fresh identifier and DUP 0 [MQTT-4.3.3-1,
+    MQTT-4.3.3-2], unacknowledged until PUBREC [MQTT-4.3.3-3]; PUBREC answered by PUBREL with the
+    same identifier [MQTT-4.3.3-4], itself unacknowledged until PUBCOMP [MQTT-4.3.3-5]; the
+    identifier stays in use until then."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"a", 2, packet_id=9))
+    first = one_publish(sub)
+    assert first.qos == 2 and not first.dup and first.packet_id
+    session = session_of(hub, "sub")
+    assert session.inflight[first.packet_id].state == 0
+    sub.send(PubRec(first.packet_id))
+    assert sub.received() == [PubRel(first.packet_id)]
+    assert session.inflight[first.packet_id].state == 1
+    pub.send(Publish("t", b"b", 2, packet_id=10))
+    second = one_publish(sub)
+    assert second.packet_id not in (0, None, first.packet_id)
+    sub.send(PubComp(first.packet_id))
+    assert first.packet_id not in session.inflight
+    sub.send(PubRec(second.packet_id))
+    assert sub.received() == [PubRel(second.packet_id)]
+    sub.send(PubComp(second.packet_id))
+    assert session.inflight == {}
+    assert sub.received() == []
+
+
+def test_outbound_pubrec_error_discards_v5() -> None:
+    """A PUBREC with a reason code of 0x80 or more acknowledges the PUBLISH: no PUBREL and no
+    retransmission [MQTT-4.4.0-2]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"a", 2, packet_id=1))
+    packet_id = one_publish(sub).packet_id
+    assert packet_id is not None
+    sub.send(PubRec(packet_id, 0x80))
+    assert sub.received() == []
+    assert session_of(hub, "sub").inflight == {}
+
+
+def test_packet_ids_unique_while_in_flight() -> None:
+    """Outbound packet identifiers are non-zero and never reused while in flight
+    [MQTT-4.3.2-1, MQTT-4.3.3-1], also once they wrap around after 65535."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 1))
+    session = session_of(hub, "sub")
+    session.next_id = 65533
+    pub = connect(hub, "pub")
+    for i in range(6):
+        pub.send(Publish("t", b"x", 1, packet_id=i + 1))
+    ids = [p.packet_id for p in publishes(sub)]
+    assert ids == [65533, 65534, 65535, 1, 2, 3]
+    sub.send(PubAck(65534), PubAck(1))
+    session.next_id = 65533
+    pub.send(Publish("t", b"y", 1, packet_id=50), Publish("t", b"z", 1, packet_id=51))
+    assert [p.packet_id for p in publishes(sub)] == [65534, 1]
+    assert len(session.inflight) == 6
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_qos_downgraded_to_subscription(level: int) -> None:
+    """A message goes out at the lower of its QoS and the subscription's granted QoS
+    [MQTT-3.8.4-8, MQTT-4.8.2-3]."""
+    hub = make_hub()
+    subs = {}
+    for qos in (0, 1, 2):
+        subs[qos] = connect(hub, f"sub{qos}", level)
+        assert subscribe(subs[qos], Subscription("t", qos)).reason_codes == (qos,)
+    pub = connect(hub, "pub", level)
+    for qos in (0, 1, 2):
+        pub.send(Publish("t", b"q%d" % qos, qos, packet_id=qos or None))
+    pub.received()
+    for sub_qos, client in subs.items():
+        got = publishes(client)
+        assert [(p.payload, p.qos) for p in got] == [
+            (b"q%d" % q, min(q, sub_qos)) for q in (0, 1, 2)
+        ]
+
+
+@pytest.mark.parametrize("level", [V311, V5])
+def test_maximum_qos_1(level: int) -> None:
+    """With Maximum QoS 1, SUBACK grants at most QoS 1 [MQTT-3.8.4-7] and a QoS 2 PUBLISH is a
+    Protocol Error: DISCONNECT 0x9B (QoS not supported) [MQTT-3.2.2-11]."""
+    hub = make_hub(maximum_qos=1)
+    client = connect(hub, "c", level)
+    ack = subscribe(client, Subscription("a", 0), Subscription("b", 1), Subscription("c", 2))
+    assert ack.reason_codes == (0, 1, 1)
+    client.send(Publish("b", b"x", 1, packet_id=1))
+    assert PubAck(1) in client.received()
+    client.send(Publish("b", b"x", 2, packet_id=2))
+    if level == V5:
+        assert disconnect_reason(client) == 0x9B
+    else:
+        assert client.closed and client.received() == []
+
+
+# -- overlapping subscriptions and subscription identifiers ---------------------------------------
+
+
+def test_overlapping_subscriptions_one_message_v5() -> None:
+    """A message matching several subscriptions of one client is sent once at the highest QoS
+    [MQTT-3.3.4-2] with the Subscription Identifiers of all of them [MQTT-3.3.4-3,
+    MQTT-3.3.4-4]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("a/+", 0), packet_id=1, sub_id=1)
+    subscribe(sub, Subscription("a/#", 1), packet_id=2, sub_id=2)
+    subscribe(sub, Subscription("#", 0), packet_id=3)
+    subscribe(sub, Subscription("a/b", 0), packet_id=4, sub_id=268435455)
+    pub = connect(hub, "pub")
+    pub.send(Publish("a/b", b"x", 2, packet_id=1))
+    got = one_publish(sub)
+    assert got.qos == 1
+    assert sorted(got.properties.subscription_identifiers) == [1, 2, 268435455]
+    pub.send(Publish("a/c", b"y", 0))
+    got = one_publish(sub)
+    assert sorted(got.properties.subscription_identifiers) == [1, 2]
+    pub.send(Publish("z", b"z", 1, packet_id=2))
+    got = one_publish(sub)
+    assert got.qos == 0 and got.properties.subscription_identifiers == ()
+
+
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_overlapping_subscriptions_one_message_v3(level: int) -> None:
+    """MQTT 3: one copy at the maximum QoS of the matching subscriptions [MQTT-3.3.5-1
+    (3.1.1)]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("a/+", 2), Subscription("a/#", 0), Subscription("+/b", 1))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("a/b", b"x", 2, packet_id=1))
+    got = one_publish(sub)
+    assert got.qos == 2
+
+
+def test_subscription_identifier_delivered_and_replaced() -> None:
+    """The Subscription Identifier of the matching subscription is sent with the message
+    [MQTT-3.3.4-3]; subscribing again to the same filter replaces the subscription, identifier
+    included [MQTT-3.8.4-3]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 1), sub_id=7)
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 0))
+    assert one_publish(sub).properties.subscription_identifiers == (7,)
+    subscribe(sub, Subscription("t", 1), packet_id=2, sub_id=8)
+    pub.send(Publish("t", b"x", 0))
+    assert one_publish(sub).properties.subscription_identifiers == (8,)
+    subscribe(sub, Subscription("t", 1), packet_id=3)
+    pub.send(Publish("t", b"x", 0))
+    assert one_publish(sub).properties.subscription_identifiers == ()
+
+
+def test_publish_with_subscription_identifier_is_protocol_error() -> None:
+    """A PUBLISH from a client must not carry a Subscription Identifier: DISCONNECT 0x82
+    [MQTT-3.3.4-6]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 1, packet_id=1,
+                     properties=Properties(subscription_identifiers=(3,))))
+    assert disconnect_reason(pub) == 0x82
+    assert sub.received() == []
+
+
+# -- shared subscriptions -----------------------------------------------------------------------
+
+
+def test_shared_round_robin() -> None:
+    """Each message on a shared subscription goes to exactly one member, taking turns among
+    the online members, each with its granted QoS [MQTT-4.8.2-3]."""
+    hub = make_hub()
+    members = [connect(hub, f"m{i}", V5 if i != 1 else V311) for i in range(3)]
+    for member in members:
+        subscribe(member, Subscription("$share/g/t/#", 1))
+    other = connect(hub, "other")
+    subscribe(other, Subscription("$share/h/t/#", 0), sub_id=4)
+    pub = connect(hub, "pub")
+    for i in range(9):
+        pub.send(Publish("t/x", b"%d" % i, 1, packet_id=i + 1))
+    packets = [publishes(m) for m in members]
+    for member, got in zip(members, packets):
+        ack_all(member, got)
+    received = [[p.payload for p in got] for got in packets]
+    assert sorted(sum(received, [])) == [b"%d" % i for i in range(9)]
+    assert [len(r) for r in received] == [3, 3, 3]
+    assert received[0] == [b"0", b"3", b"6"]
+    got = publishes(other)  # each group gets every message, with its subscription identifier
+    assert [(p.qos, p.properties.subscription_identifiers) for p in got] == [(0, (4,))] * 9
+    members[1].drop()
+    for _ in range(4):
+        pub.send(Publish("t/x", b"again", 0))
+    assert len(publishes(members[0])) == 2
+    assert len(publishes(members[2])) == 2
+
+
+def test_shared_round_robin_among_online_members() -> None:
+    """Members whose session is offline are passed over while an online member is left."""
+    hub = make_hub()
+    away = connect(hub, "away", session_expiry_interval=600)
+    subscribe(away, Subscription("$share/g/t", 1))
+    away.send(Disconnect())
+    hub.clock.advance(0)
+    here = [connect(hub, f"here{i}") for i in range(2)]
+    for member in here:
+        subscribe(member, Subscription("$share/g/t", 0))
+    pub = connect(hub, "pub")
+    for i in range(6):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    assert [len(publishes(member)) for member in here] == [3, 3]
+    assert not session_of(hub, "away").queue
+
+
+def test_shared_member_leaving_hands_over_qos1() -> None:
+    """A member whose connection ends hands its queued and unacknowledged QoS 1 messages to
+    another online member; each message still reaches one member only."""
+    hub = make_hub()
+    m1 = connect(hub, "m1", receive_maximum=1, session_expiry_interval=600)
+    m2 = connect(hub, "m2")
+    subscribe(m1, Subscription("$share/g/t", 1))
+    subscribe(m2, Subscription("$share/g/t", 1))
+    pub = connect(hub, "pub")
+    for i in range(4):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    got1 = publishes(m1)
+    got2 = publishes(m2)
+    assert [p.payload for p in got1] == [b"0"]  # b"2" queued: m1's receive maximum is 1
+    assert [p.payload for p in got2] == [b"1", b"3"]
+    ack_all(m2, got2)
+    assert len(session_of(hub, "m1").queue) == 1
+    m1.drop()
+    handed = publishes(m2)
+    assert sorted(p.payload for p in handed) == [b"0", b"2"]
+    assert all(p.qos == 1 for p in handed)
+    ack_all(m2, handed)
+    assert session_of(hub, "m2").inflight == {}
+    assert session_of(hub, "m1").inflight == {} and not session_of(hub, "m1").queue
+    m1 = connect(hub, "m1", clean_start=False, session_expiry_interval=600)
+    assert m1.received() == []
+
+
+def test_shared_handover_drops_expired_messages() -> None:
+    """A leaving member's message whose Message Expiry Interval has passed is not handed to
+    another member: onward delivery to that member would not have started [MQTT-3.3.2-5]."""
+    hub = make_hub()
+    m1 = connect(hub, "m1")
+    m2 = connect(hub, "m2")
+    subscribe(m1, Subscription("$share/g/t", 1))
+    subscribe(m2, Subscription("$share/g/t", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"brief", 1, packet_id=1,
+                     properties=Properties(message_expiry_interval=2)))
+    pub.send(Publish("t", b"m2's", 1, packet_id=2))
+    pub.send(Publish("t", b"lasting", 1, packet_id=3,
+                     properties=Properties(message_expiry_interval=60)))
+    assert [p.payload for p in publishes(m1)] == [b"brief", b"lasting"]
+    ack_all(m2, publishes(m2))
+    hub.advance(5)
+    m1.drop()
+    handed = one_publish(m2)
+    assert handed.payload == b"lasting"
+    assert handed.properties.message_expiry_interval == 55
+
+
+def test_shared_handover_without_other_online_member() -> None:
+    """With no other member to take it, a leaving member's unacknowledged message stays in
+    flight and is resent on reconnect with its packet identifier and DUP set [MQTT-4.4.0-1,
+    MQTT-3.3.1-1]."""
+    hub = make_hub()
+    m1 = connect(hub, "m1", session_expiry_interval=600)
+    subscribe(m1, Subscription("$share/g/t", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 1, packet_id=1))
+    first = one_publish(m1)
+    m1.drop()
+    m1 = connect_resumed(hub, "m1")
+    again = one_publish(m1)
+    assert (again.payload, again.packet_id, again.dup) == (b"x", first.packet_id, True)
+    ack_all(m1, [again])
+    assert session_of(hub, "m1").inflight == {} and not session_of(hub, "m1").queue
+
+
+def test_shared_member_leaving_keeps_qos2_in_flight() -> None:
+    """A QoS 2 message in flight to a member whose connection breaks stays with that member
+    and is completed when it reconnects [MQTT-4.8.2-4]."""
+    hub = make_hub()
+    m1 = connect(hub, "m1", session_expiry_interval=600)
+    m2 = connect(hub, "m2")
+    subscribe(m1, Subscription("$share/g/t", 2))
+    subscribe(m2, Subscription("$share/g/t", 2))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"q2", 2, packet_id=1))
+    sent = one_publish(m1)
+    m1.drop()
+    assert m2.received() == []
+    m1 = connect_resumed(hub, "m1")
+    again = one_publish(m1)
+    assert (again.payload, again.packet_id, again.dup) == (b"q2", sent.packet_id, True)
+
+
+def connect_resumed(hub: InMemoryBroker, client_id: str, level: int = V5) -> InMemoryClient:
+    """Reconnect to an existing session; packets resent on reconnect stay readable."""
+    client = hub.client(protocol_level=level)
+    props = Properties(session_expiry_interval=600) if level == V5 else NO_PROPERTIES
+    ack = client.connect(client_id, clean_start=False, properties=props)
+    assert ack.reason_code == 0 and ack.session_present
+    return client
+
+
+def test_shared_subscription_gets_no_retained_messages() -> None:
+    """Retained messages are not sent when a shared subscription is made."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"kept", 1, retain=True, packet_id=1))
+    member = connect(hub, "m")
+    subscribe(member, Subscription("$share/g/t", 1), Subscription("$share/g/#", 1))
+    assert member.received() == []
+    plain = connect(hub, "plain")
+    subscribe(plain, Subscription("t", 1))
+    assert one_publish(plain).retain
+
+
+def test_shared_subscription_no_local_is_protocol_error() -> None:
+    """No Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4]."""
+    hub = make_hub()
+    client = connect(hub, "c")
+    client.send(Subscribe(1, (Subscription("$share/g/t", 1, no_local=True),)))
+    assert disconnect_reason(client) == 0x82
+    assert hub.broker.tree.count == 0
+
+
+# -- subscription options and retained messages ---------------------------------------------------
+
+
+def test_no_local() -> None:
+    """With No Local, a client's own messages are not forwarded to it [MQTT-3.8.3-3]; its other
+    subscriptions and other clients still get them."""
+    hub = make_hub()
+    me = connect(hub, "me")
+    subscribe(me, Subscription("t", 1, no_local=True), sub_id=1)
+    other = connect(hub, "other")
+    subscribe(other, Subscription("t", 1))
+    me.send(Publish("t", b"mine", 1, packet_id=1))
+    assert me.received() == [PubAck(1)]
+    assert one_publish(other).payload == b"mine"
+    other.send(Publish("t", b"theirs", 0))
+    assert one_publish(me).payload == b"theirs"
+    subscribe(me, Subscription("#", 0), packet_id=2, sub_id=2)
+    me.send(Publish("t", b"mine again", 1, packet_id=2))
+    echo, ack = me.received()
+    assert ack == PubAck(2)
+    assert isinstance(echo, Publish)
+    assert (echo.qos, echo.properties.subscription_identifiers) == (0, (2,))
+
+
+def test_retain_as_published() -> None:
+    """Retain As Published 0: RETAIN 0 when forwarding [MQTT-3.3.1-12]; 1: RETAIN as
+    published [MQTT-3.3.1-13]."""
+    hub = make_hub()
+    rap0 = connect(hub, "rap0")
+    subscribe(rap0, Subscription("t", 1, retain_as_published=False))
+    rap1 = connect(hub, "rap1")
+    subscribe(rap1, Subscription("t", 1, retain_as_published=True))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"r", 1, retain=True, packet_id=1))
+    pub.send(Publish("t", b"n", 1, retain=False, packet_id=2))
+    assert [p.retain for p in publishes(rap0)] == [False, False]
+    assert [p.retain for p in publishes(rap1)] == [True, False]
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_retained_store_replace_delete(level: int) -> None:
+    """A retained message replaces the previous one and is sent with RETAIN 1 to new
+    subscriptions [MQTT-3.3.1-5, MQTT-3.3.1-6 (3.1.1), MQTT-3.3.1-8 (3.1.1)]; RETAIN 0 leaves it
+    alone [MQTT-3.3.1-8, MQTT-3.3.1-12 (3.1.1)]; an empty retained payload deletes it and is not
+    stored [MQTT-3.3.1-6, MQTT-3.3.1-7, MQTT-3.3.1-10 (3.1.1), MQTT-3.3.1-11 (3.1.1)], yet is
+    forwarded normally, with RETAIN 0 to established subscriptions [MQTT-3.3.1-9 (3.1.1)]."""
+    hub = make_hub()
+    pub = connect(hub, "pub", level)
+    live = connect(hub, "live", level)
+    subscribe(live, Subscription("t/#", 1))
+    pub.send(Publish("t/a", b"first", 1, retain=True, packet_id=1))
+    pub.send(Publish("t/a", b"second", 1, retain=True, packet_id=2))
+    pub.send(Publish("t/a", b"not retained", 1, packet_id=3))
+    pub.send(Publish("t/b", b"other", 0, retain=True))
+    assert [(p.payload, p.retain) for p in publishes(live)] == [
+        (b"first", False), (b"second", False), (b"not retained", False), (b"other", False)
+    ]
+    late = connect(hub, "late", level)
+    subscribe(late, Subscription("t/#", 2))
+    got = sorted((p.payload, p.qos, p.retain) for p in publishes(late))
+    assert got == [(b"other", 0, True), (b"second", 1, True)]
+    pub.send(Publish("t/a", b"", 0, retain=True))
+    assert [(p.payload, p.retain) for p in publishes(live)] == [(b"", False)]
+    assert [(p.payload, p.retain) for p in publishes(late)] == [(b"", False)]
+    assert set(hub.broker.retained) == {"t/b"}
+    later = connect(hub, "later", level)
+    subscribe(later, Subscription("t/a", 1), Subscription("t/+", 1), packet_id=5)
+    assert [(p.topic, p.retain) for p in publishes(later)] == [("t/b", True)]
+
+
+def test_retained_wildcards_and_dollar_topics() -> None:
+    """Retained messages are matched against wildcard filters like live ones, a leading
+    wildcard not matching a ``$`` topic [MQTT-4.7.2-1]."""
+    hub = make_hub()
+    hub.broker.publish(Message("$internal/x", b"hidden", 0, True))
+    pub = connect(hub, "pub")
+    pub.send(Publish("a/b/c", b"abc", 0, retain=True), Publish("a", b"a", 0, retain=True))
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("#", 0))
+    assert sorted(p.topic for p in publishes(sub)) == ["a", "a/b/c"]
+    subscribe(sub, Subscription("a/#", 0), packet_id=2)
+    assert sorted(p.topic for p in publishes(sub)) == ["a", "a/b/c"]
+    subscribe(sub, Subscription("$internal/+", 0), packet_id=3)
+    assert [p.payload for p in publishes(sub)] == [b"hidden"]
+
+
+def test_retain_handling() -> None:
+    """Retain Handling 0 sends retained messages on every SUBSCRIBE [MQTT-3.3.1-9], 1 only
+    when the subscription is new [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11]."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"kept", 0, retain=True))
+    counts: Dict[int, List[int]] = {}
+    for handling in (0, 1, 2):
+        client = connect(hub, f"rh{handling}")
+        counts[handling] = []
+        for packet_id in (1, 2):
+            subscribe(client, Subscription("t", 0, retain_handling=handling),
+                      packet_id=packet_id)
+            counts[handling].append(len(publishes(client)))
+    assert counts == {0: [1, 1], 1: [1, 0], 2: [0, 0]}
+
+
+def test_retained_with_subscription_identifier_and_qos() -> None:
+    """A retained message sent on subscription carries that subscription's identifier
+    [MQTT-3.3.4-3] and goes out at the lower of its QoS and the granted QoS [MQTT-3.8.4-8]."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"kept", 2, retain=True, packet_id=1))
+    pub.received()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 1), sub_id=99)
+    got = one_publish(sub)
+    assert (got.qos, got.retain, got.properties.subscription_identifiers) == (1, True, (99,))
+
+
+def test_maximum_retained_messages() -> None:
+    """Beyond ``maximum_retained_messages`` a new retained topic is not stored (and counted);
+    existing ones can still be replaced or deleted."""
+    hub = make_hub(maximum_retained_messages=2)
+    pub = connect(hub, "pub")
+    for topic in ("r/1", "r/2", "r/3"):
+        pub.send(Publish(topic, topic.encode(), 0, retain=True))
+    assert set(hub.broker.retained) == {"r/1", "r/2"}
+    assert hub.broker.stats.retained_dropped == 1
+    pub.send(Publish("r/2", b"new", 0, retain=True))
+    assert hub.broker.retained["r/2"].payload == b"new"
+    pub.send(Publish("r/1", b"", 0, retain=True), Publish("r/3", b"now", 0, retain=True))
+    assert set(hub.broker.retained) == {"r/2", "r/3"}
+
+
+def test_retained_message_expiry() -> None:
+    """A retained message is not sent once its Message Expiry Interval has passed
+    [MQTT-3.3.2-5], and the expiry sent with it is what is left of the interval
+    [MQTT-3.3.2-6]."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"short", 0, retain=True,
+                     properties=Properties(message_expiry_interval=10)))
+    hub.advance(4)
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 0))
+    assert one_publish(sub).properties.message_expiry_interval == 6
+    hub.advance(6)
+    assert "t" not in hub.broker.retained
+    late = connect(hub, "late")
+    subscribe(late, Subscription("t", 0))
+    assert late.received() == []
+
+
+def test_retained_message_expiry_capability() -> None:
+    """``retained_message_expiry`` bounds the life of retained messages without their own
+    expiry."""
+    hub = make_hub(retained_message_expiry=5)
+    pub = connect(hub, "pub", V311)
+    pub.send(Publish("t", b"x", 0, retain=True))
+    hub.advance(4)
+    assert "t" in hub.broker.retained
+    hub.advance(2)
+    assert "t" not in hub.broker.retained
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_refused_filter(level: int) -> None:
+    """A refused filter gets SUBACK 0x80 while the other filters of the SUBSCRIBE are granted,
+    in order [MQTT-3.8.4-5, MQTT-3.8.4-6, MQTT-3.9.3-1]; nothing is delivered on it."""
+    hub = make_hub(refused_filters=("test/nosubscribe",))
+    client = connect(hub, "c", level)
+    ack = subscribe(client, Subscription("a", 1), Subscription("test/nosubscribe", 1),
+                    Subscription("b", 2))
+    assert ack.reason_codes == (1, 0x80, 2)
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("test/nosubscribe", b"x", 0))
+    assert client.received() == []
+
+
+def test_unsubscribe_v5() -> None:
+    """UNSUBACK has one reason code per filter, in order: 0x00 if the subscription existed
+    (it is deleted), 0x11 otherwise [MQTT-3.10.4-1, MQTT-3.10.4-4, MQTT-3.10.4-5,
+    MQTT-3.10.4-6, MQTT-3.11.3-1, MQTT-3.11.3-2]; nothing more is delivered on it
+    [MQTT-3.10.4-2]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("a/#", 1), Subscription("$share/g/b", 1))
+    sub.send(Unsubscribe(5, ("a/#", "nope", "$share/g/b", "a/+")))
+    assert sub.received() == [UnsubAck(5, (0, 0x11, 0, 0x11))]
+    pub = connect(hub, "pub")
+    pub.send(Publish("a/x", b"x", 1, packet_id=1), Publish("b", b"y", 0))
+    assert sub.received() == []
+    sub.send(Unsubscribe(6, ("a/#",)))
+    assert sub.received() == [UnsubAck(6, (0x11,))]
+
+
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_unsubscribe_v3(level: int) -> None:
+    """MQTT 3: UNSUBACK carries only the packet identifier, whether or not a subscription was
+    deleted [MQTT-3.10.4-4 (3.1.1), MQTT-3.10.4-5 (3.1.1)]; no new messages afterwards
+    [MQTT-3.10.4-2 (3.1.1)]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("a", 0))
+    sub.send(Unsubscribe(3, ("a", "b")))
+    assert sub.received() == [UnsubAck(3)]
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("a", b"x", 0))
+    assert sub.received() == []
+
+
+def test_unsubscribe_completes_messages_in_flight() -> None:
+    """QoS 1/2 messages already sent are completed after UNSUBSCRIBE [MQTT-3.10.4-3]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 2, packet_id=1))
+    sent = one_publish(sub)
+    assert sent.packet_id is not None
+    sub.send(Unsubscribe(2, ("t",)))
+    assert sub.received() == [UnsubAck(2, (0,))]
+    sub.send(PubRec(sent.packet_id))
+    assert sub.received() == [PubRel(sent.packet_id)]
+    sub.send(PubComp(sent.packet_id))
+    assert session_of(hub, "sub").inflight == {}
+
+
+# -- message expiry and forwarded properties ------------------------------------------------------
+
+
+def test_message_expiry_while_queued() -> None:
+    """The Message Expiry Interval sent on is the received one minus the time the message
+    waited [MQTT-3.3.2-6]; a message whose interval passed before delivery started is dropped
+    [MQTT-3.3.2-5]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", session_expiry_interval=600)
+    subscribe(sub, Subscription("t", 1))
+    sub.send(Disconnect())
+    hub.clock.advance(0)
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"long", 1, packet_id=1,
+                     properties=Properties(message_expiry_interval=30)))
+    pub.send(Publish("t", b"short", 1, packet_id=2,
+                     properties=Properties(message_expiry_interval=5)))
+    pub.send(Publish("t", b"forever", 1, packet_id=3))
+    hub.advance(10)
+    expired_before = hub.broker.stats.expired
+    sub = connect_resumed(hub, "sub")
+    got = publishes(sub)
+    assert [p.payload for p in got] == [b"long", b"forever"]
+    assert got[0].properties.message_expiry_interval == 20
+    assert got[1].properties.message_expiry_interval is None
+    assert hub.broker.stats.expired == expired_before + 1
+
+
+def test_message_expiry_forwarded_when_online() -> None:
+    """A message delivered at once keeps its whole Message Expiry Interval [MQTT-3.3.2-6]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 0))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 0, properties=Properties(message_expiry_interval=77)))
+    assert one_publish(sub).properties.message_expiry_interval == 77
+
+
+def test_message_expiry_in_flow_controlled_queue() -> None:
+    """A message waiting behind the receive maximum expires there [MQTT-3.3.2-5]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", receive_maximum=1)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"first", 1, packet_id=1))
+    pub.send(Publish("t", b"brief", 1, packet_id=2,
+                     properties=Properties(message_expiry_interval=2)))
+    pub.send(Publish("t", b"third", 1, packet_id=3,
+                     properties=Properties(message_expiry_interval=100)))
+    first = one_publish(sub)
+    hub.advance(3)
+    ack_all(sub, [first])
+    third = one_publish(sub)
+    assert third.payload == b"third"
+    assert third.properties.message_expiry_interval == 97
+
+
+def test_properties_forwarded_unchanged() -> None:
+    """Payload Format Indicator [MQTT-3.3.2-4], Response Topic [MQTT-3.3.2-15], Correlation
+    Data [MQTT-3.3.2-16], User Properties in order [MQTT-3.3.2-17, MQTT-3.3.2-18] and Content
+    Type [MQTT-3.3.2-20] reach every subscriber unaltered, at every QoS; an MQTT 3.1.1
+    subscriber gets the message without them."""
+    hub = make_hub()
+    props = Properties(
+        payload_format_indicator=1,
+        content_type="application/json; charset=utf-8",
+        response_topic="reply/to/me",
+        correlation_data=b"\x00\x01corr",
+        user_properties=(("z", "1"), ("a", "2"), ("z", "0"), ("", "")),
+    )
+    subs = []
+    for qos in (0, 1, 2):
+        subs.append(connect(hub, f"sub{qos}"))
+        subscribe(subs[-1], Subscription("t", qos))
+    v3 = connect(hub, "v3", V311)
+    subscribe(v3, Subscription("t", 2))
+    pub = connect(hub, "pub")
+    for qos in (0, 1, 2):
+        pub.send(Publish("t", b'{"k": "v"}', qos, packet_id=qos or None, properties=props))
+    for client in subs:
+        for got in publishes(client):
+            assert got.payload == b'{"k": "v"}'
+            assert got.properties == props
+    assert [p.payload for p in publishes(v3)] == [b'{"k": "v"}'] * 3
+
+
+def test_payload_format_invalid() -> None:
+    """Payload Format Indicator 1 with a payload that is not UTF-8 is refused [MQTT-3.3.2-4]:
+    PUBACK/PUBREC 0x99 at QoS 1/2 [MQTT-3.4.2-1, MQTT-3.5.2-1], DISCONNECT 0x99 at QoS 0; it is
+    not forwarded."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub")
+    bad = Properties(payload_format_indicator=1)
+    pub.send(Publish("t", b"\xff\xfe", 1, packet_id=4, properties=bad))
+    pub.send(Publish("t", b"\xc3\x28", 2, packet_id=5, properties=bad))
+    assert pub.received() == [PubAck(4, 0x99), PubRec(5, 0x99)]
+    pub.send(Publish("t", "ünïcode".encode(), 1, packet_id=6, properties=bad))
+    assert pub.received() == [PubAck(6)]
+    assert [p.payload for p in publishes(sub)] == ["ünïcode".encode()]
+    pub.send(Publish("t", b"\x80", 0, properties=bad))
+    assert disconnect_reason(pub) == 0x99
+    assert sub.received() == []
+
+
+# -- topic aliases --------------------------------------------------------------------------------
+
+
+def test_inbound_topic_alias() -> None:
+    """A client sets a Topic Alias with a topic name and then uses it with an empty one
+    [MQTT-3.3.2-12]; an alias can be remapped; subscribers get the full topic and no alias."""
+    hub = make_hub(topic_alias_maximum=3)
+    sub = connect(hub, "sub", V311)
+    subscribe(sub, Subscription("#", 1))
+    v5sub = connect(hub, "v5sub")
+    subscribe(v5sub, Subscription("#", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("long/topic/name", b"1", 0, properties=Properties(topic_alias=3)))
+    pub.send(Publish("", b"2", 1, packet_id=1, properties=Properties(topic_alias=3)))
+    pub.send(Publish("other", b"3", 0, properties=Properties(topic_alias=3)))
+    pub.send(Publish("", b"4", 0, properties=Properties(topic_alias=3)))
+    assert pub.received() == [PubAck(1)]
+    assert [(p.topic, p.payload) for p in publishes(sub)] == [
+        ("long/topic/name", b"1"), ("long/topic/name", b"2"), ("other", b"3"), ("other", b"4")
+    ]
+    assert all(p.properties.topic_alias is None for p in publishes(v5sub))
+
+
+def test_inbound_topic_alias_above_maximum() -> None:
+    """A Topic Alias above the Topic Alias Maximum the broker sent in CONNACK [MQTT-3.3.2-9]:
+    DISCONNECT 0x94 (Topic Alias invalid)."""
+    hub = make_hub(topic_alias_maximum=2)
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 0, properties=Properties(topic_alias=3)))
+    assert disconnect_reason(pub) == 0x94
+    hub = make_hub(topic_alias_maximum=0)
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 0, properties=Properties(topic_alias=1)))
+    assert disconnect_reason(pub) == 0x94
+
+
+def test_inbound_topic_alias_unknown() -> None:
+    """An empty topic name with an alias that was never set: DISCONNECT 0x82."""
+    hub = make_hub()
+    pub = connect(hub, "pub")
+    pub.send(Publish("", b"x", 1, packet_id=1, properties=Properties(topic_alias=1)))
+    assert disconnect_reason(pub) == 0x82
+
+
+def test_inbound_topic_alias_not_carried_over() -> None:
+    """Topic Alias mappings end with the Network Connection [MQTT-3.3.2-7]."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 0))
+    pub = connect(hub, "pub", session_expiry_interval=600)
+    pub.send(Publish("t", b"x", 0, properties=Properties(topic_alias=1)))
+    assert one_publish(sub).topic == "t"
+    pub.send(Disconnect())
+    hub.clock.advance(0)
+    pub = connect_resumed(hub, "pub")
+    pub.send(Publish("", b"y", 0, properties=Properties(topic_alias=1)))
+    assert disconnect_reason(pub) == 0x82
+    assert sub.received() == []
+
+
+def test_outbound_topic_aliases() -> None:
+    """To a client with Topic Alias Maximum 2 the broker sends a topic with its alias first,
+    then the alias with an empty topic, and never an alias above 2 [MQTT-3.3.2-11,
+    MQTT-3.1.2-26]; a client without a Topic Alias Maximum gets no alias [MQTT-3.1.2-27]."""
+    hub = make_hub()
+    aliased = connect(hub, "aliased", topic_alias_maximum=2)
+    subscribe(aliased, Subscription("#", 1))
+    plain = connect(hub, "plain")
+    subscribe(plain, Subscription("#", 1))
+    zero = connect(hub, "zero", topic_alias_maximum=0)
+    subscribe(zero, Subscription("#", 1))
+    pub = connect(hub, "pub")
+    topics = ["t/1", "t/1", "t/2", "t/3", "t/2", "t/1", "t/3"]
+    for i, topic in enumerate(topics):
+        qos = i % 3 and 1
+        pub.send(Publish(topic, b"%d" % i, qos, packet_id=i + 1 if qos else None))
+    got = publishes(aliased)
+    assert [(p.topic, p.properties.topic_alias) for p in got] == [
+        ("t/1", 1), ("", 1), ("t/2", 2), ("t/3", None), ("", 2), ("", 1), ("t/3", None)
+    ]
+    for client in (plain, zero):
+        got = publishes(client)
+        assert [p.topic for p in got] == topics
+        assert all(p.properties.topic_alias is None for p in got)
+
+
+def test_outbound_topic_aliases_not_carried_over() -> None:
+    """After a reconnect the broker sets its aliases up again, topic included
+    [MQTT-3.3.2-7]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", topic_alias_maximum=5, session_expiry_interval=600)
+    subscribe(sub, Subscription("t", 0))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"1", 0), Publish("t", b"2", 0))
+    assert [p.topic for p in publishes(sub)] == ["t", ""]
+    sub.drop()
+    sub = hub.client(protocol_level=V5)
+    sub.connect("sub", clean_start=False,
+                properties=Properties(topic_alias_maximum=5, session_expiry_interval=600))
+    pub.send(Publish("t", b"3", 0))
+    got = one_publish(sub)
+    assert (got.topic, got.properties.topic_alias) == ("t", 1)
+
+
+# -- flow control ---------------------------------------------------------------------------------
+
+
+def test_inbound_receive_maximum() -> None:
+    """More unreleased QoS 2 PUBLISH packets than the broker's Receive Maximum: DISCONNECT 0x93
+    [MQTT-3.3.4-7]."""
+    hub = make_hub(receive_maximum=2)
+    pub = hub.client(protocol_level=V5)
+    assert pub.connect("pub").properties.receive_maximum == 2
+    pub.send(Publish("t", b"1", 2, packet_id=1), Publish("t", b"2", 2, packet_id=2))
+    assert [type(p) for p in pub.received()] == [PubRec, PubRec]
+    pub.send(PubRel(1))
+    assert pub.received() == [PubComp(1)]
+    pub.send(Publish("t", b"3", 2, packet_id=3))
+    assert [type(p) for p in pub.received()] == [PubRec]
+    pub.send(Publish("t", b"4", 2, packet_id=4))
+    assert disconnect_reason(pub) == 0x93
+
+
+def test_outbound_receive_maximum() -> None:
+    """The broker never has more than the client's Receive Maximum QoS 1/2 PUBLISH packets
+    unacknowledged [MQTT-3.3.4-9, MQTT-4.9.0-2]; the others are sent as acknowledgements
+    arrive, each tracked until acknowledged; QoS 0 is not held back and other packets are not
+    delayed [MQTT-3.3.4-10, MQTT-4.9.0-3]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", receive_maximum=2)
+    subscribe(sub, Subscription("t", 2))
+    session = session_of(hub, "sub")
+    pub = connect(hub, "pub")
+    for i in range(6):
+        pub.send(Publish("t", b"%d" % i, 1 + i % 2, packet_id=i + 1))
+    first = publishes(sub)
+    assert [p.payload for p in first] == [b"0", b"1"]
+    assert len(session.inflight) == 2 and len(session.queue) == 4
+    pub.send(Publish("t", b"qos0", 0))
+    assert [p.payload for p in publishes(sub)] == [b"qos0"]
+    sub.send(PingReq())
+    assert len(sub.received()) == 1  # PINGRESP is not delayed
+    received = [p.payload for p in first]
+    outstanding = {pid(p): p for p in first}
+    while outstanding:
+        assert len(outstanding) <= 2
+        packet_id, packet = min(outstanding.items())
+        del outstanding[packet_id]
+        if packet.qos == 1:
+            sub.send(PubAck(packet_id))
+        else:
+            sub.send(PubRec(packet_id))
+            assert sub.received() == [PubRel(packet_id)]
+            assert len(session.inflight) == len(outstanding) + 1  # PUBREL still counts
+            sub.send(PubComp(packet_id))
+        for new in publishes(sub):
+            assert new.packet_id not in outstanding
+            outstanding[pid(new)] = new
+            received.append(new.payload)
+        assert set(session.inflight) == set(outstanding)
+    assert received == [b"%d" % i for i in range(6)]
+    assert not session.queue
+
+
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_maximum_inflight_v3(level: int) -> None:
+    """``maximum_inflight`` bounds the unacknowledged messages sent to an MQTT 3 client."""
+    hub = make_hub(maximum_inflight=2)
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub", level)
+    for i in range(5):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    got = publishes(sub)
+    assert [p.payload for p in got] == [b"0", b"1"]
+    all_payloads = [p.payload for p in got]
+    while got:
+        ack_all(sub, got[:1])
+        got = got[1:] + publishes(sub)
+        assert len(got) <= 2
+        all_payloads += [p.payload for p in got if p.payload not in all_payloads]
+    assert all_payloads == [b"%d" % i for i in range(5)]
+
+
+def test_maximum_queued_messages() -> None:
+    """``maximum_queued_messages`` bounds a session's queue; what does not fit is dropped and
+    counted."""
+    hub = make_hub(maximum_queued_messages=2, maximum_inflight=1)
+    sub = connect(hub, "sub", V311)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub", V311)
+    dropped = hub.broker.stats.dropped
+    for i in range(5):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    assert hub.broker.stats.dropped == dropped + 2
+    got = publishes(sub)
+    payloads = [p.payload for p in got]
+    while got:
+        ack_all(sub, got)
+        got = publishes(sub)
+        payloads += [p.payload for p in got]
+    assert payloads == [b"0", b"1", b"2"]
+
+
+def test_offline_queue_qos0() -> None:
+    """QoS 0 messages for an offline session are dropped unless ``queue_qos0_offline``."""
+    for queue_qos0, expected in ((False, [b"one"]), (True, [b"zero", b"one"])):
+        hub = make_hub(Compatibilities(queue_qos0_offline=queue_qos0))
+        sub = connect(hub, "sub", V311, clean_start=False)
+        subscribe(sub, Subscription("t", 1))
+        sub.drop()
+        pub = connect(hub, "pub", V311)
+        pub.send(Publish("t", b"zero", 0), Publish("t", b"one", 1, packet_id=1))
+        sub = connect_resumed(hub, "sub", V311)
+        assert [p.payload for p in publishes(sub)] == expected
+
+
+# -- maximum packet size --------------------------------------------------------------------------
+
+
+def test_inbound_packet_too_large() -> None:
+    """A packet above the broker's Maximum Packet Size: DISCONNECT 0x95 [MQTT-3.2.2-15]."""
+    hub = make_hub(maximum_packet_size=64)
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 0))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x" * 50, 0))
+    assert one_publish(sub).payload == b"x" * 50
+    pub.send(Publish("t", b"x" * 70, 0))
+    assert disconnect_reason(pub) == 0x95
+    assert sub.received() == []
+
+
+def test_outbound_packet_too_large() -> None:
+    """A PUBLISH larger than the client's Maximum Packet Size is not sent [MQTT-3.1.2-24] and
+    the broker carries on as if it had been [MQTT-3.1.2-25]: a QoS 1 message is not left in
+    flight and the next one goes out."""
+    hub = make_hub()
+    sub = connect(hub, "sub", maximum_packet_size=40, receive_maximum=1)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    dropped = hub.broker.stats.dropped
+    pub.send(Publish("t", b"x" * 100, 1, packet_id=1))
+    pub.send(Publish("t", b"small", 1, packet_id=2))
+    pub.send(Publish("t", b"y" * 100, 0))
+    got = one_publish(sub)
+    assert got.payload == b"small"
+    assert list(session_of(hub, "sub").inflight) == [got.packet_id]
+    assert hub.broker.stats.dropped == dropped + 2
+    ack_all(sub, [got])
+    assert session_of(hub, "sub").inflight == {}
+
+
+def test_packet_size_boundaries() -> None:
+    """A packet of exactly the Maximum Packet Size (fixed header included) passes, one byte
+    more does not, in both directions [MQTT-3.2.2-15, MQTT-3.1.2-24]."""
+    hub = make_hub(maximum_packet_size=64)
+    sub = connect(hub, "sub", maximum_packet_size=40)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    base = len(encode(Publish("t", b"", 1, packet_id=1), V5))
+    for size in (39, 40, 41):
+        pub.send(Publish("t", b"x" * (size - base), 1, packet_id=size))
+    assert [len(encode(p, V5)) for p in publishes(sub)] == [39, 40]
+    base = len(encode(Publish("t", b"", 0), V5))
+    pub.send(Publish("t", b"x" * (64 - base), 0))
+    assert not pub.closed
+    pub.send(Publish("t", b"x" * (65 - base), 0))
+    assert disconnect_reason(pub) == 0x95
+
+
+def test_resend_respects_maximum_packet_size() -> None:
+    """A message left unacknowledged is not resent on reconnect if it exceeds the Maximum
+    Packet Size of the new connection [MQTT-3.1.2-24]; it counts as sent and leaves the
+    session's inflight window [MQTT-3.1.2-25]; the others are resent with their packet
+    identifiers and DUP set [MQTT-4.4.0-1, MQTT-3.3.1-1]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", session_expiry_interval=600)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x" * 200, 1, packet_id=1), Publish("t", b"small", 1, packet_id=2))
+    first = publishes(sub)
+    assert len(first) == 2
+    sub.drop()
+    sub = hub.client(protocol_level=V5)
+    props = Properties(session_expiry_interval=600, maximum_packet_size=60)
+    assert sub.connect("sub", clean_start=False, properties=props).session_present
+    again = one_publish(sub)
+    assert (again.payload, again.packet_id, again.dup) == (b"small", first[1].packet_id, True)
+    assert list(session_of(hub, "sub").inflight) == [first[1].packet_id]
+    ack_all(sub, [again])
+    assert session_of(hub, "sub").inflight == {}
+
+
+def test_outbound_packet_too_large_with_alias() -> None:
+    """A PUBLISH that would set up a topic alias but is too large is dropped without using up
+    the alias [MQTT-3.1.2-24]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", maximum_packet_size=40, topic_alias_maximum=1)
+    subscribe(sub, Subscription("#", 0))
+    pub = connect(hub, "pub")
+    pub.send(Publish("big", b"x" * 100, 0))
+    pub.send(Publish("small", b"s", 0), Publish("small", b"t", 0))
+    got = publishes(sub)
+    assert [(p.topic, p.properties.topic_alias) for p in got] == [("small", 1), ("", 1)]
+
+
+# -- slow consumers -------------------------------------------------------------------------------
+
+
+def test_paused_connection_drops_qos0_and_queues_qos1() -> None:
+    """While the transport pushes back, QoS 0 messages for the connection are dropped (and
+    counted) and QoS 1 messages queued; ``resume`` sends the queued ones."""
+    hub = make_hub()
+    slow = connect(hub, "slow")
+    subscribe(slow, Subscription("t/#", 1))
+    pub = connect(hub, "pub")
+    slow.connection.pause()
+    dropped = hub.broker.stats.dropped
+    pub.send(Publish("t/0", b"zero", 0))
+    pub.send(Publish("t/1", b"one", 1, packet_id=1))
+    pub.send(Publish("t/1", b"two", 1, packet_id=2))
+    assert slow.received() == []
+    assert hub.broker.stats.dropped == dropped + 1
+    assert len(session_of(hub, "slow").queue) == 2
+    slow.connection.resume()
+    got = publishes(slow)
+    assert [(p.payload, p.qos) for p in got] == [(b"one", 1), (b"two", 1)]
+    assert len(session_of(hub, "slow").inflight) == 2
+
+
+def test_paused_connection_over_limit_is_aborted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paused connection that keeps producing output beyond ``PAUSED_WRITE_LIMIT`` is
+    aborted; the other clients carry on."""
+    monkeypatch.setattr(connection_module, "PAUSED_WRITE_LIMIT", 64)
+    hub = make_hub()
+    slow = connect(hub, "slow")
+    subscribe(slow, Subscription("t", 1))
+    fine = connect(hub, "fine")
+    subscribe(fine, Subscription("t", 1))
+    slow.connection.pause()
+    for i in range(20):
+        slow.send(Publish("elsewhere", b"x", 1, packet_id=i + 1))
+        if slow.transport.disconnected:
+            break
+    assert slow.transport.disconnected  # aborted, not just closed
+    assert i < 19
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"meanwhile", 1, packet_id=1))
+    assert one_publish(fine).payload == b"meanwhile"
+    hub.clock.advance(0)
+    assert "slow" not in hub.broker.sessions  # detached; its session (expiry 0) ended
+    pub.send(Publish("t", b"after", 1, packet_id=2))
+    assert one_publish(fine).payload == b"after"
+    assert not fine.closed and not pub.closed
+
+
+# -- encoding reuse -----------------------------------------------------------------------------
+
+
+def test_one_encoding_for_many_v3_qos0_subscribers() -> None:
+    """One QoS 0 message to many MQTT 3.1.1 subscribers is encoded once: its encoding cache
+    holds a single entry, and every subscriber gets the same PUBLISH."""
+    hub = make_hub()
+    subs = [connect(hub, f"s{i}", V311) for i in range(20)]
+    for i, client in enumerate(subs):
+        subscribe(client, Subscription("t/+" if i % 2 else "t/#", 1 if i % 3 else 0))
+    message = Message("t/x", b"payload", 0, False, origin="nobody")
+    assert hub.broker.publish(message) == 20
+    hub.broker.flush()
+    assert message._cache is not None and len(message._cache) == 1
+    for client in subs:
+        got = one_publish(client)
+        assert (got.topic, got.payload, got.qos, got.retain) == ("t/x", b"payload", 0, False)
+
+
+def test_one_encoding_for_many_v3_qos0_subscribers_from_the_wire() -> None:
+    """The same through a client's PUBLISH: the routed message is encoded once for all."""
+    hub = make_hub()
+    subs = [connect(hub, f"s{i}", V311) for i in range(10)]
+    for client in subs:
+        subscribe(client, Subscription("t", 0))
+    routed: List[Message] = []
+    original = hub.broker.publish
+
+    def spy(message: Message) -> int:
+        routed.append(message)
+        return original(message)
+
+    hub.broker.publish = spy  # type: ignore[method-assign]
+    pub = connect(hub, "pub", V311)
+    pub.send(Publish("t", b"x", 1, packet_id=1))
+    assert len(routed) == 1
+    assert routed[0]._cache is not None and len(routed[0]._cache) == 1
+    assert all(len(publishes(client)) == 1 for client in subs)
+
+
+# -- cited labels -------------------------------------------------------------------------------
+
+
+def test_cited_labels_exist() -> None:
+    """Each label cited in this module names a normative statement of the specification."""
+    check_cited_labels(sys.modules[__name__])

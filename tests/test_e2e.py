@@ -1,0 +1,848 @@
+"""End-to-end tests: the real broker process with real clients over loopback sockets.
+
+paho-mqtt (3.1.1 and 5.0) and ``mosquitto_pub``/``mosquitto_sub`` talk to brokers started by the
+fixtures of ``conftest.py`` on ephemeral ports.  Every wait has a deadline; nothing sleeps a
+fixed time.  Each test uses its own topics, so the module can share one broker per variant.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import re
+import shutil
+import socket
+import string
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.conftest import (
+    ROOT,
+    BrokerProcess,
+    StartBroker,
+    broker_env,
+    log_problems,
+    run_twistd,
+)
+
+pytestmark = pytest.mark.e2e
+
+V311 = mqtt.MQTTv311
+V5 = mqtt.MQTTv5
+VERSIONS = [pytest.param(V311, id="v311"), pytest.param(V5, id="v5")]
+MOSQUITTO_VERSIONS = [pytest.param("mqttv311", id="v311"), pytest.param("mqttv5", id="v5")]
+TIMEOUT = 5.0
+HOST = "127.0.0.1"
+
+SESSION_TAKEN_OVER = 0x8E
+NOT_AUTHORIZED = 0x87
+SUBACK_FAILURE = 0x80
+
+
+# -- paho client wrapper ------------------------------------------------------------------------
+
+
+class Acks:
+    """Acknowledgement results by packet id, waited for with a deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._results: Dict[int, Any] = {}
+
+    def put(self, mid: int, value: Any) -> None:
+        with self._cond:
+            self._results[mid] = value
+            self._cond.notify_all()
+
+    def wait(self, mid: int, timeout: float = TIMEOUT) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._results, timeout):
+                raise AssertionError(f"no acknowledgement for packet {mid} within {timeout}s")
+            return self._results.pop(mid)
+
+
+class Client:
+    """A paho client running its network loop in a thread; records what the broker sends."""
+
+    def __init__(self, port: int, version: int = V5, client_id: str = "", *,
+                 clean: bool = True, host: str = HOST) -> None:
+        self.port = port
+        self.host = host
+        self.version = version
+        self.v5 = version == V5
+        kwargs: Dict[str, Any] = {"client_id": client_id, "protocol": version,
+                                  "reconnect_on_failure": False}
+        if not self.v5:
+            kwargs["clean_session"] = clean
+        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = self._on_disconnect
+        self.paho.on_subscribe = self._on_subscribe
+        self.paho.on_message = self._on_message
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.connack_flags: Any = None
+        self.connack_rc: Any = None
+        self.connack_props: Any = None
+        self.disconnect_rc: Any = None
+        self.subacks = Acks()
+        self._started = False
+
+    # callbacks (paho's network thread)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        self.connack_flags, self.connack_rc, self.connack_props = flags, reason_code, properties
+        self.connected.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self.disconnect_rc = reason_code
+        self.disconnected.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any) -> None:
+        self.subacks.put(mid, [rc.value for rc in reason_codes])
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.messages.put(message)
+
+    # actions
+
+    def connect(self, keepalive: int = 30, clean_start: bool = True,
+                properties: Optional[Properties] = None, expect_success: bool = True) -> Client:
+        """Connect and wait for CONNACK (a success unless ``expect_success`` is false)."""
+        kwargs: Dict[str, Any] = {}
+        if self.v5:
+            kwargs = {"clean_start": clean_start, "properties": properties}
+        self.paho.connect(self.host, self.port, keepalive, **kwargs)
+        self.paho.loop_start()
+        self._started = True
+        assert self.connected.wait(TIMEOUT), "no CONNACK"
+        if expect_success:
+            assert not self.connack_rc.is_failure, f"connection refused: {self.connack_rc}"
+        return self
+
+    def subscribe(self, topic: Any, qos: int = 0,
+                  properties: Optional[Properties] = None) -> List[int]:
+        """Subscribe and return the SUBACK reason codes."""
+        if isinstance(topic, list):
+            result, mid = self.paho.subscribe(topic, properties=properties)
+        else:
+            result, mid = self.paho.subscribe(topic, qos, properties=properties)
+        assert result == mqtt.MQTT_ERR_SUCCESS and mid is not None
+        return self.subacks.wait(mid)
+
+    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False,
+                properties: Optional[Properties] = None) -> None:
+        """Publish and wait until it is acknowledged (QoS 1/2) or written (QoS 0)."""
+        info = self.paho.publish(topic, payload, qos, retain, properties)
+        info.wait_for_publish(TIMEOUT)
+        assert info.is_published(), f"publish to {topic!r} not completed within {TIMEOUT}s"
+
+    def expect(self, count: int = 1, timeout: float = TIMEOUT) -> List[mqtt.MQTTMessage]:
+        """The next ``count`` messages, failing if they do not all arrive in time."""
+        deadline = time.monotonic() + timeout
+        got: List[mqtt.MQTTMessage] = []
+        while len(got) < count:
+            try:
+                got.append(self.messages.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"got {len(got)} of {count} messages: "
+                                     f"{[(m.topic, m.payload) for m in got]}") from None
+        return got
+
+    def expect_until(self, topic: str, timeout: float = TIMEOUT) -> List[mqtt.MQTTMessage]:
+        """Messages up to (not including) the first one on ``topic``, a barrier: the broker
+        sends one client's messages in order, so nothing published before it comes later."""
+        deadline = time.monotonic() + timeout
+        got: List[mqtt.MQTTMessage] = []
+        while True:
+            try:
+                message = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no message on {topic} within {timeout}s; got "
+                                     f"{[(m.topic, m.payload) for m in got]}") from None
+            if message.topic == topic:
+                return got
+            got.append(message)
+
+    def disconnect(self) -> None:
+        """Disconnect normally and wait until the network loop has ended."""
+        if self.paho.is_connected():
+            self.paho.disconnect()
+            self.disconnected.wait(TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the network loop (disconnecting first if still connected)."""
+        if self._started:
+            if self.paho.is_connected():
+                self.paho.disconnect()
+                self.disconnected.wait(TIMEOUT)
+            self.paho.loop_stop()
+            self._started = False
+
+
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+def clients() -> Iterator[MakeClient]:
+    """Make paho clients; all are disconnected and stopped when the test ends."""
+    made: List[Client] = []
+
+    def make(*args: Any, **kwargs: Any) -> Client:
+        client = Client(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def topic(request: pytest.FixtureRequest) -> str:
+    """A topic no other test uses."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
+    return f"e2e/{name}/{uuid.uuid4().hex[:8]}"
+
+
+def publish_props(**values: Any) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+def connect_props(**values: Any) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+def abort(sock: socket.socket) -> None:
+    """Close a socket with a TCP reset, as a crashed client's connection would end."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# -- paho: both protocol versions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_connect(broker: BrokerProcess, clients: MakeClient, version: int) -> None:
+    client = clients(broker.port, version).connect()
+    assert client.connack_rc.value == 0
+    assert not client.connack_flags.session_present
+    if version == V5:
+        props = client.connack_props
+        assert props.AssignedClientIdentifier  # we sent an empty client id
+        assert props.RetainAvailable == 1
+        assert props.WildcardSubscriptionAvailable == 1
+        assert props.SubscriptionIdentifierAvailable == 1
+        assert props.SharedSubscriptionAvailable == 1
+        assert not hasattr(props, "ServerKeepAlive")  # no --max-keep-alive
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_publish_subscribe_qos(broker: BrokerProcess, clients: MakeClient, topic: str,
+                               version: int) -> None:
+    sub2 = clients(broker.port, version).connect()
+    sub1 = clients(broker.port, version).connect()
+    pub = clients(broker.port, version).connect()
+    assert sub2.subscribe(topic, 2) == [2]
+    assert sub1.subscribe(topic, 1) == [1]
+    for qos in (0, 1, 2):
+        pub.publish(topic, f"payload at qos {qos}".encode(), qos)
+    got2 = {m.payload: (m.qos, m.retain, m.topic) for m in sub2.expect(3)}
+    got1 = {m.payload: (m.qos, m.retain, m.topic) for m in sub1.expect(3)}
+    assert got2 == {f"payload at qos {q}".encode(): (q, False, topic) for q in (0, 1, 2)}
+    # Delivered at the lower of the published and the granted QoS.
+    assert got1 == {f"payload at qos {q}".encode(): (min(q, 1), False, topic) for q in (0, 1, 2)}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_wildcards(broker: BrokerProcess, clients: MakeClient, topic: str, version: int) -> None:
+    sub = clients(broker.port, version).connect()
+    pub = clients(broker.port, version).connect()
+    assert sub.subscribe([(f"{topic}/+/leaf", 1), (f"{topic}/deep/#", 1)]) == [1, 1]
+    pub.publish(f"{topic}/a/leaf", b"plus", 1)
+    pub.publish(f"{topic}/a/other", b"no match", 1)
+    pub.publish(f"{topic}/deep/x/y", b"hash", 1)
+    pub.publish(f"{topic}/deep/leaf", b"both", 1)  # matches both filters: delivered once
+    sub.subscribe(f"{topic}/end", 0)
+    pub.publish(f"{topic}/end", b"", 1)
+    got = [(m.topic, m.payload) for m in sub.expect_until(f"{topic}/end")]
+    assert got == [(f"{topic}/a/leaf", b"plus"), (f"{topic}/deep/x/y", b"hash"),
+                   (f"{topic}/deep/leaf", b"both")]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_retained(broker: BrokerProcess, clients: MakeClient, topic: str, version: int) -> None:
+    live = clients(broker.port, version).connect()
+    assert live.subscribe(topic, 2) == [2]
+    pub = clients(broker.port, version).connect()
+    pub.publish(topic, b"kept", 1, retain=True)
+    [message] = live.expect()
+    assert (message.payload, message.qos, message.retain) == (b"kept", 1, False)
+
+    later = clients(broker.port, version).connect()
+    assert later.subscribe(topic, 2) == [2]
+    [message] = later.expect()
+    assert (message.topic, message.payload, message.qos, message.retain) == (topic, b"kept", 1,
+                                                                            True)
+
+    pub.publish(topic, b"", 1, retain=True)  # clears the retained message
+    last = clients(broker.port, version).connect()
+    marker = f"{topic}/marker"
+    assert last.subscribe([(topic, 1), (marker, 1)]) == [1, 1]
+    pub.publish(marker, b"after subscribing", 1)
+    assert last.expect_until(marker) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_will_on_connection_reset(broker: BrokerProcess, clients: MakeClient, topic: str,
+                                  version: int) -> None:
+    watcher = clients(broker.port, version).connect()
+    assert watcher.subscribe(topic, 1) == [1]
+
+    # The will client runs its loop in this thread, so nothing reconnects it after the reset.
+    kwargs: Dict[str, Any] = {"protocol": version, "reconnect_on_failure": False}
+    will_client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+    will_client.will_set(topic, b"gone away", qos=1)
+    connected = threading.Event()
+    will_client.on_connect = lambda *args: connected.set()
+    will_client.connect(HOST, broker.port, 30)
+    deadline = time.monotonic() + TIMEOUT
+    while not connected.is_set():
+        assert time.monotonic() < deadline, "will client got no CONNACK"
+        will_client.loop(0.05)
+    sock = will_client.socket()
+    assert isinstance(sock, socket.socket)
+    abort(sock)
+
+    [message] = watcher.expect()
+    assert (message.topic, message.payload, message.qos) == (topic, b"gone away", 1)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_persistent_session(broker: BrokerProcess, clients: MakeClient, topic: str,
+                            version: int) -> None:
+    client_id = f"persistent-{uuid.uuid4().hex[:12]}"
+    expiry = connect_props(SessionExpiryInterval=300) if version == V5 else None
+    first = clients(broker.port, version, client_id, clean=False)
+    first.connect(clean_start=True, properties=expiry)
+    assert not first.connack_flags.session_present
+    assert first.subscribe(topic, 1) == [1]
+    first.disconnect()
+
+    pub = clients(broker.port, version).connect()
+    for n in range(3):
+        pub.publish(topic, f"offline {n}".encode(), 1)
+
+    second = clients(broker.port, version, client_id, clean=False)
+    second.connect(clean_start=False, properties=expiry)
+    assert second.connack_flags.session_present
+    got = [(m.topic, m.payload, m.qos) for m in second.expect(3)]
+    assert got == [(topic, f"offline {n}".encode(), 1) for n in range(3)]
+    # The subscription is part of the session: live messages still arrive.
+    pub.publish(topic, b"online", 1)
+    assert [m.payload for m in second.expect()] == [b"online"]
+    second.disconnect()
+
+    # A clean start discards the session.
+    third = clients(broker.port, version, client_id, clean=True)
+    third.connect(clean_start=True)
+    assert not third.connack_flags.session_present
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_shared_subscription(broker: BrokerProcess, clients: MakeClient, topic: str,
+                             version: int) -> None:
+    done = f"{topic}/done"
+    members = [clients(broker.port, version).connect() for _ in range(2)]
+    for member in members:
+        assert member.subscribe([(f"$share/group/{topic}", 1), (done, 1)]) == [1, 1]
+    pub = clients(broker.port, version).connect()
+    for n in range(10):
+        pub.publish(topic, str(n).encode(), 1)
+    pub.publish(done, b"", 1)
+    received = [[m.payload for m in member.expect_until(done)] for member in members]
+    everything = received[0] + received[1]
+    assert sorted(everything, key=int) == [str(n).encode() for n in range(10)]  # each once
+    assert received[0] and received[1], received  # both members took a share
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_session_takeover(broker: BrokerProcess, clients: MakeClient, topic: str,
+                          version: int) -> None:
+    client_id = f"takeover-{uuid.uuid4().hex[:12]}"
+    first = clients(broker.port, version, client_id).connect()
+    second = clients(broker.port, version, client_id).connect()
+    assert first.disconnected.wait(TIMEOUT), "the first connection was not closed"
+    if version == V5:
+        assert first.disconnect_rc.value == SESSION_TAKEN_OVER
+    assert second.paho.is_connected()
+    assert second.subscribe(topic, 1) == [1]
+    second.publish(topic, b"still here", 1)
+    assert [m.payload for m in second.expect()] == [b"still here"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_refused_subscription(limited_broker: BrokerProcess, clients: MakeClient, topic: str,
+                              version: int) -> None:
+    client = clients(limited_broker.port, version).connect()
+    assert client.subscribe([("test/nosubscribe", 1), (topic, 1)]) == [SUBACK_FAILURE, 1]
+    client.publish(topic, b"the other one works", 1)
+    assert [m.payload for m in client.expect()] == [b"the other one works"]
+
+
+# -- paho: MQTT 5 only --------------------------------------------------------------------------
+
+
+def test_v5_properties_forwarded(broker: BrokerProcess, clients: MakeClient, topic: str) -> None:
+    sub = clients(broker.port, V5).connect()
+    assert sub.subscribe(topic, 1) == [1]
+    pub = clients(broker.port, V5).connect()
+    user = [("key", "one"), ("key", "two"), ("other", "ünïcode")]
+    pub.publish(topic, b"{}", 1, properties=publish_props(
+        UserProperty=user, ResponseTopic=f"{topic}/reply", CorrelationData=b"\x00\x01corr",
+        ContentType="application/json", PayloadFormatIndicator=1, MessageExpiryInterval=60))
+    [message] = sub.expect()
+    props = message.properties
+    assert props is not None
+    assert props.UserProperty == user  # order and duplicates kept [MQTT-3.3.2-18]
+    assert props.ResponseTopic == f"{topic}/reply"
+    assert props.CorrelationData == b"\x00\x01corr"
+    assert props.ContentType == "application/json"
+    assert props.PayloadFormatIndicator == 1
+    assert 0 < props.MessageExpiryInterval <= 60
+
+    # The request/response pattern those properties exist for.
+    sub.subscribe(f"{topic}/reply", 1)
+    sub.publish(props.ResponseTopic, b"answer", 1,
+                properties=publish_props(CorrelationData=props.CorrelationData))
+    [reply] = sub.expect()
+    assert (reply.topic, reply.payload) == (f"{topic}/reply", b"answer")
+    assert reply.properties.CorrelationData == b"\x00\x01corr"
+
+
+def test_v5_subscription_identifiers(broker: BrokerProcess, clients: MakeClient,
+                                     topic: str) -> None:
+    sub = clients(broker.port, V5).connect()
+    for sub_id, topic_filter in ((42, f"{topic}/+"), (4242, f"{topic}/#")):
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = sub_id
+        assert sub.subscribe(topic_filter, 1, properties=props) == [1]
+    pub = clients(broker.port, V5).connect()
+    pub.publish(f"{topic}/a", b"both", 1)
+    pub.publish(f"{topic}/a/b", b"hash only", 1)
+    first, second = sub.expect(2)
+    assert first.payload == b"both"
+    assert sorted(first.properties.SubscriptionIdentifier) == [42, 4242]
+    assert second.payload == b"hash only"
+    assert second.properties.SubscriptionIdentifier == [4242]
+
+
+def test_v5_topic_alias_from_client(broker: BrokerProcess, clients: MakeClient,
+                                    topic: str) -> None:
+    sub = clients(broker.port, V5).connect()
+    assert sub.subscribe(f"{topic}/#", 1) == [1]
+    pub = clients(broker.port, V5).connect()
+    assert pub.connack_props.TopicAliasMaximum >= 1
+    pub.publish(f"{topic}/one", b"sets alias", 1, properties=publish_props(TopicAlias=1))
+    pub.publish("", b"uses alias", 1, properties=publish_props(TopicAlias=1))
+    pub.publish(f"{topic}/two", b"remaps alias", 1, properties=publish_props(TopicAlias=1))
+    pub.publish("", b"uses new alias", 0, properties=publish_props(TopicAlias=1))
+    got = sub.expect(4)
+    assert [(m.topic, m.payload) for m in got] == [
+        (f"{topic}/one", b"sets alias"), (f"{topic}/one", b"uses alias"),
+        (f"{topic}/two", b"remaps alias"), (f"{topic}/two", b"uses new alias")]
+    for message in got:  # an alias belongs to one hop: not forwarded
+        assert not hasattr(message.properties, "TopicAlias")
+
+
+def test_v5_server_keep_alive(limited_broker: BrokerProcess, clients: MakeClient) -> None:
+    client = clients(limited_broker.port, V5).connect(keepalive=120)
+    assert client.connack_props.ServerKeepAlive == 60
+    client = clients(limited_broker.port, V5).connect(keepalive=30)
+    assert not hasattr(client.connack_props, "ServerKeepAlive")  # within the limit
+    # MQTT 3.1.1 has no Server Keep Alive: the client is accepted as it is.
+    clients(limited_broker.port, V311).connect(keepalive=120)
+
+
+def test_v5_limits_advertised(limited_broker: BrokerProcess, clients: MakeClient) -> None:
+    props = clients(limited_broker.port, V5).connect().connack_props
+    assert props.MaximumPacketSize == 65536
+    assert props.ReceiveMaximum == 10
+    assert props.TopicAliasMaximum == 2
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_packet_too_large(limited_broker: BrokerProcess, clients: MakeClient, topic: str,
+                          version: int) -> None:
+    bystander = clients(limited_broker.port, version).connect()
+    assert bystander.subscribe(topic, 1) == [1]
+    sender = clients(limited_broker.port, version).connect()
+    sender.paho.publish(topic, b"x" * 70_000, 1)  # above --max-packet-size 65536
+    assert sender.disconnected.wait(TIMEOUT), "an oversized packet did not end the connection"
+    if version == V5:
+        assert sender.disconnect_rc.value == 0x95  # Packet too large
+    bystander.publish(topic, b"y" * 60_000, 1)  # below the limit
+    [message] = bystander.expect()
+    assert message.payload == b"y" * 60_000
+
+
+def test_v5_topic_alias_above_maximum(limited_broker: BrokerProcess, clients: MakeClient,
+                                      topic: str) -> None:
+    sender = clients(limited_broker.port, V5).connect()
+    sender.paho.publish(topic, b"", 0, properties=publish_props(TopicAlias=3))  # maximum 2
+    assert sender.disconnected.wait(TIMEOUT)
+    assert sender.disconnect_rc.value == 0x94  # Topic Alias invalid
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sys_topics(broker: BrokerProcess, limited_broker: BrokerProcess, clients: MakeClient,
+                    topic: str, version: int) -> None:
+    client = clients(broker.port, version).connect()
+    assert client.subscribe("$SYS/broker/version", 0) == [0]
+    [message] = client.expect()
+    assert message.retain and message.payload.startswith(b"twisted_mqtt ")
+    client.publish("$SYS/broker/version", b"forged", 1)  # the broker's own: not writable
+    client.subscribe(topic, 1)
+    client.publish(topic, b"marker", 1)
+    assert client.expect_until(topic) == []
+
+    quiet = clients(limited_broker.port, version).connect()  # --sys-interval 0
+    assert quiet.subscribe([("$SYS/#", 0), (topic, 1)]) == [0, 1]
+    quiet.publish(topic, b"marker", 1)
+    assert quiet.expect_until(topic) == []
+
+
+def test_shutdown_disconnects_clients(start_broker: StartBroker, clients: MakeClient) -> None:
+    own = start_broker()
+    v5 = clients(own.port, V5).connect()
+    v311 = clients(own.port, V311).connect()
+    own.check_clean_exit()  # SIGTERM: exits in time, no traceback
+    assert v5.disconnected.wait(TIMEOUT) and v311.disconnected.wait(TIMEOUT)
+    assert v5.disconnect_rc.value == 0x8B  # Server shutting down
+
+
+# -- default security ---------------------------------------------------------------------------
+
+
+def test_default_accepts_loopback_only(broker: BrokerProcess, clients: MakeClient) -> None:
+    assert ("no authentication configured: anonymous clients are accepted from loopback "
+            "addresses and Unix sockets only") in broker.log()
+    for version in (V311, V5):
+        client = clients(broker.port, version).connect()
+        assert client.connack_rc.value == 0
+
+
+def _non_loopback_address() -> Optional[str]:
+    """A local IPv4 address that is not loopback, if the machine has one."""
+    candidates = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent
+            candidates.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        candidates += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        pass
+    for address in candidates:
+        if not address.startswith("127.") and address != "0.0.0.0":
+            try:
+                with socket.socket() as check:
+                    check.bind((address, 0))
+                return address
+            except OSError:
+                continue
+    return None
+
+
+def test_default_refuses_non_loopback(start_broker: StartBroker, clients: MakeClient) -> None:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    listen = [f"tcp:0:interface={address}"]
+    guarded = start_broker(listen=listen, host=address)
+    for version in (V311, V5):
+        refused = clients(guarded.port, version, host=address)
+        refused.connect(expect_success=False)
+        assert refused.connack_rc.value in (5, NOT_AUTHORIZED), refused.connack_rc
+    guarded.wait_for_log(r"connection refused, reason 0x87", count=2)
+
+    open_broker = start_broker("--allow-anonymous", listen=listen, host=address)
+    assert "anonymous clients are accepted from any address" in open_broker.log()
+    clients(open_broker.port, V5, host=address).connect()
+
+
+# -- bad input over a real socket ---------------------------------------------------------------
+
+
+def test_http_request_is_dropped(broker: BrokerProcess, clients: MakeClient, topic: str) -> None:
+    bystander = clients(broker.port, V5).connect()
+    assert bystander.subscribe(topic, 1) == [1]
+
+    with socket.create_connection((HOST, broker.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        started = time.monotonic()
+        received = b""
+        while True:  # the broker closes; it answers nothing an HTTP client could parse
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        assert time.monotonic() - started < 3.0
+        assert received == b""
+
+    broker.wait_for_log(r"first packet is not CONNECT.*; closing", timeout=TIMEOUT)
+    assert not log_problems(broker.log()), broker.log()
+    bystander.publish(topic, b"unaffected", 1)
+    assert [m.payload for m in bystander.expect()] == [b"unaffected"]
+
+
+def test_garbage_after_connect_is_dropped(broker: BrokerProcess, clients: MakeClient,
+                                          topic: str) -> None:
+    bystander = clients(broker.port, V311).connect()
+    assert bystander.subscribe(topic, 1) == [1]
+    with socket.create_connection((HOST, broker.port), timeout=TIMEOUT) as sock:
+        # CONNECT, MQTT 3.1.1, clean session, keep alive 30, client id "raw".
+        sock.sendall(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03raw")
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        sock.sendall(b"\xff\xff\xff\xff\xff")  # reserved packet type, bad remaining length
+        sock.settimeout(TIMEOUT)
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+    assert not log_problems(broker.log()), broker.log()
+    bystander.publish(topic, b"unaffected", 1)
+    assert [m.payload for m in bystander.expect()] == [b"unaffected"]
+
+
+# -- mosquitto_pub / mosquitto_sub --------------------------------------------------------------
+
+
+def _need(*programs: str) -> None:
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (Debian: mosquitto-clients)")
+
+
+MOSQUITTO_FORMAT = "%q %r %t %p"  # QoS, retain flag, topic, payload
+
+
+class MosquittoSub:
+    """``mosquitto_sub`` in the background, line-buffered (``stdbuf -oL``) so that its debug
+    output tells when the SUBACK has arrived."""
+
+    def __init__(self, port: int, topic: str, count: int, qos: int, version: str) -> None:
+        _need("mosquitto_sub", "stdbuf")
+        self.proc = subprocess.Popen(
+            ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", HOST, "-p", str(port), "-t", topic,
+             "-C", str(count), "-W", "20", "-q", str(qos), "-V", version,
+             "-F", MOSQUITTO_FORMAT],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.lines: queue.Queue[Optional[str]] = queue.Queue()
+        self.output: List[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_subscribed(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"mosquitto_sub got no SUBACK: {self.output}") from None
+            if line is None:
+                raise AssertionError(f"mosquitto_sub exited: {self.output}")
+            self.output.append(line)
+            if "received SUBACK" in line:
+                return
+
+    def messages(self) -> List[str]:
+        """Wait for the process to exit (it does after ``count`` messages); the message lines."""
+        deadline = time.monotonic() + TIMEOUT * 2
+        while True:  # read to the end of its output (the reader thread queues None there)
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"mosquitto_sub did not finish: {self.output}") from None
+            if line is None:
+                break
+            self.output.append(line)
+        assert self.proc.wait(TIMEOUT) == 0, self.output
+        return [line for line in self.output
+                if not line.startswith(("Client ", "Subscribed ("))]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def mosquitto_pub(port: int, topic: str, version: str, *args: str) -> None:
+    _need("mosquitto_pub")
+    result = subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(port), "-t", topic,
+                             "-V", version, *args],
+                            capture_output=True, text=True, timeout=TIMEOUT * 2)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
+def test_mosquitto_qos(broker: BrokerProcess, topic: str, version: str) -> None:
+    sub = MosquittoSub(broker.port, topic, 3, 2, version)
+    try:
+        sub.wait_subscribed()
+        for qos in (0, 1, 2):
+            mosquitto_pub(broker.port, topic, version, "-q", str(qos), "-m", f"at-qos-{qos}")
+        assert sorted(sub.messages()) == [f"{q} 0 {topic} at-qos-{q}" for q in (0, 1, 2)]
+    finally:
+        sub.kill()
+
+
+@pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
+def test_mosquitto_retained(broker: BrokerProcess, topic: str, version: str) -> None:
+    _need("mosquitto_sub")
+    mosquitto_pub(broker.port, topic, version, "-q", "1", "-r", "-m", "retained payload")
+    result = subprocess.run(["mosquitto_sub", "-h", HOST, "-p", str(broker.port), "-t", topic,
+                             "-q", "2", "-C", "1", "-W", "10", "-V", version,
+                             "-F", MOSQUITTO_FORMAT],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"1 1 {topic} retained payload\n"
+    mosquitto_pub(broker.port, topic, version, "-q", "1", "-r", "-n")  # clear it
+
+
+@pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
+def test_mosquitto_large_payload(broker: BrokerProcess, topic: str, tmp_path: Path,
+                                 version: str) -> None:
+    payload = "".join(random.choices(string.ascii_letters + string.digits, k=100 * 1024))
+    path = tmp_path / "payload.txt"
+    path.write_text(payload)
+    sub = MosquittoSub(broker.port, topic, 1, 1, version)
+    try:
+        sub.wait_subscribed()
+        mosquitto_pub(broker.port, topic, version, "-q", "1", "-f", str(path))
+        [line] = sub.messages()
+        assert line == f"1 0 {topic} {payload}"
+    finally:
+        sub.kill()
+
+
+@pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
+def test_mosquitto_to_paho(broker: BrokerProcess, clients: MakeClient, topic: str,
+                           version: str) -> None:
+    other = V5 if version == "mqttv311" else V311  # across protocol versions, too
+    sub = clients(broker.port, other).connect()
+    assert sub.subscribe(topic, 2) == [2]
+    mosquitto_pub(broker.port, topic, version, "-q", "2", "-m", "from mosquitto_pub")
+    [message] = sub.expect()
+    assert (message.payload, message.qos) == (b"from mosquitto_pub", 2)
+
+
+@pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
+def test_will_on_sigkill(broker: BrokerProcess, clients: MakeClient, topic: str,
+                         version: str) -> None:
+    _need("mosquitto_sub")
+    watcher = clients(broker.port, V5).connect()
+    assert watcher.subscribe(topic, 1) == [1]
+    client_id = f"doomed-{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(["mosquitto_sub", "-h", HOST, "-p", str(broker.port), "-i", client_id,
+                             "-t", f"{topic}/unused", "-V", version, "--will-topic", topic,
+                             "--will-payload", "killed", "--will-qos", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        broker.wait_for_log(re.escape(f"<Connection {client_id} from") + r".*: connected",
+                            timeout=TIMEOUT)
+    finally:
+        proc.kill()  # SIGKILL: the process cannot send DISCONNECT
+        proc.wait(TIMEOUT)
+    [message] = watcher.expect()
+    assert (message.topic, message.payload, message.qos) == (topic, b"killed", 1)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_python_m_serves_a_client(start_broker: StartBroker, clients: MakeClient,
+                                  topic: str) -> None:
+    module_broker = start_broker(module=True)
+    assert "accepted from loopback addresses and Unix sockets only" in module_broker.log()
+    client = clients(module_broker.port, V5).connect()
+    assert client.subscribe(topic, 1) == [1]
+    client.publish(topic, b"via python -m", 1)
+    assert [m.payload for m in client.expect()] == [b"via python -m"]
+
+
+def test_twistd_help_lists_options() -> None:
+    result = run_twistd("-n", "mqtt", "--help")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for option in ("--tcp", "--listen", "--allow-anonymous", "--max-keep-alive",
+                   "--refuse-subscribe", "--max-packet-size", "--receive-maximum",
+                   "--topic-alias-maximum", "--sys-interval"):
+        assert option in result.stdout, option
+
+
+BAD_OPTIONS: List[Tuple[List[str], str]] = [
+    (["--no-such-option"], "no-such-option"),
+    (["--tcp", "notaport"], "notaport"),
+    (["--tcp", "70000"], "70000"),
+    (["--listen", "nonsense:1883"], "nonsense"),
+    (["--listen", "tcp:notaport"], "notaport"),
+]
+
+
+@pytest.mark.parametrize("args,mentioned", BAD_OPTIONS, ids=lambda v: str(v))
+def test_bad_option_twistd(args: List[str], mentioned: str) -> None:
+    result = run_twistd("-n", "--pidfile=", "mqtt", *args)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert mentioned in output
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("args,mentioned", BAD_OPTIONS[:2] + BAD_OPTIONS[3:4],
+                         ids=lambda v: str(v))
+def test_bad_option_python_m(args: List[str], mentioned: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "twisted_mqtt", *args], env=broker_env(),
+                            cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert mentioned in output
+    assert "Traceback" not in output, output
