@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from tests.test_topics import check_cited_labels
+from tests.spec import check_cited_labels
 from twisted_mqtt import connection as connection_module
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.codec import encode

