@@ -14,13 +14,16 @@ from twisted.logger import Logger
 
 from twisted_mqtt.codec import Decoder, encode_publish, encode_within
 from twisted_mqtt.errors import CodecError, UnsupportedProtocolVersion
-from twisted_mqtt.interfaces import ClientInfo, ConnectRequest
+from twisted_mqtt.exchange import AuthExchange
+from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest
 from twisted_mqtt.packets import (
+    VALID_REASON_CODES,
     Auth,
     ConnAck,
     Connect,
     Disconnect,
     Packet,
+    PacketType,
     PingReq,
     PingResp,
     ProtocolLevel,
@@ -97,6 +100,8 @@ class Connection:
         self._dirty = False
         self._paused_bytes = 0
         self._held: Optional[List[Any]] = None
+        self._exchange: Optional[AuthExchange] = None
+        self._reauthenticating = False
         self._connect: Optional[Connect] = None
         self._assigned_id: Optional[str] = None
         self._will_ok = True
@@ -153,6 +158,9 @@ class Connection:
                 self._held.extend(packets[index:])
                 return
             kind = type(packet)
+            if self.state == AUTHENTICATING and kind is not Auth and kind is not Disconnect:
+                self._refuse(_R.PROTOCOL_ERROR)  # only AUTH until CONNACK [MQTT-3.1.2-30]
+                return
             if kind is tuple:
                 on_publish(packet)
             elif isinstance(packet, CodecError):
@@ -400,11 +408,19 @@ class Connection:
             if will.retain and not caps.retain_available:
                 self._refuse(_R.RETAIN_NOT_SUPPORTED)  # [MQTT-3.2.2-13]
                 return
-        if packet.properties.authentication_method is not None:
-            self._refuse(_R.BAD_AUTHENTICATION_METHOD)
-            return
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level)
+        method = packet.properties.authentication_method
+        if method is not None:
+            enhanced = broker.enhanced_authenticator
+            if enhanced is None or method not in enhanced.methods:
+                self._refuse(_R.BAD_AUTHENTICATION_METHOD)
+                return
+            self.state = AUTHENTICATING
+            self._exchange = AuthExchange(enhanced, self.client, method, self._auth_answer)
+            self._held = []
+            self._exchange.step(packet.properties.authentication_data)
+            return
         request = ConnectRequest(self.client, packet.password, packet)
         try:
             result = broker.authenticator.authenticate(request)
@@ -417,6 +433,39 @@ class Connection:
             result.addCallbacks(self._authenticated, self._authentication_failed)
         else:
             self._authenticated(result)
+
+    def _auth_answer(self, step: AuthStep) -> None:
+        """The enhanced authenticator answered a step of the exchange."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        exchange = self._exchange
+        assert exchange is not None
+        props = Properties(authentication_method=exchange.method,
+                           authentication_data=step.data)
+        code = step.reason_code
+        if code not in (0, _R.CONTINUE_AUTHENTICATION) and code < 0x80:
+            code = _R.UNSPECIFIED_ERROR
+        if code == _R.CONTINUE_AUTHENTICATION:
+            self.send_packet(Auth(code, props))  # [MQTT-4.12.0-2]
+        elif self.state == AUTHENTICATING:
+            if code:
+                self.broker.stats.auth_failures += 1
+                self._refuse(code)
+            else:
+                self._accept(props)
+        else:
+            self._reauthenticating = False
+            if code:
+                self.broker.stats.auth_failures += 1
+                if code not in VALID_REASON_CODES[PacketType.DISCONNECT]:
+                    code = _R.NOT_AUTHORIZED  # e.g. 0x86 exists only in CONNACK
+                self.disconnect(code)  # [MQTT-4.12.1-2]
+            else:
+                self.send_packet(Auth(0, props))
+        if held and self.state != CLOSED:
+            self._handle(held)
+        self.broker.flush()
 
     def _authentication_failed(self, failure: Any) -> None:
         log.failure("authenticator failed for {conn!r}", failure, conn=self)
@@ -443,6 +492,8 @@ class Connection:
 
     def _refuse(self, code: int) -> None:
         """Answer CONNECT with a failure and close [MQTT-3.2.2-6]."""
+        if code not in VALID_REASON_CODES[PacketType.CONNACK]:
+            code = _R.UNSPECIFIED_ERROR  # [MQTT-3.2.2-8]
         self.state = AWAITING_CONNECT
         log.info("{address}: connection refused, reason 0x{code:02X}", address=self.address,
                  code=code)
@@ -452,7 +503,7 @@ class Connection:
             self.send_packet(ConnAck(_V3_RETURN_CODES.get(code, 5)))
         self.close()
 
-    def _accept(self) -> None:
+    def _accept(self, auth: Properties = NO_PROPERTIES) -> None:
         packet = self._connect
         assert packet is not None
         broker = self.broker
@@ -500,6 +551,8 @@ class Connection:
                 subscription_identifier_available=int(caps.subscription_identifier_available),
                 shared_subscription_available=int(caps.shared_subscription_available),
                 response_information=self._response_information(packet),
+                authentication_method=auth.authentication_method,
+                authentication_data=auth.authentication_data,
             )
         log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, "
                  "session present {present})", conn=self,
@@ -724,9 +777,28 @@ class Connection:
         self.close()
 
     def _on_auth(self, packet: Auth) -> None:
-        # Enhanced authentication is refused at CONNECT when no method is configured, so an
-        # AUTH packet here is always unexpected [MQTT-4.12.0-1].
-        self.disconnect(_R.PROTOCOL_ERROR, "unexpected AUTH")
+        exchange = self._exchange
+        code = packet.reason_code
+        if self.state == AUTHENTICATING:
+            expected = _R.CONTINUE_AUTHENTICATION
+        elif self._reauthenticating:
+            expected = _R.CONTINUE_AUTHENTICATION
+        else:
+            expected = _R.RE_AUTHENTICATE
+        if (exchange is None or exchange.pending or code != expected
+                or packet.properties.authentication_method != exchange.method):
+            # AUTH without an exchange in progress, out of turn, or naming another method
+            # [MQTT-4.12.0-1, MQTT-4.12.1-1].
+            if self.state == AUTHENTICATING:
+                self._refuse(_R.PROTOCOL_ERROR)
+            else:
+                self.disconnect(_R.PROTOCOL_ERROR, "unexpected AUTH")
+            return
+        if code == _R.RE_AUTHENTICATE:
+            self._reauthenticating = True
+            exchange.state = None
+        self._held = []
+        exchange.step(packet.properties.authentication_data)
 
     def _unexpected(self, packet: Any) -> None:
         self.disconnect(_R.PROTOCOL_ERROR, f"{type(packet).__name__} not expected from a client")

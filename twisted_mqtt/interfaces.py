@@ -39,6 +39,29 @@ class IAuthenticator(Interface):
         (e.g. 0x86 bad user name or password); or a Deferred firing with one of these."""
 
 
+@value
+class AuthStep:
+    """An enhanced authenticator's answer to one step of an AUTH exchange."""
+
+    reason_code: int
+    """0x00 success, 0x18 continue authentication, or a failure reason code (0x80 or more)."""
+    data: Optional[bytes] = None
+    """Authentication Data to send to the client with this answer."""
+    state: Any = None
+    """Anything the authenticator wants back at its next step of the same exchange."""
+
+
+class IEnhancedAuthenticator(Interface):
+    """Runs MQTT 5 enhanced authentication (CONNECT with an Authentication Method, then AUTH
+    packets) for the methods it names."""
+
+    methods = Attribute("The Authentication Method names this authenticator supports.")
+
+    def step(client: ClientInfo, method: str, data: Optional[bytes], state: Any) -> Any:
+        """Take the client's Authentication Data (``state`` is None at the first step of an
+        exchange) and return an ``AuthStep``, or a Deferred firing with one."""
+
+
 class IAuthorizer(Interface):
     """Decides what a connected client may do with topics."""
 
