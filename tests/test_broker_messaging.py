@@ -137,7 +137,12 @@ def ack_all(client: InMemoryClient, packets: Sequence[Publish]) -> None:
 def test_inbound_qos0_qos1(level: int) -> None:
     """QoS 0 gets no answer [MQTT-4.3.1-1]; QoS 1 gets a PUBACK with the PUBLISH's packet
     identifier [MQTT-4.3.2-4, MQTT-3.3.4-1]; the same identifier after the PUBACK is a new
-    message [MQTT-4.3.2-5]."""
+    message [MQTT-4.3.2-5].
+    The QoS 0 PUBLISH delivered has no packet identifier (its payload decodes exactly) and
+    DUP 0, which the test client's decoder checks [MQTT-2.2.1-2, MQTT-3.3.1-2]; the PUBACK
+    carries the PUBLISH's identifier [MQTT-2.2.1-5]. MQTT 3.1.1: [MQTT-2.3.1-5 (3.1.1),
+    MQTT-2.3.1-6 (3.1.1), MQTT-3.3.1-2 (3.1.1), MQTT-3.3.4-1 (3.1.1),
+    MQTT-4.3.2-2 (3.1.1)]."""
     hub = make_hub()
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("t", 2))
@@ -157,7 +162,9 @@ def test_inbound_qos2_exactly_once(level: int) -> None:
     """QoS 2: PUBREC with the packet identifier [MQTT-4.3.3-8]; a PUBLISH with the same
     identifier before PUBREL (DUP or not) gets PUBREC again and is not delivered a second time
     [MQTT-4.3.3-10]; PUBREL gets PUBCOMP with the same identifier [MQTT-4.3.3-11]; after that
-    the identifier starts a new message [MQTT-4.3.3-12]."""
+    the identifier starts a new message [MQTT-4.3.3-12].
+    Each answer carries the PUBLISH's identifier [MQTT-2.2.1-5, MQTT-3.3.4-1]. MQTT 3.1.1:
+    [MQTT-2.3.1-6 (3.1.1), MQTT-3.3.4-1 (3.1.1), MQTT-4.3.3-2 (3.1.1)]."""
     hub = make_hub()
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("t", 2))
@@ -245,7 +252,9 @@ def test_dup_not_propagated(level: int) -> None:
 @pytest.mark.parametrize("level", ALL_LEVELS)
 def test_outbound_qos1(level: int) -> None:
     """QoS 1 to a subscriber: an unused non-zero packet identifier [MQTT-4.3.2-1], DUP 0
-    [MQTT-4.3.2-2], unacknowledged until PUBACK [MQTT-4.3.2-3]."""
+    [MQTT-4.3.2-2], unacknowledged until PUBACK [MQTT-4.3.2-3].
+    The identifiers are non-zero and unused [MQTT-2.2.1-4]. MQTT 3.1.1: [MQTT-2.3.1-1 (3.1.1),
+    MQTT-2.3.1-4 (3.1.1), MQTT-4.3.2-1 (3.1.1)]."""
     hub = make_hub()
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("t", 1))
@@ -271,7 +280,9 @@ def test_outbound_qos2(level: int) -> None:
     """QoS 2 to a subscriber: PUBLISH with a fresh identifier and DUP 0 [MQTT-4.3.3-1,
     MQTT-4.3.3-2], unacknowledged until PUBREC [MQTT-4.3.3-3]; PUBREC answered by PUBREL with the
     same identifier [MQTT-4.3.3-4], itself unacknowledged until PUBCOMP [MQTT-4.3.3-5]; the
-    identifier stays in use until then."""
+    identifier stays in use until then.
+    The PUBREL carries the PUBLISH's identifier and reason code 0x00 [MQTT-2.2.1-5,
+    MQTT-3.6.2-1]. MQTT 3.1.1: [MQTT-2.3.1-6 (3.1.1), MQTT-4.3.3-1 (3.1.1)]."""
     hub = make_hub()
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("t", 2))
@@ -313,7 +324,8 @@ def test_outbound_pubrec_error_discards_v5() -> None:
 
 def test_packet_ids_unique_while_in_flight() -> None:
     """Outbound packet identifiers are non-zero and never reused while in flight
-    [MQTT-4.3.2-1, MQTT-4.3.3-1], also once they wrap around after 65535."""
+    [MQTT-4.3.2-1, MQTT-4.3.3-1], also once they wrap around after 65535
+    [MQTT-2.2.1-4]."""
     hub = make_hub()
     sub = connect(hub, "sub")
     subscribe(sub, Subscription("t", 1))
@@ -334,7 +346,9 @@ def test_packet_ids_unique_while_in_flight() -> None:
 @pytest.mark.parametrize("level", ALL_LEVELS)
 def test_qos_downgraded_to_subscription(level: int) -> None:
     """A message goes out at the lower of its QoS and the subscription's granted QoS
-    [MQTT-3.8.4-8, MQTT-4.8.2-3]."""
+    [MQTT-3.8.4-8, MQTT-4.8.2-3].
+    A QoS 0 message goes out at QoS 0 (with DUP 0, which the test client's decoder checks)
+    [MQTT-4.3.1-1, MQTT-4.3.1-1 (3.1.1)]; MQTT 3.1.1: [MQTT-3.8.4-6 (3.1.1)]."""
     hub = make_hub()
     subs = {}
     for qos in (0, 1, 2):
@@ -354,7 +368,8 @@ def test_qos_downgraded_to_subscription(level: int) -> None:
 @pytest.mark.parametrize("level", [V311, V5])
 def test_maximum_qos_1(level: int) -> None:
     """With Maximum QoS 1, SUBACK grants at most QoS 1 [MQTT-3.8.4-7] and a QoS 2 PUBLISH is a
-    Protocol Error: DISCONNECT 0x9B (QoS not supported) [MQTT-3.2.2-11]."""
+    Protocol Error: DISCONNECT 0x9B (QoS not supported) [MQTT-3.2.2-11].
+    MQTT 3.1.1: [MQTT-3.8.4-5 (3.1.1)]."""
     hub = make_hub(maximum_qos=1)
     client = connect(hub, "c", level)
     ack = subscribe(client, Subscription("a", 0), Subscription("b", 1), Subscription("c", 2))
@@ -649,7 +664,10 @@ def test_retained_store_replace_delete(level: int) -> None:
     subscriptions [MQTT-3.3.1-5, MQTT-3.3.1-6 (3.1.1), MQTT-3.3.1-8 (3.1.1)]; RETAIN 0 leaves it
     alone [MQTT-3.3.1-8, MQTT-3.3.1-12 (3.1.1)]; an empty retained payload deletes it and is not
     stored [MQTT-3.3.1-6, MQTT-3.3.1-7, MQTT-3.3.1-10 (3.1.1), MQTT-3.3.1-11 (3.1.1)], yet is
-    forwarded normally, with RETAIN 0 to established subscriptions [MQTT-3.3.1-9 (3.1.1)]."""
+    forwarded normally, with RETAIN 0 to established subscriptions [MQTT-3.3.1-9 (3.1.1)].
+    MQTT 3.1.1: the retained message keeps its QoS [MQTT-3.3.1-5 (3.1.1)], a retained QoS 0
+    message discards the previous one [MQTT-3.3.1-7 (3.1.1)], and the topics sent match the
+    filters [MQTT-3.3.2-3 (3.1.1)]."""
     hub = make_hub()
     pub = connect(hub, "pub", level)
     live = connect(hub, "live", level)
@@ -676,7 +694,8 @@ def test_retained_store_replace_delete(level: int) -> None:
 
 def test_retained_wildcards_and_dollar_topics() -> None:
     """Retained messages are matched against wildcard filters like live ones, a leading
-    wildcard not matching a ``$`` topic [MQTT-4.7.2-1]."""
+    wildcard not matching a ``$`` topic [MQTT-4.7.2-1].
+    The topics sent match the filters [MQTT-3.3.2-3]."""
     hub = make_hub()
     hub.broker.publish(Message("$internal/x", b"hidden", 0, True))
     pub = connect(hub, "pub")
@@ -692,7 +711,10 @@ def test_retained_wildcards_and_dollar_topics() -> None:
 
 def test_retain_handling() -> None:
     """Retain Handling 0 sends retained messages on every SUBSCRIBE [MQTT-3.3.1-9], 1 only
-    when the subscription is new [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11]."""
+    when the subscription is new [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11].
+    Each SUBACK has its SUBSCRIBE's packet identifier, checked by ``subscribe`` [MQTT-2.2.1-6,
+    MQTT-3.8.4-2]; a replacing subscription with Retain Handling 0 gets the retained
+    message again [MQTT-3.8.4-4]."""
     hub = make_hub()
     pub = connect(hub, "pub")
     pub.send(Publish("t", b"kept", 0, retain=True))
@@ -769,7 +791,11 @@ def test_retained_message_expiry_capability() -> None:
 @pytest.mark.parametrize("level", ALL_LEVELS)
 def test_refused_filter(level: int) -> None:
     """A refused filter gets SUBACK 0x80 while the other filters of the SUBSCRIBE are granted,
-    in order [MQTT-3.8.4-5, MQTT-3.8.4-6, MQTT-3.9.3-1]; nothing is delivered on it."""
+    in order [MQTT-3.8.4-5, MQTT-3.8.4-6, MQTT-3.9.3-1]; nothing is delivered on it.
+    Every SUBSCRIBE gets a SUBACK, with its packet identifier (checked by ``subscribe``), and
+    only valid codes [MQTT-3.8.4-1, MQTT-3.9.3-2]. MQTT 3.1.1: [MQTT-2.3.1-7 (3.1.1),
+    MQTT-3.8.4-1 (3.1.1), MQTT-3.8.4-2 (3.1.1), MQTT-3.8.4-4 (3.1.1), MQTT-3.8.4-5 (3.1.1),
+    MQTT-3.9.3-1 (3.1.1), MQTT-3.9.3-2 (3.1.1)]."""
     hub = make_hub(refused_filters=("test/nosubscribe",))
     client = connect(hub, "c", level)
     ack = subscribe(client, Subscription("a", 1), Subscription("test/nosubscribe", 1),
@@ -784,7 +810,7 @@ def test_unsubscribe_v5() -> None:
     """UNSUBACK has one reason code per filter, in order: 0x00 if the subscription existed
     (it is deleted), 0x11 otherwise [MQTT-3.10.4-1, MQTT-3.10.4-4, MQTT-3.10.4-5,
     MQTT-3.10.4-6, MQTT-3.11.3-1, MQTT-3.11.3-2]; nothing more is delivered on it
-    [MQTT-3.10.4-2]."""
+    [MQTT-3.10.4-2]. The UNSUBACK has the UNSUBSCRIBE's packet identifier [MQTT-2.2.1-6]."""
     hub = make_hub()
     sub = connect(hub, "sub")
     subscribe(sub, Subscription("a/#", 1), Subscription("$share/g/b", 1))
@@ -801,7 +827,10 @@ def test_unsubscribe_v5() -> None:
 def test_unsubscribe_v3(level: int) -> None:
     """MQTT 3: UNSUBACK carries only the packet identifier, whether or not a subscription was
     deleted [MQTT-3.10.4-4 (3.1.1), MQTT-3.10.4-5 (3.1.1)]; no new messages afterwards
-    [MQTT-3.10.4-2 (3.1.1)]."""
+    [MQTT-3.10.4-2 (3.1.1)].
+    One UNSUBACK, with the packet identifier, answers several filters, and the matching
+    subscription is deleted [MQTT-2.3.1-7 (3.1.1), MQTT-3.10.4-1 (3.1.1),
+    MQTT-3.10.4-6 (3.1.1)]."""
     hub = make_hub()
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("a", 0))
@@ -868,7 +897,9 @@ def test_message_expiry_forwarded_when_online() -> None:
 
 
 def test_message_expiry_in_flow_controlled_queue() -> None:
-    """A message waiting behind the receive maximum expires there [MQTT-3.3.2-5]."""
+    """A message waiting behind the receive maximum expires there [MQTT-3.3.2-5].
+    The session (Session Expiry Interval 0) keeps its queue while the connection is open
+    [MQTT-4.1.0-1]."""
     hub = make_hub()
     sub = connect(hub, "sub", receive_maximum=1)
     subscribe(sub, Subscription("t", 1))
@@ -890,7 +921,9 @@ def test_properties_forwarded_unchanged() -> None:
     """Payload Format Indicator [MQTT-3.3.2-4], Response Topic [MQTT-3.3.2-15], Correlation
     Data [MQTT-3.3.2-16], User Properties in order [MQTT-3.3.2-17, MQTT-3.3.2-18] and Content
     Type [MQTT-3.3.2-20] reach every subscriber unaltered, at every QoS; an MQTT 3.1.1
-    subscriber gets the message without them."""
+    subscriber gets the message without them.
+    The Response Topic and Content Type forwarded are the UTF-8 strings decoded on receipt
+    [MQTT-3.3.2-13, MQTT-3.3.2-19]."""
     hub = make_hub()
     props = Properties(
         payload_format_indicator=1,
@@ -960,7 +993,9 @@ def test_inbound_topic_alias() -> None:
 
 def test_inbound_topic_alias_above_maximum() -> None:
     """A Topic Alias above the Topic Alias Maximum the broker sent in CONNACK [MQTT-3.3.2-9]:
-    DISCONNECT 0x94 (Topic Alias invalid)."""
+    DISCONNECT 0x94 (Topic Alias invalid).
+    Both enforce client obligations: no alias above the maximum, none at all when it is 0
+    [MQTT-3.2.2-17, MQTT-3.2.2-18]."""
     hub = make_hub(topic_alias_maximum=2)
     pub = connect(hub, "pub")
     pub.send(Publish("t", b"x", 0, properties=Properties(topic_alias=3)))
@@ -998,7 +1033,8 @@ def test_inbound_topic_alias_not_carried_over() -> None:
 def test_outbound_topic_aliases() -> None:
     """To a client with Topic Alias Maximum 2 the broker sends a topic with its alias first,
     then the alias with an empty topic, and never an alias above 2 [MQTT-3.3.2-11,
-    MQTT-3.1.2-26]; a client without a Topic Alias Maximum gets no alias [MQTT-3.1.2-27]."""
+    MQTT-3.1.2-26]; a client without a Topic Alias Maximum gets no alias [MQTT-3.1.2-27].
+    Aliases are numbered from 1, never 0 [MQTT-3.3.2-8]."""
     hub = make_hub()
     aliased = connect(hub, "aliased", topic_alias_maximum=2)
     subscribe(aliased, Subscription("#", 1))
@@ -1062,7 +1098,9 @@ def test_outbound_receive_maximum() -> None:
     """The broker never has more than the client's Receive Maximum QoS 1/2 PUBLISH packets
     unacknowledged [MQTT-3.3.4-9, MQTT-4.9.0-2]; the others are sent as acknowledgements
     arrive, each tracked until acknowledged; QoS 0 is not held back and other packets are not
-    delayed [MQTT-3.3.4-10, MQTT-4.9.0-3]."""
+    delayed [MQTT-3.3.4-10, MQTT-4.9.0-3].
+    The send quota starts at the client's Receive Maximum [MQTT-4.9.0-1], and the messages
+    arrive in publication order [MQTT-4.6.0-5]."""
     hub = make_hub()
     sub = connect(hub, "sub", receive_maximum=2)
     subscribe(sub, Subscription("t", 2))
@@ -1101,7 +1139,9 @@ def test_outbound_receive_maximum() -> None:
 
 @pytest.mark.parametrize("level", V3_LEVELS)
 def test_maximum_inflight_v3(level: int) -> None:
-    """``maximum_inflight`` bounds the unacknowledged messages sent to an MQTT 3 client."""
+    """``maximum_inflight`` bounds the unacknowledged messages sent to an MQTT 3 client.
+    The messages of one publisher on one topic arrive in publication order
+    [MQTT-4.6.0-5 (3.1.1), MQTT-4.6.0-6 (3.1.1)]."""
     hub = make_hub(maximum_inflight=2)
     sub = connect(hub, "sub", level)
     subscribe(sub, Subscription("t", 1))

@@ -169,7 +169,8 @@ def test_connack_accepted_v3_form(level: int) -> None:
 
 def test_connack_v5_advertises_defaults() -> None:
     """The v5 CONNACK is Success and advertises the broker's limits and features; Maximum QoS
-    is absent when QoS 2 is supported [MQTT-3.1.4-5, MQTT-3.2.2-9]."""
+    is absent when QoS 2 is supported [MQTT-3.1.4-5, MQTT-3.2.2-9].
+    No Authentication Method was sent, so none comes back [MQTT-4.12.0-6]."""
     hub = _hub()
     ack = hub.client(protocol_level=5).connect("c")
     assert ack.reason_code == 0 and ack.session_present is False
@@ -217,7 +218,8 @@ def test_connack_v5_advertises_capabilities(maximum_qos: int) -> None:
 @levels
 def test_second_connect_is_a_protocol_error(level: int) -> None:
     """A second CONNECT is a Protocol Error: v5 gets DISCONNECT 0x82, v3 is just closed
-    [MQTT-3.1.0-2, MQTT-3.1.0-2 (3.1.1), MQTT-4.13.1-1]."""
+    [MQTT-3.1.0-2, MQTT-3.1.0-2 (3.1.1), MQTT-4.13.1-1].
+    No second CONNACK is sent [MQTT-3.2.0-2]."""
     hub = _hub()
     client = _join(hub, "c", level)
     client.send(Connect("c", level))
@@ -265,7 +267,9 @@ def test_unsupported_protocol(name: bytes, level: int) -> None:
 def test_malformed_connect_closes_without_connack(level: int, flags: int) -> None:
     """A malformed CONNECT (reserved flag set, Will QoS or Will Retain without a will) closes
     the connection without a CONNACK [MQTT-3.1.4-1, MQTT-3.1.2-3, MQTT-3.1.4-1 (3.1.1),
-    MQTT-3.1.2-3 (3.1.1)]."""
+    MQTT-3.1.2-3 (3.1.1)], enforcing the client's
+    obligations [MQTT-3.1.2-11, MQTT-3.1.2-13, MQTT-3.1.2-11 (3.1.1), MQTT-3.1.2-13 (3.1.1),
+    MQTT-3.1.2-15 (3.1.1)]."""
     hub = _hub()
     data = bytearray(_raw_connect(b"MQIsdp" if level == 3 else b"MQTT", level))
     flags_at = 2 + 2 + (6 if level == 3 else 4) + 1
@@ -296,7 +300,10 @@ def test_authenticator_refuses(level: int, answer: Any, v5_code: int, v3_code: i
     """An authenticator refusing gives a v5 CONNACK with its reason code (False: 0x87) or the
     v3 return code it maps to (0x86 -> 4, 0x87 -> 5, 0x85 -> 2, 0x88 -> 3), Session Present 0,
     and the connection is closed; packets after CONNECT are not processed [MQTT-3.1.4-2,
-    MQTT-3.2.2-6, MQTT-3.2.2-7, MQTT-3.1.4-6, MQTT-3.2.2-5 (3.1.1), MQTT-3.1.4-5 (3.1.1)]."""
+    MQTT-3.2.2-6, MQTT-3.2.2-7, MQTT-3.1.4-6, MQTT-3.2.2-5 (3.1.1), MQTT-3.1.4-5 (3.1.1)].
+    Each code is one of the CONNACK table's [MQTT-3.2.2-8]; MQTT 3.1.1: Session Present 0
+    [MQTT-3.2.2-4 (3.1.1)], and every refusal maps to a return code, so none is closed
+    without CONNACK [MQTT-3.2.2-6 (3.1.1)]."""
     authenticator = Answer(answer)
     hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), authenticator=authenticator)
     hub.broker.authenticator = AllowAll()
@@ -322,7 +329,8 @@ def test_authenticator_refuses(level: int, answer: Any, v5_code: int, v3_code: i
 @levels
 def test_authenticator_raising_refuses(level: int) -> None:
     """An authenticator that raises refuses the client (v5 0x80, v3 5) and closes the
-    connection [MQTT-3.1.4-2, MQTT-3.2.2-7, MQTT-3.2.2-5 (3.1.1)]."""
+    connection [MQTT-3.1.4-2, MQTT-3.2.2-7, MQTT-3.2.2-5 (3.1.1)].
+    The v3 refusal still has a return code (5) [MQTT-3.2.2-6 (3.1.1)]."""
 
     @implementer(IAuthenticator)
     class Broken:
@@ -405,7 +413,9 @@ def test_deferred_authenticator_refuses_later(level: int) -> None:
 @levels
 def test_deferred_authenticator_failure_refuses(level: int) -> None:
     """A Deferred that fails refuses the client with 0x80 (v3: 5) [MQTT-3.1.4-2,
-    MQTT-3.2.2-5 (3.1.1)]."""
+    MQTT-3.2.2-5 (3.1.1)].
+    A failing authenticator is a transient error: the connection is closed
+    [MQTT-4.8.0-2 (3.1.1)]."""
     pending: Deferred[Any] = Deferred()
     hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), authenticator=Answer(pending))
     client = hub.client(protocol_level=level)
@@ -508,7 +518,8 @@ def test_v311_empty_client_id_with_clean_session() -> None:
 
 def test_v311_empty_client_id_without_clean_session() -> None:
     """A zero-length client id with Clean Session 0 is refused with return code 2 and the
-    connection closed [MQTT-3.1.3-8 (3.1.1)]."""
+    connection closed [MQTT-3.1.3-8 (3.1.1)]: the client must set Clean Session 1 with an
+    empty identifier [MQTT-3.1.3-7 (3.1.1)]."""
     hub = _hub()
     client = hub.client(protocol_level=4)
     assert client.connect("", clean_start=False) == ConnAck(2, False)
@@ -536,7 +547,8 @@ def test_v31_empty_client_id(clean: bool) -> None:
 @levels
 def test_client_id_too_long(level: int) -> None:
     """A client id longer than ``maximum_client_id_length`` is refused: v5 0x85, v3 2, then the
-    connection is closed [MQTT-3.1.3-8, MQTT-3.1.3-9 (3.1.1)]."""
+    connection is closed [MQTT-3.1.3-8, MQTT-3.1.3-9 (3.1.1)].
+    A 23-character identifier is accepted [MQTT-3.1.3-5, MQTT-3.1.3-5 (3.1.1)]."""
     hub = _hub(maximum_client_id_length=23)
     assert hub.client(protocol_level=level).connect("x" * 23).reason_code == 0
     client = hub.client(protocol_level=level)
@@ -553,7 +565,9 @@ def test_session_present_flag(level: int) -> None:
     """Session Present is 0 for Clean Start 1, 1 for Clean Start 0 with stored session state
     and 0 without [MQTT-3.2.2-2, MQTT-3.2.2-3, MQTT-3.1.2-5, MQTT-3.1.2-6,
     MQTT-3.2.2-1 (3.1.1), MQTT-3.2.2-2 (3.1.1), MQTT-3.2.2-3 (3.1.1)]; an MQTT 3.1 CONNACK
-    keeps its reserved first byte 0 even when the session is resumed."""
+    keeps its reserved first byte 0 even when the session is resumed.
+    Bits 7-1 of the acknowledge flags are 0 [MQTT-3.2.2-1], Clean Start processed as
+    section 3.1.2.4 says [MQTT-3.1.4-4]."""
     hub = _hub()
     client, ack = _persistent(hub, "c", level)
     assert ack.session_present is False
@@ -574,7 +588,8 @@ def test_session_present_flag(level: int) -> None:
 @levels
 def test_clean_start_discards_the_session(level: int) -> None:
     """Clean Start 1 discards the stored session: its subscriptions and queued messages are
-    gone and Session Present is 0 [MQTT-3.1.2-4, MQTT-3.2.2-2, MQTT-3.1.2-6 (3.1.1)]."""
+    gone and Session Present is 0 [MQTT-3.1.2-4, MQTT-3.2.2-2, MQTT-3.1.2-6 (3.1.1)],
+    the Clean Start processing of section 3.1.2.4 [MQTT-3.1.4-4, MQTT-3.1.4-3 (3.1.1)]."""
     hub = _hub()
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t", 1)
@@ -594,7 +609,9 @@ def test_clean_start_discards_the_session(level: int) -> None:
 def test_session_kept_while_away(level: int) -> None:
     """While the client is away its subscriptions still match: QoS 1 and 2 messages are stored
     and delivered on reconnection, QoS 0 ones are not [MQTT-3.1.2-23, MQTT-4.5.0-1,
-    MQTT-3.1.2-4 (3.1.1), MQTT-3.1.2-5 (3.1.1)]."""
+    MQTT-3.1.2-4 (3.1.1), MQTT-3.1.2-5 (3.1.1)].
+    The client identifier finds the session [MQTT-3.1.3-2, MQTT-3.1.3-2 (3.1.1)], which is
+    kept for its whole life [MQTT-4.1.0-1 (3.1.1), MQTT-4.5.0-1 (3.1.1)]."""
     hub = _hub()
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t/#", 2)
@@ -615,7 +632,8 @@ def test_session_kept_while_away(level: int) -> None:
 @levels
 def test_queue_qos0_offline(level: int) -> None:
     """With ``Compatibilities(queue_qos0_offline=True)`` QoS 0 messages are stored for an
-    absent client too, in order with the others [MQTT-3.1.2-5 (3.1.1), MQTT-4.6.0-6]."""
+    absent client too, in order with the others [MQTT-3.1.2-5 (3.1.1), MQTT-4.6.0-6]:
+    the topic is ordered [MQTT-4.6.0-5, MQTT-4.6.0-5 (3.1.1), MQTT-4.6.0-6 (3.1.1)]."""
     hub = _hub(Compatibilities(queue_qos0_offline=True))
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t", 2)
@@ -697,7 +715,7 @@ def test_v5_disconnect_cannot_set_expiry_after_zero() -> None:
     """A DISCONNECT setting a non-zero Session Expiry Interval when CONNECT had 0 is a Protocol
     Error: the broker answers DISCONNECT 0x82, closes, and the session still ends; the will
     is published since the DISCONNECT was not a normal one [MQTT-4.13.1-1, MQTT-4.13.2-1,
-    MQTT-3.1.2-8]."""
+    MQTT-3.1.2-8]. The broker's DISCONNECT has no Session Expiry Interval [MQTT-3.14.2-2]."""
     hub = _hub()
     watcher = _watch(hub, "will")
     client = _join(hub, "c", clean=False, will=Will("will", b"gone"))
@@ -736,7 +754,8 @@ def test_maximum_session_expiry_caps_the_interval() -> None:
 @v3_levels
 def test_v3_clean_session_zero_persists(level: int) -> None:
     """A v3 session with Clean Session 0 is stored after the disconnection, however long the
-    client stays away [MQTT-3.1.2-4 (3.1.1), MQTT-3.2.2-2 (3.1.1)]."""
+    client stays away [MQTT-3.1.2-4 (3.1.1), MQTT-3.2.2-2 (3.1.1)]: Clean Session processing,
+    session state kept for the whole session [MQTT-3.1.4-3 (3.1.1), MQTT-4.1.0-1 (3.1.1)]."""
     hub = _hub()
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t", 1)
@@ -816,7 +835,8 @@ def test_takeover_with_clean_start_starts_a_new_session(level: int) -> None:
 def test_unacknowledged_qos1_resent_with_dup(level: int) -> None:
     """An unacknowledged QoS 1 PUBLISH is resent on reconnection with DUP 1 and its original
     packet identifier, before the messages queued meanwhile [MQTT-4.4.0-1, MQTT-3.3.1-1,
-    MQTT-4.4.0-1 (3.1.1), MQTT-4.6.0-1 (3.1.1)]."""
+    MQTT-4.4.0-1 (3.1.1), MQTT-4.6.0-1 (3.1.1)]; the broker follows the packet identifier
+    and DUP rules [MQTT-2.3.1-4 (3.1.1), MQTT-3.3.1-1 (3.1.1)]."""
     hub = _hub()
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t", 1)
@@ -844,7 +864,8 @@ def test_unacknowledged_qos1_resent_with_dup(level: int) -> None:
 def test_qos2_after_pubrec_resends_pubrel(level: int) -> None:
     """A QoS 2 message whose PUBREC arrived is not resent as PUBLISH on reconnection: the
     PUBREL is resent with the same packet identifier, and PUBCOMP completes it
-    [MQTT-4.4.0-1, MQTT-4.3.3-5, MQTT-4.3.3-6, MQTT-4.4.0-1 (3.1.1)]."""
+    [MQTT-4.4.0-1, MQTT-4.3.3-5, MQTT-4.3.3-6, MQTT-4.4.0-1 (3.1.1)], as the 3.1.1 QoS 2
+    sender rules say [MQTT-4.3.3-1 (3.1.1)]."""
     hub = _hub()
     client, _ = _persistent(hub, "c", level)
     _subscribe(client, "t", 2)
@@ -909,7 +930,9 @@ def test_inbound_qos2_state_survives_reconnection(level: int) -> None:
 def test_keep_alive_timeout(level: int) -> None:
     """No packet for 1.5 x Keep Alive closes the connection as if the network had failed (v5
     with DISCONNECT 0x8D) and publishes the will [MQTT-3.1.2-22, MQTT-3.1.2-8,
-    MQTT-3.1.2-24 (3.1.1), MQTT-3.1.2-8 (3.1.1)]."""
+    MQTT-3.1.2-24 (3.1.1), MQTT-3.1.2-8 (3.1.1)].
+    Nothing follows the DISCONNECT, and the connection closes [MQTT-3.14.4-1,
+    MQTT-3.14.4-2]."""
     hub = _hub()
     watcher = _watch(hub, "will")
     client = _join(hub, "c", level, keep_alive=10, will=Will("will", b"timed out"))
@@ -1028,7 +1051,8 @@ def test_authentication_never_answering_times_out(level: int) -> None:
 @levels
 def test_will_on_network_break(level: int) -> None:
     """The will is published, with its topic, payload and QoS, when the network connection
-    breaks [MQTT-3.1.2-8, MQTT-3.1.2-7, MQTT-3.1.2-8 (3.1.1)]."""
+    breaks [MQTT-3.1.2-8, MQTT-3.1.2-7, MQTT-3.1.2-8 (3.1.1)].
+    Once published, the will is gone [MQTT-3.1.2-10, MQTT-3.1.2-10 (3.1.1)]."""
     hub = _hub()
     watcher = _watch(hub, "status/#")
     client = _join(hub, "c", level, will=Will("status/c", b"offline", 1))
@@ -1084,7 +1108,8 @@ def test_disconnect_with_will_message() -> None:
 @pytest.mark.parametrize("retain", (True, False))
 def test_will_retain(level: int, retain: bool) -> None:
     """Will Retain 1 publishes the will as a retained message, Will Retain 0 as a non-retained
-    one [MQTT-3.1.2-14, MQTT-3.1.2-15, MQTT-3.1.2-16 (3.1.1), MQTT-3.1.2-17 (3.1.1)]."""
+    one [MQTT-3.1.2-14, MQTT-3.1.2-15, MQTT-3.1.2-16 (3.1.1), MQTT-3.1.2-17 (3.1.1)].
+    The retained will outlives the session that published it [MQTT-3.1.2.7 (3.1.1)]."""
     hub = _hub()
     client = _join(hub, "c", level, will=Will("status/c", b"gone", 0, retain))
     client.drop()
@@ -1270,7 +1295,9 @@ def test_sys_topics_published_periodically() -> None:
     """With ``sys_interval=10`` the broker publishes retained ``$SYS/broker/...`` figures every
     10 seconds of clock time; a ``$SYS/#`` subscriber gets the retained ones at once
     (RETAIN 1) and the later ones as they come (RETAIN 0), and the figures follow the traffic
-    [MQTT-4.7.2-1, MQTT-3.3.1-9, MQTT-3.3.1-12, MQTT-3.3.1-8 (3.1.1), MQTT-3.3.1-9 (3.1.1)]."""
+    [MQTT-4.7.2-1, MQTT-3.3.1-9, MQTT-3.3.1-12, MQTT-3.3.1-8 (3.1.1), MQTT-3.3.1-9 (3.1.1)].
+    The 3.1.1 watcher's session keeps its subscription while connected
+    [MQTT-4.1.0-2 (3.1.1)]."""
     hub = _hub(sys_interval=10)
     sys_watcher = hub.client(protocol_level=4)
     sys_watcher.connect("sys", keep_alive=0)
@@ -1373,7 +1400,11 @@ BAD_BYTES = (
 def test_malformed_bytes_mid_stream(level: int, name: str, bad: bytes, reason: int) -> None:
     """Packets before a malformed one in the same input are still handled; then a v5 client
     gets DISCONNECT with the codec's reason code and a v3 client is closed; other clients are
-    unaffected [MQTT-4.13.1-1, MQTT-4.8.0-1 (3.1.1), MQTT-4.8.0-2 (3.1.1)]."""
+    unaffected [MQTT-4.13.1-1, MQTT-4.8.0-1 (3.1.1), MQTT-4.8.0-2 (3.1.1)].
+    The cases: QoS 3 [MQTT-3.3.1-4, MQTT-3.3.1-4 (3.1.1)], a wildcard in the topic name
+    [MQTT-3.3.2-2, MQTT-4.7.0-1, MQTT-3.3.2-2 (3.1.1), MQTT-4.7.1-1 (3.1.1)], SUBSCRIBE
+    reserved flags [MQTT-3.8.1-1, MQTT-3.8.1-1 (3.1.1), MQTT-2.2.2-2 (3.1.1)]; the DISCONNECT
+    is the last packet sent before the close [MQTT-3.14.4-1, MQTT-3.14.4-2]."""
     if name == "second CONNECT":
         bad = encode(Connect("c", level), level)
     elif name == "PUBLISH wildcard topic" and level == 5:
@@ -1420,7 +1451,8 @@ def test_packet_too_large() -> None:
 
 def test_bytes_split_anywhere() -> None:
     """Packets arriving one byte at a time are handled like whole ones (the transport does not
-    preserve packet boundaries) [MQTT-7.1.1-1 (3.1.1), MQTT-3.12.4-1]."""
+    preserve packet boundaries) [MQTT-7.1.1-1 (3.1.1), MQTT-3.12.4-1]: the broker
+    needs only an ordered, lossless byte stream [MQTT-4.2-1, MQTT-4.2.0-1]."""
     hub = _hub()
     client = hub.client(protocol_level=5)
     data = encode(Connect("c", 5, keep_alive=0), 5) + encode(PingReq(), 5)

@@ -79,7 +79,20 @@ def _levels(case: Case) -> List[int]:
 @all_cases
 def test_whole(case: Case) -> None:
     """The case's bytes in one ``feed``: its packets, or its error with the packets decoded
-    before it in ``CodecError.decoded``."""
+    before it in ``CodecError.decoded``.
+    The invalid cases prove the decoder's side of these statements, MQTT 5.0: strings
+    [MQTT-1.5.4-1, MQTT-1.5.4-2, MQTT-1.5.4-3, MQTT-1.5.7-1], packet identifier 0
+    [MQTT-2.2.1-3], will fields [MQTT-3.1.2-9], DUP at QoS 0 [MQTT-3.3.1-2], topic names
+    [MQTT-3.3.2-1, MQTT-4.7.3-1, MQTT-4.7.3-2], topic alias 0 [MQTT-3.3.2-8], response topic
+    [MQTT-3.3.2-14], SUBSCRIBE and UNSUBSCRIBE payloads [MQTT-3.8.3-2, MQTT-3.8.3-5,
+    MQTT-3.10.3-2], DISCONNECT flags [MQTT-3.14.1-1], filters [MQTT-4.7.1-1, MQTT-4.7.1-2,
+    MQTT-4.8.2-1, MQTT-4.8.2-2]; MQTT 3.1.1: strings [MQTT-1.5.3-1 (3.1.1),
+    MQTT-1.5.3-2 (3.1.1), MQTT-1.5.3-3 (3.1.1)], CONNECT fields [MQTT-3.1.2-9 (3.1.1),
+    MQTT-3.1.2-18 (3.1.1), MQTT-3.1.2-19 (3.1.1), MQTT-3.1.2-21 (3.1.1),
+    MQTT-3.1.2-22 (3.1.1)], DUP at QoS 0 [MQTT-3.3.1-2 (3.1.1)], topic names
+    [MQTT-3.3.2-1 (3.1.1), MQTT-4.7.3-1 (3.1.1), MQTT-4.7.3-2 (3.1.1)], SUBSCRIBE and
+    UNSUBSCRIBE payloads [MQTT-3.8.3-3 (3.1.1), MQTT-3-8.3-4 (3.1.1), MQTT-3.10.3-2 (3.1.1)],
+    filters [MQTT-4.7.1-2 (3.1.1), MQTT-4.7.1-3 (3.1.1)]."""
     decoder = _decoder(case)
     if case.valid:
         assert decoder.feed(case.data) == list(case.packets)
@@ -145,7 +158,9 @@ def test_raw_publish(case: Case) -> None:
 @valid_cases
 def test_encode(case: Case) -> None:
     """A canonical valid case is exactly what ``encode`` writes for its packets; a
-    non-canonical one is not, but its canonical encoding decodes to the same packets."""
+    non-canonical one is not, but its canonical encoding decodes to the same packets.
+    The encoder writes the listed fixed-header flags [MQTT-2.1.3-1, MQTT-2.2.2-1 (3.1.1)] and
+    a zero Property Length for no properties [MQTT-2.2.2-1]."""
     encoded = b"".join(encode(p, level) for p, level in zip(case.packets, _levels(case)))
     if case.canonical:
         assert encoded.hex(" ") == case.data.hex(" ")

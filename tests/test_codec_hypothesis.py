@@ -503,6 +503,8 @@ def test_mutated_connect(data: st.DataObject, level: int) -> None:
     [(127, 1), (128, 2), (16_383, 2), (16_384, 3), (2_097_151, 3), (2_097_152, 4)],
 )
 def test_remaining_length_edges(level: int, remaining: int, length_bytes: int) -> None:
+    """At each boundary of the remaining length the encoder uses the fewest bytes
+    [MQTT-1.5.5-1], and the decoder reads the packet back, whole or split after its header."""
     topic = "t/e"
     overhead = 2 + len(topic) + (1 if level == 5 else 0)  # topic, and an empty property block
     packet = Publish(topic, bytes(range(256)) * (remaining // 256 + 1), 0)
@@ -641,6 +643,14 @@ def _lighter(packet: Any, names: Sequence[str]) -> Any:
 def test_encode_within_drops_reason_string_then_user_properties(
     data: st.DataObject, case: tuple
 ) -> None:
+    """``encode_within``, through which the broker sends every packet that can carry
+    properties (PUBLISH aside), leaves out the Reason String, then the User Properties, when the
+    packet would otherwise exceed the peer's Maximum Packet Size: CONNACK [MQTT-3.2.2-19,
+    MQTT-3.2.2-20], PUBACK [MQTT-3.4.2-2, MQTT-3.4.2-3], PUBREC [MQTT-3.5.2-2, MQTT-3.5.2-3],
+    PUBREL [MQTT-3.6.2-2, MQTT-3.6.2-3], PUBCOMP [MQTT-3.7.2-2, MQTT-3.7.2-3], SUBACK
+    [MQTT-3.9.2-1, MQTT-3.9.2-2], UNSUBACK [MQTT-3.11.2-1, MQTT-3.11.2-2], DISCONNECT
+    [MQTT-3.14.2-3, MQTT-3.14.2-4] and AUTH [MQTT-3.15.2-2, MQTT-3.15.2-3]; a packet that
+    cannot fit is not sent at all."""
     level, name = case
     packet = data.draw(STRATEGIES[name](level), label="packet")
     if data.draw(st.booleans(), label="force droppables"):

@@ -263,6 +263,9 @@ def test_connect(broker: BrokerProcess, clients: MakeClient, version: int) -> No
 @pytest.mark.parametrize("version", VERSIONS)
 def test_publish_subscribe_qos(broker: BrokerProcess, clients: MakeClient, topic: str,
                                version: int) -> None:
+    """Stock paho-mqtt clients publish and subscribe at QoS 0, 1 and 2 through the broker
+    process over TCP, an ordered, lossless byte stream [MQTT-4.2-1, MQTT-4.2.0-1,
+    MQTT-7.1.1-1 (3.1.1)], needing no extension [MQTT-7.0.0-2 (3.1.1)]."""
     sub2 = clients(broker.port, version).connect()
     sub1 = clients(broker.port, version).connect()
     pub = clients(broker.port, version).connect()
@@ -722,6 +725,8 @@ def mosquitto_pub(port: int, topic: str, version: str, *args: str) -> None:
 
 @pytest.mark.parametrize("version", MOSQUITTO_VERSIONS)
 def test_mosquitto_qos(broker: BrokerProcess, topic: str, version: str) -> None:
+    """Stock ``mosquitto_pub`` and ``mosquitto_sub`` interoperate with the broker at every QoS,
+    needing no extension [MQTT-7.0.0-2 (3.1.1)]."""
     sub = MosquittoSub(broker.port, topic, 3, 2, version)
     try:
         sub.wait_subscribed()

@@ -70,7 +70,8 @@ def _connect(client: InMemoryClient, method: str = CHALLENGE) -> None:
 def test_challenge_accepted() -> None:
     """CONNECT with a supported method gets AUTH 0x18 carrying the method, the client answers
     with AUTH 0x18, and success is a CONNACK with the same method and the server's data
-    [MQTT-4.12.0-2, MQTT-4.12.0-3, MQTT-4.12.0-5]."""
+    [MQTT-4.12.0-2, MQTT-4.12.0-3, MQTT-4.12.0-5]; the broker's AUTH uses an Authenticate
+    Reason Code [MQTT-3.15.2-1]."""
     authenticator = Challenge()
     verifyObject(IEnhancedAuthenticator, authenticator)
     hub, client = _start(authenticator)
@@ -131,7 +132,7 @@ def test_auth_with_another_method() -> None:
 
 def test_auth_without_method_in_connect() -> None:
     """AUTH from a client that did not start enhanced authentication is a protocol error
-    [MQTT-4.12.0-7]."""
+    [MQTT-4.12.0-7]. The broker itself sends no AUTH to such a client [MQTT-4.12.0-6]."""
     hub = InMemoryBroker()
     client = hub.client(protocol_level=5)
     client.connect("plain")
@@ -159,7 +160,8 @@ def test_deferred_steps_hold_input() -> None:
 def test_reauthentication() -> None:
     """After CONNACK the client re-authenticates with AUTH 0x19; success is AUTH 0x00, and a
     failed re-authentication is a DISCONNECT with a DISCONNECT reason code [MQTT-4.12.1-1,
-    MQTT-4.12.1-2, MQTT-3.14.2-1]."""
+    MQTT-4.12.1-2, MQTT-3.14.2-1]; the broker's AUTH packets use Authenticate Reason Codes
+    [MQTT-3.15.2-1]."""
     hub, client = _start(Challenge())
     _connect(client)
     client.received()

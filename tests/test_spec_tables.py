@@ -276,7 +276,11 @@ def _smallest(ptype: PacketType, level: int) -> Optional[bytes]:
 @pytest.mark.parametrize(("spec", "level"), [(V5, 5), (V311, 4)], ids=["5.0", "3.1.1"])
 def test_reserved_fixed_header_flags(spec: Dict[str, Any], level: int) -> None:
     """Where a flag bit is reserved it MUST be set to the value listed; other values make a
-    Malformed Packet [MQTT-2.1.3-1 (5.0), MQTT-2.2.2-1 (3.1.1)]."""
+    Malformed Packet [MQTT-2.1.3-1 (5.0), MQTT-2.2.2-1 (3.1.1)].
+    So for PUBREL, SUBSCRIBE, UNSUBSCRIBE and AUTH [MQTT-3.6.1-1, MQTT-3.8.1-1, MQTT-3.10.1-1,
+    MQTT-3.15.1-1] and, in 3.1.1, invalid flags of any packet [MQTT-2.2.2-2 (3.1.1),
+    MQTT-3.6.1-1 (3.1.1), MQTT-3.8.1-1 (3.1.1), MQTT-3.10.1-1 (3.1.1),
+    MQTT-3.14.1-1 (3.1.1)]."""
     checked: List[str] = []
     for row in spec["packets"]:
         ptype = PacketType(row["value"])

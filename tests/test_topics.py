@@ -95,8 +95,8 @@ MATCHES = [
 def test_matches(topic_filter: str, topic: str, expected: bool) -> None:
     """``+`` matches one whole level, ``#`` the parent and any child levels [MQTT-4.7.1-1
     (3.1.1), MQTT-4.7.1-2 (3.1.1)]; levels are compared character for character
-    [MQTT-4.7.3-4]; a filter starting with a wildcard never matches a ``$`` topic
-    [MQTT-4.7.2-1]."""
+    [MQTT-4.7.3-4, MQTT-4.7.3-4 (3.1.1)]; a filter starting with a wildcard never matches a
+    ``$`` topic [MQTT-4.7.2-1]."""
     assert matches(topic_filter, topic) is expected
 
 
@@ -286,7 +286,9 @@ def test_tree_match_agrees_with_brute_force(subscriptions: List[Tuple[str, str]]
                                             removals: List[int], topics: List[str]) -> None:
     """For random filters (with ``+``, ``#``, ``$`` levels and shared groups), after random
     removals, ``tree.match(topic)`` finds exactly the subscriptions ``matches`` accepts
-    [MQTT-4.7.2-1, MQTT-4.7.3-4]."""
+    [MQTT-4.7.2-1, MQTT-4.7.3-4].
+    The broker routes by this tree, so a topic is sent only on a matching filter
+    [MQTT-3.3.2-3, MQTT-3.3.2-3 (3.1.1), MQTT-4.7.3-4 (3.1.1)]."""
     tree = SubscriptionTree()
     live: Dict[Tuple[str, str], int] = {}
     for index, (topic_filter, client_id) in enumerate(subscriptions):
