@@ -1,10 +1,10 @@
 """Fixtures for the end-to-end tests: real broker processes on loopback ephemeral ports.
 
 A broker is started as ``twistd -n --pidfile= mqtt --listen tcp:0:interface=127.0.0.1 ...`` (or
-``python -m twisted_mqtt ...``) with its log in a file; the port the kernel chose is read from
-the line Twisted logs when the listener starts ("MQTTFactory starting on NNNN"), so there is no
-race for a free port.  On teardown the broker gets SIGTERM and must exit cleanly within a bound,
-with no traceback in its log.
+``python -m twisted_mqtt ...``) with its log in a file; the address the kernel chose is read from
+the line each listener logs once it listens ("listening for MQTT on ENDPOINT at HOST:PORT"), so
+there is no race for a free port.  On teardown the broker gets SIGTERM and must exit cleanly
+within a bound, with no traceback in its log.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "tcp:0:interface=127.0.0.1"
-PORT_LINE = re.compile(r"MQTTFactory starting on (\d+)")
+READY_LINE = re.compile(r"listening for (\S+) on (\S+) at (\S+)")
+LISTENER_OPTIONS = ("--listen", "--tcp", "--ws", "--stats")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LOG_ERRORS = ("Traceback", "Unhandled Error", "Unhandled error")
@@ -66,16 +67,19 @@ def log_problems(text: str) -> List[str]:
 class BrokerProcess:
     """A broker running in a child process, its log going to a file."""
 
-    def __init__(self, argv: List[str], log_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, argv: List[str], log_path: Path, host: str = "127.0.0.1",
+                 pass_fds: Tuple[int, ...] = ()) -> None:
         self.argv = argv
         self.log_path = log_path
         self.host = host
         self.ports: List[int] = []
+        self.listening: List[Tuple[str, str, str]] = []
+        """(kind, endpoint, address) of each listener, in the order they started."""
         self.returncode: Optional[int] = None
         with open(log_path, "wb") as log_file:
             self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=broker_env(),
-                                         cwd=log_path.parent)
+                                         cwd=log_path.parent, pass_fds=pass_fds)
 
     @property
     def port(self) -> int:
@@ -105,10 +109,20 @@ class BrokerProcess:
                                      f"{text}")
             time.sleep(0.02)
 
+    def port_of(self, kind: str = "MQTT", index: int = 0) -> int:
+        """The port of the ``index``-th listener of ``kind`` (MQTT, WebSocket, stats)."""
+        addresses = [a for k, _, a in self.listening if k == kind]
+        return int(addresses[index].rsplit(":", 1)[1])
+
     def wait_ready(self, listeners: int = 1) -> None:
-        """Wait for every listener's port in the log, then until the first accepts a socket."""
-        matches = self.wait_for_log(PORT_LINE.pattern, count=listeners)
-        self.ports = [int(m.group(1)) for m in matches]
+        """Wait for every listener's address in the log, then until the first TCP one accepts
+        a socket."""
+        matches = self.wait_for_log(READY_LINE.pattern, count=listeners)
+        self.listening = [(m.group(1), m.group(2), m.group(3)) for m in matches]
+        self.ports = [int(a.rsplit(":", 1)[1]) for _, _, a in self.listening
+                      if re.search(r":\d+$", a)]
+        if not self.ports:
+            return
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -147,23 +161,27 @@ StartBroker = Callable[..., BrokerProcess]
 
 
 def _starter(directory: Path, started: List[BrokerProcess]) -> StartBroker:
-    def start(*options: str, module: bool = False, listen: Optional[List[str]] = None,
-              host: str = "127.0.0.1") -> BrokerProcess:
-        """Start ``twistd -n --pidfile= mqtt`` (or ``python -m twisted_mqtt``) with
-        ``options`` and wait until it accepts connections."""
+    def start(*options: str, module: Union[bool, str] = False,
+              listen: Optional[List[str]] = None, host: str = "127.0.0.1",
+              wrapper: Optional[List[str]] = None,
+              pass_fds: Tuple[int, ...] = ()) -> BrokerProcess:
+        """Start ``twistd -n --pidfile= mqtt`` (or ``python -m twisted_mqtt``, or ``python -m
+        MODULE`` if ``module`` names one) with ``options``, behind the ``wrapper`` command if
+        given (inheriting ``pass_fds``), and wait until every listener listens."""
         endpoints = listen if listen is not None else [LOOPBACK]
         args: List[str] = []
         for endpoint in endpoints:
             args += ["--listen", endpoint]
         args += list(options)
         if module:
-            argv = [sys.executable, "-m", "twisted_mqtt", *args]
+            name = module if isinstance(module, str) else "twisted_mqtt"
+            argv = [sys.executable, "-m", name, *args]
         else:
             argv = [*twistd_command(), "-n", "--pidfile=", "mqtt", *args]
         log_path = directory / f"broker-{len(started)}.log"
-        broker = BrokerProcess(argv, log_path, host)
+        broker = BrokerProcess([*(wrapper or []), *argv], log_path, host, pass_fds)
         started.append(broker)
-        broker.wait_ready(len(endpoints))
+        broker.wait_ready(sum(1 for arg in args if arg in LISTENER_OPTIONS))
         return broker
 
     return start

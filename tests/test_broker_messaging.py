@@ -8,12 +8,14 @@ cover, at MQTT 5 and 3.1.1 (and 3.1 where it differs):
   PUBREL, DUP not propagated, QoS downgrade and the broker's Maximum QoS;
 * overlapping subscriptions and Subscription Identifiers;
 * shared subscriptions: round robin, one member per message, hand over of a leaving member's
-  messages, no retained messages, No Local refused;
+  messages (never of QoS 2 ones in flight, nor of ones refused by an error acknowledgement), no
+  retained messages, No Local refused;
 * No Local, Retain As Published, Retain Handling, retained messages (store, replace, delete,
   limit, expiry), refused filters, UNSUBSCRIBE;
 * message expiry and the properties forwarded unchanged, Payload Format Indicator checks;
 * topic aliases inbound and outbound;
-* flow control inbound and outbound, queue limits, Maximum Packet Size both ways;
+* flow control inbound and outbound, queue limits, Maximum Packet Size both ways, the
+  longest topic;
 * slow consumers (transport back-pressure) and encoding reuse.
 
 Every label cited in this module is checked to exist in the specification text
@@ -31,8 +33,9 @@ import pytest
 from tests.spec import check_cited_labels
 from twisted_mqtt import connection as connection_module
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
-from twisted_mqtt.codec import encode
+from twisted_mqtt.codec import decode_all, encode
 from twisted_mqtt.packets import (
+    Connect,
     Disconnect,
     PingReq,
     ProtocolLevel,
@@ -46,6 +49,7 @@ from twisted_mqtt.packets import (
     Subscription,
     UnsubAck,
     Unsubscribe,
+    Will,
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.session import Message, Session
@@ -199,6 +203,34 @@ def test_inbound_qos2_after_error_pubrec_is_new_v5() -> None:
     pub.send(Publish("t", b"fine", 2, packet_id=8, properties=bad))
     assert pub.received() == [PubRec(8)]
     assert one_publish(sub).payload == b"fine"
+
+
+def test_inbound_qos2_completes_after_expiry() -> None:
+    """The broker, as a QoS 2 receiver, finishes the exchange though the message's expiry
+    has passed [MQTT-4.3.3-13]: a PUBLISH with a Message Expiry Interval of 2 is answered
+    by PUBREC, and a PUBREL sent 10 seconds later, and one sent after a reconnection, gets
+    PUBCOMP 0x00; a duplicate PUBLISH in between still gets PUBREC without a second delivery."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", session_expiry_interval=600)
+    brief = Properties(message_expiry_interval=2)
+    pub.send(Publish("t", b"a", 2, packet_id=1, properties=brief),
+             Publish("t", b"b", 2, packet_id=2, properties=brief))
+    assert pub.received() == [PubRec(1), PubRec(2)]
+    assert [p.payload for p in publishes(sub)] == [b"a", b"b"]
+    hub.advance(10)
+    pub.send(Publish("t", b"a", 2, dup=True, packet_id=1, properties=brief))
+    assert pub.received() == [PubRec(1)]
+    pub.send(PubRel(1))
+    assert pub.received() == [PubComp(1)]
+    pub.drop()
+    hub.advance(10)
+    pub = connect_resumed(hub, "pub")
+    pub.send(PubRel(2))
+    assert pub.received() == [PubComp(2)]
+    assert session_of(hub, "pub").inbound_qos2 == set()
+    assert sub.received() == []
 
 
 def test_pubrel_unknown_packet_id_v5() -> None:
@@ -440,6 +472,28 @@ def test_subscription_identifier_delivered_and_replaced() -> None:
     assert one_publish(sub).properties.subscription_identifiers == ()
 
 
+def test_overlapping_shared_and_plain_subscriptions_separate_copies() -> None:
+    """A message matching a client's non-shared subscriptions and two of its shared ones is
+    sent as three PUBLISH packets, each with its own packet identifier and the Subscription
+    Identifier of the subscription it answers [MQTT-3.3.4-5]: the non-shared copy those of the
+    non-shared subscriptions, each shared copy its own, or none when it has none."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t/#", 1), packet_id=1, sub_id=1)
+    subscribe(sub, Subscription("+/x", 1), packet_id=2, sub_id=2)
+    subscribe(sub, Subscription("$share/g/t/x", 1), packet_id=3, sub_id=3)
+    subscribe(sub, Subscription("$share/h/t/+", 1), packet_id=4)
+    pub = connect(hub, "pub")
+    pub.send(Publish("t/x", b"m", 1, packet_id=1))
+    got = publishes(sub)
+    assert sorted(p.properties.subscription_identifiers for p in got) == [(), (1, 2), (3,)]
+    assert all((p.payload, p.qos) == (b"m", 1) for p in got)
+    ids = [pid(p) for p in got]
+    assert len(set(ids)) == 3
+    ack_all(sub, got)
+    assert session_of(hub, "sub").inflight == {}
+
+
 def test_publish_with_subscription_identifier_is_protocol_error() -> None:
     """A PUBLISH from a client must not carry a Subscription Identifier: DISCONNECT 0x82
     [MQTT-3.3.4-6]."""
@@ -588,6 +642,64 @@ def test_shared_member_leaving_keeps_qos2_in_flight() -> None:
     assert (again.payload, again.packet_id, again.dup) == (b"q2", sent.packet_id, True)
 
 
+@pytest.mark.parametrize("ending", ("expiry", "at once", "clean start"))
+def test_shared_qos2_in_flight_dies_with_the_session(ending: str) -> None:
+    """A shared QoS 2 message in flight to a member whose session ends before it reconnects,
+    be it after its Session Expiry Interval, at once (interval 0) or by a reconnection with
+    Clean Start 1, is never sent to another member [MQTT-4.8.2-5], whether its PUBREC had come
+    or not, though that member is online and takes the QoS 1 message handed over."""
+    hub = make_hub()
+    expiry = {"expiry": 5, "at once": 0, "clean start": 600}[ending]
+    m1 = connect(hub, "m1", session_expiry_interval=expiry)
+    subscribe(m1, Subscription("$share/g/t", 2))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"unanswered", 2, packet_id=1),
+             Publish("t", b"received", 2, packet_id=2),
+             Publish("t", b"qos1", 1, packet_id=3))
+    first, second, third = publishes(m1)
+    m1.send(PubRec(pid(second)))
+    assert m1.received() == [PubRel(pid(second))]
+    m2 = connect(hub, "m2")
+    subscribe(m2, Subscription("$share/g/t", 2))
+    m1.drop()
+    assert [(p.payload, p.qos) for p in publishes(m2)] == [(b"qos1", 1)]
+    if ending == "expiry":
+        assert set(session_of(hub, "m1").inflight) == {pid(first), pid(second)}
+        hub.advance(5)
+    elif ending == "clean start":
+        m1 = connect(hub, "m1")
+        assert m1.received() == []
+    assert "m1" not in hub.broker.sessions or session_of(hub, "m1").inflight == {}
+    hub.advance(60)
+    assert m2.received() == []
+    pub.send(Publish("t", b"later", 2, packet_id=4))
+    assert [p.payload for p in publishes(m2)] == [b"later"]
+
+
+def test_shared_error_acknowledgement_discards() -> None:
+    """A member answering a shared message's PUBLISH with PUBACK or PUBREC 0x80 or more ends
+    its delivery: the message is discarded, not resent, and not sent to another member
+    [MQTT-4.8.2-6], not even when that member's connection ends later."""
+    hub = make_hub()
+    m1 = connect(hub, "m1", session_expiry_interval=600)
+    subscribe(m1, Subscription("$share/g/t", 2))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"q1", 1, packet_id=1), Publish("t", b"q2", 2, packet_id=2))
+    first, second = publishes(m1)
+    m2 = connect(hub, "m2")
+    subscribe(m2, Subscription("$share/g/t", 2))
+    m1.send(PubAck(pid(first), 0x80), PubRec(pid(second), 0x87))
+    assert m1.received() == []
+    assert session_of(hub, "m1").inflight == {}
+    assert m2.received() == []
+    m1.drop()
+    assert m2.received() == []
+    m1 = connect_resumed(hub, "m1")
+    assert m1.received() == []
+    pub.send(Publish("t", b"later", 1, packet_id=3), Publish("t", b"later", 1, packet_id=4))
+    assert [len(publishes(m)) for m in (m1, m2)] == [1, 1]
+
+
 def connect_resumed(hub: InMemoryBroker, client_id: str, level: int = V5) -> InMemoryClient:
     """Reconnect to an existing session; packets resent on reconnect stay readable."""
     client = hub.client(protocol_level=level)
@@ -729,6 +841,37 @@ def test_retain_handling() -> None:
     assert counts == {0: [1, 1], 1: [1, 0], 2: [0, 0]}
 
 
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_identical_filter_replaces_subscription_v3(level: int) -> None:
+    """MQTT 3: a SUBSCRIBE with the filter of an existing subscription replaces it, new
+    maximum QoS included; the retained message is sent again; and the flow of publications is
+    not interrupted: the message in flight and those queued behind it are all delivered, once
+    each [MQTT-3.8.4-3 (3.1.1)]."""
+    hub = make_hub(maximum_inflight=1)
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"kept", 1, retain=True, packet_id=1))
+    sub = connect(hub, "sub", level)
+    assert subscribe(sub, Subscription("t", 1)).reason_codes == (1,)
+    ack_all(sub, [one_publish(sub)])
+    for i in range(3):
+        pub.send(Publish("t", b"%d" % i, 1, packet_id=10 + i))
+    in_flight = one_publish(sub)
+    assert in_flight.payload == b"0"
+    assert subscribe(sub, Subscription("t", 2), packet_id=2).reason_codes == (2,)
+    assert list(session_of(hub, "sub").subscriptions) == ["t"]
+    got = [in_flight]
+    for _ in range(3):
+        ack_all(sub, got[-1:])
+        got.append(one_publish(sub))
+    ack_all(sub, got[-1:])
+    assert sub.received() == []
+    assert [(p.payload, p.qos, p.retain) for p in got] == [
+        (b"0", 1, False), (b"1", 1, False), (b"2", 1, False), (b"kept", 1, True)]
+    assert session_of(hub, "sub").inflight == {}
+    pub.send(Publish("t", b"after", 2, packet_id=20))
+    assert [(p.payload, p.qos) for p in publishes(sub)] == [(b"after", 2)]
+
+
 def test_retained_with_subscription_identifier_and_qos() -> None:
     """A retained message sent on subscription carries that subscription's identifier
     [MQTT-3.3.4-3] and goes out at the lower of its QoS and the granted QoS [MQTT-3.8.4-8]."""
@@ -806,6 +949,26 @@ def test_refused_filter(level: int) -> None:
     assert client.received() == []
 
 
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_wildcard_subscriptions_unavailable(level: int) -> None:
+    """With ``wildcard_subscription_available=False`` every filter holding a wildcard is
+    refused, SUBACK 0x80 (MQTT 5: 0xA2, Wildcard Subscriptions not supported), while the
+    plain filters of the same SUBSCRIBE are granted [MQTT-3.8.3-2 (3.1.1)]; the refused
+    filters deliver nothing."""
+    hub = make_hub(wildcard_subscription_available=False)
+    client = connect(hub, "c", level)
+    ack = subscribe(client, Subscription("a/+", 1), Subscription("a/b", 1),
+                    Subscription("#", 0), Subscription("a/#", 2), Subscription("+", 1),
+                    Subscription("c", 2))
+    refused = 0xA2 if level == V5 else 0x80
+    assert ack.reason_codes == (refused, 1, refused, refused, refused, 2)
+    assert set(session_of(hub, "c").subscriptions) == {"a/b", "c"}
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("a/b", b"x", 1, packet_id=1), Publish("a/c", b"y", 1, packet_id=2),
+             Publish("z", b"z", 1, packet_id=3))
+    assert [p.payload for p in publishes(client)] == [b"x"]
+
+
 def test_unsubscribe_v5() -> None:
     """UNSUBACK has one reason code per filter, in order: 0x00 if the subscription existed
     (it is deleted), 0x11 otherwise [MQTT-3.10.4-1, MQTT-3.10.4-4, MQTT-3.10.4-5,
@@ -856,6 +1019,37 @@ def test_unsubscribe_completes_messages_in_flight() -> None:
     assert sub.received() == [PubRel(sent.packet_id)]
     sub.send(PubComp(sent.packet_id))
     assert session_of(hub, "sub").inflight == {}
+
+
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_unsubscribe_v3_completes_messages_in_flight(level: int) -> None:
+    """MQTT 3: QoS 1 and QoS 2 deliveries started before UNSUBSCRIBE are completed after it
+    [MQTT-3.10.4-3 (3.1.1)]: acknowledgements are taken, PUBREC answered by PUBREL, and a
+    message left unacknowledged is resent (DUP 1, same identifier) when the client returns."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level, clean_start=False)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"one", 1, packet_id=1), Publish("t", b"two", 2, packet_id=2),
+             Publish("t", b"three", 2, packet_id=3))
+    one, two, three = publishes(sub)
+    sub.send(Unsubscribe(2, ("t",)))
+    assert sub.received() == [UnsubAck(2)]
+    sub.send(PubAck(pid(one)), PubRec(pid(two)))
+    assert sub.received() == [PubRel(pid(two))]
+    sub.send(PubComp(pid(two)))
+    assert list(session_of(hub, "sub").inflight) == [pid(three)]
+    sub.drop()
+    sub = hub.client(protocol_level=level)
+    assert sub.connect("sub", clean_start=False).reason_code == 0
+    again = one_publish(sub)
+    assert (again.payload, again.packet_id, again.dup) == (b"three", pid(three), True)
+    sub.send(PubRec(pid(three)))
+    assert sub.received() == [PubRel(pid(three))]
+    sub.send(PubComp(pid(three)))
+    assert session_of(hub, "sub").inflight == {}
+    pub.send(Publish("t", b"after", 1, packet_id=4))
+    assert sub.received() == []
 
 
 # -- message expiry and forwarded properties ------------------------------------------------------
@@ -1280,6 +1474,50 @@ def test_outbound_packet_too_large_with_alias() -> None:
     pub.send(Publish("small", b"s", 0), Publish("small", b"t", 0))
     got = publishes(sub)
     assert [(p.topic, p.properties.topic_alias) for p in got] == [("small", 1), ("", 1)]
+
+
+# -- topic length ---------------------------------------------------------------------------------
+
+
+def test_topic_length_limit() -> None:
+    """Topic Names and Topic Filters encode to at most 65,535 bytes [MQTT-4.7.3-3,
+    MQTT-4.7.3-3 (3.1.1)]: a topic of exactly 65,535 UTF-8 bytes (fewer characters) round-trips
+    through the codec as a name and as a filter, and the encoder refuses one byte more in
+    PUBLISH, SUBSCRIBE, UNSUBSCRIBE and a CONNECT's will. The broker forwards the longest topic
+    intact, live and retained, and refuses to send a longer one handed to it by the embedding
+    application: nothing goes out."""
+    longest = "t/" + "é" * 32766 + "x"
+    assert len(longest.encode("utf-8")) == 65535
+    longer = longest + "x"
+    for level in (V311, V5):
+        fitting: List[Any] = [Publish(longest, b"p", 1, packet_id=1),
+                              Subscribe(1, (Subscription(longest, 1),)),
+                              Unsubscribe(1, (longest,))]
+        for packet in fitting:
+            assert decode_all(encode(packet, level), level) == [packet]
+        too_long: List[Any] = [Publish(longer, b"p", 0), Subscribe(1, (Subscription(longer, 1),)),
+                               Unsubscribe(1, (longer,)),
+                               Connect("c", level, will=Will(longer, b""))]
+        for packet in too_long:
+            with pytest.raises((ValueError, OverflowError)):
+                encode(packet, level)
+    hub = make_hub()
+    exact = connect(hub, "exact")
+    subscribe(exact, Subscription(longest, 1))
+    v3 = connect(hub, "v3", V311)
+    subscribe(v3, Subscription("#", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish(longest, b"live", 1, retain=True, packet_id=1))
+    assert pub.received() == [PubAck(1)]
+    for client in (exact, v3):
+        assert [(p.topic, p.payload) for p in publishes(client)] == [(longest, b"live")]
+    late = connect(hub, "late")
+    subscribe(late, Subscription("t/+", 0))
+    assert [(p.topic, p.retain) for p in publishes(late)] == [(longest, True)]
+    with pytest.raises((ValueError, OverflowError)):
+        hub.broker.publish(Message(longer, b"too long", 0, False))
+    hub.broker.flush()
+    assert [c.transport.value() for c in (exact, v3, late)] == [b"", b"", b""]
 
 
 # -- slow consumers -------------------------------------------------------------------------------

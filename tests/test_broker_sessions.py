@@ -26,7 +26,7 @@ from twisted_mqtt.broker import Broker
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.codec import encode
 from twisted_mqtt.connection import CONNECT_TIMEOUT
-from twisted_mqtt.interfaces import ConnectRequest, IAuthenticator
+from twisted_mqtt.interfaces import ClientInfo, ConnectRequest, IAuthenticator, IAuthorizer
 from twisted_mqtt.packets import (
     ConnAck,
     Connect,
@@ -41,6 +41,8 @@ from twisted_mqtt.packets import (
     SubAck,
     Subscribe,
     Subscription,
+    UnsubAck,
+    Unsubscribe,
     Will,
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
@@ -213,6 +215,92 @@ def test_connack_v5_advertises_capabilities(maximum_qos: int) -> None:
     assert props.shared_subscription_available == 0
     client.send(Subscribe(1, (Subscription("a", 2),)))
     assert client.received() == [SubAck(1, (maximum_qos,))]
+
+
+@pytest.mark.parametrize(("requested", "expected"), (
+    (None, None), (0, None), (1, "resp/c"),
+))
+def test_request_response_information(requested: Optional[int],
+                                      expected: Optional[str]) -> None:
+    """With ``Capabilities(response_information=...)`` configured, a client sending Request
+    Response Information 0, or none (its default is 0), gets no Response Information in
+    CONNACK [MQTT-3.1.2-28]; one sending 1 gets the configured template for its client
+    identifier. A broker without the capability sends none even when asked."""
+    hub = _hub(response_information="resp/{client_id}")
+    props = (Properties(request_response_information=requested) if requested is not None
+             else NO_PROPERTIES)
+    ack = hub.client(protocol_level=5).connect("c", properties=props)
+    assert ack.reason_code == 0
+    assert ack.properties.response_information == expected
+    plain = _hub()
+    ack = plain.client(protocol_level=5).connect("c", properties=props)
+    assert ack.reason_code == 0 and ack.properties.response_information is None
+
+
+@implementer(IAuthorizer)
+class _NoSecrets:
+    """An authorizer refusing topic ``secret`` for publishing and subscribing."""
+
+    def may_publish(self, client: ClientInfo, topic: str) -> bool:
+        return topic != "secret"
+
+    def may_subscribe(self, client: ClientInfo, topic_filter: str) -> bool:
+        return topic_filter != "secret"
+
+
+def test_request_problem_information_zero() -> None:
+    """A client with Request Problem Information 0 gets no Reason String and no User Property
+    on any packet but PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29]: every packet the broker
+    sends it is checked, across successes and refusals — SUBACK 0x80, 0x87, 0x9E and 0xA2,
+    PUBACK and PUBREC 0x10, 0x87 and 0x99, PUBREL and PUBCOMP 0x92, UNSUBACK 0x11 — while the
+    PUBLISH it receives keeps the User Properties it was published with."""
+    hub = InMemoryBroker(
+        capabilities=Capabilities(sys_interval=0, refused_filters=("refused",),
+                                  shared_subscription_available=False,
+                                  wildcard_subscription_available=False),
+        authorizer=_NoSecrets())
+    client = hub.client(protocol_level=5)
+    sent: List[Any] = []
+    ack = client.connect("c", properties=Properties(request_problem_information=0))
+    assert ack.reason_code == 0
+    sent += [ack] + client.received()
+    subscriptions = tuple(Subscription(f, 2) for f in (
+        "t", "refused", "secret", "$share/g/t", "t/#"))
+    client.send(Subscribe(1, subscriptions))
+    sent += client.received()
+    assert sent[-1] == SubAck(1, (2, 0x80, 0x87, 0x9E, 0xA2))
+    user = Properties(user_properties=(("k", "v"),))
+    bad = Properties(payload_format_indicator=1)
+    for qos, first_id in ((1, 10), (2, 20)):
+        client.send(Publish("t", b"ok", qos, packet_id=first_id, properties=user),
+                    Publish("nobody", b"x", qos, packet_id=first_id + 1),
+                    Publish("secret", b"x", qos, packet_id=first_id + 2),
+                    Publish("t", b"\xff", qos, packet_id=first_id + 3, properties=bad))
+        sent += client.received()
+    client.send(PubRel(20), PubRel(21), PubRel(99))
+    sent += client.received()
+    publishes = [p for p in sent if isinstance(p, Publish)]
+    assert [(p.qos, p.properties.user_properties) for p in publishes] == [
+        (1, (("k", "v"),)), (2, (("k", "v"),))]
+    qos1_id, qos2_id = (p.packet_id for p in publishes)
+    assert qos1_id is not None and qos2_id is not None
+    client.send(PubAck(qos1_id), PubRec(qos2_id), PubComp(qos2_id), PubRec(999))
+    client.send(Unsubscribe(2, ("t", "nothing")), PingReq())
+    sent += client.received()
+    client.send(Publish("t", b"x", 0, properties=Properties(topic_alias=1000)))
+    sent += client.received()
+    assert client.closed
+    codes = {(type(p).__name__, getattr(p, "reason_code", None)) for p in sent
+             if isinstance(p, (PubAck, PubRec, PubRel, PubComp, Disconnect))}
+    assert codes == {("PubAck", 0), ("PubAck", 0x10), ("PubAck", 0x87), ("PubAck", 0x99),
+                     ("PubRec", 0), ("PubRec", 0x10), ("PubRec", 0x87), ("PubRec", 0x99),
+                     ("PubRel", 0), ("PubRel", 0x92), ("PubComp", 0), ("PubComp", 0x92),
+                     ("Disconnect", 0x94)}
+    assert UnsubAck(2, (0, 0x11)) in sent and PingResp() in sent
+    for packet in sent:
+        if not isinstance(packet, (Publish, ConnAck, Disconnect)):
+            props = getattr(packet, "properties", NO_PROPERTIES)
+            assert props.reason_string is None and props.user_properties == (), packet
 
 
 @levels
@@ -900,6 +988,39 @@ def test_qos2_unacknowledged_publish_resent(level: int) -> None:
     assert (again.packet_id, again.dup, again.qos, again.payload) == (pub.packet_id, True, 2, b"x")
 
 
+def test_qos2_in_flight_is_not_expired() -> None:
+    """Once a QoS 2 PUBLISH has been sent, its Message Expiry Interval no longer applies
+    [MQTT-4.3.3-7]: a message whose interval passes while its PUBLISH awaits PUBREC is resent
+    on reconnection (DUP 1, same identifier) and its exchange completes; one whose interval
+    passes while its PUBREL awaits PUBCOMP gets its PUBREL resent, and PUBCOMP completes it."""
+    hub = _hub()
+    client, _ = _persistent(hub, "c", 5)
+    _subscribe(client, "t", 2)
+    publisher = _join(hub, "pub")
+    brief = Properties(message_expiry_interval=5)
+    publisher.send(Publish("t", b"unanswered", 2, packet_id=1, properties=brief),
+                   Publish("t", b"received", 2, packet_id=2, properties=brief))
+    first, second = _publishes(client)
+    assert first.packet_id is not None and second.packet_id is not None
+    client.send(PubRec(second.packet_id))
+    assert client.received() == [PubRel(second.packet_id)]
+    client.drop()
+    hub.advance(30)
+    client, ack = _persistent(hub, "c", 5)
+    assert ack.session_present is True
+    again, pubrel = client.received()
+    assert isinstance(again, Publish)
+    assert (again.payload, again.packet_id, again.dup, again.qos) == (
+        b"unanswered", first.packet_id, True, 2)
+    assert pubrel == PubRel(second.packet_id)
+    client.send(PubComp(second.packet_id), PubRec(first.packet_id))
+    assert client.received() == [PubRel(first.packet_id)]
+    hub.advance(30)
+    client.send(PubComp(first.packet_id))
+    assert hub.broker.sessions["c"].inflight == {}
+    assert client.received() == []
+
+
 @levels
 def test_inbound_qos2_state_survives_reconnection(level: int) -> None:
     """The broker's half of an inbound QoS 2 exchange is session state: after reconnection a
@@ -1091,6 +1212,30 @@ def test_no_will_on_normal_disconnect(level: int) -> None:
     assert _publishes(watcher) == []
     assert "will" not in hub.broker.retained
     assert client.received() == []  # [MQTT-3.14.4-1]
+
+
+@v3_levels
+def test_v3_no_will_flag_publishes_no_will(level: int) -> None:
+    """A connection whose CONNECT had Will Flag 0 publishes no will when it ends, whether the
+    network breaks or the broker closes it for a protocol error [MQTT-3.1.2-12 (3.1.1)]; nor
+    does one that continues a session whose earlier connection had a will."""
+    hub = _hub()
+    watcher = _watch(hub)
+    client = _join(hub, "plain", level)
+    client.drop()
+    client = _join(hub, "broken", level)
+    client.send_bytes(b"\x00\x00")
+    assert client.closed
+    hub.clock.advance(0)
+    client, _ = _persistent(hub, "c", level, will=Will("will", b"first connection"))
+    client.send(Disconnect())
+    hub.clock.advance(0)
+    client, ack = _persistent(hub, "c", level)
+    assert ack.session_present is _present(level)
+    assert hub.broker.sessions["c"].will is None
+    client.drop()
+    hub.advance(60)
+    assert _publishes(watcher) == []
 
 
 def test_disconnect_with_will_message() -> None:

@@ -141,14 +141,22 @@ def test_decode_all(case: Case) -> None:
 
 @valid_cases
 def test_raw_publish(case: Case) -> None:
-    """With ``raw_publish`` a PUBLISH is the tuple of the ``Publish`` fields; other packets are
+    """With ``raw_publish`` a PUBLISH is the tuple of the ``Publish`` fields followed, for QoS
+    0, by the packet's own bytes (which decode to the same packet); other packets are
     unchanged."""
-    expected = [
-        tuple(getattr(p, f.name) for f in dataclasses.fields(Publish))
-        if isinstance(p, Publish) else p
-        for p in case.packets
-    ]
-    assert _decoder(case, raw_publish=True).feed(case.data) == expected
+    got = _decoder(case, raw_publish=True).feed(case.data)
+    assert len(got) == len(case.packets)
+    for raw, packet in zip(got, case.packets):
+        if not isinstance(packet, Publish):
+            assert raw == packet
+            continue
+        assert raw[:7] == tuple(getattr(packet, f.name) for f in dataclasses.fields(Publish))
+        if packet.qos:
+            assert raw[7] is None
+        else:
+            level = case.level or next(p.protocol_level for p in case.packets
+                                       if isinstance(p, Connect))
+            assert Decoder(level).feed(raw[7]) == [packet]
 
 
 # ---------------------------------------------------------------------------------------------

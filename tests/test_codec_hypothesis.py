@@ -515,7 +515,7 @@ def test_remaining_length_edges(level: int, remaining: int, length_bytes: int) -
     assert Decoder(level).feed(blob) == [packet]
     decoder = Decoder(level, raw_publish=True)
     assert decoder.feed(blob[:1 + length_bytes]) == []  # header alone: waits for the body
-    assert decoder.feed(blob[1 + length_bytes:]) == [publish_fields(packet)]
+    assert decoder.feed(blob[1 + length_bytes:]) == [(*publish_fields(packet), blob)]
     # The exact packet size counts against the limit: one byte less is too large.
     assert Decoder(level, max_packet_size=len(blob)).feed(blob) == [packet]
     with pytest.raises(PacketTooLarge):
@@ -596,8 +596,10 @@ def test_raw_publish_equals_dataclass(data: st.DataObject, level: int) -> None:
     for got, obj in zip(raw, objects):
         if isinstance(obj, Publish):
             assert type(got) is tuple
-            assert got == publish_fields(obj)
-            assert Publish(*got) == obj
+            assert got[:7] == publish_fields(obj)
+            assert Publish(*got[:7]) == obj
+            frame = got[7]
+            assert frame is None if obj.qos else Decoder(level).feed(frame) == [obj]
         else:
             assert got == obj
 

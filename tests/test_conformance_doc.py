@@ -120,9 +120,9 @@ def test_every_label_once_in_label_order(version: str) -> None:
 
 @versions
 def test_rows_are_well_formed(version: str) -> None:
-    """A row says Yes or No; a Yes row names the tests proving it or starts "Not yet tested"
-    (and then names none), as the row of [MQTT-3.1.2-28] does; a statement is paraphrased in at
-    most 12 words."""
+    """A row says Yes or No; a Yes row names the tests proving it (as the row of
+    [MQTT-3.1.2-28] does) or starts "Not yet tested" and then names none; a statement is
+    paraphrased in at most 12 words."""
     for row in _rows(version):
         assert row.binds in ("Yes", "No"), row
         assert row.statement and len(row.statement.split()) <= MAX_WORDS, row

@@ -298,6 +298,7 @@ class Broker:
         """Route a message to every matching subscription; return how many sessions get it."""
         stats = self.stats
         stats.messages_received += 1
+        stats.messages_received_by_qos[message.qos] += 1
         if message.retain:
             self._retain(message)
         routes = self._routes.get(message.topic)
@@ -314,8 +315,15 @@ class Broker:
                 if local is None:
                     continue
                 qos, rap, sub_ids = local
-            deliver(session, message, qos if qos < mqos else mqos, retain and rap, sub_ids)
             count += 1
+            if qos and mqos:
+                deliver(session, message, qos if qos < mqos else mqos, retain and rap, sub_ids)
+                continue
+            conn = session.connection  # QoS 0 to a connected client: straight to it
+            if conn is not None and not conn.paused:
+                conn.send_qos0(message, retain and rap, sub_ids)
+            else:
+                deliver(session, message, 0, retain and rap, sub_ids)
         for group in shared:
             if self._deliver_shared(group, message, None):
                 count += 1
@@ -475,6 +483,7 @@ class Broker:
         for suffix, figure in self.sys_figures().items():
             message = Message("$SYS/broker/" + suffix, str(figure).encode(), 0, True)
             self.stats.messages_received -= 1  # the broker's own figures are not traffic
+            self.stats.messages_received_by_qos[0] -= 1
             self.publish(message)
         self.flush()
         self._sys_call = self.clock.callLater(self.capabilities.sys_interval, self._publish_sys)

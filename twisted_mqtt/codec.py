@@ -59,8 +59,9 @@ from twisted_mqtt.topics import validate_topic_filter, validate_topic_name
 V5 = ProtocolLevel.MQTT_5
 MAX_REMAINING_LENGTH = 268_435_455
 MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
-# A PUBLISH as the hot path reads it: the fields of ``Publish`` in the same order.
-RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties]
+# A PUBLISH as the hot path reads it: the fields of ``Publish`` in the same order, then the
+# packet's own bytes when it is QoS 0 (a subscriber that gets it unchanged gets these bytes).
+RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Optional[bytes]]
 
 _CONNECT = PacketType.CONNECT << 4
 _PUBLISH = PacketType.PUBLISH
@@ -292,7 +293,8 @@ def _decode_connack(buf: bytes, pos: int, end: int, flags: int, level: int) -> C
     return ConnAck(code, bool(ack_flags), props)
 
 
-def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int) -> RawPublish:
+def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int,
+                    start: int) -> RawPublish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH with QoS 3", "MQTT-3.3.1-4")
@@ -321,11 +323,12 @@ def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int) -> R
         raise TopicNameInvalid("empty topic name", "MQTT-4.7.3-1")
     if "+" in topic or "#" in topic:
         validate_topic_name(topic)
-    return (topic, buf[pos:end], qos, bool(flags & 0x01), bool(flags & 0x08), packet_id, props)
+    return (topic, buf[pos:end], qos, bool(flags & 0x01), bool(flags & 0x08), packet_id, props,
+            None if qos else buf[start:end])
 
 
 def _decode_publish(buf: bytes, pos: int, end: int, flags: int, level: int) -> Publish:
-    return Publish(*_publish_fields(buf, pos, end, flags, level))
+    return Publish(*_publish_fields(buf, pos, end, flags, level, pos)[:7])
 
 
 def _ack_decoder(cls: Any, ptype: PacketType) -> Callable[..., Any]:
@@ -582,8 +585,9 @@ class Decoder:
             ptype = first >> 4
             flags = first & 0x0F
             if ptype == _PUBLISH:
-                fields = _publish_fields(buf, body, end, flags, level)  # type: ignore[arg-type]
-                append(fields if raw else Publish(*fields))
+                fields = _publish_fields(buf, body, end, flags, level,  # type: ignore[arg-type]
+                                         pos)
+                append(fields if raw else Publish(*fields[:7]))
             else:
                 if ptype == 0:
                     raise MalformedPacket("reserved packet type 0", _UNLABELLED)

@@ -80,6 +80,9 @@ def _is_utf8(payload: bytes) -> bool:
 class Connection:
     """The server side of one MQTT connection."""
 
+    certificate_subject: Optional[str] = None  # set by the shell from a TLS client certificate
+    certificate_common_name: Optional[str] = None
+
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
                  listener: str = "") -> None:
         self.broker = broker
@@ -223,8 +226,11 @@ class Connection:
 
     def send_qos0(self, message: Message, retain: bool, sub_ids: Tuple[int, ...]) -> None:
         """Send a QoS 0 PUBLISH."""
+        frame = message.frame
         if self.alias_max_out:
             data = self._aliased(message, 0, retain, sub_ids, None)
+        elif frame is not None and not retain and not sub_ids and message.frame_v5 == self.v5:
+            data = frame  # the packet as it came in is the packet to send
         else:
             data = message.encoded(self.v5, 0, retain, sub_ids, self.broker.now)
         if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
@@ -232,6 +238,7 @@ class Connection:
             return
         stats = self.broker.stats
         stats.messages_sent += 1
+        stats.messages_sent_by_qos[0] += 1
         stats.packets_sent += 1
         self.write(data)
 
@@ -256,6 +263,7 @@ class Connection:
         session.inflight[packet_id] = delivery
         stats = self.broker.stats
         stats.messages_sent += 1
+        stats.messages_sent_by_qos[delivery.qos] += 1
         stats.packets_sent += 1
         self.write(data)
 
@@ -409,7 +417,8 @@ class Connection:
                 self._refuse(_R.RETAIN_NOT_SUPPORTED)  # [MQTT-3.2.2-13]
                 return
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
-        self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level)
+        self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
+                                 self.certificate_subject, self.certificate_common_name)
         method = packet.properties.authentication_method
         if method is not None:
             enhanced = broker.enhanced_authenticator
@@ -574,7 +583,7 @@ class Connection:
     # -- PUBLISH and acknowledgements -----------------------------------------------------------
 
     def _on_publish(self, fields: Tuple[Any, ...]) -> None:
-        topic, payload, qos, retain, dup, packet_id, props = fields
+        topic, payload, qos, retain, dup, packet_id, props, frame = fields
         if self.state != CONNECTED:
             self.disconnect(_R.PROTOCOL_ERROR)
             return
@@ -630,8 +639,10 @@ class Connection:
         if qos == 2 and len(session.inbound_qos2) >= caps.receive_maximum:
             self.disconnect(_R.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
             return
+        if retain or expires_at is not None or props is not fields[6]:
+            frame = None  # its bytes are not what subscribers get
         count = broker.publish(Message(topic, payload, qos, retain, props, expires_at,
-                                       session.client_id))
+                                       session.client_id, frame, self.v5))
         if qos == 1:
             if count or not self.v5:
                 self.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))

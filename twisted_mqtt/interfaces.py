@@ -19,6 +19,11 @@ class ClientInfo:
     """The peer's host address (IPv4/IPv6 text), or None for a Unix socket or in-memory peer."""
     listener: str = ""
     protocol_level: int = 4
+    certificate_subject: Optional[str] = None
+    """The verified TLS client certificate's subject as an RFC 4514 string (e.g.
+    ``CN=sensor-1,O=Example``), or None without TLS or without a client certificate."""
+    certificate_common_name: Optional[str] = None
+    """That subject's common name (CN), or None."""
 
 
 @value

@@ -24,7 +24,7 @@ class Message:
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin",
-                 "_topic_bytes", "_cache")
+                 "frame", "frame_v5", "_topic_bytes", "_cache")
 
     def __init__(
         self,
@@ -35,6 +35,8 @@ class Message:
         properties: Properties = NO_PROPERTIES,
         expires_at: Optional[float] = None,
         origin: Optional[str] = None,
+        frame: Optional[bytes] = None,
+        frame_v5: bool = False,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -43,6 +45,10 @@ class Message:
         self.properties = properties
         self.expires_at = expires_at
         self.origin = origin
+        self.frame = frame
+        """The QoS 0 PUBLISH as received, when it is exactly what a subscriber of the same
+        protocol family (``frame_v5``) gets with RETAIN 0 and no subscription identifier."""
+        self.frame_v5 = frame_v5
         self._topic_bytes: Optional[bytes] = None
         self._cache: Optional[Dict[Any, Any]] = None
 

@@ -9,7 +9,8 @@ class Stats:
     __slots__ = ("messages_received", "messages_sent", "dropped", "expired", "bytes_received",
                  "bytes_sent", "packets_received", "packets_sent", "clients_maximum",
                  "connections_total", "sessions_created", "sessions_expired", "wills_sent",
-                 "retained_dropped", "auth_failures", "protocol_errors")
+                 "retained_dropped", "auth_failures", "protocol_errors",
+                 "messages_received_by_qos", "messages_sent_by_qos")
 
     def __init__(self) -> None:
         self.messages_received = 0
@@ -28,3 +29,5 @@ class Stats:
         self.retained_dropped = 0
         self.auth_failures = 0
         self.protocol_errors = 0
+        self.messages_received_by_qos = [0, 0, 0]  # indexed by QoS; sums to messages_received
+        self.messages_sent_by_qos = [0, 0, 0]

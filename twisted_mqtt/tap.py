@@ -10,6 +10,7 @@ from twisted.python import usage
 from twisted_mqtt.auth import AllowAll, LocalOnly
 from twisted_mqtt.capabilities import DEFAULT_CAPABILITIES, Capabilities
 from twisted_mqtt.service import BrokerService
+from twisted_mqtt.websocket import parse_network
 
 log = Logger()
 
@@ -18,7 +19,7 @@ class Options(usage.Options):
     """Options of the ``mqtt`` twistd plugin."""
 
     synopsis = "[options]"
-    longdesc = ("Run an MQTT 3.1, 3.1.1 and 5.0 broker. With no listener given, it listens on "
+    longdesc = ("Run an MQTT 3.1, 3.1.1 and 5.0 broker. With no --listen or --ws, it listens on "
                 "tcp:1883. Without authentication configuration, only clients from loopback "
                 "addresses and Unix sockets are accepted; --allow-anonymous accepts all.")
     optFlags = [
@@ -36,12 +37,17 @@ class Options(usage.Options):
          "Highest topic alias a client may use (0 disables them).", int],
         ["sys-interval", None, DEFAULT_CAPABILITIES.sys_interval,
          "Seconds between $SYS publications (0 disables).", float],
+        ["ws-path", None, None, "Accept WebSocket connections on this request path only."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["refuse-subscribe"] = []
+        self["ws"] = []
+        self["ws-origin"] = []
+        self["ws-trusted-proxy"] = []
+        self["stats"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
@@ -51,21 +57,46 @@ class Options(usage.Options):
         """Refuse subscriptions to this topic filter with SUBACK 0x80 (repeatable)."""
         self["refuse-subscribe"].append(topic_filter)
 
+    def opt_ws(self, endpoint: str) -> None:
+        """Listen for MQTT over WebSocket on a Twisted endpoint string (repeatable), e.g.
+        tcp:8080; ssl: or mqtts: endpoints give wss."""
+        self["ws"].append(endpoint)
+
+    def opt_ws_origin(self, origin: str) -> None:
+        """Accept WebSocket connections from browsers on this Origin only (repeatable), e.g.
+        https://example.com; default: any."""
+        self["ws-origin"].append(origin)
+
+    def opt_ws_trusted_proxy(self, address: str) -> None:
+        """Believe X-Forwarded-For from this proxy address or network (repeatable)."""
+        self["ws-trusted-proxy"].append(address)
+
+    def opt_stats(self, endpoint: str) -> None:
+        """Serve /, /healthcheck and /metrics over HTTP on this endpoint (repeatable)."""
+        self["stats"].append(endpoint)
+
     def postOptions(self) -> None:
         """Apply the default listener; refuse bad listeners here rather than in makeService."""
         if self["tcp"] is not None:
             if not 0 <= self["tcp"] <= 65535:
                 raise usage.UsageError(f"--tcp: port must be 0-65535, not {self['tcp']}")
             self["listen"].append(f"tcp:{self['tcp']}")
-        if not self["listen"]:
+        if not self["listen"] and not self["ws"]:
             self["listen"].append("tcp:1883")
         from twisted.internet import endpoints, reactor
 
-        for endpoint in self["listen"]:
+        for endpoint in self["listen"] + self["ws"] + self["stats"]:
             try:  # a bad endpoint string is a usage error, not a traceback from makeService
                 endpoints.serverFromString(reactor, endpoint)
             except Exception as error:
                 raise usage.UsageError(f"bad listener {endpoint!r}: {error}") from None
+        for proxy in self["ws-trusted-proxy"]:
+            try:
+                parse_network(proxy)
+            except ValueError as error:
+                raise usage.UsageError(f"--ws-trusted-proxy: {error}") from None
+        if self["ws-path"] is not None and not self["ws-path"].startswith("/"):
+            raise usage.UsageError(f"--ws-path must start with /, not {self['ws-path']!r}")
 
     def capabilities(self) -> Capabilities:
         """The limits these options set."""
@@ -93,5 +124,9 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
     listeners: List[str] = options["listen"]
     for endpoint in listeners:
         service.add_listener(endpoint)
-        log.info("listening for MQTT on {endpoint}", endpoint=endpoint)
+    for endpoint in options["ws"]:
+        service.add_websocket_listener(endpoint, options["ws-path"], options["ws-origin"],
+                                       options["ws-trusted-proxy"])
+    for endpoint in options["stats"]:
+        service.add_stats_listener(endpoint)
     return service

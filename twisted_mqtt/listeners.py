@@ -1,0 +1,141 @@
+"""Listeners: one child service of ``BrokerService`` per endpoint, each tracking its connections.
+
+Stopping a listener's service closes its port and disconnects the clients it accepted (MQTT 5
+clients with DISCONNECT 0x8B); its Deferred fires once they are all gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional, Set
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_mqtt.packets import ReasonCode
+
+if TYPE_CHECKING:
+    from twisted_mqtt.broker import Broker
+    from twisted_mqtt.connection import Connection
+
+log = Logger()
+
+
+def format_address(address: Any) -> str:
+    """A listening or peer address as text: ``host:port``, ``[v6host]:port`` or a socket path."""
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return str(address)
+
+
+class ConnectionTracker:
+    """The live connections of one listener, so that stopping it can disconnect them."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.connections: Set[Connection] = set()
+        self._drained: List[Deferred[None]] = []
+
+    def opened(self, connection: Connection) -> None:
+        """A connection was accepted."""
+        self.connections.add(connection)
+
+    def closed(self, connection: Connection) -> None:
+        """A connection's transport is gone."""
+        self.connections.discard(connection)
+        if not self.connections and self._drained:
+            drained, self._drained = self._drained, []
+            for waiting in drained:
+                waiting.callback(None)
+
+    def disconnect_all(self) -> Deferred[None]:
+        """Disconnect every connection (v5: DISCONNECT 0x8B); fire once all are closed."""
+        for connection in list(self.connections):
+            connection.shutdown(ReasonCode.SERVER_SHUTTING_DOWN)
+        self.broker.flush()
+        if not self.connections:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._drained.append(waiting)
+        return waiting
+
+
+class ListenerService(Service):
+    """Listens on one Twisted server endpoint string while running.
+
+    ``kind`` names what it serves in the log line written once it listens:
+    ``listening for KIND on ENDPOINT at ADDRESS``.
+    """
+
+    def __init__(self, reactor: Any, endpoint: str, factory: IProtocolFactory, kind: str,
+                 tracker: Optional[ConnectionTracker] = None) -> None:
+        self.description = endpoint
+        self.endpoint = serverFromString(reactor, endpoint)
+        self.factory = factory
+        self.kind = kind
+        self.tracker = tracker
+        self.port: Optional[IListeningPort] = None
+        self._listening: Optional[Deferred[Any]] = None
+        self._synchronous = False
+        self._failure: Optional[Failure] = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether the port is open."""
+        return self.port is not None
+
+    def privilegedStartService(self) -> None:
+        """Listen before privileges are dropped (a bad endpoint fails the start)."""
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        """Listen, unless ``privilegedStartService`` already did."""
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        self._synchronous = True
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+        self._synchronous = False
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            self._listening = None
+            failure.raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info("listening for {kind} on {endpoint} at {address}", kind=self.kind,
+                 endpoint=self.description, address=format_address(port.getHost()))
+
+    def _failed(self, failure: Failure) -> None:
+        if self._synchronous:
+            self._failure = failure
+        elif not failure.check(CancelledError):
+            log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+
+    def stopService(self) -> Deferred[None]:
+        """Close the port and disconnect this listener's clients; fire when both are done."""
+        super().stopService()
+        waits: List[Deferred[Any]] = []
+        port, self.port = self.port, None
+        if port is not None:
+            waits.append(maybeDeferred(port.stopListening))
+        elif self._listening is not None:
+            self._listening.cancel()
+        self._listening = None
+        if self.tracker is not None:
+            waits.append(self.tracker.disconnect_all())
+        stopped: Deferred[Any] = gatherResults(waits)
+        return stopped.addCallback(lambda _: None)
