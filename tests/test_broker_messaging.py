@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import pytest
 
 from tests.spec import check_cited_labels
-from twisted_mqtt import connection as connection_module
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.codec import decode_all, encode
 from twisted_mqtt.packets import (
@@ -1523,14 +1522,32 @@ def test_topic_length_limit() -> None:
 # -- slow consumers -------------------------------------------------------------------------------
 
 
-def test_paused_connection_drops_qos0_and_queues_qos1() -> None:
-    """While the transport pushes back, QoS 0 messages for the connection are dropped (and
-    counted) and QoS 1 messages queued; ``resume`` sends the queued ones."""
-    hub = make_hub()
+def test_paused_connection_keeps_receiving_up_to_the_limit() -> None:
+    """While the transport pushes back, messages are still written until the bytes written
+    since the pause pass ``maximum_pending_bytes``: a short stall of a reading client loses
+    nothing."""
+    hub = make_hub(maximum_pending_bytes=10_000)
     slow = connect(hub, "slow")
     subscribe(slow, Subscription("t/#", 1))
     pub = connect(hub, "pub")
     slow.connection.pause()
+    for i in range(20):
+        pub.send(Publish("t/0", b"%d" % i, 0))
+    assert [p.payload for p in publishes(slow)] == [b"%d" % i for i in range(20)]
+    assert hub.broker.stats.dropped == 0 and not slow.connection.blocked
+
+
+def test_blocked_connection_drops_qos0_and_queues_qos1() -> None:
+    """Past ``maximum_pending_bytes`` of unread output, QoS 0 messages for the connection are
+    dropped (and counted) and QoS 1 messages queued; ``resume`` sends the queued ones."""
+    hub = make_hub(maximum_pending_bytes=1000)
+    slow = connect(hub, "slow")
+    subscribe(slow, Subscription("t/#", 1))
+    pub = connect(hub, "pub")
+    slow.connection.pause()
+    pub.send(Publish("t/big", b"x" * 1200, 0))
+    assert slow.connection.blocked
+    slow.received()
     dropped = hub.broker.stats.dropped
     pub.send(Publish("t/0", b"zero", 0))
     pub.send(Publish("t/1", b"one", 1, packet_id=1))
@@ -1544,22 +1561,21 @@ def test_paused_connection_drops_qos0_and_queues_qos1() -> None:
     assert len(session_of(hub, "slow").inflight) == 2
 
 
-def test_paused_connection_over_limit_is_aborted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A paused connection that keeps producing output beyond ``PAUSED_WRITE_LIMIT`` is
-    aborted; the other clients carry on."""
-    monkeypatch.setattr(connection_module, "PAUSED_WRITE_LIMIT", 64)
-    hub = make_hub()
+def test_connection_not_reading_is_aborted() -> None:
+    """A paused connection whose unread output passes twice ``maximum_pending_bytes`` (here
+    through acknowledgements it never reads) is aborted; the other clients carry on."""
+    hub = make_hub(maximum_pending_bytes=32)
     slow = connect(hub, "slow")
     subscribe(slow, Subscription("t", 1))
     fine = connect(hub, "fine")
     subscribe(fine, Subscription("t", 1))
     slow.connection.pause()
-    for i in range(20):
+    for i in range(40):
         slow.send(Publish("elsewhere", b"x", 1, packet_id=i + 1))
         if slow.transport.disconnected:
             break
     assert slow.transport.disconnected  # aborted, not just closed
-    assert i < 19
+    assert i < 39
     pub = connect(hub, "pub")
     pub.send(Publish("t", b"meanwhile", 1, packet_id=1))
     assert one_publish(fine).payload == b"meanwhile"

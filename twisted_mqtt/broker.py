@@ -71,6 +71,8 @@ class Broker:
         self.tree = SubscriptionTree()
         self.retained: Dict[str, Message] = {}
         self.connections: set[Connection] = set()
+        self.connected = 0
+        """How many connections have completed CONNECT and not yet ended."""
         self.dirty: List[Connection] = []
         self.stats = Stats()
         self.now: float = clock.seconds()
@@ -320,7 +322,7 @@ class Broker:
                 deliver(session, message, qos if qos < mqos else mqos, retain and rap, sub_ids)
                 continue
             conn = session.connection  # QoS 0 to a connected client: straight to it
-            if conn is not None and not conn.paused:
+            if conn is not None and not conn.blocked:
                 conn.send_qos0(message, retain and rap, sub_ids)
             else:
                 deliver(session, message, 0, retain and rap, sub_ids)
@@ -386,7 +388,7 @@ class Broker:
         conn = session.connection
         if qos == 0:
             if conn is not None:
-                if conn.paused:
+                if conn.blocked:
                     self.stats.dropped += 1
                 else:
                     conn.send_qos0(message, retain, sub_ids)
@@ -396,7 +398,7 @@ class Broker:
                 self.stats.dropped += 1
             return
         delivery = Delivery(message, qos, retain, sub_ids, share)
-        if (conn is not None and not conn.paused and not session.queue
+        if (conn is not None and not conn.blocked and not session.queue
                 and len(session.inflight) < session.send_quota):
             conn.send_delivery(delivery)
         else:
@@ -411,13 +413,13 @@ class Broker:
     def pump(self, session: Session) -> None:
         """Send queued messages while the session's send quota allows."""
         conn = session.connection
-        if conn is None or conn.paused:
+        if conn is None or conn.blocked:
             return
         queue = session.queue
         inflight = session.inflight
         quota = session.send_quota
         now = self.now
-        while queue and len(inflight) < quota and not conn.paused:
+        while queue and len(inflight) < quota and not conn.blocked:
             delivery = queue.popleft()
             if delivery.message.expired(now):
                 self.stats.expired += 1
@@ -457,7 +459,7 @@ class Broker:
     def sys_figures(self) -> Dict[str, Any]:
         """The $SYS figures, by topic suffix."""
         stats = self.stats
-        connected = sum(1 for s in self.sessions.values() if s.connection is not None)
+        connected = self.connected
         return {
             "version": f"twisted_mqtt {__version__}",
             "uptime": int(self.now - self.started_at),

@@ -29,6 +29,10 @@ class Capabilities:
     """Longest session expiry interval granted, seconds (0xFFFFFFFF: never expires)."""
     maximum_inflight: int = 1024
     """Unacknowledged QoS 1/2 messages sent to one client, also bounded by its receive maximum."""
+    maximum_pending_bytes: int = 8 * 1024 * 1024
+    """Bytes sent to a client that is not reading them (its transport pushes back) beyond which
+    QoS 0 messages for it are dropped and QoS 1/2 messages queued; at twice this the connection
+    is dropped."""
     maximum_queued_messages: int = 10_000
     """Messages held per session beyond the inflight window (offline or flow-controlled)."""
     maximum_retained_messages: int = 1_000_000

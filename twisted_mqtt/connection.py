@@ -51,7 +51,6 @@ AWAITING_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 NEVER = 0xFFFFFFFF
 V5 = ProtocolLevel.MQTT_5
 CONNECT_TIMEOUT = 10.0
-PAUSED_WRITE_LIMIT = 1024 * 1024
 LINGER = 2.0
 _R = ReasonCode
 
@@ -80,12 +79,20 @@ def _is_utf8(payload: bytes) -> bool:
 class Connection:
     """The server side of one MQTT connection."""
 
-    certificate_subject: Optional[str] = None  # set by the shell from a TLS client certificate
-    certificate_common_name: Optional[str] = None
+    __slots__ = (
+        "broker", "transport", "address", "listener", "decoder", "state", "protocol_level", "v5",
+        "session", "client", "keep_alive", "last_rx", "opened_at", "paused", "blocked",
+        "certificate_subject", "certificate_common_name", "aliases_in", "aliases_out",
+        "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_paused_bytes",
+        "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
+        "_detached", "_linger",
+    )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
                  listener: str = "") -> None:
         self.broker = broker
+        self.certificate_subject: Optional[str] = None  # set by the shell from a TLS peer
+        self.certificate_common_name: Optional[str] = None
         self.transport = transport
         self.address = address
         self.listener = listener
@@ -99,6 +106,7 @@ class Connection:
         self.keep_alive = 0
         self.last_rx = self.opened_at = broker.now
         self.paused = False
+        self.blocked = False
         self._out: List[bytes] = []
         self._dirty = False
         self._paused_bytes = 0
@@ -210,11 +218,14 @@ class Connection:
         self._out = []
         self.broker.stats.bytes_sent += len(data)
         if self.paused:
-            self._paused_bytes += len(data)
-            if self._paused_bytes > PAUSED_WRITE_LIMIT:
-                log.warn("{conn!r}: not reading what it is sent; dropping it", conn=self)
-                self.transport.abortConnection()
-                return
+            pending = self._paused_bytes = self._paused_bytes + len(data)
+            limit = self.broker.capabilities.maximum_pending_bytes
+            if pending > limit:
+                self.blocked = True
+                if pending > 2 * limit:
+                    log.warn("{conn!r}: not reading what it is sent; dropping it", conn=self)
+                    self.transport.abortConnection()
+                    return
         self.transport.write(data)
 
     def send_packet(self, packet: Packet) -> None:
@@ -348,6 +359,8 @@ class Connection:
             return
         self._detached = True
         session = self.session
+        if session is not None:
+            self.broker.connected -= 1
         if session is not None and session.connection is self:
             self.broker.close_session_connection(session, self._will_ok)
 
@@ -373,12 +386,13 @@ class Connection:
             self.close()
 
     def pause(self) -> None:
-        """The transport's buffer is full: stop sending PUBLISH packets."""
+        """The transport's buffer is full: count what is still written to it, and block
+        PUBLISH packets once that passes ``maximum_pending_bytes``."""
         self.paused = True
 
     def resume(self) -> None:
         """The transport drained: send what was held back."""
-        self.paused = False
+        self.paused = self.blocked = False
         self._paused_bytes = 0
         if self.session is not None and self.state == CONNECTED:
             self.broker.pump(self.session)
@@ -513,7 +527,7 @@ class Connection:
         self.close()
 
     def _accept(self, auth: Properties = NO_PROPERTIES) -> None:
-        packet = self._connect
+        packet, self._connect = self._connect, None  # the password is not kept
         assert packet is not None
         broker = self.broker
         caps = broker.capabilities
@@ -543,8 +557,9 @@ class Connection:
         self.state = CONNECTED
         stats = broker.stats
         stats.connections_total += 1
-        connected = sum(1 for c in broker.connections if c.state == CONNECTED)
-        stats.clients_maximum = max(stats.clients_maximum, connected)
+        broker.connected += 1
+        if broker.connected > stats.clients_maximum:
+            stats.clients_maximum = broker.connected
         ack_props = NO_PROPERTIES
         if v5:
             ack_props = Properties(
