@@ -29,6 +29,7 @@ from twisted_mqtt.stats import Stats
 from twisted_mqtt.topics import SharedGroup, SubscriptionTree, matches
 
 if TYPE_CHECKING:
+    from twisted_mqtt.codec import PublishRun
     from twisted_mqtt.connection import Connection
 
 log = Logger()
@@ -330,6 +331,50 @@ class Broker:
             if self._deliver_shared(group, message, None):
                 count += 1
         return count
+
+    def forward_run(self, run: PublishRun, origin: str) -> bool:
+        """Send a run of plain QoS 0 packets from ``origin`` as one slice to every subscriber,
+        if each one gets them unchanged (same protocol family, no subscription identifier,
+        topic alias or smaller packet limit, no shared group); otherwise send nothing and
+        return False.  Offline and blocked subscribers lose them, as single QoS 0 messages."""
+        routes = self._routes.get(run.topic)
+        if routes is None:
+            routes = self._compute_routes(run.topic)
+        normal, shared = routes
+        if shared:
+            return False
+        targets: List[Optional[Connection]] = []
+        for session, _qos, _rap, sub_ids, local in normal:
+            if session.client_id == origin:
+                if local is None:
+                    continue
+                sub_ids = local[2]
+            conn = session.connection
+            if conn is None:
+                if self.compatibilities.queue_qos0_offline:
+                    return False
+                targets.append(None)
+                continue
+            if (sub_ids or conn.alias_max_out or conn.v5 != run.v5 or (
+                    conn.max_packet_out is not None and conn.max_packet_out < run.largest)):
+                return False
+            targets.append(None if conn.blocked else conn)
+        count = run.count
+        stats = self.stats
+        stats.messages_received += count
+        stats.messages_received_by_qos[0] += count
+        data = run.data()
+        sent = 0
+        for conn in targets:
+            if conn is None:
+                stats.dropped += count
+            else:
+                conn.write(data)
+                sent += count
+        stats.messages_sent += sent
+        stats.messages_sent_by_qos[0] += sent
+        stats.packets_sent += sent
+        return True
 
     def _retain(self, message: Message) -> None:
         topic = message.topic

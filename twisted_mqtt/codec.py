@@ -65,6 +65,7 @@ RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Optio
 
 _CONNECT = PacketType.CONNECT << 4
 _PUBLISH = PacketType.PUBLISH
+_PLAIN_QOS0 = _PUBLISH << 4  # the first byte of a QoS 0 PUBLISH without DUP or RETAIN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,13 +486,55 @@ _FLAGS = {t: (2 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNS
           for t in PacketType}
 
 
+class PublishRun:
+    """Consecutive QoS 0 PUBLISH packets of one read with the same topic and neither flags nor
+    properties, checked as one: their bytes are ``buf[start:end]`` back to back, so a subscriber
+    that receives them unchanged can be sent that one slice.  ``publishes()`` gives them one by
+    one, as ``RawPublish`` tuples, for any other use."""
+
+    __slots__ = ("topic", "buf", "start", "end", "count", "largest", "head", "v5")
+
+    def __init__(self, topic: str, buf: bytes, start: int, end: int, largest: int, head: int,
+                 v5: bool) -> None:
+        self.topic = topic
+        self.buf = buf
+        self.start = start
+        self.end = end
+        self.count = 1
+        self.largest = largest
+        """The size of the largest packet of the run."""
+        self.head = head
+        """Bytes from the start of a packet's body to its payload (topic and property length)."""
+        self.v5 = v5
+
+    def data(self) -> bytes:
+        """The packets' bytes, back to back."""
+        return self.buf[self.start:self.end]
+
+    def publishes(self) -> List[RawPublish]:
+        """The packets one by one."""
+        buf = self.buf
+        topic = self.topic
+        head = self.head
+        out: List[RawPublish] = []
+        pos = self.start
+        while pos < self.end:
+            length, body = _varint(buf, pos + 1, self.end)
+            end = body + length
+            out.append((topic, buf[body + head:end], 0, False, False, None, NO_PROPERTIES,
+                        buf[pos:end]))
+            pos = end
+        return out
+
+
 class Decoder:
     """Incremental decoder of one direction of one connection.
 
     ``protocol_level`` is learnt from CONNECT when it is not given; until then only CONNECT is
-    accepted.  A second CONNECT is a Protocol Error [MQTT-3.1.0-2].  With
-    ``raw_publish`` a PUBLISH comes out as a ``RawPublish`` tuple, the cheapest
-    form for the broker's hot path; otherwise as a ``Publish``.
+    accepted.  A second CONNECT is a Protocol Error [MQTT-3.1.0-2].  With ``raw_publish`` a
+    PUBLISH comes out as a ``RawPublish`` tuple, the cheapest form for the broker's hot path, and
+    consecutive plain QoS 0 PUBLISH packets to one topic as one ``PublishRun``; otherwise every
+    PUBLISH is a ``Publish``.
     """
 
     __slots__ = ("protocol_level", "max_packet_size", "raw_publish", "_pending", "_pending_len",
@@ -541,6 +584,9 @@ class Decoder:
         raw = self.raw_publish
         limit = self.max_packet_size
         need = 0
+        run_prefix: Optional[bytes] = None  # topic (and empty properties) of the run going on
+        run: Optional[PublishRun] = None
+        run_start = 0
         while pos < size:
             first = buf[pos]
             if level is None and first != _CONNECT:
@@ -585,10 +631,37 @@ class Decoder:
             ptype = first >> 4
             flags = first & 0x0F
             if ptype == _PUBLISH:
+                if run_prefix is not None and first == _PLAIN_QOS0 and buf.startswith(
+                        run_prefix, body) and length >= len(run_prefix):
+                    # The same topic bytes as the run's first packet: the same checks pass.
+                    if run is None:
+                        fields = out[-1]
+                        run = PublishRun(fields[0], buf, run_start, end,
+                                         max(len(fields[7]), end - pos), len(run_prefix),
+                                         level == V5)
+                        out[-1] = run
+                    run.end = end
+                    run.count += 1
+                    if end - pos > run.largest:
+                        run.largest = end - pos
+                    pos = end
+                    continue
                 fields = _publish_fields(buf, body, end, flags, level,  # type: ignore[arg-type]
                                          pos)
-                append(fields if raw else Publish(*fields[:7]))
+                if not raw:
+                    append(Publish(*fields[:7]))
+                    pos = end
+                    continue
+                append(fields)
+                run = None
+                if first == _PLAIN_QOS0 and fields[6] is NO_PROPERTIES and fields[0]:
+                    run_start = pos
+                    run_prefix = buf[body:body + 2 + ((buf[body] << 8) | buf[body + 1])
+                                     + (level == V5)]
+                else:
+                    run_prefix = None
             else:
+                run_prefix = run = None
                 if ptype == 0:
                     raise MalformedPacket("reserved packet type 0", _UNLABELLED)
                 if flags != _FLAGS[ptype]:  # type: ignore[index]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-from twisted_mqtt.codec import Decoder, encode_publish, encode_within
+from twisted_mqtt.codec import Decoder, PublishRun, encode_publish, encode_within
 from twisted_mqtt.errors import CodecError, UnsupportedProtocolVersion
 from twisted_mqtt.exchange import AuthExchange
 from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest
@@ -174,6 +174,8 @@ class Connection:
                 return
             if kind is tuple:
                 on_publish(packet)
+            elif kind is PublishRun:
+                self._on_publish_run(packet)
             elif isinstance(packet, CodecError):
                 self._codec_error(packet)
             else:
@@ -668,6 +670,20 @@ class Connection:
             session.inbound_qos2.add(packet_id)
             code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
             self.send_packet(PubRec(packet_id, code))
+
+    def _on_publish_run(self, run: PublishRun) -> None:
+        """Plain QoS 0 PUBLISH packets to one topic: forwarded as one slice when every subscriber
+        gets them unchanged, else handled one by one."""
+        broker = self.broker
+        client = self.client
+        if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
+                and broker.authorizer.may_publish(client, run.topic)
+                and broker.forward_run(run, client.client_id)):
+            return
+        for fields in run.publishes():
+            if self.state == CLOSED:
+                return
+            self._on_publish(fields)
 
     def _refuse_publish(self, topic: str, qos: int, packet_id: Optional[int]) -> None:
         log.info("{conn!r}: publish to {topic} refused", conn=self, topic=topic)
