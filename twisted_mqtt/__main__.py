@@ -10,8 +10,9 @@ from twisted.python import usage
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse options, start the broker and run the reactor until it stops."""
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
+    from twisted_mqtt.logs import text_log_observer
     from twisted_mqtt.tap import Options, makeService
 
     options = Options()
@@ -20,7 +21,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except usage.UsageError as error:
         print(f"{sys.argv[0]}: {error}\n{options}", file=sys.stderr)
         return 2
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    globalLogBeginner.beginLoggingTo([text_log_observer(sys.stdout)])
     from twisted.internet import reactor
 
     service = makeService(options, reactor)

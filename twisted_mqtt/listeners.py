@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+DEFAULT_BACKLOG = 1024
+"""The listen queue of client listeners whose endpoint string gives none (Twisted's default is
+50).  A burst of connections -- clients reconnecting after a restart, or 64 opened at once by
+the benchmark's idle scenario -- overflowed 50: the kernel dropped their handshakes and the
+clients retried after a second.  Linux caps it at ``net.core.somaxconn``."""
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix", "mqtts")
+"""Endpoint types that take ``backlog=``."""
+
+
+def with_backlog(endpoint: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """``endpoint`` with ``:backlog=N`` added if its type takes one and it gives none (also
+    inside ``haproxy:``)."""
+    if endpoint.startswith("haproxy:"):
+        return "haproxy:" + with_backlog(endpoint[len("haproxy:"):], backlog)
+    kind, _, rest = endpoint.partition(":")
+    if kind.lower() not in _BACKLOG_TYPES or not rest or "backlog=" in rest:
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"
+
 
 def format_address(address: Any) -> str:
     """A listening or peer address as text: ``host:port``, ``[v6host]:port`` or a socket path."""
@@ -73,13 +92,16 @@ class ListenerService(Service):
     """Listens on one Twisted server endpoint string while running.
 
     ``kind`` names what it serves in the log line written once it listens:
-    ``listening for KIND on ENDPOINT at ADDRESS``.
+    ``listening for KIND on ENDPOINT at ADDRESS``.  ``backlog``, if given, is the listen queue
+    used when the endpoint string sets none.
     """
 
     def __init__(self, reactor: Any, endpoint: str, factory: IProtocolFactory, kind: str,
-                 tracker: Optional[ConnectionTracker] = None) -> None:
+                 tracker: Optional[ConnectionTracker] = None,
+                 backlog: Optional[int] = None) -> None:
         self.description = endpoint
-        self.endpoint = serverFromString(reactor, endpoint)
+        listen = endpoint if backlog is None else with_backlog(endpoint, backlog)
+        self.endpoint = serverFromString(reactor, listen)
         self.factory = factory
         self.kind = kind
         self.tracker = tracker

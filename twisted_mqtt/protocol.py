@@ -1,7 +1,17 @@
-"""The thin Twisted shell: a Protocol and Factory that feed bytes to a ``Connection``."""
+"""The thin Twisted shell: a Protocol and Factory that feed bytes to a ``Connection``.
+
+Over a plain TCP transport the protocol is also what the ``Connection`` writes to: a small
+output (under ``SMALL_WRITE`` bytes) is sent on the socket at once when the transport has
+nothing buffered, instead of waiting for the reactor's next turn to report the socket writable
+(which costs two ``epoll_ctl`` calls and a loop iteration per write).  Anything else, and any
+part the socket does not take, goes through ``transport.write`` as before, so Twisted's
+buffering, producer pausing and error handling stay in charge.  TLS, WebSocket, Unix and PROXY
+transports always use ``transport.write``.
+"""
 
 from __future__ import annotations
 
+import socket
 from typing import Any, List, Optional
 
 from twisted.internet.interfaces import (
@@ -10,6 +20,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Server as TCPServer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -29,26 +40,104 @@ def peer_host(transport: Any) -> Optional[str]:
     return host if isinstance(host, str) and host else None
 
 
+SMALL_WRITE = 64 * 1024
+"""Outputs shorter than this go straight to an idle plain TCP socket; larger ones (pipelined
+bursts) are left to the reactor, which sends them as the socket drains."""
+
+
+def direct_writable(transport: Any) -> bool:
+    """Whether the protocol may send on ``transport``'s socket itself: only Twisted's own plain
+    TCP server transport (not a subclass such as a Unix socket, which may pass file descriptors
+    with its data; not TLS, not a wrapper such as PROXY protocol's)."""
+    return type(transport) is TCPServer and not transport.TLS
+
+
+def set_tcp_nodelay(transport: Any) -> bool:
+    """Turn Nagle's algorithm off on a TCP transport (or one wrapping it, such as TLS or PROXY
+    protocol, which pass attribute look-ups through); return whether it was done (not for a
+    Unix socket or an in-memory transport).  The option is set on the socket directly: Twisted's
+    ``setTcpNoDelay`` logs a traceback when it fails."""
+    sock = getattr(transport, "socket", None)
+    if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except OSError:
+        return False
+    return True
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class MQTTProtocol(Protocol):
-    """Feeds a transport's bytes to a ``Connection`` and relays back-pressure to it."""
+    """Feeds a transport's bytes to a ``Connection`` and relays back-pressure to it.
+
+    Over a plain TCP transport it is also the transport the ``Connection`` writes to (see
+    ``write``); it then passes closing calls through to the real transport.
+    """
 
     connection: Connection
+    _first_data = True
 
     def __init__(self, broker: Broker, listener: str = "",
                  tracker: Optional[ConnectionTracker] = None) -> None:
         self.broker = broker
         self.listener = listener
         self.tracker = tracker
-        self._first_data = True
 
     def connectionMade(self) -> None:
         """Create the connection state machine and register for back-pressure."""
         transport: Any = self.transport
-        self.connection = Connection(self.broker, transport, peer_host(transport), self.listener)
+        factory = self.factory
+        if factory is None or getattr(factory, "tcp_nodelay", True):
+            set_tcp_nodelay(transport)
+        output = self if direct_writable(transport) else transport
+        self.connection = Connection(self.broker, output, peer_host(transport), self.listener)
         if self.tracker is not None:
             self.tracker.opened(self.connection)
         transport.registerProducer(self, True)
+
+    # -- the transport the Connection writes to, over plain TCP --------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` on the socket now if it is small and nothing is queued before it (no
+        producer paused, not closing); otherwise, or for what the socket did not take, queue
+        it with ``transport.write``.  A send that fails (``EAGAIN``, a reset) hands the data to
+        the transport too, whose own attempt then reports the error as a lost connection."""
+        transport: Any = self.transport
+        if (len(data) < SMALL_WRITE and not transport._tempDataLen and not transport.dataBuffer
+                and transport.connected and not transport.producerPaused
+                and not transport.disconnecting and not transport._writeDisconnecting
+                and not transport._aborting):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def loseConnection(self) -> None:
+        """Close once everything queued is written."""
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def loseWriteConnection(self) -> None:
+        """Half-close (FIN) once everything queued is written; keep reading."""
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def abortConnection(self) -> None:
+        """Close now, dropping anything queued."""
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def getPeer(self) -> Any:
+        """The peer's address."""
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        """The local address."""
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    # -- events from the transport -------------------------------------------------------------
 
     def handshakeCompleted(self) -> None:
         """TLS is up (before any MQTT byte arrives): note the client certificate's subject."""
@@ -87,10 +176,12 @@ class MQTTProtocol(Protocol):
 class MQTTFactory(Factory):
     """Builds an ``MQTTProtocol`` per accepted connection of one listener, and tracks them."""
 
-    def __init__(self, broker: Broker, listener: str = "") -> None:
+    def __init__(self, broker: Broker, listener: str = "", tcp_nodelay: bool = True) -> None:
         self.broker = broker
         self.listener = listener
         self.tracker = ConnectionTracker(broker)
+        self.tcp_nodelay = tcp_nodelay
+        """Whether accepted TCP connections get TCP_NODELAY (Nagle's algorithm off)."""
 
     def buildProtocol(self, addr: Any) -> MQTTProtocol:
         """A protocol bound to this factory's broker."""

@@ -8,7 +8,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 
 from twisted_mqtt.broker import Broker
-from twisted_mqtt.listeners import ListenerService
+from twisted_mqtt.listeners import DEFAULT_BACKLOG, ListenerService
 from twisted_mqtt.protocol import MQTTFactory
 
 
@@ -29,12 +29,15 @@ class BrokerService(MultiService):
         self.reactor = reactor
         self.broker = broker if broker is not None else Broker(reactor, **kwargs)
 
-    def add_listener(self, endpoint: str) -> ListenerService:
+    def add_listener(self, endpoint: str, tcp_nodelay: bool = True) -> ListenerService:
         """Listen for MQTT on a Twisted server endpoint string, e.g. ``tcp:1883``,
         ``mqtts:8883:privateKey=key.pem:certKey=cert.pem``, ``unix:/run/mqtt.sock``,
-        ``systemd:domain=INET:index=0`` or ``haproxy:tcp:1883``."""
-        factory = MQTTFactory(self.broker, endpoint)
-        listener = ListenerService(self.reactor, endpoint, factory, "MQTT", factory.tracker)
+        ``systemd:domain=INET:index=0`` or ``haproxy:tcp:1883``; without ``backlog=``, the
+        listen queue is ``DEFAULT_BACKLOG`` (1024) rather than Twisted's 50.  ``tcp_nodelay`` turns
+        Nagle's algorithm off on the TCP connections accepted (see docs/performance.md)."""
+        factory = MQTTFactory(self.broker, endpoint, tcp_nodelay)
+        listener = ListenerService(self.reactor, endpoint, factory, "MQTT", factory.tracker,
+                                   DEFAULT_BACKLOG)
         return self._adopt(listener, endpoint)
 
     def add_websocket_listener(self, endpoint: str, path: Optional[str] = None,
@@ -47,7 +50,8 @@ class BrokerService(MultiService):
 
         settings = WebSocketSettings.build(path, origins, trusted_proxies)
         factory = MQTTWebSocketFactory(self.broker, endpoint, settings)
-        listener = ListenerService(self.reactor, endpoint, factory, "WebSocket", factory.tracker)
+        listener = ListenerService(self.reactor, endpoint, factory, "WebSocket", factory.tracker,
+                                   DEFAULT_BACKLOG)
         return self._adopt(listener, f"ws {endpoint}")
 
     def add_stats_listener(self, endpoint: str) -> ListenerService:

@@ -24,6 +24,10 @@ class Options(usage.Options):
                 "addresses and Unix sockets are accepted; --allow-anonymous accepts all.")
     optFlags = [
         ["allow-anonymous", None, "Accept clients from any address without authentication."],
+        ["no-tcp-nodelay", None,
+         "Leave Nagle's algorithm on for MQTT connections over TCP (by default TCP_NODELAY is "
+         "set, so that a reply written soon after another is not held back until the client "
+         "acknowledges the first)."],
     ]
     optParameters = [
         ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).", int],
@@ -123,7 +127,7 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
                             authenticator=authenticator)
     listeners: List[str] = options["listen"]
     for endpoint in listeners:
-        service.add_listener(endpoint)
+        service.add_listener(endpoint, tcp_nodelay=not options["no-tcp-nodelay"])
     for endpoint in options["ws"]:
         service.add_websocket_listener(endpoint, options["ws-path"], options["ws-origin"],
                                        options["ws-trusted-proxy"])
