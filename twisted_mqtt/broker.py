@@ -453,7 +453,7 @@ class Broker:
         if len(session.queue) >= self.capabilities.maximum_queued_messages:
             self.stats.dropped += 1
             return
-        session.queue.append(delivery)
+        session.pending().append(delivery)
 
     def pump(self, session: Session) -> None:
         """Send queued messages while the session's send quota allows."""
@@ -496,8 +496,9 @@ class Broker:
                     or not self._deliver_shared(group, delivery.message, exclude)):
                 kept.append(delivery)
         if len(kept) != len(session.queue):
-            session.queue.clear()
-            session.queue.extend(kept)
+            queue = session.pending()
+            queue.clear()
+            queue.extend(kept)
 
     # -- $SYS -----------------------------------------------------------------------------------
 

@@ -261,7 +261,7 @@ class Connection:
         assert session is not None
         packet_id = session.allocate_packet_id()
         if packet_id is None:
-            session.queue.appendleft(delivery)
+            session.pending().appendleft(delivery)
             return
         message = delivery.message
         if self.alias_max_out:

@@ -136,6 +136,19 @@ class SubscriptionEntry:
         self.client_id = client_id
 
 
+class _NoQueue(deque):  # type: ignore[type-arg]
+    """The queue of every session that has never queued anything, which saves an idle session
+    the ~0.7 KB of an empty deque; ``Session.pending`` replaces it before anything is added."""
+
+    def _refuse(self, *args: Any) -> None:
+        raise TypeError("add to Session.pending(), not to the shared empty queue")
+
+    append = appendleft = extend = extendleft = insert = _refuse  # type: ignore[assignment]
+
+
+_NO_QUEUE: Deque[Delivery] = _NoQueue()
+
+
 class Session:
     """State of one client id: subscriptions, messages in flight and queued, expiry and will."""
 
@@ -147,7 +160,7 @@ class Session:
         self.client_id = client_id
         self.subscriptions: Dict[str, SubscriptionEntry] = {}
         self.inflight: Dict[int, Delivery] = {}
-        self.queue: Deque[Delivery] = deque()
+        self.queue: Deque[Delivery] = _NO_QUEUE
         self.inbound_qos2: Set[int] = set()
         self.next_id = 1
         self.expiry_interval = 0
@@ -157,6 +170,13 @@ class Session:
         self.expiry_timer: Any = None
         self.protocol_level = 4
         self.send_quota = 65535
+
+    def pending(self) -> Deque[Delivery]:
+        """The queue of messages waiting to be sent, to add to (created on first use)."""
+        queue = self.queue
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        return queue
 
     def allocate_packet_id(self) -> Optional[int]:
         """A packet identifier not in use by a message in flight, or None if all are."""
