@@ -18,9 +18,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
+
+from tests.paho import Client, MakeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -226,3 +228,19 @@ def limited_broker(module_brokers: StartBroker) -> BrokerProcess:
     return module_brokers("--refuse-subscribe", "test/nosubscribe", "--max-keep-alive", "60",
                           "--max-packet-size", "65536", "--receive-maximum", "10",
                           "--topic-alias-maximum", "2", "--sys-interval", "0")
+
+
+@pytest.fixture
+def clients() -> Iterator[MakeClient]:
+    """Make paho clients (``tests.paho.Client``); all are disconnected and stopped when the test
+    ends."""
+    made: List[Client] = []
+
+    def make(*args: Any, **kwargs: Any) -> Client:
+        client = Client(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

@@ -12,10 +12,12 @@ import json
 import sys
 from typing import Any, Dict
 
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_mqtt.__main__ import main
 from twisted_mqtt.interfaces import ClientInfo, ConnectRequest, IAuthenticator
+from twisted_mqtt.service import BrokerService
 
 log = Logger()
 FIELDS = ("client_id", "username", "address", "listener", "protocol_level",
@@ -37,22 +39,10 @@ class RecordingAuthenticator:
         return True
 
 
-def main() -> int:
-    """Parse ``twistd mqtt`` options and run the broker with the recording hook."""
-    from twisted.internet import reactor
-
-    from twisted_mqtt.tap import Options, makeService
-
-    options = Options()
-    options.parseOptions(sys.argv[1:])
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    service = makeService(options, reactor)
+def install(service: BrokerService) -> None:
+    """Replace the authenticator with the recording one."""
     service.broker.authenticator = RecordingAuthenticator()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(configure=install))

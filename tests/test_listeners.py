@@ -16,7 +16,7 @@ import struct
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
@@ -24,7 +24,7 @@ from twisted.internet import threads
 
 from tests.certs import CLIENT_SUBJECT, PKI, make_pki, mqtts_endpoint
 from tests.conftest import BrokerProcess, StartBroker
-from tests.test_e2e import TIMEOUT, V5, Client
+from tests.paho import TIMEOUT, V5, Client
 from twisted_mqtt.auth import AllowAll
 from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.service import BrokerService
@@ -89,19 +89,6 @@ def topic() -> str:
     return f"listeners/{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def clients() -> Iterator[Any]:
-    """Make paho clients (``tests.test_e2e.Client``); all are stopped when the test ends."""
-    made: List[Client] = []
-
-    def make(*args: Any, **kwargs: Any) -> Client:
-        client = Client(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import socket
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
 import pytest_twisted
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 
 from tests.conftest import LOOPBACK, StartBroker
-from tests.test_e2e import TIMEOUT, V5, Client
+from tests.paho import TIMEOUT, V5
 from twisted_mqtt.auth import AllowAll
 from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.service import BrokerService
@@ -52,19 +52,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-@pytest.fixture
-def clients() -> Iterator[Any]:
-    """Make paho clients; all are stopped when the test ends."""
-    made: List[Client] = []
-
-    def make(*args: Any, **kwargs: Any) -> Client:
-        client = Client(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def test_figures_health_and_metrics(start_broker: StartBroker, clients: Any) -> None:

@@ -29,7 +29,7 @@ import pytest
 
 from tests.certs import PKI, make_pki, mqtts_endpoint
 from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
-from tests.test_e2e import TIMEOUT, V5, V311, Client
+from tests.paho import TIMEOUT, V5, V311, Client
 from tests.test_listeners import connect_packet, read_until_closed, record_of, roundtrip
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +135,8 @@ def raw_sockets() -> Iterator[Any]:
 
 @pytest.fixture
 def clients() -> Iterator[Any]:
-    """Make paho clients (``tests.test_e2e.Client``); all are stopped when the test ends."""
+    """Make paho clients over WebSocket (``tests.paho.Client``); all are stopped when the test
+    ends."""
     made: List[Client] = []
 
     def make(port: int, version: int = V5, *, transport: str = "websockets",

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from twisted.python import usage
 
+if TYPE_CHECKING:
+    from twisted_mqtt.service import BrokerService
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Parse options, start the broker and run the reactor until it stops."""
+
+def main(argv: Optional[List[str]] = None,
+         configure: Optional[Callable[[BrokerService], None]] = None) -> int:
+    """Parse options, start the broker and run the reactor until it stops; ``configure`` may
+    adjust the service (install hooks, say) before it starts."""
     from twisted.logger import globalLogBeginner
 
     from twisted_mqtt.logs import text_log_observer
@@ -25,6 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from twisted.internet import reactor
 
     service = makeService(options, reactor)
+    if configure is not None:
+        configure(service)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()  # type: ignore[attr-defined]
