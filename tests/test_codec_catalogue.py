@@ -23,7 +23,7 @@ from tests.catalogue import CATALOGUE, Case
 from tests.spec import ALL_LABELS
 from twisted_mqtt.codec import Decoder, decode_all, encode
 from twisted_mqtt.errors import CodecError
-from twisted_mqtt.packets import Connect, PacketType, PingReq, Publish
+from twisted_mqtt.packets import Connect, PacketType, PingReq, PubAck, Publish
 
 PINGREQ = b"\xc0\x00"
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,11 +142,16 @@ def test_decode_all(case: Case) -> None:
 @valid_cases
 def test_raw_publish(case: Case) -> None:
     """With ``raw_publish`` a PUBLISH is the tuple of the ``Publish`` fields followed, for QoS
-    0, by the packet's own bytes (which decode to the same packet); other packets are
-    unchanged."""
+    0, by the packet's own bytes (which decode to the same packet); a PUBACK with neither reason
+    code nor properties is its packet identifier; other packets are unchanged."""
     got = _decoder(case, raw_publish=True).feed(case.data)
     assert len(got) == len(case.packets)
     for raw, packet in zip(got, case.packets):
+        if type(raw) is int:
+            assert isinstance(packet, PubAck) and raw == packet.packet_id
+            assert packet.reason_code == 0 and not packet.properties
+            assert case.data.find(b"\x40\x02" + raw.to_bytes(2, "big")) >= 0
+            continue
         if not isinstance(packet, Publish):
             assert raw == packet
             continue

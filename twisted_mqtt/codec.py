@@ -66,6 +66,7 @@ RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Optio
 _CONNECT = PacketType.CONNECT << 4
 _PUBLISH = PacketType.PUBLISH
 _PLAIN_QOS0 = _PUBLISH << 4  # the first byte of a QoS 0 PUBLISH without DUP or RETAIN
+_PUBACK = PacketType.PUBACK << 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,8 +534,9 @@ class Decoder:
     ``protocol_level`` is learnt from CONNECT when it is not given; until then only CONNECT is
     accepted.  A second CONNECT is a Protocol Error [MQTT-3.1.0-2].  With ``raw_publish`` a
     PUBLISH comes out as a ``RawPublish`` tuple, the cheapest form for the broker's hot path, and
-    consecutive plain QoS 0 PUBLISH packets to one topic as one ``PublishRun``; otherwise every
-    PUBLISH is a ``Publish``.
+    consecutive plain QoS 0 PUBLISH packets to one topic as one ``PublishRun``, and a PUBACK
+    without reason code or properties as its packet identifier (an ``int``); otherwise every
+    packet is its dataclass.
     """
 
     __slots__ = ("protocol_level", "max_packet_size", "raw_publish", "_pending", "_pending_len",
@@ -662,6 +664,13 @@ class Decoder:
                     run_prefix = None
             else:
                 run_prefix = run = None
+                if raw and first == _PUBACK and length == 2:
+                    packet_id = (buf[body] << 8) | buf[body + 1]
+                    if not packet_id:
+                        raise ProtocolError("PUBACK with packet identifier 0", "MQTT-2.2.1-5")
+                    append(packet_id)  # a plain PUBACK: its packet identifier is all it says
+                    pos = end
+                    continue
                 if ptype == 0:
                     raise MalformedPacket("reserved packet type 0", _UNLABELLED)
                 if flags != _FLAGS[ptype]:  # type: ignore[index]

@@ -174,6 +174,8 @@ class Connection:
                 return
             if kind is tuple:
                 on_publish(packet)
+            elif kind is int:
+                self._on_puback_id(packet)
             elif kind is PublishRun:
                 self._on_publish_run(packet)
             elif isinstance(packet, CodecError):
@@ -699,13 +701,17 @@ class Connection:
             self.send_packet(PubRec(packet_id, _R.NOT_AUTHORIZED))  # type: ignore[arg-type]
 
     def _on_puback(self, packet: PubAck) -> None:
+        self._on_puback_id(packet.packet_id)
+
+    def _on_puback_id(self, packet_id: int) -> None:
         session = self.session
         if session is None or self.state != CONNECTED:
             return
-        delivery = session.inflight.get(packet.packet_id)
+        delivery = session.inflight.get(packet_id)
         if delivery is not None and delivery.qos == 1:
-            del session.inflight[packet.packet_id]
-            self.broker.pump(session)
+            del session.inflight[packet_id]
+            if session.queue:
+                self.broker.pump(session)
 
     def _on_pubrec(self, packet: PubRec) -> None:
         session = self.session
