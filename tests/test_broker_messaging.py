@@ -1611,14 +1611,7 @@ def test_one_encoding_for_many_v3_qos0_subscribers_from_the_wire() -> None:
     subs = [connect(hub, f"s{i}", V311) for i in range(10)]
     for client in subs:
         subscribe(client, Subscription("t", 0))
-    routed: List[Message] = []
-    original = hub.broker.publish
-
-    def spy(message: Message) -> int:
-        routed.append(message)
-        return original(message)
-
-    hub.broker.publish = spy  # type: ignore[method-assign]
+    routed = hub.record_published()
     pub = connect(hub, "pub", V311)
     pub.send(Publish("t", b"x", 1, packet_id=1))
     assert len(routed) == 1

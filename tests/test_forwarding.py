@@ -4,26 +4,12 @@ without being encoded again; every other delivery is encoded as the subscriber m
 from __future__ import annotations
 
 import sys
-from typing import List
 
 from tests.spec import check_cited_labels
 from twisted_mqtt.codec import encode
 from twisted_mqtt.packets import Publish, SubAck, Subscribe, Subscription
 from twisted_mqtt.properties import Properties
-from twisted_mqtt.session import Message
 from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
-
-
-def _routed(hub: InMemoryBroker) -> List[Message]:
-    routed: List[Message] = []
-    original = hub.broker.publish
-
-    def spy(message: Message) -> int:
-        routed.append(message)
-        return original(message)
-
-    hub.broker.publish = spy  # type: ignore[method-assign]
-    return routed
 
 
 def _subscriber(hub: InMemoryBroker, name: str, level: int, sub_id: int = 0) -> InMemoryClient:
@@ -39,7 +25,7 @@ def test_unchanged_qos0_forwarded_as_received() -> None:
     """A 3.1.1 QoS 0 PUBLISH reaches 3.1.1 subscribers as the very bytes it arrived as, with
     RETAIN 0 and DUP 0 [MQTT-3.3.1-9 (3.1.1), MQTT-3.3.1-3 (3.1.1)], and is never encoded."""
     hub = InMemoryBroker()
-    routed = _routed(hub)
+    routed = hub.record_published()
     subs = [_subscriber(hub, f"s{i}", 4) for i in range(3)]
     pub = hub.client(protocol_level=4)
     pub.connect("pub")

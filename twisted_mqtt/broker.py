@@ -107,11 +107,7 @@ class Broker:
         for conn in list(self.connections):
             conn.shutdown(ReasonCode.SERVER_SHUTTING_DOWN)
         for session in list(self.sessions.values()):
-            for name in ("will_timer", "expiry_timer"):
-                call = getattr(session, name)
-                if call is not None and call.active():
-                    call.cancel()
-                setattr(session, name, None)
+            self._cancel_timers(session)
         self.flush()
 
     def tick(self) -> float:

@@ -265,14 +265,8 @@ class Connection:
         if packet_id is None:
             session.pending().appendleft(delivery)
             return
-        message = delivery.message
-        if self.alias_max_out:
-            data = self._aliased(message, delivery.qos, delivery.retain, delivery.sub_ids,
-                                 packet_id)
-        else:
-            data = message.encoded(self.v5, delivery.qos, delivery.retain, delivery.sub_ids,
-                                   self.broker.now, packet_id=packet_id)
-        if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
+        data = self._encode_delivery(delivery, packet_id, False)
+        if data is None:
             self.broker.stats.dropped += 1  # discarded as if sent [MQTT-3.1.2-25]
             return
         session.inflight[packet_id] = delivery
@@ -281,6 +275,21 @@ class Connection:
         stats.messages_sent_by_qos[delivery.qos] += 1
         stats.packets_sent += 1
         self.write(data)
+
+    def _encode_delivery(self, delivery: Delivery, packet_id: int,
+                         dup: bool) -> Optional[bytes]:
+        """The QoS 1/2 PUBLISH of ``delivery`` for this client, or None if it does not fit the
+        client's Maximum Packet Size."""
+        message = delivery.message
+        if self.alias_max_out:
+            data = self._aliased(message, delivery.qos, delivery.retain, delivery.sub_ids,
+                                 packet_id, dup)
+        else:
+            data = message.encoded(self.v5, delivery.qos, delivery.retain, delivery.sub_ids,
+                                   self.broker.now, dup=dup, packet_id=packet_id)
+        if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
+            return None
+        return data
 
     def _aliased(self, message: Message, qos: int, retain: bool, sub_ids: Tuple[int, ...],
                  packet_id: Optional[int], dup: bool = False) -> Optional[bytes]:
@@ -306,19 +315,11 @@ class Connection:
 
     def _resend(self, session: Session) -> None:
         """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1]."""
-        now = self.broker.now
-        limit = self.max_packet_out
         too_large = []
         for packet_id, delivery in session.inflight.items():
             if delivery.state == 0:
-                message = delivery.message
-                if self.alias_max_out:
-                    data = self._aliased(message, delivery.qos, delivery.retain,
-                                         delivery.sub_ids, packet_id, dup=True)
-                else:
-                    data = message.encoded(self.v5, delivery.qos, delivery.retain,
-                                           delivery.sub_ids, now, dup=True, packet_id=packet_id)
-                if data is None or (limit is not None and len(data) > limit):
+                data = self._encode_delivery(delivery, packet_id, True)
+                if data is None:
                     too_large.append(packet_id)  # the new limit: as if sent [MQTT-3.1.2-25]
                     continue
                 self.broker.stats.packets_sent += 1

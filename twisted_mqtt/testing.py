@@ -25,6 +25,7 @@ from twisted_mqtt.codec import Decoder, encode
 from twisted_mqtt.connection import Connection
 from twisted_mqtt.packets import ConnAck, Connect, Packet, ProtocolLevel
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
+from twisted_mqtt.session import Message
 
 
 class _Transport(StringTransport):
@@ -124,6 +125,19 @@ class InMemoryBroker:
                address: Optional[str] = "127.0.0.1") -> InMemoryClient:
         """A new in-memory client of this broker."""
         return InMemoryClient(self.broker, address, protocol_level)
+
+    def record_published(self) -> List[Message]:
+        """From now on, collect every message the broker routes (in order) into the list
+        returned."""
+        routed: List[Message] = []
+        original = self.broker.publish
+
+        def publish(message: Message) -> int:
+            routed.append(message)
+            return original(message)
+
+        self.broker.publish = publish  # type: ignore[method-assign]
+        return routed
 
     def advance(self, seconds: float, step: float = 1.0) -> None:
         """Let ``seconds`` pass, in steps, so that periodic sweeps run on the way."""
