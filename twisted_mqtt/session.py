@@ -109,7 +109,7 @@ class Message:
 class Delivery:
     """A message on its way to one session: the QoS, retain flag and subscription ids it gets."""
 
-    __slots__ = ("message", "qos", "retain", "sub_ids", "share", "state")
+    __slots__ = ("message", "qos", "retain", "sub_ids", "share", "state", "key")
 
     def __init__(self, message: Message, qos: int, retain: bool, sub_ids: Tuple[int, ...],
                  share: Optional[SharedGroup] = None) -> None:
@@ -120,6 +120,8 @@ class Delivery:
         self.share = share
         self.state = 0
         """0: PUBLISH sent (awaiting PUBACK/PUBREC); 1: PUBREL sent (awaiting PUBCOMP)."""
+        self.key: Any = None
+        """Free for a store: what identifies this delivery's record."""
 
 
 class SubscriptionEntry:
