@@ -9,19 +9,19 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from twisted.logger import Logger
 
 from twisted_mqtt import __version__
-from twisted_mqtt.auth import AllowAllTopics, DenyAll
 from twisted_mqtt.capabilities import (
     DEFAULT_CAPABILITIES,
     DEFAULT_COMPATIBILITIES,
     Capabilities,
     Compatibilities,
 )
-from twisted_mqtt.interfaces import IAuthenticator, IAuthorizer
+from twisted_mqtt.hooks import Hooks
+from twisted_mqtt.interfaces import ClientInfo, IAuthenticator, IAuthorizer
 from twisted_mqtt.packets import ReasonCode, Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry
@@ -61,13 +61,20 @@ class Broker:
         authenticator: Optional[IAuthenticator] = None,
         authorizer: Optional[IAuthorizer] = None,
         enhanced_authenticator: Any = None,
+        hooks: Iterable[Any] = (),
     ) -> None:
         self.clock = clock
         self.capabilities = capabilities
         self.compatibilities = compatibilities
-        self.authenticator: IAuthenticator = authenticator or DenyAll()
-        self.authorizer: IAuthorizer = authorizer or AllowAllTopics()
+        self.hooks = Hooks()
+        """The installed hooks; with no authenticator, every client is refused."""
+        for hook in (authenticator, authorizer, *hooks):
+            if hook is not None:
+                self.hooks.add(hook)
         self.enhanced_authenticator = enhanced_authenticator
+        self.ack_barrier: Optional[Callable[[], Any]] = None
+        """When set (by a durable store), called after a QoS 1/2 PUBLISH is routed: its
+        acknowledgement is sent when the Deferred it returns fires."""
         self.sessions: Dict[str, Session] = {}
         self.tree = SubscriptionTree()
         self.retained: Dict[str, Message] = {}
@@ -96,6 +103,34 @@ class Broker:
                                                 self._sweep)
         if self.capabilities.sys_interval > 0:
             self._publish_sys()
+        if self.hooks.on_started:
+            self.hooks.notify(self.hooks.on_started, self)
+
+    @property
+    def authenticator(self) -> Optional[IAuthenticator]:
+        """The first authenticator installed; setting it replaces every authenticator."""
+        found = self.hooks.authenticators
+        return found[0] if found else None
+
+    @authenticator.setter
+    def authenticator(self, hook: IAuthenticator) -> None:
+        self.hooks.replace(IAuthenticator, hook)
+
+    @property
+    def authorizer(self) -> Optional[IAuthorizer]:
+        """The first authorizer installed; setting it replaces every authorizer."""
+        found = self.hooks.authorizers
+        return found[0] if found else None
+
+    @authorizer.setter
+    def authorizer(self, hook: IAuthorizer) -> None:
+        self.hooks.replace(IAuthorizer, hook)
+        self.acl_changed()
+
+    def acl_changed(self) -> None:
+        """Forget every remembered delivery decision (``may_receive``): call it when an
+        authorizer's rules change."""
+        self._routes.clear()
 
     def stop(self) -> None:
         """Disconnect every client (v5: DISCONNECT 0x8B) and stop the timers."""
@@ -109,6 +144,8 @@ class Broker:
         for session in list(self.sessions.values()):
             self._cancel_timers(session)
         self.flush()
+        if self.hooks.on_stopped:
+            self.hooks.notify(self.hooks.on_stopped, self)
 
     def tick(self) -> float:
         """Refresh and return the coarse current time."""
@@ -161,6 +198,10 @@ class Broker:
         session.expiry_interval = expiry_interval
         session.will = will
         session.protocol_level = conn.protocol_level
+        if conn.client is not None:
+            session.client = conn.client
+            if self.hooks.may_receive:
+                self._routes.clear()  # delivery decisions depend on who the client now is
         return session, present
 
     def close_session_connection(self, session: Session, publish_will: bool) -> None:
@@ -197,6 +238,8 @@ class Broker:
             self.tick()
             self.stats.sessions_expired += 1
             self._end_session(session)
+            if self.hooks.on_client_expired:
+                self.hooks.notify(self.hooks.on_client_expired, session.client_id)
             self.flush()
 
     def _cancel_timers(self, session: Session) -> None:
@@ -226,6 +269,12 @@ class Broker:
 
     def publish_will(self, client_id: str, will: Will) -> None:
         """Publish a Will Message on behalf of ``client_id``."""
+        hooks = self.hooks
+        if hooks.on_will:
+            changed = hooks.modify(hooks.on_will, client_id, will)
+            if not isinstance(changed, Will):
+                return
+            will = changed
         props = will.properties
         expires_at = None
         if props is not NO_PROPERTIES:
@@ -238,6 +287,8 @@ class Broker:
                           client_id)
         self.stats.wills_sent += 1
         self.publish(message)
+        if hooks.on_will_sent:
+            hooks.notify(hooks.on_will_sent, client_id, message)
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -272,6 +323,8 @@ class Broker:
         expired = [t for t, m in self.retained.items() if m.expired(now)]
         for topic in expired:
             del self.retained[topic]
+            if self.hooks.on_retained_expired:
+                self.hooks.notify(self.hooks.on_retained_expired, topic)
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -281,8 +334,12 @@ class Broker:
         for client_id, entry in normal:
             per_client.setdefault(client_id, []).append(entry)
         routes: List[Route] = []
+        hooks = self.hooks
         for client_id, entries in per_client.items():
             session = self.sessions[client_id]
+            if hooks.may_receive and not hooks.allowed_to_receive(
+                    session.client or ClientInfo(client_id), topic):
+                continue
             qos, rap, sub_ids = _aggregate(entries)
             others = [e for e in entries if not e.no_local]
             local = _aggregate(others) if others else None
@@ -304,6 +361,8 @@ class Broker:
         if routes is None:
             routes = self._compute_routes(message.topic)
         normal, shared = routes
+        if self.hooks.on_select_subscribers:
+            normal = self._select(message, normal)
         origin = message.origin
         mqos = message.qos
         retain = message.retain
@@ -328,6 +387,22 @@ class Broker:
                 count += 1
         return count
 
+    def _select(self, message: Message, routes: List[Route]) -> List[Route]:
+        """The routes whose client ids the ``on_select_subscribers`` hooks keep."""
+        hooks = self.hooks
+        chosen = hooks.modify(hooks.on_select_subscribers, message,
+                              frozenset(route[0].client_id for route in routes))
+        if not chosen:
+            return []
+        kept = set(chosen)
+        return [route for route in routes if route[0].client_id in kept]
+
+    def dropped(self, client_id: str, message: Message, reason: str) -> None:
+        """Count a message that ``client_id`` will not get, and tell the hooks why."""
+        self.stats.dropped += 1
+        if self.hooks.on_publish_dropped:
+            self.hooks.notify(self.hooks.on_publish_dropped, client_id, message, reason)
+
     def forward_run(self, run: PublishRun, origin: str) -> bool:
         """Send a run of plain QoS 0 packets from ``origin`` as one slice to every subscriber,
         if each one gets them unchanged (same protocol family, no subscription identifier,
@@ -337,7 +412,7 @@ class Broker:
         if routes is None:
             routes = self._compute_routes(run.topic)
         normal, shared = routes
-        if shared:
+        if shared or self.hooks.on_select_subscribers or self.hooks.on_publish_dropped:
             return False
         targets: List[Optional[Connection]] = []
         for session, _qos, _rap, sub_ids, local in normal:
@@ -374,14 +449,18 @@ class Broker:
 
     def _retain(self, message: Message) -> None:
         topic = message.topic
+        hooks = self.hooks
         if not message.payload:
-            self.retained.pop(topic, None)  # [MQTT-3.3.1-6]
-            return
+            if self.retained.pop(topic, None) is not None and hooks.on_retain_message:
+                hooks.notify(hooks.on_retain_message, message, -1)
+            return  # [MQTT-3.3.1-6]
         if topic not in self.retained and (
             len(self.retained) >= self.capabilities.maximum_retained_messages
         ):
             self.stats.retained_dropped += 1
             log.warn("retained message limit reached; not retaining {topic}", topic=topic)
+            if hooks.on_retain_message:
+                hooks.notify(hooks.on_retain_message, message, 0)
             return
         expiry = self.capabilities.retained_message_expiry
         if message.expires_at is None and expiry is not None:
@@ -390,17 +469,24 @@ class Broker:
         else:
             stored = message
         self.retained[topic] = stored
+        if hooks.on_retain_message:
+            hooks.notify(hooks.on_retain_message, stored, 1)
 
-    def _pick_member(self, group: SharedGroup, exclude: Optional[str]) -> Optional[Session]:
+    def _pick_member(self, group: SharedGroup, exclude: Optional[str],
+                     topic: str) -> Optional[Session]:
         members = list(group.members)
         count = len(members)
         fallback = None
+        hooks = self.hooks
         for step in range(count):
             client_id = members[(group.cursor + step) % count]
             if client_id == exclude:
                 continue
             session = self.sessions.get(client_id)
             if session is None:
+                continue
+            if hooks.may_receive and not hooks.allowed_to_receive(
+                    session.client or ClientInfo(client_id), topic):
                 continue
             if session.connection is not None:
                 group.cursor = (group.cursor + step + 1) % count
@@ -413,7 +499,7 @@ class Broker:
 
     def _deliver_shared(self, group: SharedGroup, message: Message,
                         exclude: Optional[str]) -> bool:
-        session = self._pick_member(group, exclude)
+        session = self._pick_member(group, exclude, message.topic)
         if session is None:
             return False
         entry = group.members[session.client_id]
@@ -430,13 +516,13 @@ class Broker:
         if qos == 0:
             if conn is not None:
                 if conn.blocked:
-                    self.stats.dropped += 1
+                    self.dropped(session.client_id, message, "slow consumer")
                 else:
                     conn.send_qos0(message, retain, sub_ids)
             elif self.compatibilities.queue_qos0_offline:
                 self._enqueue(session, Delivery(message, 0, retain, sub_ids, share))
             else:
-                self.stats.dropped += 1
+                self.dropped(session.client_id, message, "offline")
             return
         delivery = Delivery(message, qos, retain, sub_ids, share)
         if (conn is not None and not conn.blocked and not session.queue
@@ -447,9 +533,11 @@ class Broker:
 
     def _enqueue(self, session: Session, delivery: Delivery) -> None:
         if len(session.queue) >= self.capabilities.maximum_queued_messages:
-            self.stats.dropped += 1
+            self.dropped(session.client_id, delivery.message, "queue full")
             return
         session.pending().append(delivery)
+        if self.hooks.on_message_queued:
+            self.hooks.notify(self.hooks.on_message_queued, session.client_id, delivery)
 
     def pump(self, session: Session) -> None:
         """Send queued messages while the session's send quota allows."""
@@ -464,6 +552,9 @@ class Broker:
             delivery = queue.popleft()
             if delivery.message.expired(now):
                 self.stats.expired += 1
+                if self.hooks.on_qos_dropped:
+                    self.hooks.notify(self.hooks.on_qos_dropped, session.client_id, None,
+                                      delivery)
                 continue
             if delivery.qos == 0:
                 conn.send_qos0(delivery.message, delivery.retain, delivery.sub_ids)
@@ -524,7 +615,10 @@ class Broker:
 
     def _publish_sys(self) -> None:
         self.tick()
-        for suffix, figure in self.sys_figures().items():
+        figures = self.sys_figures()
+        if self.hooks.on_sys_info_tick:
+            self.hooks.notify(self.hooks.on_sys_info_tick, figures)
+        for suffix, figure in figures.items():
             message = Message("$SYS/broker/" + suffix, str(figure).encode(), 0, True)
             self.stats.messages_received -= 1  # the broker's own figures are not traffic
             self.stats.messages_received_by_qos[0] -= 1

@@ -10,12 +10,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
-from twisted_mqtt.codec import Decoder, PublishRun, encode_publish, encode_within
+from twisted_mqtt.codec import (
+    Decoder,
+    PublishRun,
+    decode_all,
+    encode,
+    encode_publish,
+    encode_within,
+)
 from twisted_mqtt.errors import CodecError, UnsupportedProtocolVersion
 from twisted_mqtt.exchange import AuthExchange
-from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest
+from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest, Veto
 from twisted_mqtt.packets import (
     VALID_REASON_CODES,
     Auth,
@@ -29,12 +37,12 @@ from twisted_mqtt.packets import (
     ProtocolLevel,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
     ReasonCode,
     SubAck,
     Subscribe,
-    Subscription,
     UnsubAck,
     Unsubscribe,
 )
@@ -85,7 +93,7 @@ class Connection:
         "certificate_subject", "certificate_common_name", "aliases_in", "aliases_out",
         "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_paused_bytes",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
-        "_detached", "_linger",
+        "_detached", "_linger", "_observed", "_close_reason",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -97,7 +105,13 @@ class Connection:
         self.address = address
         self.listener = listener
         caps = broker.capabilities
-        self.decoder = Decoder(max_packet_size=caps.maximum_packet_size, raw_publish=True)
+        hooks = broker.hooks
+        self._observed = bool(hooks.on_packet_read or hooks.on_packet_encode
+                              or hooks.on_packet_sent or hooks.on_packet_processed)
+        """Packet hooks see every packet: no raw tuples, runs or forwarded frames."""
+        self.decoder = Decoder(max_packet_size=caps.maximum_packet_size,
+                               raw_publish=not self._observed)
+        self._close_reason: Optional[int] = None
         self.state = AWAITING_CONNECT
         self.protocol_level: int = ProtocolLevel.MQTT_3_1_1
         self.v5 = False
@@ -160,6 +174,9 @@ class Connection:
         broker.flush()
 
     def _handle(self, packets: List[Any]) -> None:
+        if self._observed:
+            self._handle_observed(packets)
+            return
         handlers = self._HANDLERS
         on_publish = self._on_publish
         for index, packet in enumerate(packets):
@@ -182,6 +199,46 @@ class Connection:
                 self._codec_error(packet)
             else:
                 handlers[kind](self, packet)
+
+    def _handle_observed(self, packets: List[Any]) -> None:
+        """Handle packets one by one through the packet hooks."""
+        hooks = self.broker.hooks
+        for index, packet in enumerate(packets):
+            if self.state == CLOSED:
+                return
+            if self._held is not None:
+                self._held.extend(packets[index:])
+                return
+            if isinstance(packet, CodecError):
+                self._codec_error(packet)
+                continue
+            client = self._who()
+            if hooks.on_packet_read:
+                packet = hooks.modify(hooks.on_packet_read, client, packet)
+                if packet is None or isinstance(packet, Veto):
+                    continue
+            self.inject(packet)
+            if hooks.on_packet_processed:
+                hooks.notify(hooks.on_packet_processed, client, packet)
+
+    def inject(self, packet: Any) -> None:
+        """Handle a decoded packet as if the client had sent it."""
+        if self.state == AUTHENTICATING and not isinstance(packet, (Auth, Disconnect)):
+            self._refuse(_R.PROTOCOL_ERROR)  # only AUTH until CONNACK [MQTT-3.1.2-30]
+            return
+        if isinstance(packet, Publish):
+            self._on_publish((packet.topic, packet.payload, packet.qos, packet.retain,
+                              packet.dup, packet.packet_id, packet.properties, None))
+        else:
+            self._HANDLERS[type(packet)](self, packet)
+
+    def _who(self) -> ClientInfo:
+        """The client as hooks see it (before CONNECT: an empty client id)."""
+        client = self.client
+        if client is None:
+            client = ClientInfo("", None, self.address, self.listener, self.protocol_level,
+                                self.certificate_subject, self.certificate_common_name)
+        return client
 
     def _codec_error(self, error: CodecError) -> None:
         self.broker.stats.protocol_errors += 1
@@ -207,10 +264,35 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the next flush."""
+        if self._observed:
+            data = self._observe_output(data)
+            if not data:
+                return
         self._out.append(data)
         if not self._dirty:
             self._dirty = True
             self.broker.dirty.append(self)
+
+    def _observe_output(self, data: bytes) -> bytes:
+        """Pass each outgoing packet through the packet hooks; the bytes to send."""
+        hooks = self.broker.hooks
+        client = self._who()
+        out = []
+        for packet in decode_all(data, self.protocol_level):
+            encoded = None
+            if hooks.on_packet_encode:
+                changed = hooks.modify(hooks.on_packet_encode, client, packet)
+                if changed is None or isinstance(changed, Veto):
+                    continue
+                if changed is not packet:
+                    packet = changed
+                    encoded = encode(packet, self.protocol_level)
+            if encoded is None:
+                encoded = encode(packet, self.protocol_level)
+            out.append(encoded)
+            if hooks.on_packet_sent:
+                hooks.notify(hooks.on_packet_sent, client, packet, encoded)
+        return b"".join(out)
 
     def flush(self) -> None:
         """Write queued bytes to the transport in one call."""
@@ -249,7 +331,8 @@ class Connection:
         else:
             data = message.encoded(self.v5, 0, retain, sub_ids, self.broker.now)
         if data is None or (self.max_packet_out is not None and len(data) > self.max_packet_out):
-            self.broker.stats.dropped += 1  # [MQTT-3.1.2-25]
+            assert self.session is not None
+            self.broker.dropped(self.session.client_id, message, "too large")  # [MQTT-3.1.2-25]
             return
         stats = self.broker.stats
         stats.messages_sent += 1
@@ -262,19 +345,28 @@ class Connection:
         session = self.session
         assert session is not None
         packet_id = session.allocate_packet_id()
+        broker = self.broker
+        hooks = broker.hooks
         if packet_id is None:
             session.pending().appendleft(delivery)
+            if hooks.on_packet_ids_exhausted:
+                hooks.notify(hooks.on_packet_ids_exhausted, session.client_id, delivery)
             return
         data = self._encode_delivery(delivery, packet_id, False)
         if data is None:
-            self.broker.stats.dropped += 1  # discarded as if sent [MQTT-3.1.2-25]
+            # discarded as if sent [MQTT-3.1.2-25]
+            broker.dropped(session.client_id, delivery.message, "too large")
+            if hooks.on_qos_dropped:
+                hooks.notify(hooks.on_qos_dropped, session.client_id, None, delivery)
             return
         session.inflight[packet_id] = delivery
-        stats = self.broker.stats
+        stats = broker.stats
         stats.messages_sent += 1
         stats.messages_sent_by_qos[delivery.qos] += 1
         stats.packets_sent += 1
         self.write(data)
+        if hooks.on_qos_publish:
+            hooks.notify(hooks.on_qos_publish, session.client_id, packet_id, delivery, False)
 
     def _encode_delivery(self, delivery: Delivery, packet_id: int,
                          dup: bool) -> Optional[bytes]:
@@ -316,6 +408,7 @@ class Connection:
     def _resend(self, session: Session) -> None:
         """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1]."""
         too_large = []
+        hooks = self.broker.hooks
         for packet_id, delivery in session.inflight.items():
             if delivery.state == 0:
                 data = self._encode_delivery(delivery, packet_id, True)
@@ -324,11 +417,16 @@ class Connection:
                     continue
                 self.broker.stats.packets_sent += 1
                 self.write(data)
+                if hooks.on_qos_publish:
+                    hooks.notify(hooks.on_qos_publish, session.client_id, packet_id, delivery,
+                                 True)
             else:
                 self.send_packet(PubRel(packet_id))
         for packet_id in too_large:
-            del session.inflight[packet_id]
-            self.broker.stats.dropped += 1
+            delivery = session.inflight.pop(packet_id)
+            self.broker.dropped(session.client_id, delivery.message, "too large")
+            if hooks.on_qos_dropped:
+                hooks.notify(hooks.on_qos_dropped, session.client_id, packet_id, delivery)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -336,6 +434,7 @@ class Connection:
         """Close the connection; a v5 client is told why with DISCONNECT [MQTT-3.14.0-1]."""
         if self.state == CLOSED:
             return
+        self._close_reason = int(reason)
         if self.v5 and self.state == CONNECTED:
             props = Properties(reason_string=reason_string) if reason_string else NO_PROPERTIES
             self.send_packet(Disconnect(reason, props))
@@ -364,10 +463,16 @@ class Connection:
             return
         self._detached = True
         session = self.session
-        if session is not None:
-            self.broker.connected -= 1
-        if session is not None and session.connection is self:
-            self.broker.close_session_connection(session, self._will_ok)
+        if session is None:
+            return
+        broker = self.broker
+        broker.connected -= 1
+        if session.connection is self:
+            broker.close_session_connection(session, self._will_ok)
+        hooks = broker.hooks
+        if hooks.on_disconnect and self.client is not None:
+            kept = broker.sessions.get(session.client_id) is session
+            hooks.notify(hooks.on_disconnect, self.client, self._close_reason, kept)
 
     def take_over(self) -> None:
         """Another connection claims this client id [MQTT-3.1.4-3]."""
@@ -438,6 +543,16 @@ class Connection:
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
                                  self.certificate_subject, self.certificate_common_name)
+        hooks = broker.hooks
+        for on_connect in hooks.on_connect:
+            try:
+                answer = on_connect(self.client, packet)
+            except Exception:
+                log.failure("hook {hook!r} failed", hook=on_connect)
+                continue
+            if isinstance(answer, Veto):
+                self._refuse(answer.reason_code)
+                return
         method = packet.properties.authentication_method
         if method is not None:
             enhanced = broker.enhanced_authenticator
@@ -449,13 +564,8 @@ class Connection:
             self._held = []
             self._exchange.step(packet.properties.authentication_data)
             return
-        request = ConnectRequest(self.client, packet.password, packet)
-        try:
-            result = broker.authenticator.authenticate(request)
-        except Exception:
-            log.failure("authenticator failed for {conn!r}", conn=self)
-            result = _R.UNSPECIFIED_ERROR
-        if hasattr(result, "addCallbacks"):
+        result = hooks.authenticate(ConnectRequest(self.client, packet.password, packet))
+        if isinstance(result, Deferred):
             self.state = AUTHENTICATING
             self._held = []
             result.addCallbacks(self._authenticated, self._authentication_failed)
@@ -500,15 +610,11 @@ class Connection:
         self._authenticated(_R.UNSPECIFIED_ERROR)
 
     def _authenticated(self, result: Any) -> None:
+        """The authenticators answered: 0 accepts, a reason code or ``Veto`` refuses."""
         if self.state == CLOSED:
             return
         held, self._held = self._held, None
-        if result is True:
-            code = 0
-        elif result is False or result is None:
-            code = _R.NOT_AUTHORIZED
-        else:
-            code = int(result)
+        code = result.reason_code if isinstance(result, Veto) else int(result)
         if code:
             self.broker.stats.auth_failures += 1
             self._refuse(code)
@@ -555,6 +661,9 @@ class Connection:
             self.max_packet_out = props.maximum_packet_size
             self.alias_max_out = props.topic_alias_maximum or 0
             client_receive_maximum = props.receive_maximum or 65535
+        hooks = broker.hooks
+        if hooks.on_session_establish:
+            hooks.notify(hooks.on_session_establish, self.client, packet)
         session, present = broker.open_session(self, packet.client_id, packet.clean_start,
                                                expiry, packet.will)
         session.send_quota = min(client_receive_maximum, caps.maximum_inflight)
@@ -590,6 +699,8 @@ class Connection:
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved.
         self.send_packet(ConnAck(0, present and self.protocol_level != ProtocolLevel.MQTT_3_1,
                                  ack_props))
+        if hooks.on_session_established:
+            hooks.notify(hooks.on_session_established, self.client, packet, present)
         if present:
             self._resend(session)
         broker.pump(session)
@@ -602,7 +713,8 @@ class Connection:
 
     # -- PUBLISH and acknowledgements -----------------------------------------------------------
 
-    def _on_publish(self, fields: Tuple[Any, ...]) -> None:
+    def _on_publish(self, fields: Tuple[Any, ...], allowed: bool = False) -> None:
+        """A PUBLISH (``allowed``: the authorizers already let its topic through)."""
         topic, payload, qos, retain, dup, packet_id, props, frame = fields
         if self.state != CONNECTED:
             self.disconnect(_R.PROTOCOL_ERROR)
@@ -653,53 +765,156 @@ class Connection:
         if qos == 2 and packet_id in session.inbound_qos2:
             self.send_packet(PubRec(packet_id))  # no second delivery [MQTT-4.3.3-10]
             return
-        if topic.startswith("$SYS") or not broker.authorizer.may_publish(self.client, topic):
+        if topic.startswith("$SYS"):
             self._refuse_publish(topic, qos, packet_id)
-            return
-        if qos == 2 and len(session.inbound_qos2) >= caps.receive_maximum:
-            self.disconnect(_R.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
             return
         if retain or expires_at is not None or props is not fields[6]:
             frame = None  # its bytes are not what subscribers get
-        count = broker.publish(Message(topic, payload, qos, retain, props, expires_at,
-                                       session.client_id, frame, self.v5))
+        message = Message(topic, payload, qos, retain, props, expires_at, session.client_id,
+                          frame, self.v5)
+        hooks = broker.hooks
+        if hooks.authorizers and not allowed:
+            answer = hooks.may_publish(self.client, topic)
+            if isinstance(answer, Deferred):
+                self._held = []
+                answer.addCallback(self._publish_decided, message, packet_id)
+                return
+            if not answer:
+                self._refuse_publish(topic, qos, packet_id)
+                return
+        self._route(message, packet_id)
+
+    def _publish_decided(self, allowed: bool, message: Message, packet_id: Optional[int]) -> None:
+        """The authorizers answered later about a PUBLISH."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        if allowed:
+            self._route(message, packet_id)
+        else:
+            self._refuse_publish(message.topic, message.qos, packet_id)
+        if held and self.state != CLOSED:
+            self._handle(held)
+        self.broker.flush()
+
+    def _route(self, message: Message, packet_id: Optional[int]) -> None:
+        """Route an allowed PUBLISH (through the publish hooks) and acknowledge it."""
+        broker = self.broker
+        session = self.session
+        assert session is not None
+        qos = message.qos
+        if qos == 2 and len(session.inbound_qos2) >= broker.capabilities.receive_maximum:
+            self.disconnect(_R.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
+            return
+        hooks = broker.hooks
+        if hooks.on_publish:
+            changed = hooks.modify(hooks.on_publish, self.client, message)
+            if isinstance(changed, Veto):
+                self._refuse_publish(message.topic, qos, packet_id, changed.reason_code)
+                return
+            if changed is None:
+                count = -1  # dropped by a hook: acknowledged as usual
+            else:
+                if changed is not message:
+                    changed.frame = None
+                message = changed
+                count = broker.publish(message)
+        else:
+            count = broker.publish(message)
+        if hooks.on_published and count >= 0:
+            hooks.notify(hooks.on_published, self.client, message, count)
+        if qos == 0:
+            return
+        assert packet_id is not None
         if qos == 1:
             if count or not self.v5:
-                self.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
-                broker.stats.packets_sent += 1
+                ack = b"\x40\x02" + packet_id.to_bytes(2, "big")
             else:
-                self.send_packet(PubAck(packet_id, _R.NO_MATCHING_SUBSCRIBERS))
-        elif qos == 2:
+                ack = encode(PubAck(packet_id, _R.NO_MATCHING_SUBSCRIBERS), V5)
+        else:
             session.inbound_qos2.add(packet_id)
+            if hooks.on_inbound_qos2:
+                hooks.notify(hooks.on_inbound_qos2, session.client_id, packet_id, True)
             code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
-            self.send_packet(PubRec(packet_id, code))
+            ack = encode(PubRec(packet_id, code), self.protocol_level)
+        barrier = broker.ack_barrier
+        if barrier is None:
+            broker.stats.packets_sent += 1
+            self.write(ack)
+        else:
+            barrier().addCallback(self._acknowledge, ack)
+
+    def _acknowledge(self, _: Any, ack: bytes) -> None:
+        """Send an acknowledgement held until the store committed the message."""
+        if self.state != CLOSED:
+            self.broker.stats.packets_sent += 1
+            self.write(ack)
+            self.broker.flush()
 
     def _on_publish_run(self, run: PublishRun) -> None:
         """Plain QoS 0 PUBLISH packets to one topic: forwarded as one slice when every subscriber
         gets them unchanged, else handled one by one."""
         broker = self.broker
         client = self.client
-        if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
-                and broker.authorizer.may_publish(client, run.topic)
-                and broker.forward_run(run, client.client_id)):
-            return
+        hooks = broker.hooks
+        allowed = not hooks.authorizers
+        if self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS"):
+            if not allowed:
+                answer = hooks.may_publish(client, run.topic)
+                if isinstance(answer, Deferred):
+                    self._held = list(run.publishes())  # decided once, for the whole run
+                    answer.addCallback(self._run_decided, run)
+                    return
+                if not answer:
+                    log.info("{conn!r}: publish to {topic} refused", conn=self, topic=run.topic)
+                    return  # QoS 0: nothing to answer
+                allowed = True
+            if (not hooks.on_publish and not hooks.on_published
+                    and broker.forward_run(run, client.client_id)):
+                return
         for fields in run.publishes():
             if self.state == CLOSED:
                 return
-            self._on_publish(fields)
+            self._on_publish(fields, allowed)
 
-    def _refuse_publish(self, topic: str, qos: int, packet_id: Optional[int]) -> None:
-        log.info("{conn!r}: publish to {topic} refused", conn=self, topic=topic)
+    def _run_decided(self, allowed: bool, run: PublishRun) -> None:
+        """The authorizers answered later about a run of QoS 0 PUBLISH packets."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held or [], None
+        count = run.count
+        if allowed:
+            for index, fields in enumerate(held[:count]):
+                if self.state == CLOSED:
+                    return
+                if self._held is not None:  # a hook's decision is pending again
+                    self._held.extend(held[index:])
+                    return
+                self._on_publish(fields, True)
+        else:
+            log.info("{conn!r}: publish to {topic} refused", conn=self, topic=run.topic)
+        rest = held[count:]
+        if rest and self.state != CLOSED:
+            if self._held is not None:
+                self._held.extend(rest)
+            else:
+                self._handle(rest)
+        self.broker.flush()
+
+    def _refuse_publish(self, topic: str, qos: int, packet_id: Optional[int],
+                        code: int = _R.NOT_AUTHORIZED) -> None:
+        log.info("{conn!r}: publish to {topic} refused, reason 0x{code:02X}", conn=self,
+                 topic=topic, code=code)
         if not self.v5 and self.broker.compatibilities.disconnect_v3_on_refused_publish:
             self.close()
             return
         if qos == 1:
-            self.send_packet(PubAck(packet_id, _R.NOT_AUTHORIZED))  # type: ignore[arg-type]
+            self.send_packet(PubAck(packet_id, code))  # type: ignore[arg-type]
         elif qos == 2:
             if not self.v5:
                 assert self.session is not None and packet_id is not None
                 self.session.inbound_qos2.add(packet_id)
-            self.send_packet(PubRec(packet_id, _R.NOT_AUTHORIZED))  # type: ignore[arg-type]
+            self.send_packet(PubRec(packet_id, code))  # type: ignore[arg-type]
 
     def _on_puback(self, packet: PubAck) -> None:
         self._on_puback_id(packet.packet_id)
@@ -711,6 +926,9 @@ class Connection:
         delivery = session.inflight.get(packet_id)
         if delivery is not None and delivery.qos == 1:
             del session.inflight[packet_id]
+            hooks = self.broker.hooks
+            if hooks.on_qos_complete:
+                hooks.notify(hooks.on_qos_complete, session.client_id, packet_id, delivery)
             if session.queue:
                 self.broker.pump(session)
 
@@ -722,12 +940,18 @@ class Connection:
         if delivery is None or delivery.qos != 2:
             self.send_packet(PubRel(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
             return
+        hooks = self.broker.hooks
         if packet.reason_code >= 0x80:
             del session.inflight[packet.packet_id]  # [MQTT-4.8.2-6 analogue for PUBREC]
+            if hooks.on_qos_complete:
+                hooks.notify(hooks.on_qos_complete, session.client_id, packet.packet_id,
+                             delivery)
             self.broker.pump(session)
             return
         delivery.state = 1
         self.send_packet(PubRel(packet.packet_id))
+        if hooks.on_qos_progress:
+            hooks.notify(hooks.on_qos_progress, session.client_id, packet.packet_id, delivery)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -736,6 +960,9 @@ class Connection:
         if packet.packet_id in session.inbound_qos2:
             session.inbound_qos2.discard(packet.packet_id)
             self.send_packet(PubComp(packet.packet_id))
+            hooks = self.broker.hooks
+            if hooks.on_inbound_qos2:
+                hooks.notify(hooks.on_inbound_qos2, session.client_id, packet.packet_id, False)
         else:
             self.send_packet(PubComp(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
 
@@ -746,14 +973,28 @@ class Connection:
         delivery = session.inflight.get(packet.packet_id)
         if delivery is not None and delivery.qos == 2 and delivery.state == 1:
             del session.inflight[packet.packet_id]
+            hooks = self.broker.hooks
+            if hooks.on_qos_complete:
+                hooks.notify(hooks.on_qos_complete, session.client_id, packet.packet_id,
+                             delivery)
             self.broker.pump(session)
 
     # -- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
         session = self.session
-        assert session is not None
-        caps = self.broker.capabilities
+        assert session is not None and self.client is not None
+        broker = self.broker
+        hooks = broker.hooks
+        if hooks.on_subscribe:
+            changed = hooks.modify(hooks.on_subscribe, self.client, packet)
+            if not isinstance(changed, Subscribe):
+                code = changed.reason_code if isinstance(changed, Veto) else 0x80
+                codes = tuple(code if self.v5 else 0x80 for _ in packet.subscriptions)
+                self._subscribed(packet, codes)
+                return
+            packet = changed
+        caps = broker.capabilities
         sub_id = None
         ids = packet.properties.subscription_identifiers
         if ids:
@@ -761,49 +1002,103 @@ class Connection:
                 self.disconnect(_R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
                 return
             sub_id = ids[0]
-        codes = []
-        retained: List[Tuple[Message, int, Tuple[int, ...]]] = []
-        for subscription in packet.subscriptions:
-            codes.append(self._subscribe_one(session, subscription, sub_id, retained))
-        self.send_packet(SubAck(packet.packet_id, tuple(codes)))
-        broker = self.broker
-        for message, qos, sub_ids in retained:
-            broker.deliver(session, message, qos, True, sub_ids)  # [MQTT-3.3.1-9]
+        checks = [self._check_filter(s.topic_filter) for s in packet.subscriptions]
+        answers: List[Any] = [True] * len(checks)
+        if hooks.authorizers:
+            answers = [hooks.may_subscribe(self.client, s.topic_filter) if code is None
+                       else False for s, code in zip(packet.subscriptions, checks)]
+            if any(isinstance(answer, Deferred) for answer in answers):
+                self._held = []
+                gatherResults([answer if isinstance(answer, Deferred) else succeed(answer)
+                               for answer in answers]).addCallback(
+                    self._subscribe_decided, packet, sub_id, checks)
+                return
+        self._subscribe(packet, sub_id, checks, answers)
 
-    def _subscribe_one(self, session: Session, subscription: Subscription,
-                       sub_id: Optional[int],
-                       retained: List[Tuple[Message, int, Tuple[int, ...]]]) -> int:
+    def _subscribe_decided(self, answers: List[Any], packet: Subscribe, sub_id: Optional[int],
+                           checks: List[Optional[int]]) -> None:
+        """The authorizers answered later about a SUBSCRIBE."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        self._subscribe(packet, sub_id, checks, answers)
+        if held and self.state != CLOSED:
+            self._handle(held)
+        self.broker.flush()
+
+    def _check_filter(self, topic_filter: str) -> Optional[int]:
+        """The reason code refusing a filter by the broker's limits, or None."""
+        caps = self.broker.capabilities
+        group, plain = split_shared(topic_filter)
+        if topic_filter in caps.refused_filters:
+            return 0x80
+        if group is not None and not caps.shared_subscription_available:
+            return _R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else 0x80
+        if ("+" in plain or "#" in plain) and not caps.wildcard_subscription_available:
+            return _R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else 0x80
+        return None
+
+    def _subscribe(self, packet: Subscribe, sub_id: Optional[int],
+                   checks: List[Optional[int]], answers: List[Any]) -> None:
+        """Add the allowed subscriptions, answer SUBACK, then send matching retained messages."""
+        session = self.session
+        assert session is not None and self.client is not None
         broker = self.broker
         caps = broker.capabilities
-        topic_filter = subscription.topic_filter
-        group, plain = split_shared(topic_filter)
-        failure = 0x80
-        if topic_filter in caps.refused_filters:
-            return failure
-        if group is not None and not caps.shared_subscription_available:
-            return _R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else failure
-        if ("+" in plain or "#" in plain) and not caps.wildcard_subscription_available:
-            return _R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else failure
-        assert self.client is not None
-        if not broker.authorizer.may_subscribe(self.client, topic_filter):
-            return _R.NOT_AUTHORIZED if self.v5 else failure
-        granted = min(subscription.qos, caps.maximum_qos)
-        if granted != subscription.qos:
-            subscription = replace(subscription, qos=granted)
-        new = broker.subscribe(session, subscription, sub_id)
-        handling = subscription.retain_handling
-        if group is None and (handling == 0 or (handling == 1 and new)):
-            sub_ids = (sub_id,) if sub_id is not None else ()
-            for message in broker.retained_for(topic_filter):
-                retained.append((message, min(message.qos, granted), sub_ids))
-        return granted
+        codes: List[int] = []
+        retained: List[Tuple[Message, int, Tuple[int, ...]]] = []
+        for subscription, check, allowed in zip(packet.subscriptions, checks, answers):
+            if check is not None:
+                codes.append(check)
+                continue
+            if not allowed:
+                codes.append(_R.NOT_AUTHORIZED if self.v5 else 0x80)
+                continue
+            granted = min(subscription.qos, caps.maximum_qos)
+            if granted != subscription.qos:
+                subscription = replace(subscription, qos=granted)
+            new = broker.subscribe(session, subscription, sub_id)
+            codes.append(granted)
+            handling = subscription.retain_handling
+            topic_filter = subscription.topic_filter
+            if not topic_filter.startswith("$share/") and (
+                    handling == 0 or (handling == 1 and new)):
+                ids: Tuple[int, ...] = (sub_id,) if sub_id is not None else ()
+                for message in broker.retained_for(topic_filter):
+                    retained.append((message, min(message.qos, granted), ids))
+        self._subscribed(packet, tuple(codes))
+        hooks = broker.hooks
+        for message, qos, sub_ids in retained:
+            if hooks.may_receive and not hooks.allowed_to_receive(self.client, message.topic):
+                continue
+            broker.deliver(session, message, qos, True, sub_ids)  # [MQTT-3.3.1-9]
+            if hooks.on_retain_published:
+                hooks.notify(hooks.on_retain_published, self.client, message)
+
+    def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
+        """Answer SUBACK and tell the hooks."""
+        self.send_packet(SubAck(packet.packet_id, codes))
+        hooks = self.broker.hooks
+        if hooks.on_subscribed:
+            hooks.notify(hooks.on_subscribed, self.client, packet, codes)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        hooks = self.broker.hooks
+        if hooks.on_unsubscribe:
+            changed = hooks.modify(hooks.on_unsubscribe, self.client, packet)
+            if not isinstance(changed, Unsubscribe):
+                code = changed.reason_code if isinstance(changed, Veto) else 0x80
+                self.send_packet(UnsubAck(packet.packet_id, tuple(
+                    code for _ in packet.topic_filters) if self.v5 else ()))
+                return
+            packet = changed
         codes = tuple(0 if self.broker.unsubscribe(session, f) else _R.NO_SUBSCRIPTION_EXISTED
                       for f in packet.topic_filters)
         self.send_packet(UnsubAck(packet.packet_id, codes if self.v5 else ()))
+        if hooks.on_unsubscribed:
+            hooks.notify(hooks.on_unsubscribed, self.client, packet, codes)
 
     # -- the rest -------------------------------------------------------------------------------
 
@@ -821,11 +1116,18 @@ class Connection:
                     return  # [MQTT-3.14.2-2 and 3.14.2.2.2]
                 session.expiry_interval = min(expiry,
                                               self.broker.capabilities.maximum_session_expiry)
+        self._close_reason = int(packet.reason_code)
         # The will is discarded unless v5 reason 0x04 asks for it [MQTT-3.14.4-3].
         self._will_ok = self.v5 and packet.reason_code == _R.DISCONNECT_WITH_WILL_MESSAGE
         self.close()
 
     def _on_auth(self, packet: Auth) -> None:
+        hooks = self.broker.hooks
+        if hooks.on_auth_packet:
+            changed = hooks.modify(hooks.on_auth_packet, self._who(), packet)
+            if not isinstance(changed, Auth):
+                return
+            packet = changed
         exchange = self._exchange
         code = packet.reason_code
         if self.state == AUTHENTICATING:

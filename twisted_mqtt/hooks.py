@@ -183,13 +183,53 @@ def _normalise(answer: Any) -> Any:
     """An authenticator's answer as 0 (accept), a ``Veto``, a reason code or None (no)."""
     if answer is True:
         return 0
-    if answer is False or answer is None or isinstance(answer, Veto):
+    if answer is False or answer is None:
+        return None
+    if isinstance(answer, Veto):
         return answer
     return int(answer) if int(answer) >= 0x80 else UNSPECIFIED_ERROR
 
 
+Callbacks = Tuple[Callable[..., Any], ...]
+
+
 class Hooks:
-    """The hooks installed on a broker, with one tuple of callbacks per event."""
+    """The hooks installed on a broker, with one tuple of callbacks per event (empty when no
+    hook handles it)."""
+
+    on_started: Callbacks
+    on_stopped: Callbacks
+    on_sys_info_tick: Callbacks
+    on_connect: Callbacks
+    on_auth_packet: Callbacks
+    on_session_establish: Callbacks
+    on_session_established: Callbacks
+    on_disconnect: Callbacks
+    on_will: Callbacks
+    on_will_sent: Callbacks
+    on_client_expired: Callbacks
+    on_subscribe: Callbacks
+    on_subscribed: Callbacks
+    on_unsubscribe: Callbacks
+    on_unsubscribed: Callbacks
+    on_select_subscribers: Callbacks
+    on_publish: Callbacks
+    on_published: Callbacks
+    on_publish_dropped: Callbacks
+    on_retain_message: Callbacks
+    on_retain_published: Callbacks
+    on_retained_expired: Callbacks
+    on_message_queued: Callbacks
+    on_qos_publish: Callbacks
+    on_qos_progress: Callbacks
+    on_qos_complete: Callbacks
+    on_qos_dropped: Callbacks
+    on_packet_ids_exhausted: Callbacks
+    on_inbound_qos2: Callbacks
+    on_packet_read: Callbacks
+    on_packet_encode: Callbacks
+    on_packet_sent: Callbacks
+    on_packet_processed: Callbacks
 
     def __init__(self) -> None:
         self._hooks: List[Any] = []
@@ -233,11 +273,12 @@ class Hooks:
             setattr(self, event, tuple(getattr(h, event) for h in hooks if handles(h, event)))
         self.authenticators = tuple(h for h in hooks if IAuthenticator.providedBy(h))
         self.authorizers = tuple(h for h in hooks if IAuthorizer.providedBy(h))
-        self.may_receive = tuple(h.may_receive for h in self.authorizers)
+        self.may_receive = tuple(h.may_receive for h in self.authorizers
+                                 if getattr(h, "may_receive", None) is not None)
 
     # -- combination ----------------------------------------------------------------------------
 
-    def notify(self, callbacks: Tuple[Callable[..., Any], ...], *args: Any) -> None:
+    def notify(self, callbacks: Callbacks, *args: Any) -> None:
         """Call each observer; one that raises is logged and the others still run."""
         for callback in callbacks:
             try:
@@ -245,7 +286,7 @@ class Hooks:
             except Exception:
                 log.failure("hook {hook!r} failed", hook=callback)
 
-    def modify(self, callbacks: Tuple[Callable[..., Any], ...], *args: Any) -> Any:
+    def modify(self, callbacks: Callbacks, *args: Any) -> Any:
         """Pass the last argument through each hook; stop at None or a ``Veto``."""
         *fixed, value = args
         for callback in callbacks:
@@ -278,7 +319,7 @@ class Hooks:
             answer = _normalise(answer)
             if answer == 0 or isinstance(answer, Veto):
                 return answer
-            if code is None and answer is not None and answer is not False:
+            if code is None:
                 code = answer
         return NOT_AUTHORIZED if code is None else code
 
@@ -286,7 +327,7 @@ class Hooks:
         answer = _normalise(answer)
         if answer == 0 or isinstance(answer, Veto):
             return answer
-        if code is None and answer is not None and answer is not False:
+        if code is None:
             code = answer
         return self._authenticate(request, index + 1, code)
 

@@ -13,6 +13,7 @@ from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
 if TYPE_CHECKING:
     from twisted_mqtt.connection import Connection
+    from twisted_mqtt.interfaces import ClientInfo
     from twisted_mqtt.topics import SharedGroup
 
 class Message:
@@ -51,6 +52,18 @@ class Message:
         self.frame_v5 = frame_v5
         self._topic_bytes: Optional[bytes] = None
         self._cache: Optional[Dict[Any, Any]] = None
+
+    def evolve(self, **changes: Any) -> Message:
+        """A copy with some of ``topic``, ``payload``, ``qos``, ``retain``, ``properties``,
+        ``expires_at`` and ``origin`` changed."""
+        fields = {name: getattr(self, name) for name in
+                  ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin")}
+        fields.update(changes)
+        return Message(**fields)
+
+    def __repr__(self) -> str:
+        return (f"Message({self.topic!r}, {self.payload[:32]!r}, qos={self.qos}, "
+                f"retain={self.retain}, origin={self.origin!r})")
 
     @property
     def topic_bytes(self) -> bytes:
@@ -156,7 +169,7 @@ class Session:
 
     __slots__ = ("client_id", "subscriptions", "inflight", "queue", "inbound_qos2", "next_id",
                  "expiry_interval", "connection", "will", "will_timer", "expiry_timer",
-                 "protocol_level", "send_quota")
+                 "protocol_level", "send_quota", "client")
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
@@ -172,6 +185,9 @@ class Session:
         self.expiry_timer: Any = None
         self.protocol_level = 4
         self.send_quota = 65535
+        self.client: Optional[ClientInfo] = None
+        """Who last connected with this client id (None for a session restored from a store
+        until its client reconnects)."""
 
     def pending(self) -> Deque[Delivery]:
         """The queue of messages waiting to be sent, to add to (created on first use)."""

@@ -62,3 +62,7 @@ class AllowAllTopics:
     def may_subscribe(self, client: ClientInfo, topic_filter: str) -> bool:
         """Allow."""
         return True
+
+    def may_receive(self, client: ClientInfo, topic: str) -> bool:
+        """Allow."""
+        return True
