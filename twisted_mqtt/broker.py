@@ -31,6 +31,7 @@ from twisted_mqtt.topics import SharedGroup, SubscriptionTree, matches
 if TYPE_CHECKING:
     from twisted_mqtt.codec import PublishRun
     from twisted_mqtt.connection import Connection
+    from twisted_mqtt.inline import InlineClient
 
 log = Logger()
 
@@ -89,6 +90,7 @@ class Broker:
         self._routes: Dict[str, Routes] = {}
         self._sweep_call: Any = None
         self._sys_call: Any = None
+        self._inline: Optional[InlineClient] = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -126,6 +128,28 @@ class Broker:
     def authorizer(self, hook: IAuthorizer) -> None:
         self.hooks.replace(IAuthorizer, hook)
         self.acl_changed()
+
+    @property
+    def inline(self) -> InlineClient:
+        """The inline client: publish and subscribe from the application (see ``inline.py``)."""
+        client = self._inline
+        if client is None:
+            from twisted_mqtt.inline import InlineClient
+
+            client = self._inline = InlineClient(self)
+        return client
+
+    def inject(self, client_id: str, packet: Any) -> None:
+        """Handle ``packet`` as if the connected client ``client_id`` had sent it (a local
+        client too: ``twisted_mqtt.testing.InMemoryClient``).  Raises ``KeyError`` when no
+        such client is connected."""
+        session = self.sessions.get(client_id)
+        conn = session.connection if session is not None else None
+        if conn is None or conn not in self.connections:
+            raise KeyError(f"no connected client {client_id!r}")
+        self.tick()
+        conn.inject(packet)
+        self.flush()
 
     def acl_changed(self) -> None:
         """Forget every remembered delivery decision (``may_receive``): call it when an

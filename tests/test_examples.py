@@ -1,0 +1,134 @@
+"""Every program in ``examples/`` runs, and does what its docstring says, with real clients."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from tests.conftest import LOOPBACK, ROOT, BrokerProcess, twistd_command
+from tests.paho import V5, MakeClient
+
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def run_example(tmp_path: Path) -> Iterator[object]:
+    """Start ``examples/NAME`` with arguments; stopped with SIGTERM and checked at the end."""
+    started: List[BrokerProcess] = []
+
+    def run(argv: List[str], listeners: int = 1) -> BrokerProcess:
+        process = BrokerProcess(argv, tmp_path / f"example-{len(started)}.log")
+        started.append(process)
+        process.wait_ready(listeners)
+        return process
+
+    yield run
+    for process in started:
+        process.check_clean_exit()
+
+
+def _script(name: str, *args: str) -> List[str]:
+    return [sys.executable, str(EXAMPLES / name), *args]
+
+
+def test_every_example_is_run_by_a_test() -> None:
+    """No example goes untested: each file in examples/ is named in this module."""
+    source = Path(__file__).read_text()
+    for path in EXAMPLES.iterdir():
+        if path.suffix in (".py", ".tac"):
+            assert f'"{path.name}"' in source, f"{path.name} is not run by a test"
+
+
+def test_minimal_embed(run_example, clients: MakeClient) -> None:
+    """The minimal embedding accepts a local client and routes its messages."""
+    broker = run_example(_script("minimal_embed.py", LOOPBACK))
+    subscriber = clients(broker.port, V5, "sub").connect()
+    assert subscriber.subscribe("greetings/#", 1) == [1]
+    clients(broker.port, V5, "pub").connect().publish("greetings/world", b"hello", 1)
+    (message,) = subscriber.expect()
+    assert (message.topic, message.payload) == ("greetings/world", b"hello")
+
+
+def test_tac_file(run_example, clients: MakeClient, monkeypatch: pytest.MonkeyPatch,
+                  tmp_path: Path) -> None:
+    """``twistd -ny examples/broker.tac`` runs the broker the file describes."""
+    monkeypatch.setenv("MQTT_LISTEN", LOOPBACK)
+    broker = run_example([*twistd_command(), "-n", "--pidfile=", "-y",
+                          str(EXAMPLES / "broker.tac")])
+    subscriber = clients(broker.port, V5, "sub").connect()
+    assert subscriber.subscribe("tac", 0) == [0]
+    clients(broker.port, V5, "pub").connect().publish("tac", b"from a tac file")
+    assert subscriber.expect()[0].payload == b"from a tac file"
+
+
+def test_auth_hook(run_example, clients: MakeClient) -> None:
+    """The custom hook refuses a wrong password (v5 0x86), and confines a user to its own tree:
+    a publish elsewhere is refused with PUBACK 0x87 and a subscription elsewhere with SUBACK
+    0x87 [MQTT-3.2.2-6, MQTT-3.9.3-1]."""
+    broker = run_example(_script("auth_hook.py", LOOPBACK))
+    intruder = clients(broker.port, V5, "intruder")
+    intruder.paho.username_pw_set("alice", "guess")
+    intruder.connect(expect_success=False)
+    assert intruder.connack_rc.value == 0x86
+    alice = clients(broker.port, V5, "alice")
+    alice.paho.username_pw_set("alice", "wonderland")
+    alice.connect()
+    assert alice.subscribe("users/#", 1) == [0x87]
+    assert alice.subscribe("users/alice/#", 1) == [1]
+    bob = clients(broker.port, V5, "bob")
+    bob.paho.username_pw_set("bob", "builder")
+    bob.connect()
+    bob.publish("users/alice/inbox", b"not allowed", 1)
+    bob.publish("users/bob/status", b"fine", 1)
+    alice.publish("users/alice/status", b"mine", 1)
+    assert [m.payload for m in alice.expect()] == [b"mine"]
+    assert "publish to users/alice/inbox refused, reason 0x87" in broker.log()
+
+
+def test_inline_pubsub(run_example, clients: MakeClient) -> None:
+    """The inline subscriber sees a temperature over the limit and publishes a retained alert,
+    which a client subscribing later still gets."""
+    broker = run_example(_script("inline_pubsub.py", LOOPBACK))
+    sensor = clients(broker.port, V5, "sensor").connect()
+    sensor.publish("sensors/kitchen/temperature", b"21.0", 1)
+    sensor.publish("sensors/kitchen/temperature", b"31.5", 1)
+    watcher = clients(broker.port, V5, "watcher").connect()
+    assert watcher.subscribe("alerts/#", 1) == [1]
+    (alert,) = watcher.expect()
+    assert (alert.topic, alert.payload, alert.retain) == ("alerts/kitchen", b"too hot: 31.5",
+                                                          True)
+
+
+def test_rewrite_hook(run_example, clients: MakeClient) -> None:
+    """The rewriting hook routes ``legacy/`` messages under ``v2/`` and grants QoS 1 to a QoS 2
+    subscription."""
+    broker = run_example(_script("rewrite_hook.py", LOOPBACK))
+    subscriber = clients(broker.port, V5, "sub").connect()
+    assert subscriber.subscribe("v2/#", 2) == [1]
+    clients(broker.port, V5, "old").connect().publish("legacy/meter", b"42", 2)
+    (message,) = subscriber.expect()
+    assert (message.topic, message.payload, message.qos) == ("v2/meter", b"42", 1)
+
+
+def test_web_publish(run_example, clients: MakeClient) -> None:
+    """A POST to the web endpoint is published (retained, QoS 1) to an MQTT subscriber; a bad
+    topic gets 400."""
+    broker = run_example(_script("web_publish.py", LOOPBACK, LOOPBACK), listeners=2)
+    http_port = broker.port_of("HTTP")
+    subscriber = clients(broker.port_of("MQTT"), V5, "sub").connect()
+    assert subscriber.subscribe("sensors/#", 1) == [1]
+    url = f"http://127.0.0.1:{http_port}/publish/sensors/hall?qos=1&retain=1"
+    with urllib.request.urlopen(urllib.request.Request(url, b"21.5", method="POST")) as reply:
+        assert json.loads(reply.read()) == {"topic": "sensors/hall", "routed": 1}
+    (message,) = subscriber.expect()
+    assert (message.topic, message.payload, message.qos) == ("sensors/hall", b"21.5", 1)
+    bad = f"http://127.0.0.1:{http_port}/publish/sensors/%2B"
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(urllib.request.Request(bad, b"x", method="POST"))
+    assert error.value.code == 400
