@@ -34,6 +34,8 @@ ROOT = HERE.parent
 LOADGEN = HERE / "build" / "loadgen"
 SCENARIOS = ("stream", "qos1", "fanout", "reqresp", "idle")
 BROKERS = ("twisted_mqtt", "mosquitto")
+KNOWN_BROKERS = ("twisted_mqtt", "twisted_mqtt+acl", "mosquitto")
+SHORT = {"twisted_mqtt": "tm", "twisted_mqtt+acl": "tm+acl", "mosquitto": "mq"}
 # The port the kernel chose: Twisted's "MQTTFactory starting on N" or the broker's own
 # "listening for MQTT on ENDPOINT at HOST:PORT", whichever the version logs.
 PORT_LINE = re.compile(r"MQTTFactory starting on (\d+)|listening for MQTT on \S+ at \S*:(\d+)")
@@ -89,12 +91,14 @@ class Broker:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         env = dict(os.environ)
-        if name == "twisted_mqtt":
+        if name.startswith("twisted_mqtt"):
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(args.broker_root), env.get("PYTHONPATH")) if p)
             env["PYTHONUNBUFFERED"] = "1"
-            argv = [args.python, "-m", "twisted_mqtt", "--listen",
-                    "tcp:0:interface=127.0.0.1", "--allow-anonymous"]
+            program = ["-m", "twisted_mqtt"] if name == "twisted_mqtt" else [
+                str(HERE / "acl_broker.py")]
+            argv = [args.python, *program, "--listen", "tcp:0:interface=127.0.0.1",
+                    "--allow-anonymous"]
         else:
             port = free_port()
             conf = workdir / "mosquitto.conf"
@@ -108,7 +112,7 @@ class Broker:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, cwd=workdir,
                                          preexec_fn=raise_nofile)
-        if name == "twisted_mqtt":
+        if name.startswith("twisted_mqtt"):
             deadline = time.monotonic() + 30
             while True:
                 found = PORT_LINE.search(self.log())
@@ -165,7 +169,7 @@ def run_one(args: argparse.Namespace, broker_name: str, scenario: str, proto: in
     profiler: Optional[subprocess.Popen] = None
     try:
         time.sleep(0.3)
-        if args.profile and broker_name == "twisted_mqtt":
+        if args.profile and broker_name.startswith("twisted_mqtt"):
             out = Path(args.profile) / f"{scenario}-v{proto}-r{rep}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
             profiler = subprocess.Popen(
@@ -220,15 +224,19 @@ def ratio(a: Optional[float], b: Optional[float]) -> str:
 
 
 def table(results: List[Dict], brokers: List[str]) -> str:
-    """One Markdown table, medians over the repeats; twisted_mqtt is 'tm', Mosquitto 'mq'."""
-    short = {"twisted_mqtt": "tm", "mosquitto": "mq"}
+    """One Markdown table, medians over the repeats; twisted_mqtt is 'tm' ('tm+acl' with an
+    allow-all ACL hook), Mosquitto 'mq'.  Ratios: each twisted_mqtt variant to Mosquitto, and
+    the ACL hook's cost (tm+acl to tm)."""
     head = ["scenario", "proto"]
     for b in brokers:
-        s = short[b]
+        s = SHORT[b]
         head += [f"{s} msgs/s", f"{s} CPU µs/msg", f"{s} p50/p99 ms", f"{s} lost",
                  f"{s} peak RSS MB"]
-    if len(brokers) == 2:
-        head += ["tm/mq throughput", "tm/mq CPU per msg"]
+    pairs = [(b, "mosquitto") for b in brokers if b != "mosquitto" and "mosquitto" in brokers]
+    if "twisted_mqtt" in brokers and "twisted_mqtt+acl" in brokers:
+        pairs.append(("twisted_mqtt+acl", "twisted_mqtt"))
+    for a, b in pairs:
+        head += [f"{SHORT[a]}/{SHORT[b]} throughput", f"{SHORT[a]}/{SHORT[b]} CPU per msg"]
     head += ["gen CPU % (max)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = sorted({(r["scenario"], r["protocol"]) for r in results},
@@ -258,8 +266,7 @@ def table(results: List[Dict], brokers: List[str]) -> str:
                     "/".join(str(x) for x in lost),
                     fmt(max((r["peak_rss_kb"] for r in runs), default=None) and
                         max(r["peak_rss_kb"] for r in runs) / 1024, ".1f")]
-        if len(brokers) == 2:
-            a, b = brokers
+        for a, b in pairs:
             row += [ratio(thr[a], thr[b]), ratio(cpu[a], cpu[b])]
         row.append(f"{gen:.0f}")
         rows.append("| " + " | ".join(row) + " |")
@@ -304,6 +311,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"unknown scenario {s}")
     protos = (4, 5) if args.protocol == "both" else (int(args.protocol),)
     brokers = args.brokers.split(",")
+    for b in brokers:
+        if b not in KNOWN_BROKERS:
+            parser.error(f"unknown broker {b} (known: {', '.join(KNOWN_BROKERS)})")
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0], "
                               "sys.implementation.name)"], capture_output=True, text=True)
     print(f"twisted_mqtt on {args.python} ({version.stdout.strip()}), "
