@@ -142,7 +142,8 @@ def test_decode_all(case: Case) -> None:
 @valid_cases
 def test_raw_publish(case: Case) -> None:
     """With ``raw_publish`` a PUBLISH is the tuple of the ``Publish`` fields followed, for QoS
-    0, by the packet's own bytes (which decode to the same packet); a PUBACK with neither reason
+    0, by the packet's own bytes (which decode to the same packet), for QoS 1/2 without DUP
+    and RETAIN by those bytes split around the packet identifier; a PUBACK with neither reason
     code nor properties is its packet identifier; other packets are unchanged."""
     got = _decoder(case, raw_publish=True).feed(case.data)
     assert len(got) == len(case.packets)
@@ -156,11 +157,15 @@ def test_raw_publish(case: Case) -> None:
             assert raw == packet
             continue
         assert raw[:7] == tuple(getattr(packet, f.name) for f in dataclasses.fields(Publish))
-        if packet.qos:
+        level = case.level or next(p.protocol_level for p in case.packets
+                                   if isinstance(p, Connect))
+        if packet.qos and (packet.dup or packet.retain):
             assert raw[7] is None
+        elif packet.qos:
+            head, tail = raw[7]  # the packet split around its packet identifier
+            packet_id = packet.packet_id.to_bytes(2, "big")  # type: ignore[union-attr]
+            assert Decoder(level).feed(head + packet_id + tail) == [packet]
         else:
-            level = case.level or next(p.protocol_level for p in case.packets
-                                       if isinstance(p, Connect))
             assert Decoder(level).feed(raw[7]) == [packet]
 
 

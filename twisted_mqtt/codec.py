@@ -60,8 +60,10 @@ V5 = ProtocolLevel.MQTT_5
 MAX_REMAINING_LENGTH = 268_435_455
 MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
 # A PUBLISH as the hot path reads it: the fields of ``Publish`` in the same order, then the
-# packet's own bytes when it is QoS 0 (a subscriber that gets it unchanged gets these bytes).
-RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Optional[bytes]]
+# packet's own bytes when it is QoS 0 (a subscriber that gets it unchanged gets these bytes), or,
+# for QoS 1/2 without DUP and RETAIN, those bytes split around the packet identifier (a
+# subscriber that gets it unchanged gets ``head + its packet id + tail``).
+RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Any]
 
 _CONNECT = PacketType.CONNECT << 4
 _PUBLISH = PacketType.PUBLISH
@@ -308,8 +310,11 @@ def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int,
     raw_topic = buf[pos + 2:stop]
     pos = stop
     packet_id = None
+    frame: Any = None
     if qos:
         packet_id, pos = _packet_id(buf, pos, end)
+        if not flags & 0x09:
+            frame = (buf[start:stop], buf[pos:end])
     elif flags & 0x08:
         raise MalformedPacket("DUP set on a QoS 0 PUBLISH", "MQTT-3.3.1-2")
     props = NO_PROPERTIES
@@ -326,7 +331,7 @@ def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int,
     if "+" in topic or "#" in topic:
         validate_topic_name(topic)
     return (topic, buf[pos:end], qos, bool(flags & 0x01), bool(flags & 0x08), packet_id, props,
-            None if qos else buf[start:end])
+            frame if qos else buf[start:end])
 
 
 def _decode_publish(buf: bytes, pos: int, end: int, flags: int, level: int) -> Publish:

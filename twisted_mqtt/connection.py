@@ -76,6 +76,15 @@ _V3_RETURN_CODES: Dict[int, int] = {
 _V3_UNSUPPORTED = b"\x20\x02\x00\x01"
 
 
+def _veto_code(veto: Any, kind: PacketType) -> int:
+    """A hook's refusal (a ``Veto``, or None) as a failure reason code that a ``kind`` packet
+    may carry: the veto's own if it is one, else 0x80."""
+    code = veto.reason_code if isinstance(veto, Veto) else _R.UNSPECIFIED_ERROR
+    if code < 0x80 or code not in VALID_REASON_CODES[kind]:
+        return _R.UNSPECIFIED_ERROR
+    return code
+
+
 def _is_utf8(payload: bytes) -> bool:
     try:
         payload.decode("utf-8")
@@ -219,7 +228,7 @@ class Connection:
                     continue
             self.inject(packet)
             if hooks.on_packet_processed:
-                hooks.notify(hooks.on_packet_processed, client, packet)
+                hooks.notify(hooks.on_packet_processed, self._who(), packet)  # CONNECT: known
 
     def inject(self, packet: Any) -> None:
         """Handle a decoded packet as if the client had sent it."""
@@ -551,7 +560,7 @@ class Connection:
                 log.failure("hook {hook!r} failed", hook=on_connect)
                 continue
             if isinstance(answer, Veto):
-                self._refuse(answer.reason_code)
+                self._refuse(_veto_code(answer, PacketType.CONNACK))
                 return
         method = packet.properties.authentication_method
         if method is not None:
@@ -614,7 +623,7 @@ class Connection:
         if self.state == CLOSED:
             return
         held, self._held = self._held, None
-        code = result.reason_code if isinstance(result, Veto) else int(result)
+        code = _veto_code(result, PacketType.CONNACK) if isinstance(result, Veto) else int(result)
         if code:
             self.broker.stats.auth_failures += 1
             self._refuse(code)
@@ -770,8 +779,12 @@ class Connection:
             return
         if retain or expires_at is not None or props is not fields[6]:
             frame = None  # its bytes are not what subscribers get
-        message = Message(topic, payload, qos, retain, props, expires_at, session.client_id,
-                          frame, self.v5)
+        if qos and frame is not None:
+            message = Message(topic, payload, qos, retain, props, expires_at, session.client_id)
+            message.template(self.v5, frame)
+        else:
+            message = Message(topic, payload, qos, retain, props, expires_at, session.client_id,
+                              frame, self.v5)
         hooks = broker.hooks
         if hooks.authorizers and not allowed:
             answer = hooks.may_publish(self.client, topic)
@@ -810,7 +823,8 @@ class Connection:
         if hooks.on_publish:
             changed = hooks.modify(hooks.on_publish, self.client, message)
             if isinstance(changed, Veto):
-                self._refuse_publish(message.topic, qos, packet_id, changed.reason_code)
+                self._refuse_publish(message.topic, qos, packet_id,
+                                     _veto_code(changed, PacketType.PUBACK))
                 return
             if changed is None:
                 count = -1  # dropped by a hook: acknowledged as usual
@@ -989,7 +1003,7 @@ class Connection:
         if hooks.on_subscribe:
             changed = hooks.modify(hooks.on_subscribe, self.client, packet)
             if not isinstance(changed, Subscribe):
-                code = changed.reason_code if isinstance(changed, Veto) else 0x80
+                code = _veto_code(changed, PacketType.SUBACK)
                 codes = tuple(code if self.v5 else 0x80 for _ in packet.subscriptions)
                 self._subscribed(packet, codes)
                 return
@@ -1089,7 +1103,7 @@ class Connection:
         if hooks.on_unsubscribe:
             changed = hooks.modify(hooks.on_unsubscribe, self.client, packet)
             if not isinstance(changed, Unsubscribe):
-                code = changed.reason_code if isinstance(changed, Veto) else 0x80
+                code = _veto_code(changed, PacketType.UNSUBACK)
                 self.send_packet(UnsubAck(packet.packet_id, tuple(
                     code for _ in packet.topic_filters) if self.v5 else ()))
                 return
