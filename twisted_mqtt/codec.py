@@ -312,7 +312,12 @@ def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int,
     packet_id = None
     frame: Any = None
     if qos:
-        packet_id, pos = _packet_id(buf, pos, end)
+        pos = stop + 2
+        if pos > end:
+            raise MalformedPacket("truncated two byte integer", _UNLABELLED)
+        packet_id = (buf[stop] << 8) | buf[stop + 1]
+        if not packet_id:
+            raise ProtocolError("packet identifier 0", "MQTT-2.2.1-3")
         if not flags & 0x09:
             frame = (buf[start:stop], buf[pos:end])
     elif flags & 0x08:
@@ -323,7 +328,12 @@ def _publish_fields(buf: bytes, pos: int, end: int, flags: int, level: int,
             pos += 1
         else:
             props, pos = _properties(buf, pos, end, "PUBLISH")
-    topic = _text(raw_topic)
+    try:
+        topic = raw_topic.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("ill-formed UTF-8 string", "MQTT-1.5.4-1") from None
+    if "\x00" in topic:
+        raise MalformedPacket("UTF-8 string contains U+0000", "MQTT-1.5.4-2")
     if not topic and props.topic_alias is None:
         if level == V5:
             raise ProtocolError("empty topic name without a topic alias", "MQTT-3.3.2-1")
