@@ -19,7 +19,7 @@ from twisted_mqtt.codec import (
     MAX_PACKET_SIZE,
     CodecError,
     Decoder,
-    PublishRun,
+    Run,
     encode,
     encode_properties,
     encode_publish,
@@ -334,11 +334,11 @@ def chunked(data: st.DataObject, blob: bytes) -> List[bytes]:
 
 
 def feed_all(decoder: Decoder, chunks: Sequence[bytes]) -> List[Any]:
-    """Every packet the chunks decode to, a ``PublishRun`` taken apart into its packets."""
+    """Every packet the chunks decode to, a ``Run`` taken apart into its packets."""
     out: List[Any] = []
     for chunk in chunks:
         for item in decoder.feed(chunk):
-            out += item.publishes() if isinstance(item, PublishRun) else [item]
+            out += item.publishes() if isinstance(item, Run) else [item]
     return out
 
 

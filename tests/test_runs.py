@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from tests.spec import check_cited_labels
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
-from twisted_mqtt.codec import Decoder, PublishRun, encode
+from twisted_mqtt.codec import Decoder, PublishRun, Run, encode
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
 from twisted_mqtt.packets import (
     PingReq,
@@ -34,7 +34,7 @@ def _stream(level: int, *packets: Any) -> bytes:
 def _expand(items: List[Any]) -> List[Any]:
     out: List[Any] = []
     for item in items:
-        out += item.publishes() if isinstance(item, PublishRun) else [item]
+        out += item.publishes() if isinstance(item, Run) else [item]
     return out
 
 

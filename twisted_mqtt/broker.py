@@ -29,7 +29,7 @@ from twisted_mqtt.stats import Stats
 from twisted_mqtt.topics import SharedGroup, SubscriptionTree, matches
 
 if TYPE_CHECKING:
-    from twisted_mqtt.codec import PublishRun
+    from twisted_mqtt.codec import AckedRun, PublishRun
     from twisted_mqtt.connection import Connection
     from twisted_mqtt.inline import InlineClient
 
@@ -361,8 +361,7 @@ class Broker:
         hooks = self.hooks
         for client_id, entries in per_client.items():
             session = self.sessions[client_id]
-            if hooks.may_receive and not hooks.allowed_to_receive(
-                    session.client or ClientInfo(client_id), topic):
+            if hooks.may_receive and not self._may_receive(session, topic):
                 continue
             qos, rap, sub_ids = _aggregate(entries)
             others = [e for e in entries if not e.no_local]
@@ -373,6 +372,14 @@ class Broker:
             self._routes.clear()
         self._routes[topic] = result
         return result
+
+    def _may_receive(self, session: Session, topic: str) -> bool:
+        """Whether the authorizers let ``session`` be sent ``topic``; an inline client's
+        subscriptions are exempt from the ACL."""
+        if getattr(session.connection, "acl_exempt", False):
+            return True
+        return self.hooks.allowed_to_receive(session.client or ClientInfo(session.client_id),
+                                             topic)
 
     def publish(self, message: Message) -> int:
         """Route a message to every matching subscription; return how many sessions get it."""
@@ -471,6 +478,71 @@ class Broker:
         stats.packets_sent += sent
         return True
 
+    def forward_acked(self, run: AckedRun, origin: str) -> Optional[int]:
+        """Route a run of plain QoS 1 messages from ``origin``: each subscriber that can get
+        them as received (same protocol family, no subscription identifier, topic alias or
+        smaller packet limit) is sent them from their own bytes with its packet identifiers in
+        one write, others get them one by one.  Return how many sessions each reached, or None
+        (and do nothing) when a hook or a shared subscription needs them one at a time."""
+        hooks = self.hooks
+        if (hooks.on_select_subscribers or hooks.on_publish_dropped or hooks.on_message_queued
+                or hooks.on_qos_publish):
+            return None
+        topic = run.topic
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._compute_routes(topic)
+        normal, shared = routes
+        if shared:
+            return None
+        count = run.count
+        stats = self.stats
+        stats.messages_received += count
+        stats.messages_received_by_qos[1] += count
+        v5 = run.v5
+        key = (v5, 1, False, ())
+        heads = run.heads
+        tails = run.tails
+        messages = []
+        for payload, head, tail in zip(run.payloads, heads, tails):
+            message = Message(topic, payload, 1, False, NO_PROPERTIES, None, origin)
+            message._cache = {key: (head, tail)}
+            messages.append(message)
+        reached = 0
+        for session, qos, _rap, sub_ids, local in normal:
+            if session.client_id == origin:
+                if local is None:
+                    continue
+                qos, _rap, sub_ids = local
+            reached += 1
+            conn = session.connection
+            if (not qos or conn is None or sub_ids or conn.blocked or conn.v5 is not v5
+                    or conn.alias_max_out or (conn.max_packet_out is not None
+                                              and conn.max_packet_out < run.largest)):
+                for message in messages:
+                    self.deliver(session, message, qos and 1, False, sub_ids)
+                continue
+            inflight = session.inflight
+            quota = session.send_quota
+            out = []
+            for index, message in enumerate(messages):
+                if session.queue or len(inflight) >= quota:
+                    self._enqueue(session, Delivery(message, 1, False, ()))
+                    continue
+                packet_id = session.allocate_packet_id()
+                if packet_id is None:
+                    self._enqueue(session, Delivery(message, 1, False, ()))
+                    continue
+                inflight[packet_id] = Delivery(message, 1, False, ())
+                out.append(heads[index] + packet_id.to_bytes(2, "big") + tails[index])
+            if out:
+                conn.write(b"".join(out))
+                sent = len(out)
+                stats.messages_sent += sent
+                stats.messages_sent_by_qos[1] += sent
+                stats.packets_sent += sent
+        return reached
+
     def _retain(self, message: Message) -> None:
         topic = message.topic
         hooks = self.hooks
@@ -509,8 +581,7 @@ class Broker:
             session = self.sessions.get(client_id)
             if session is None:
                 continue
-            if hooks.may_receive and not hooks.allowed_to_receive(
-                    session.client or ClientInfo(client_id), topic):
+            if hooks.may_receive and not self._may_receive(session, topic):
                 continue
             if session.connection is not None:
                 group.cursor = (group.cursor + step + 1) % count
@@ -576,6 +647,9 @@ class Broker:
             delivery = queue.popleft()
             if delivery.message.expired(now):
                 self.stats.expired += 1
+                if self.hooks.on_publish_dropped:
+                    self.hooks.notify(self.hooks.on_publish_dropped, session.client_id,
+                                      delivery.message, "expired")
                 if self.hooks.on_qos_dropped:
                     self.hooks.notify(self.hooks.on_qos_dropped, session.client_id, None,
                                       delivery)

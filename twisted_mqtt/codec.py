@@ -68,6 +68,7 @@ RawPublish = Tuple[str, bytes, int, bool, bool, Optional[int], Properties, Any]
 _CONNECT = PacketType.CONNECT << 4
 _PUBLISH = PacketType.PUBLISH
 _PLAIN_QOS0 = _PUBLISH << 4  # the first byte of a QoS 0 PUBLISH without DUP or RETAIN
+_PLAIN_QOS1 = _PLAIN_QOS0 | 0x02
 _PUBACK = PacketType.PUBACK << 4
 
 
@@ -502,13 +503,53 @@ _FLAGS = {t: (2 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNS
           for t in PacketType}
 
 
-class PublishRun:
+class Run:
+    """Consecutive PUBLISH packets of one read to one topic, checked as one."""
+
+    __slots__ = ("topic", "count", "v5")
+
+    topic: str
+    count: int
+    v5: bool
+
+    def publishes(self) -> List[RawPublish]:
+        """The packets one by one, as ``RawPublish`` tuples."""
+        raise NotImplementedError
+
+
+class AckedRun(Run):
+    """Consecutive QoS 1 PUBLISH packets of one read with the same topic, neither DUP nor RETAIN
+    and no properties: their packet identifiers, and each packet split around its packet
+    identifier (``heads[i] + id + tails[i]`` is a packet a subscriber can get unchanged)."""
+
+    __slots__ = ("ids", "heads", "tails", "payloads", "largest")
+
+    def __init__(self, fields: RawPublish, v5: bool) -> None:
+        self.topic = fields[0]
+        self.v5 = v5
+        self.count = 1
+        self.ids: List[int] = [fields[5]]  # type: ignore[list-item]
+        self.heads: List[bytes] = [fields[7][0]]
+        self.tails: List[bytes] = [fields[7][1]]
+        self.payloads: List[bytes] = [fields[1]]
+        self.largest = len(fields[7][0]) + 2 + len(fields[7][1])
+        """The size of the largest packet of the run."""
+
+    def publishes(self) -> List[RawPublish]:
+        """The packets one by one."""
+        topic = self.topic
+        return [(topic, payload, 1, False, False, packet_id, NO_PROPERTIES, (head, tail))
+                for packet_id, head, tail, payload
+                in zip(self.ids, self.heads, self.tails, self.payloads)]
+
+
+class PublishRun(Run):
     """Consecutive QoS 0 PUBLISH packets of one read with the same topic and neither flags nor
     properties, checked as one: their bytes are ``buf[start:end]`` back to back, so a subscriber
     that receives them unchanged can be sent that one slice.  ``publishes()`` gives them one by
     one, as ``RawPublish`` tuples, for any other use."""
 
-    __slots__ = ("topic", "buf", "start", "end", "count", "largest", "head", "v5")
+    __slots__ = ("buf", "start", "end", "largest", "head")
 
     def __init__(self, topic: str, buf: bytes, start: int, end: int, largest: int, head: int,
                  v5: bool) -> None:
@@ -603,7 +644,9 @@ class Decoder:
         need = 0
         run_prefix: Optional[bytes] = None  # topic (and empty properties) of the run going on
         run: Optional[PublishRun] = None
+        acked: Optional[AckedRun] = None
         run_start = 0
+        run_first = 0  # the first byte of the run's packets
         while pos < size:
             first = buf[pos]
             if level is None and first != _CONNECT:
@@ -648,8 +691,26 @@ class Decoder:
             ptype = first >> 4
             flags = first & 0x0F
             if ptype == _PUBLISH:
-                if run_prefix is not None and first == _PLAIN_QOS0 and buf.startswith(
-                        run_prefix, body) and length >= len(run_prefix):
+                if run_prefix is not None and first == _PLAIN_QOS1 == run_first and (
+                        buf.startswith(run_prefix, body)):
+                    at = body + len(run_prefix)  # the packet identifier
+                    tail = at + 2
+                    if tail + (level == V5) <= end and (buf[at] or buf[at + 1]) and (
+                            level != V5 or not buf[tail]):
+                        if acked is None:
+                            acked = out[-1] = AckedRun(out[-1], level == V5)
+                        acked.count += 1
+                        acked.ids.append((buf[at] << 8) | buf[at + 1])
+                        acked.heads.append(buf[pos:at])
+                        tails = acked.tails
+                        tails.append(buf[tail:end])
+                        acked.payloads.append(buf[tail + 1:end] if level == V5 else tails[-1])
+                        if end - pos > acked.largest:
+                            acked.largest = end - pos
+                        pos = end
+                        continue
+                if run_prefix is not None and first == _PLAIN_QOS0 == run_first and (
+                        buf.startswith(run_prefix, body)) and length >= len(run_prefix):
                     # The same topic bytes as the run's first packet: the same checks pass.
                     if run is None:
                         fields = out[-1]
@@ -670,15 +731,19 @@ class Decoder:
                     pos = end
                     continue
                 append(fields)
-                run = None
+                run = acked = None
                 if first == _PLAIN_QOS0 and fields[6] is NO_PROPERTIES and fields[0]:
                     run_start = pos
+                    run_first = first
                     run_prefix = buf[body:body + 2 + ((buf[body] << 8) | buf[body + 1])
                                      + (level == V5)]
+                elif first == _PLAIN_QOS1 and fields[6] is NO_PROPERTIES and fields[0]:
+                    run_first = first
+                    run_prefix = buf[body:body + 2 + ((buf[body] << 8) | buf[body + 1])]
                 else:
                     run_prefix = None
             else:
-                run_prefix = run = None
+                run_prefix = run = acked = None
                 if raw and first == _PUBACK and length == 2:
                     packet_id = (buf[body] << 8) | buf[body + 1]
                     if not packet_id:

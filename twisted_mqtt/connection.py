@@ -14,8 +14,10 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from twisted_mqtt.codec import (
+    AckedRun,
     Decoder,
     PublishRun,
+    Run,
     decode_all,
     encode,
     encode_publish,
@@ -204,6 +206,8 @@ class Connection:
                 self._on_puback_id(packet)
             elif kind is PublishRun:
                 self._on_publish_run(packet)
+            elif kind is AckedRun:
+                self._on_acked_run(packet)
             elif isinstance(packet, CodecError):
                 self._codec_error(packet)
             else:
@@ -891,8 +895,50 @@ class Connection:
                 return
             self._on_publish(fields, allowed)
 
-    def _run_decided(self, allowed: bool, run: PublishRun) -> None:
-        """The authorizers answered later about a run of QoS 0 PUBLISH packets."""
+    def _on_acked_run(self, run: AckedRun) -> None:
+        """Plain QoS 1 PUBLISH packets to one topic: routed and acknowledged together when no
+        hook needs them one by one, else handled one by one."""
+        broker = self.broker
+        hooks = broker.hooks
+        client = self.client
+        if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
+                and not hooks.on_publish and not hooks.on_published
+                and broker.ack_barrier is None and broker.capabilities.maximum_qos):
+            if hooks.authorizers:
+                answer = hooks.may_publish(client, run.topic)
+                if isinstance(answer, Deferred):
+                    self._held = list(run.publishes())  # decided once, for the whole run
+                    answer.addCallback(self._run_decided, run)
+                    return
+                if not answer:
+                    for fields in run.publishes():
+                        if self.state == CLOSED:
+                            return
+                        self._refuse_publish(fields[0], 1, fields[5])
+                    return
+            count = broker.forward_acked(run, client.client_id)
+            if count is not None:
+                ids = run.ids
+                if count or not self.v5:
+                    self.write(b"".join([b"\x40\x02" + i.to_bytes(2, "big") for i in ids]))
+                else:
+                    self.write(b"".join([encode(PubAck(i, _R.NO_MATCHING_SUBSCRIBERS), V5)
+                                         for i in ids]))
+                broker.stats.packets_sent += len(ids)
+                return
+            allowed = True
+        else:
+            allowed = False
+        for fields in run.publishes():
+            if self.state == CLOSED:
+                return
+            if self._held is not None:
+                self._held.append(fields)
+            else:
+                self._on_publish(fields, allowed)
+
+    def _run_decided(self, allowed: bool, run: Run) -> None:
+        """The authorizers answered later about a run of PUBLISH packets."""
         if self.state == CLOSED:
             return
         held, self._held = self._held or [], None
@@ -905,6 +951,11 @@ class Connection:
                     self._held.extend(held[index:])
                     return
                 self._on_publish(fields, True)
+        elif isinstance(run, AckedRun):
+            for fields in held[:count]:
+                if self.state == CLOSED:
+                    return
+                self._refuse_publish(fields[0], 1, fields[5])
         else:
             log.info("{conn!r}: publish to {topic} refused", conn=self, topic=run.topic)
         rest = held[count:]

@@ -1,0 +1,228 @@
+"""Runs of plain QoS 1 PUBLISH packets to one topic: decoded as one ``AckedRun`` and routed
+together, with exactly the outcome of handling each packet on its own."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Tuple
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from tests.spec import check_cited_labels
+from twisted_mqtt.capabilities import Capabilities
+from twisted_mqtt.codec import AckedRun, Decoder, Run, encode
+from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
+from twisted_mqtt.packets import (
+    PingReq,
+    PingResp,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    Subscription,
+)
+from twisted_mqtt.properties import Properties
+from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
+
+
+def _stream(level: int, *packets: Any) -> bytes:
+    return b"".join(encode(p, level) for p in packets)
+
+
+def _expand(items: List[Any]) -> List[Any]:
+    out: List[Any] = []
+    for item in items:
+        out += item.publishes() if isinstance(item, Run) else [item]
+    return out
+
+
+def test_acked_run_decoded_once() -> None:
+    """Consecutive plain QoS 1 PUBLISH packets to one topic come out as one run holding their
+    packet identifiers, and each packet split around its identifier [MQTT-3.3.2-1,
+    MQTT-2.2.1-3]."""
+    for level in (4, 5):
+        packets = [Publish("a/b", b"m%d" % i * i, 1, packet_id=i + 1) for i in range(5)]
+        data = _stream(level, *packets)
+        (run,) = Decoder(level, raw_publish=True).feed(data)
+        assert isinstance(run, AckedRun)
+        assert (run.topic, run.count, run.v5, run.ids) == ("a/b", 5, level == 5, [1, 2, 3, 4, 5])
+        assert run.largest == max(len(encode(p, level)) for p in packets)
+        assert [h + i.to_bytes(2, "big") + t for h, i, t in zip(run.heads, run.ids, run.tails)
+                ] == [encode(p, level) for p in packets]
+        assert [Publish(*f[:7]) for f in run.publishes()] == packets
+
+
+def test_acked_run_broken_by_anything_else() -> None:
+    """A run stops at another topic, DUP, RETAIN, another QoS, properties or another packet;
+    each of those is decoded and checked on its own, and a packet identifier 0 is still a
+    protocol error [MQTT-2.2.1-3]."""
+    level = 5
+    plain = Publish("t", b"x", 1, packet_id=7)
+    breakers = [
+        Publish("u", b"x", 1, packet_id=8),
+        Publish("t", b"x", 1, dup=True, packet_id=8),
+        Publish("t", b"x", 1, retain=True, packet_id=8),
+        Publish("t", b"x", 2, packet_id=8),
+        Publish("t", b"x"),
+        Publish("t", b"x", 1, packet_id=8, properties=Properties(content_type="c")),
+        PingReq(),
+    ]
+    for breaker in breakers:
+        items = Decoder(level, raw_publish=True).feed(
+            _stream(level, plain, plain, breaker, plain, plain))
+        kinds = [type(i) for i in items]
+        assert kinds[0] is AckedRun and kinds[-1] is AckedRun and len(kinds) == 3, kinds
+        assert _expand(items)[2] == (breaker if not isinstance(breaker, Publish) else
+                                     Decoder(level, raw_publish=True).feed(
+                                         encode(breaker, level))[0])
+    bad = bytearray(_stream(4, plain, plain))
+    bad[-3:-1] = b"\x00\x00"  # the second packet's identifier
+    try:
+        Decoder(4, raw_publish=True).feed(bytes(bad))
+    except Exception as error:
+        assert "packet identifier 0" in str(error)
+    else:
+        raise AssertionError("packet identifier 0 accepted")
+
+
+# -- the same outcome as one packet at a time --------------------------------------------------
+
+SUBSCRIBER = st.fixed_dictionaries({
+    "level": st.sampled_from([3, 4, 5]),
+    "qos": st.integers(0, 2),
+    "filter": st.sampled_from(["t", "t/#", "#", "u"]),
+    "receive_maximum": st.sampled_from([None, 1, 3]),
+    "online": st.booleans(),
+    "max_packet": st.sampled_from([None, 40, 1000]),
+    "sub_id": st.sampled_from([None, 5]),
+})
+
+
+def _world(subscribers: List[Dict[str, Any]], publisher_level: int,
+           no_local: bool) -> Tuple[InMemoryBroker, List[InMemoryClient], InMemoryClient]:
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0))
+    clients = []
+    for index, spec in enumerate(subscribers):
+        level = spec["level"]
+        client = hub.client(protocol_level=level)
+        props: Dict[str, Any] = {}
+        if level == 5:
+            props = {"session_expiry_interval": 3600}
+            if spec["receive_maximum"]:
+                props["receive_maximum"] = spec["receive_maximum"]
+            if spec["max_packet"]:
+                props["maximum_packet_size"] = spec["max_packet"]
+        assert client.connect(f"s{index}", clean_start=level == 5,
+                              properties=Properties(**props)).reason_code == 0
+        sub_props = Properties(subscription_identifiers=(spec["sub_id"],)) if (
+            level == 5 and spec["sub_id"]) else Properties()
+        client.send(Subscribe(1, (Subscription(spec["filter"], spec["qos"]),), sub_props))
+        assert isinstance(client.received()[0], SubAck)
+        if not spec["online"]:
+            client.drop()
+            hub.advance(0)
+        clients.append(client)
+    publisher = hub.client(protocol_level=publisher_level)
+    assert publisher.connect("s0" if no_local and subscribers else "pub").reason_code == 0
+    return hub, clients, publisher
+
+
+def _outcome(hub: InMemoryBroker, clients: List[InMemoryClient],
+             publisher: InMemoryClient) -> List[Any]:
+    hub.advance(0)
+    seen = [publisher.received()] + [c.received() for c in clients]
+    stats = hub.broker.stats
+    return seen + [(stats.messages_received, stats.messages_sent, stats.dropped,
+                    {cid: (sorted(s.inflight), len(s.queue))
+                     for cid, s in hub.broker.sessions.items()})]
+
+
+@settings(max_examples=120, deadline=None)
+@given(subscribers=st.lists(SUBSCRIBER, max_size=4), level=st.sampled_from([4, 5]),
+       topics=st.lists(st.sampled_from(["t", "t", "t", "u", "t/x"]), min_size=1, max_size=8),
+       no_local=st.booleans())
+def test_run_outcome_equals_packet_by_packet(subscribers: List[Dict[str, Any]], level: int,
+                                             topics: List[str], no_local: bool) -> None:
+    """Whoever subscribes (protocol, QoS, receive maximum, offline, packet size limit,
+    subscription identifier, the publisher itself), routing a run gives every client the same
+    packets, the publisher the same acknowledgements, and the counters, in-flight windows and
+    queues the same values as sending the packets one per read [MQTT-4.6.0-6, MQTT-4.9.0-2,
+    MQTT-3.3.4-1]."""
+    packets = [Publish(t, b"m%d" % i * (i + 6), 1, packet_id=i + 1) for i, t in enumerate(topics)]
+    together = _world(subscribers, level, no_local)
+    together[2].send(*packets)
+    apart = _world(subscribers, level, no_local)
+    for packet in packets:
+        apart[2].send(packet)
+    assert _outcome(*together) == _outcome(*apart)
+
+
+# -- access control -----------------------------------------------------------------------------
+
+
+@implementer(IAuthorizer)
+class _Answers:
+    """An authorizer answering ``may_publish`` with a given value (a bool or a Deferred)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.asked: List[str] = []
+
+    def may_publish(self, client: ClientInfo, topic: str) -> Any:
+        self.asked.append(topic)
+        return self.answer
+
+    def may_subscribe(self, client: ClientInfo, topic_filter: str) -> bool:
+        return True
+
+    def may_receive(self, client: ClientInfo, topic: str) -> bool:
+        return True
+
+
+def test_refused_run_answers_each_packet() -> None:
+    """A run the ACL refuses gets a PUBACK 0x87 for each of its packets, in order, and nothing
+    is routed [MQTT-3.4.2-1]."""
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), authorizer=_Answers(False))
+    publisher = hub.client(protocol_level=5)
+    publisher.connect("pub")
+    publisher.send(*[Publish("t", b"x", 1, packet_id=i) for i in (1, 2, 3)])
+    assert publisher.received() == [PubAck(i, 0x87) for i in (1, 2, 3)]
+    assert hub.broker.stats.messages_received == 0
+
+
+def test_run_waits_for_a_deferred_decision() -> None:
+    """While the ACL's answer for a run is pending, later packets wait: the PUBACKs come before
+    the PINGRESP sent after the run [MQTT-4.6.0-2]."""
+    pending: Deferred[bool] = Deferred()
+    authorizer = _Answers(pending)
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), authorizer=authorizer)
+    subscriber = hub.client(protocol_level=4)
+    subscriber.connect("sub")
+    subscriber.send(Subscribe(1, (Subscription("t", 1),)))
+    subscriber.received()
+    publisher = hub.client(protocol_level=4)
+    publisher.connect("pub")
+    publisher.send(*[Publish("t", b"%d" % i, 1, packet_id=i) for i in (1, 2, 3)], PingReq())
+    assert publisher.received() == []
+    authorizer.answer = True
+    pending.callback(True)
+    assert publisher.received() == [PubAck(1), PubAck(2), PubAck(3), PingResp()]
+    assert [p.payload for p in subscriber.received()] == [b"1", b"2", b"3"]
+
+
+def test_v5_run_without_subscribers() -> None:
+    """Each packet of a v5 run nobody subscribed to is acknowledged with 0x10 No matching
+    subscribers [MQTT-3.4.2-1]."""
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0))
+    publisher = hub.client(protocol_level=5)
+    publisher.connect("pub")
+    publisher.send(*[Publish("t", b"x", 1, packet_id=i) for i in (1, 2)])
+    assert publisher.received() == [PubAck(1, 0x10), PubAck(2, 0x10)]
+
+
+def test_cited_labels() -> None:
+    """Every label cited here is a real normative statement."""
+    check_cited_labels(sys.modules[__name__])
