@@ -1537,28 +1537,53 @@ def test_paused_connection_keeps_receiving_up_to_the_limit() -> None:
     assert hub.broker.stats.dropped == 0 and not slow.connection.blocked
 
 
-def test_blocked_connection_drops_qos0_and_queues_qos1() -> None:
-    """Past ``maximum_pending_bytes`` of unread output, QoS 0 messages for the connection are
-    dropped (and counted) and QoS 1 messages queued; ``resume`` sends the queued ones."""
+def test_blocked_connection_holds_back_its_publishers() -> None:
+    """Past ``maximum_pending_bytes`` of unread output, a connection is blocked: a client that
+    publishes QoS 0 to it is no longer read (its transport is paused) and nothing is dropped,
+    QoS 1 messages wait in the session queue; when it drains, the queue is sent and the
+    publisher read again."""
     hub = make_hub(maximum_pending_bytes=1000)
     slow = connect(hub, "slow")
     subscribe(slow, Subscription("t/#", 1))
     pub = connect(hub, "pub")
+    other = connect(hub, "other")
     slow.connection.pause()
     pub.send(Publish("t/big", b"x" * 1200, 0))
     assert slow.connection.blocked
     slow.received()
-    dropped = hub.broker.stats.dropped
+    assert pub.transport.producerState == "producing"
     pub.send(Publish("t/0", b"zero", 0))
+    assert pub.transport.producerState == "paused"  # held back, not dropped
+    assert other.transport.producerState == "producing"  # others are read as before
     pub.send(Publish("t/1", b"one", 1, packet_id=1))
     pub.send(Publish("t/1", b"two", 1, packet_id=2))
-    assert slow.received() == []
-    assert hub.broker.stats.dropped == dropped + 1
+    assert [p.payload for p in publishes(slow)] == [b"zero"]
+    assert hub.broker.stats.dropped == 0
     assert len(session_of(hub, "slow").queue) == 2
     slow.connection.resume()
+    assert pub.transport.producerState == "producing"
     got = publishes(slow)
     assert [(p.payload, p.qos) for p in got] == [(b"one", 1), (b"two", 1)]
     assert len(session_of(hub, "slow").inflight) == 2
+
+
+def test_blocked_connection_past_its_grace_drops_qos0() -> None:
+    """A connection blocked for longer than ``slow_consumer_grace`` holds back no one: its
+    publishers are read again and its QoS 0 messages are dropped (and counted)."""
+    hub = make_hub(maximum_pending_bytes=1000, slow_consumer_grace=5.0)
+    slow = connect(hub, "slow")
+    subscribe(slow, Subscription("t/#", 0))
+    pub = connect(hub, "pub")
+    slow.connection.pause()
+    pub.send(Publish("t/big", b"x" * 1200, 0))
+    pub.send(Publish("t/0", b"held", 0))
+    assert pub.transport.producerState == "paused"
+    hub.advance(7)
+    assert pub.transport.producerState == "producing"
+    slow.received()
+    pub.send(Publish("t/0", b"dropped", 0))
+    assert publishes(slow) == [] and hub.broker.stats.dropped == 1
+    assert pub.transport.producerState == "producing"
 
 
 def test_connection_not_reading_is_aborted() -> None:

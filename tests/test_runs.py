@@ -175,8 +175,9 @@ def test_run_no_local() -> None:
 
 def test_run_to_offline_and_blocked_subscribers() -> None:
     """Offline persistent sessions do not queue QoS 0 messages of a run unless configured to,
-    as for single messages [MQTT-3.1.2-5]; a blocked subscriber's are dropped and counted."""
-    hub = _hub(maximum_pending_bytes=10)
+    as for single messages [MQTT-3.1.2-5] (they are dropped and counted); a blocked subscriber
+    holds the publisher back and gets them; once past its grace, its are dropped too."""
+    hub = _hub(maximum_pending_bytes=1000, slow_consumer_grace=5.0)
     away = _subscriber(hub, "away", 5, clean_start=False,
                        properties=Properties(session_expiry_interval=60))
     away.drop()
@@ -184,10 +185,17 @@ def test_run_to_offline_and_blocked_subscribers() -> None:
     blocked = _subscriber(hub, "blocked", 5)
     blocked.connection.pause()
     blocked.connection.blocked = True
+    blocked.connection.blocked_since = hub.broker.now
     pub = _publisher(hub, 5)
-    pub.send_bytes(_stream(5, *[Publish("t", b"%d" % i) for i in range(3)]))
-    assert hub.broker.stats.dropped == 6
+    run = _stream(5, *[Publish("t", b"%d" % i) for i in range(3)])
+    pub.send_bytes(run)
+    assert hub.broker.stats.dropped == 3
     assert len(hub.broker.sessions["away"].queue) == 0
+    assert len(blocked.received()) == 3 and pub.transport.producerState == "paused"
+    hub.advance(6)
+    assert pub.transport.producerState == "producing"
+    pub.send_bytes(run)
+    assert hub.broker.stats.dropped == 9 and blocked.received() == []
 
     queueing = InMemoryBroker(capabilities=Capabilities(sys_interval=0),
                               compatibilities=Compatibilities(queue_qos0_offline=True))

@@ -178,8 +178,12 @@ class Broker:
 
     def _sweep(self) -> None:
         now = self.tick()
+        grace = self.capabilities.slow_consumer_grace
         for conn in list(self.connections):
             conn.check_keepalive(now)
+            since = conn.blocked_since
+            if since is not None and now - since > grace:
+                conn.release_held()  # from now on its QoS 0 messages are dropped
         self._expire_retained(now)
         self.flush()
         self._sweep_call = self.clock.callLater(self.capabilities.keepalive_sweep_interval,
@@ -409,7 +413,7 @@ class Broker:
                 deliver(session, message, qos if qos < mqos else mqos, retain and rap, sub_ids)
                 continue
             conn = session.connection  # QoS 0 to a connected client: straight to it
-            if conn is not None and not conn.blocked:
+            if conn is not None and (not conn.blocked or self.hold_back(origin, conn)):
                 conn.send_qos0(message, retain and rap, sub_ids)
             else:
                 deliver(session, message, 0, retain and rap, sub_ids)
@@ -427,6 +431,21 @@ class Broker:
             return []
         kept = set(chosen)
         return [route for route in routes if route[0].client_id in kept]
+
+    def hold_back(self, origin: Optional[str], target: Connection) -> bool:
+        """A message from ``origin`` is for the blocked ``target``: stop reading the publishing
+        client until ``target`` drains, and return True (the message is sent all the same);
+        False (the message is to be dropped) when the publisher is not a network client or
+        ``target`` has been blocked longer than ``slow_consumer_grace``."""
+        since = target.blocked_since
+        if since is not None and self.now - since > self.capabilities.slow_consumer_grace:
+            return False
+        session = self.sessions.get(origin) if origin is not None else None
+        publisher = session.connection if session is not None else None
+        if publisher is None or publisher is target or publisher not in self.connections:
+            return False
+        publisher.hold_reading(target)
+        return True
 
     def dropped(self, client_id: str, message: Message, reason: str) -> None:
         """Count a message that ``client_id`` will not get, and tell the hooks why."""
@@ -460,7 +479,7 @@ class Broker:
             if (sub_ids or conn.alias_max_out or conn.v5 != run.v5 or (
                     conn.max_packet_out is not None and conn.max_packet_out < run.largest)):
                 return False
-            targets.append(None if conn.blocked else conn)
+            targets.append(conn if not conn.blocked or self.hold_back(origin, conn) else None)
         count = run.count
         stats = self.stats
         stats.messages_received += count
@@ -610,7 +629,7 @@ class Broker:
         conn = session.connection
         if qos == 0:
             if conn is not None:
-                if conn.blocked:
+                if conn.blocked and not self.hold_back(message.origin, conn):
                     self.dropped(session.client_id, message, "slow consumer")
                 else:
                     conn.send_qos0(message, retain, sub_ids)

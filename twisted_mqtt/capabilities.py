@@ -33,6 +33,10 @@ class Capabilities:
     """Bytes sent to a client that is not reading them (its transport pushes back) beyond which
     QoS 0 messages for it are dropped and QoS 1/2 messages queued; at twice this the connection
     is dropped."""
+    slow_consumer_grace: float = 10.0
+    """Seconds a blocked client may hold back the clients publishing to it (their input is not
+    read until it drains, so that nothing is lost); after that, its QoS 0 messages are dropped
+    and the publishers read again."""
     maximum_queued_messages: int = 10_000
     """Messages held per session beyond the inflight window (offline or flow-controlled)."""
     maximum_retained_messages: int = 1_000_000

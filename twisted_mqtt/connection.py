@@ -8,7 +8,7 @@ per batch of input however many packets the batch produced.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
@@ -104,7 +104,8 @@ class Connection:
         "certificate_subject", "certificate_common_name", "aliases_in", "aliases_out",
         "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_paused_bytes",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
-        "_detached", "_linger", "_observed", "_close_reason",
+        "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
+        "_held_by",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -132,6 +133,11 @@ class Connection:
         self.last_rx = self.opened_at = broker.now
         self.paused = False
         self.blocked = False
+        self.blocked_since: Optional[float] = None
+        self._holding: Optional[List[Connection]] = None
+        """Publishers whose input waits until this (blocked) connection drains."""
+        self._held_by: Optional[Set[Connection]] = None
+        """The blocked connections this one's input waits for."""
         self._out: List[bytes] = []
         self._dirty = False
         self._paused_bytes = 0
@@ -236,6 +242,9 @@ class Connection:
 
     def inject(self, packet: Any) -> None:
         """Handle a decoded packet as if the client had sent it."""
+        if self._held is not None:  # after the packets waiting for a hook's decision
+            self._held.append(packet)
+            return
         if self.state == AUTHENTICATING and not isinstance(packet, (Auth, Disconnect)):
             self._refuse(_R.PROTOCOL_ERROR)  # only AUTH until CONNACK [MQTT-3.1.2-30]
             return
@@ -267,6 +276,7 @@ class Connection:
     def connection_lost(self) -> None:
         """The transport is gone: detach from the session (publishing the will if due)."""
         self.state = CLOSED
+        self.release_held()
         self._detach()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
@@ -320,7 +330,9 @@ class Connection:
             pending = self._paused_bytes = self._paused_bytes + len(data)
             limit = self.broker.capabilities.maximum_pending_bytes
             if pending > limit:
-                self.blocked = True
+                if not self.blocked:
+                    self.blocked = True
+                    self.blocked_since = self.broker.now
                 if pending > 2 * limit:
                     log.warn("{conn!r}: not reading what it is sent; dropping it", conn=self)
                     self.transport.abortConnection()
@@ -514,12 +526,44 @@ class Connection:
         self.paused = True
 
     def resume(self) -> None:
-        """The transport drained: send what was held back."""
+        """The transport drained: send what was held back, and read the publishers held back."""
         self.paused = self.blocked = False
+        self.blocked_since = None
         self._paused_bytes = 0
         if self.session is not None and self.state == CONNECTED:
             self.broker.pump(self.session)
-            self.broker.flush()
+        self.release_held()
+        self.broker.flush()
+
+    def hold_reading(self, blocker: Connection) -> None:
+        """Stop reading this client's input until ``blocker`` drains (or its grace ends)."""
+        held_by = self._held_by
+        if held_by is None:
+            held_by = self._held_by = set()
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                pause()
+        if blocker not in held_by:
+            held_by.add(blocker)
+            holding = blocker._holding
+            if holding is None:
+                holding = blocker._holding = []
+            holding.append(self)
+
+    def release_held(self) -> None:
+        """Read again the publishers this connection held back."""
+        holding, self._holding = self._holding, None
+        for publisher in holding or ():
+            held_by = publisher._held_by
+            if held_by is None:
+                continue
+            held_by.discard(self)
+            if not held_by:
+                publisher._held_by = None
+                if publisher.state != CLOSED:
+                    resume = getattr(publisher.transport, "resumeProducing", None)
+                    if resume is not None:
+                        resume()
 
     # -- CONNECT --------------------------------------------------------------------------------
 
@@ -1224,6 +1268,7 @@ class Connection:
 
 Connection._HANDLERS = {
     Connect: Connection._on_connect,
+    Publish: Connection.inject,  # one held while a hook decides
     PubAck: Connection._on_puback,
     PubRec: Connection._on_pubrec,
     PubRel: Connection._on_pubrel,

@@ -129,6 +129,14 @@ class WebSocketTransport:
         """The local address."""
         return self._transport().getHost()
 
+    def pauseProducing(self) -> None:
+        """Stop reading from the client (the underlying transport)."""
+        self._transport().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the client again."""
+        self._transport().resumeProducing()
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """Register with the underlying transport, whose buffer is what fills."""
         self._transport().registerProducer(producer, streaming)
