@@ -643,6 +643,8 @@ class Broker:
                 and len(session.inflight) < session.send_quota):
             conn.send_delivery(delivery)
         else:
+            if conn is not None and conn.blocked:
+                self.hold_back(message.origin, conn)  # so that its queue does not overflow
             self._enqueue(session, delivery)
 
     def _enqueue(self, session: Session, delivery: Delivery) -> None:
