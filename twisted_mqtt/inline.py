@@ -3,6 +3,7 @@ connection, exempt from the ACL and allowed to publish to ``$SYS``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, Union
 
 from twisted_mqtt._value import value
@@ -18,6 +19,26 @@ if TYPE_CHECKING:
 
 NEVER = 0xFFFFFFFF
 MAX_TOPIC_BYTES = 65535
+MESSAGE_PROPERTIES = ("payload_format_indicator", "message_expiry_interval", "content_type",
+                      "response_topic", "correlation_data", "user_properties")
+"""The properties that travel with an application message (not those of one hop)."""
+
+
+def _check_properties(props: Properties, payload: bytes) -> None:
+    """Raise ``ValueError`` unless ``props`` are all message properties, and valid."""
+    if replace(props, **{name: getattr(NO_PROPERTIES, name)
+                         for name in MESSAGE_PROPERTIES}) != NO_PROPERTIES:
+        raise ValueError(f"a message carries only the properties {', '.join(MESSAGE_PROPERTIES)}")
+    if props.response_topic is not None:
+        try:
+            validate_topic_name(props.response_topic)  # [MQTT-3.3.2-14]
+        except CodecError as error:
+            raise ValueError(str(error)) from None
+    if props.payload_format_indicator == 1:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("payload format indicator 1 with a payload not UTF-8") from None
 
 
 @value
@@ -43,6 +64,7 @@ class _Receiver:
 
     blocked = False
     paused = False
+    acl_exempt = True  # the broker does not ask ``may_receive`` about it
     v5: Optional[bool] = None  # never the protocol family of a forwarded run of packets
     alias_max_out = 0
     max_packet_out: Optional[int] = None
@@ -91,11 +113,15 @@ class InlineClient:
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
         if not topic or len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
             raise ValueError(f"topic must be 1 to {MAX_TOPIC_BYTES} bytes of UTF-8")
+        if "\x00" in topic:
+            raise ValueError("topic must not contain U+0000")  # [MQTT-1.5.4-2]
         try:
             validate_topic_name(topic)
         except CodecError as error:
             raise ValueError(str(error)) from None
         props = properties if properties is not None else NO_PROPERTIES
+        if props is not NO_PROPERTIES:
+            _check_properties(props, payload)
         broker = self.broker
         broker.tick()
         expires_at = None
@@ -119,6 +145,8 @@ class InlineClient:
         """Call ``callback`` with every message matching ``topic_filter`` from now on, after
         the retained ones.  Subscribing again with the same filter and ``subscription_id``
         replaces the callback.  Raises ``ValueError`` for a bad filter."""
+        if "\x00" in topic_filter:
+            raise ValueError("topic filter must not contain U+0000")  # [MQTT-1.5.4-2]
         try:
             validate_topic_filter(topic_filter)
         except CodecError as error:

@@ -38,11 +38,10 @@ class ConnectRequest:
 
 @value
 class Veto:
-    """A hook's refusal that no later hook can overturn: the reason code (and, in MQTT 5, the
-    reason string) the client is answered with."""
+    """A hook's refusal that no later hook can overturn: the reason code the client is answered
+    with (a code the answering packet cannot carry, or below 0x80, becomes 0x80)."""
 
     reason_code: int
-    reason_string: Optional[str] = None
 
 
 class IAuthenticator(Interface):
@@ -226,10 +225,14 @@ class IDeliveryHook(Interface):
         """A QoS 1/2 delivery was acknowledged (PUBACK or PUBCOMP, or a failure PUBREC)."""
 
     def on_qos_dropped(client_id: str, packet_id: Optional[int], delivery: Any) -> None:
-        """A queued or in-flight delivery was discarded (expired, too large, session ended)."""
+        """A queued or in-flight delivery was discarded (expired in the queue, or too large for
+        the client).  A session that ends discards its deliveries without this event
+        (``on_disconnect`` with ``session_kept`` False, ``on_client_expired``, or
+        ``on_session_established`` with ``session_present`` False tell it)."""
 
     def on_packet_ids_exhausted(client_id: str, delivery: Any) -> None:
-        """All 65,535 packet identifiers of ``client_id`` are in flight."""
+        """All 65,535 packet identifiers of ``client_id`` are in flight (a safety net: the send
+        quota, at most 65,535, normally queues deliveries before this can happen)."""
 
     def on_inbound_qos2(client_id: str, packet_id: int, received: bool) -> None:
         """A QoS 2 message from ``client_id`` was received (True: PUBREC sent) or released
