@@ -690,17 +690,22 @@ class Broker:
         # resent on reconnect [MQTT-4.4.0-1], or queued.
         now = self.now
         exclude = session.client_id
+        hooks = self.hooks
         for packet_id, delivery in list(session.inflight.items()):
             group = delivery.share
             if (group is not None and delivery.qos == 1 and not delivery.message.expired(now)
                     and self._deliver_shared(group, delivery.message, exclude)):
                 del session.inflight[packet_id]
+                if hooks.on_qos_dropped:  # handed over: not this session's any more
+                    hooks.notify(hooks.on_qos_dropped, exclude, packet_id, delivery)
         kept: List[Delivery] = []
         for delivery in list(session.queue):
             group = delivery.share
             if (group is None or delivery.message.expired(now)
                     or not self._deliver_shared(group, delivery.message, exclude)):
                 kept.append(delivery)
+            elif hooks.on_qos_dropped:
+                hooks.notify(hooks.on_qos_dropped, exclude, None, delivery)
         if len(kept) != len(session.queue):
             queue = session.pending()
             queue.clear()

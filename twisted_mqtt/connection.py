@@ -899,19 +899,23 @@ class Connection:
                 hooks.notify(hooks.on_inbound_qos2, session.client_id, packet_id, True)
             code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
             ack = encode(PubRec(packet_id, code), self.protocol_level)
-        barrier = broker.ack_barrier
-        if barrier is None:
-            broker.stats.packets_sent += 1
-            self.write(ack)
-        else:
-            barrier().addCallback(self._acknowledge, ack)
+        self._after_commit(ack)
 
     def _acknowledge(self, _: Any, ack: bytes) -> None:
-        """Send an acknowledgement held until the store committed the message."""
+        """Queue an acknowledgement held until the store committed what it acknowledges (the
+        store flushes the broker once per commit)."""
         if self.state != CLOSED:
             self.broker.stats.packets_sent += 1
             self.write(ack)
-            self.broker.flush()
+
+    def _after_commit(self, ack: bytes) -> None:
+        """Send ``ack`` now, or once the store committed what it answers (durable mode)."""
+        barrier = self.broker.ack_barrier
+        if barrier is None:
+            self.broker.stats.packets_sent += 1
+            self.write(ack)
+        else:
+            barrier().addCallback(self._acknowledge, ack)
 
     def _on_publish_run(self, run: PublishRun) -> None:
         """Plain QoS 0 PUBLISH packets to one topic: forwarded as one slice when every subscriber
@@ -1023,6 +1027,9 @@ class Connection:
             if not self.v5:
                 assert self.session is not None and packet_id is not None
                 self.session.inbound_qos2.add(packet_id)
+                hooks = self.broker.hooks
+                if hooks.on_inbound_qos2:
+                    hooks.notify(hooks.on_inbound_qos2, self.session.client_id, packet_id, True)
             self.send_packet(PubRec(packet_id, code))  # type: ignore[arg-type]
 
     def _on_puback(self, packet: PubAck) -> None:
@@ -1058,9 +1065,9 @@ class Connection:
             self.broker.pump(session)
             return
         delivery.state = 1
-        self.send_packet(PubRel(packet.packet_id))
         if hooks.on_qos_progress:
             hooks.notify(hooks.on_qos_progress, session.client_id, packet.packet_id, delivery)
+        self._after_commit(encode(PubRel(packet.packet_id), self.protocol_level))
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -1068,10 +1075,10 @@ class Connection:
             return
         if packet.packet_id in session.inbound_qos2:
             session.inbound_qos2.discard(packet.packet_id)
-            self.send_packet(PubComp(packet.packet_id))
             hooks = self.broker.hooks
             if hooks.on_inbound_qos2:
                 hooks.notify(hooks.on_inbound_qos2, session.client_id, packet.packet_id, False)
+            self._after_commit(encode(PubComp(packet.packet_id), self.protocol_level))
         else:
             self.send_packet(PubComp(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
 

@@ -225,8 +225,8 @@ class IDeliveryHook(Interface):
         """A QoS 1/2 delivery was acknowledged (PUBACK or PUBCOMP, or a failure PUBREC)."""
 
     def on_qos_dropped(client_id: str, packet_id: Optional[int], delivery: Any) -> None:
-        """A queued or in-flight delivery was discarded (expired in the queue, or too large for
-        the client).  A session that ends discards its deliveries without this event
+        """A queued or in-flight delivery was discarded (expired in the queue, too large for the
+        client, or handed over to another member of its shared subscription).  A session that ends discards its deliveries without this event
         (``on_disconnect`` with ``session_kept`` False, ``on_client_expired``, or
         ``on_session_established`` with ``session_present`` False tell it)."""
 
