@@ -20,6 +20,9 @@
  *   reqresp  50 devices: device i publishes QoS 1 on req/i and waits for the answer on resp/i
  *            (one request in flight each); one responder subscribed to req/+ answers on resp/i.
  *            Latency is the round trip; delivered counts both deliveries (2 per round trip).
+ *   (--persistent: the subscribers of stream, qos1 and fanout connect with a persistent
+ *   session, clean session 0 / clean start 0 with a session expiry of an hour, so that a broker
+ *   with a store writes their messages.)
  *   idle     open --conns connections (keepalive 600), one PINGREQ each, hold them, and report
  *            the broker's RSS growth per connection (--broker-pid).
  *
@@ -71,6 +74,8 @@ static int o_broker_pid = 0;
 static double o_hold = 2.0;
 static double o_drain = 3.0;
 static int o_quickack = 0;
+static int o_persistent = 0;    /* stream/qos1/fanout: subscribers keep a persistent session */
+static int g_persist_next = 0;  /* the next CONNECT asks for a persistent session */
 
 /* ---------------------------------------------------------------- utilities */
 static uint64_t now_ns(void) {
@@ -234,15 +239,19 @@ static int tcp_connect(void) {
 /* ---- encoders (append to c->w) */
 static void enc_connect(conn_t *c, const char *cid, uint16_t keepalive) {
     size_t cl = strlen(cid);
-    uint32_t rem = 10 + (o_proto == 5 ? 1 : 0) + 2 + (uint32_t)cl;
+    int persist = g_persist_next;
+    uint32_t rem = 10 + (o_proto == 5 ? 1 : 0) + (o_proto == 5 && persist ? 5 : 0) + 2 +
+                   (uint32_t)cl;
     uint8_t *p = breserve(&c->w, rem + 5), *s = p;
     *p++ = 0x10;
     p += enc_varint(p, rem);
     memcpy(p, "\0\4MQTT", 6); p += 6;
     *p++ = (uint8_t)o_proto;
-    *p++ = 0x02; /* clean session / clean start */
+    *p++ = persist ? 0x00 : 0x02; /* clean session / clean start, unless persistent */
     put16(p, keepalive); p += 2;
-    if (o_proto == 5) *p++ = 0; /* no properties */
+    if (o_proto == 5 && persist) { /* Session Expiry Interval 3600 s */
+        *p++ = 5; *p++ = 0x11; *p++ = 0; *p++ = 0; *p++ = 0x0e; *p++ = 0x10;
+    } else if (o_proto == 5) *p++ = 0; /* no properties */
     put16(p, (uint16_t)cl); p += 2;
     memcpy(p, cid, cl); p += cl;
     c->w.len += (size_t)(p - s);
@@ -794,7 +803,9 @@ static int run_pubsub(void) {
         conn_t *c = &g_subs[i];
         alloc_pubsub(c, R_SUB, i);
         snprintf(cid, sizeof cid, "lg%d-s%d", me, i);
+        g_persist_next = o_persistent;
         setup_conn(c, cid, 600);
+        g_persist_next = 0;
         char filter[64];
         if (qos) snprintf(filter, sizeof filter, "bench/%s/%d", o_scenario, i);
         else snprintf(filter, sizeof filter, "bench/%s/0", o_scenario);
@@ -1002,7 +1013,7 @@ static void usage(void) {
             "  [--protocol 4|5] [--duration S] [--messages M] [--payload BYTES]\n"
             "  [--window N (qos1)] [--qos0-window N] [--pubs N] [--subs N] [--devices N]\n"
             "  [--think-us US] [--conns N] [--keepalive S] [--broker-pid PID] [--hold S]\n"
-            "  [--drain S] [--quickack]\n");
+            "  [--drain S] [--quickack] [--persistent]\n");
     exit(2);
 }
 
@@ -1014,7 +1025,7 @@ int main(int argc, char **argv) {
         {"pubs", 1, 0, 'a'}, {"subs", 1, 0, 'b'}, {"devices", 1, 0, 'D'},
         {"think-us", 1, 0, 't'}, {"conns", 1, 0, 'c'}, {"keepalive", 1, 0, 'k'},
         {"broker-pid", 1, 0, 'B'}, {"hold", 1, 0, 'H'}, {"drain", 1, 0, 'r'},
-        {"quickack", 0, 0, 'q'}, {0, 0, 0, 0}};
+        {"quickack", 0, 0, 'q'}, {"persistent", 0, 0, 'S'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -1037,6 +1048,7 @@ int main(int argc, char **argv) {
         case 'H': o_hold = atof(optarg); break;
         case 'r': o_drain = atof(optarg); break;
         case 'q': o_quickack = 1; break;
+        case 'S': o_persistent = 1; break;
         default: usage();
         }
     }
