@@ -226,9 +226,10 @@ class IDeliveryHook(Interface):
 
     def on_qos_dropped(client_id: str, packet_id: Optional[int], delivery: Any) -> None:
         """A queued or in-flight delivery was discarded (expired in the queue, too large for the
-        client, or handed over to another member of its shared subscription).  A session that ends discards its deliveries without this event
-        (``on_disconnect`` with ``session_kept`` False, ``on_client_expired``, or
-        ``on_session_established`` with ``session_present`` False tell it)."""
+        client, or handed over to another member of its shared subscription).  A session that
+        ends discards its deliveries without this event (``on_disconnect`` with
+        ``session_kept`` False, ``on_client_expired``, or ``on_session_established`` with
+        ``session_present`` False tell it)."""
 
     def on_packet_ids_exhausted(client_id: str, delivery: Any) -> None:
         """All 65,535 packet identifiers of ``client_id`` are in flight (a safety net: the send
