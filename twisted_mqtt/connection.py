@@ -275,6 +275,8 @@ class Connection:
 
     def connection_lost(self) -> None:
         """The transport is gone: detach from the session (publishing the will if due)."""
+        if self.state == CONNECTED:
+            log.info("{conn!r}: connection lost", conn=self)
         self.state = CLOSED
         self.release_held()
         self._detach()
@@ -1233,6 +1235,8 @@ class Connection:
                 session.expiry_interval = min(expiry,
                                               self.broker.capabilities.maximum_session_expiry)
         self._close_reason = int(packet.reason_code)
+        log.info("{conn!r}: disconnected, reason 0x{reason:02X}", conn=self,
+                 reason=self._close_reason)
         # The will is discarded unless v5 reason 0x04 asks for it [MQTT-3.14.4-3].
         self._will_ok = self.v5 and packet.reason_code == _R.DISCONNECT_WITH_WILL_MESSAGE
         self.close()
