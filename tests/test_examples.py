@@ -7,7 +7,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -22,8 +22,9 @@ def run_example(tmp_path: Path) -> Iterator[object]:
     """Start ``examples/NAME`` with arguments; stopped with SIGTERM and checked at the end."""
     started: List[BrokerProcess] = []
 
-    def run(argv: List[str], listeners: int = 1) -> BrokerProcess:
-        process = BrokerProcess(argv, tmp_path / f"example-{len(started)}.log")
+    def run(argv: List[str], listeners: int = 1, pass_fds: Tuple[int, ...] = ()) -> BrokerProcess:
+        process = BrokerProcess(argv, tmp_path / f"example-{len(started)}.log",
+                                pass_fds=pass_fds)
         started.append(process)
         process.wait_ready(listeners)
         return process
@@ -132,3 +133,107 @@ def test_web_publish(run_example, clients: MakeClient) -> None:
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(urllib.request.Request(bad, b"x", method="POST"))
     assert error.value.code == 400
+
+
+def test_broker_yaml_sets_every_key_to_its_default() -> None:
+    """``examples/broker.yaml`` is valid and documents every key of the schema with its
+    default value (and every key of a WebSocket listener, in its comment)."""
+    from twisted_mqtt.config import KEYS, WEBSOCKET_KEYS, load_config
+
+    config = load_config(str(EXAMPLES / "broker.yaml"))
+    for key in KEYS:
+        assert key.path in config.values, f"{key.path} is not in examples/broker.yaml"
+        assert config.values[key.path] == key.check(key.default), key.path
+    text = (EXAMPLES / "broker.yaml").read_text()
+    for name in WEBSOCKET_KEYS:
+        assert f"{name}:" in text
+
+
+def test_tac_file_from_yaml(run_example, clients: MakeClient, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> None:
+    """``MQTT_CONFIG=broker.yaml twistd -ny examples/broker_yaml.tac`` runs the broker the YAML
+    file describes: its listener, its limits (in a v5 CONNACK) and its log format."""
+    config = tmp_path / "broker.yaml"
+    config.write_text(f"listeners:\n  mqtt: ['{LOOPBACK}']\ncapabilities:\n"
+                      "  receive_maximum: 7\nlogging:\n  level: info\n")
+    monkeypatch.setenv("MQTT_CONFIG", str(config))
+    broker = run_example([*twistd_command(), "-n", "--pidfile=", "-y",
+                          str(EXAMPLES / "broker_yaml.tac")])
+    subscriber = clients(broker.port, V5, "sub").connect()
+    assert subscriber.connack_props.ReceiveMaximum == 7
+    assert subscriber.subscribe("tac", 0) == [0]
+    clients(broker.port, V5, "pub").connect().publish("tac", b"from yaml")
+    assert subscriber.expect()[0].payload == b"from yaml"
+    assert f"configuration: {config}" in broker.log()
+
+
+def test_tac_file_refuses_a_bad_yaml(tmp_path: Path) -> None:
+    """A mistake in the YAML file stops the .tac with the one-line message and status 78."""
+    import subprocess
+
+    from tests.conftest import broker_env
+    from twisted_mqtt.config import CONFIG_ERROR_EXIT
+
+    config = tmp_path / "broker.yaml"
+    config.write_text("capabilities:\n  receive_maximum: -1\n")
+    result = subprocess.run([*twistd_command(), "-n", "--pidfile=", "-y",
+                             str(EXAMPLES / "broker_yaml.tac")],
+                            env={**broker_env(), "MQTT_CONFIG": str(config)}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == CONFIG_ERROR_EXIT
+    assert result.stderr == (f"configuration error: {config}, line 2: "
+                             "capabilities.receive_maximum: expected an integer from 1 to "
+                             "65535, not -1\n")
+
+
+def _unit(name: str) -> Dict[str, str]:
+    """The ``Key=Value`` settings of a systemd unit file in examples/ (the last of each)."""
+    settings = {}
+    for line in (EXAMPLES / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+# Runs the command after its two arguments as systemd runs a socket-activated service: the
+# socket at fd N becomes fd 3, LISTEN_FDS=1, LISTEN_FDNAMES the socket's FileDescriptorName,
+# LISTEN_PID the pid of the process (exec keeps it).
+SYSTEMD = ("import os, sys; os.dup2(int(sys.argv[1]), 3); "
+           "os.environ.update(LISTEN_FDS='1', LISTEN_FDNAMES=sys.argv[2], "
+           "LISTEN_PID=str(os.getpid())); os.execv(sys.argv[3], sys.argv[3:])")
+
+
+def test_systemd_units(run_example, clients: MakeClient, tmp_path: Path) -> None:
+    """The service unit's exact ExecStart, started as systemd starts it with the socket of the
+    socket unit, adopts that socket and applies the configuration file; the unit reloads
+    with SIGHUP, and does not restart after a configuration mistake."""
+    import shlex
+    import socket
+
+    from twisted_mqtt.config import CONFIG_ERROR_EXIT, DEFAULT_SHUTDOWN_TIMEOUT
+
+    service, sockets = _unit("twisted-mqtt.service"), _unit("twisted-mqtt.socket")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["RestartPreventExitStatus"] == str(CONFIG_ERROR_EXIT)
+    assert float(service["TimeoutStopSec"]) > DEFAULT_SHUTDOWN_TIMEOUT
+    assert sockets["Service"] == "twisted-mqtt.service"
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0].endswith("/twistd") and "systemd:domain=INET:index=0" in argv
+    config = tmp_path / "broker.yaml"
+    config.write_text("capabilities:\n  receive_maximum: 9\n")
+    argv[argv.index("--config") + 1] = str(config)
+    argv = [*twistd_command(), *argv[1:]]
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(int(sockets["Backlog"]))
+        port = listening.getsockname()[1]
+        fd = listening.fileno()
+        wrapper = [sys.executable, "-c", SYSTEMD, str(fd), sockets["FileDescriptorName"]]
+        broker = run_example([*wrapper, *argv], pass_fds=(fd,))
+    assert broker.port == port
+    client = clients(port, V5, "activated").connect()
+    assert client.connack_props.ReceiveMaximum == 9
+    assert client.subscribe("units", 1) == [1]
+    client.publish("units", b"socket activated", 1)
+    assert client.expect()[0].payload == b"socket activated"

@@ -17,16 +17,19 @@ def main(argv: Optional[List[str]] = None,
     adjust the service (install hooks, say) before it starts."""
     from twisted.logger import globalLogBeginner
 
-    from twisted_mqtt.logs import text_log_observer
+    from twisted_mqtt.config import CONFIG_ERROR_EXIT, ConfigError, log_output
     from twisted_mqtt.tap import Options, makeService
 
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except ConfigError as error:  # one line: the file, the line, the key and what is expected
+        print(f"{sys.argv[0]}: configuration error: {error}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     except usage.UsageError as error:
         print(f"{sys.argv[0]}: {error}\n{options}", file=sys.stderr)
         return 2
-    globalLogBeginner.beginLoggingTo([text_log_observer(sys.stdout)])
+    globalLogBeginner.beginLoggingTo([log_output(options).start()])
     from twisted.internet import reactor
 
     service = makeService(options, reactor)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional
+import os
+import sys
+from typing import Any, Iterable, Iterator, List, Optional
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_mqtt.broker import Broker
 from twisted_mqtt.listeners import DEFAULT_BACKLOG, ListenerService
 from twisted_mqtt.protocol import MQTTFactory
+
+log = Logger()
 
 
 class BrokerService(MultiService):
@@ -28,6 +34,25 @@ class BrokerService(MultiService):
             reactor = default_reactor
         self.reactor = reactor
         self.broker = broker if broker is not None else Broker(reactor, **kwargs)
+        self.recorder: Any = None
+        """The ``twisted_mqtt.storage.recorder.Recorder`` of ``use_store``, if any."""
+        self.exit_on_store_error = False
+        """Whether a store that cannot be loaded ends the process with status 1 (twistd)."""
+        self.shutdown_timeout: Optional[float] = None
+        """If set, ``stopService`` fires after at most this many seconds even if clients,
+        listeners or the store have not finished stopping (logged)."""
+        self._loading: Optional[Deferred[Any]] = None
+        self._loaded = False
+
+    def use_store(self, store: Any, durable: bool = False) -> Any:
+        """Persist the broker's state in ``store`` (a ``twisted_mqtt.storage.IStore``): it is
+        read when the service starts, before any listener starts, and written behind the
+        broker (``durable``: QoS 1/2 messages are committed before they are acknowledged).
+        Returns the ``Recorder``."""
+        from twisted_mqtt.storage.recorder import Recorder
+
+        self.recorder = Recorder(self.broker, store, durable, self.reactor)
+        return self.recorder
 
     def add_listener(self, endpoint: str, tcp_nodelay: bool = True) -> ListenerService:
         """Listen for MQTT on a Twisted server endpoint string, e.g. ``tcp:1883``,
@@ -81,14 +106,93 @@ class BrokerService(MultiService):
         """Whether the service runs and every client listener has its port open."""
         return bool(self.running) and all(listener.listening for listener in self.listeners())
 
+    def reload(self) -> Deferred[List[str]]:
+        """Reload what can be reloaded without dropping connections (SIGHUP does this): call
+        ``reload()`` on every installed hook that has one (the auth ledger re-reads its file,
+        the auth backends fetch their ACL rules again), then have the broker forget its
+        delivery decisions.  Fires with the hooks that reloaded."""
+        hooks = [hook for hook in getattr(self.broker, "hooks", ())
+                 if callable(getattr(hook, "reload", None))]
+
+        def reload_one(hook: Any) -> Deferred[Any]:
+            def failed(failure: Any) -> bool:
+                log.failure("reload: {hook!r} failed", failure, hook=hook)
+                return False
+
+            return maybeDeferred(hook.reload).addErrback(failed)
+
+        def finish(results: List[Any]) -> List[str]:
+            getattr(self.broker, "acl_changed", lambda: None)()
+            reloaded = [repr(h) for h, result in zip(hooks, results) if result is not False]
+            kept = [repr(h) for h, result in zip(hooks, results) if result is False]
+            log.info("reload: reloaded {reloaded}; kept {kept}",
+                     reloaded=", ".join(reloaded) or "nothing", kept=", ".join(kept) or "nothing")
+            return reloaded
+
+        return gatherResults([reload_one(hook) for hook in hooks]).addCallback(finish)
+
+    def privilegedStartService(self) -> None:
+        """With a store, listeners start only once it is loaded (in ``startService``)."""
+        if self.recorder is None:
+            super().privilegedStartService()
+        else:
+            Service.privilegedStartService(self)
+
     def startService(self) -> None:
-        """Start the broker, then the listeners."""
+        """Start the broker, then the listeners; with a store, load and restore it first."""
+        if self.recorder is None:
+            self.broker.start()
+            super().startService()
+            return
+        Service.startService(self)
+        self._loading = self.recorder.open().addCallbacks(self._store_loaded,
+                                                          self._store_failed)
+
+    def _store_loaded(self, _: Any) -> None:
+        self._loading = None
+        if not self.running:
+            return
+        self._loaded = True
         self.broker.start()
-        super().startService()
+        try:
+            for child in self:
+                child.startService()
+        except Exception as error:
+            self._cannot_start(f"{type(error).__name__}: {error}")
+
+    def _store_failed(self, failure: Any) -> None:
+        from twisted_mqtt.storage import StoreError
+
+        self._loading = None
+        error = failure.value
+        if isinstance(error, StoreError):
+            self._cannot_start(str(error))
+        else:
+            log.failure("cannot load the store {location}", failure,
+                        location=self.recorder.store.location)
+            self._cannot_start(f"store {self.recorder.store.location}: {error!r}")
+
+    def _cannot_start(self, problem: str) -> None:
+        """Log why the broker cannot start in one line; under twistd, exit with status 1."""
+        log.critical("cannot start: {problem}", problem=problem)
+        self.running = 0
+        if self.exit_on_store_error:
+            def exit_failed() -> None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+
+            self.reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[None]:
         """Stop the MQTT and WebSocket listeners and disconnect every client; once they are all
         gone, stop the other children (the stats listeners answer 503 meanwhile)."""
+        if self.recorder is not None and not self._loaded:
+            Service.stopService(self)  # stopped while loading, or it failed: nothing started
+            loading = self._loading
+            return succeed(None) if loading is None else loading.addCallback(
+                lambda _: self.recorder.close() if self.recorder.state is not None else None)
         Service.stopService(self)
         clients = set(self.listeners())
         children = list(reversed(list(self)))
@@ -100,4 +204,39 @@ class BrokerService(MultiService):
                                   if child not in clients])
 
         done: Deferred[Any] = gatherResults(stopping).addCallback(stop_others)
-        return done.addCallback(lambda _: None)
+        if self.recorder is not None:
+            self._loaded = False
+            done.addCallback(lambda _: self.recorder.close())  # the last changes, then close
+        return self._bounded(done.addCallback(lambda _: None))
+
+    def _bounded(self, done: Deferred[None]) -> Deferred[None]:
+        """``done``, or a Deferred that fires ``shutdown_timeout`` seconds from now if ``done``
+        has not fired by then (logging what was still stopping)."""
+        timeout = self.shutdown_timeout
+        if timeout is None:
+            return done
+        bounded: Deferred[None] = Deferred()
+
+        def expire() -> None:
+            clients = sum(len(listener.tracker.connections) for listener in self.listeners()
+                          if listener.tracker is not None)
+            log.warn("stopping took longer than {timeout}s; stopping anyway ({clients} clients "
+                     "still connected{store})", timeout=timeout, clients=clients,
+                     store=", the store may miss the last changes" if self.recorder else "")
+            bounded.callback(None)
+
+        timer = self.reactor.callLater(timeout, expire)
+
+        def finished(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                if isinstance(result, Failure):
+                    bounded.errback(result)
+                else:
+                    bounded.callback(None)
+            elif isinstance(result, Failure):
+                log.failure("while stopping", result)
+            return None
+
+        done.addBoth(finished)
+        return bounded

@@ -2,32 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, List
+import sys
+from typing import Any, List, Optional
 
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import AuthOptionMixin
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_mqtt.auth import AllowAll, LocalOnly
+from twisted_mqtt.auth import AllowAll, Anonymous, LocalOnly
 from twisted_mqtt.capabilities import DEFAULT_CAPABILITIES, Capabilities
+from twisted_mqtt.config import (
+    OPTION_PARAMETERS,
+    ConfigError,
+    capability_settings,
+    compatibilities,
+    configure_service,
+    websocket_listeners,
+)
 from twisted_mqtt.service import BrokerService
 from twisted_mqtt.websocket import parse_network
 
 log = Logger()
 
 
-class Options(usage.Options):
-    """Options of the ``mqtt`` twistd plugin."""
+class Options(usage.Options, AuthOptionMixin):
+    """Options of the ``mqtt`` twistd plugin (with Twisted's ``--auth`` checkers)."""
+
+    supportedInterfaces = (IUsernamePassword,)
 
     synopsis = "[options]"
     longdesc = ("Run an MQTT 3.1, 3.1.1 and 5.0 broker. With no --listen or --ws, it listens on "
                 "tcp:1883. Without authentication configuration, only clients from loopback "
-                "addresses and Unix sockets are accepted; --allow-anonymous accepts all.")
+                "addresses and Unix sockets are accepted; --allow-anonymous accepts all. "
+                "--auth, --auth-ledger and --auth-backend configure authentication (see "
+                "docs/auth.md); SIGHUP reloads the ledger and refetches backend ACL rules.")
     optFlags = [
         ["allow-anonymous", None, "Accept clients from any address without authentication."],
         ["no-tcp-nodelay", None,
          "Leave Nagle's algorithm on for MQTT connections over TCP (by default TCP_NODELAY is "
          "set, so that a reply written soon after another is not held back until the client "
          "acknowledges the first)."],
+        ["durable", None,
+         "With a persistent --store: commit each QoS 1/2 message (and retained message) "
+         "before acknowledging it (default: write-behind, committed within a reactor turn)."],
     ]
     optParameters = [
         ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).", int],
@@ -42,7 +60,14 @@ class Options(usage.Options):
         ["sys-interval", None, DEFAULT_CAPABILITIES.sys_interval,
          "Seconds between $SYS publications (0 disables).", float],
         ["ws-path", None, None, "Accept WebSocket connections on this request path only."],
+        ["store", None, "memory",
+         "Where sessions, undelivered messages and retained messages are kept: memory "
+         "(nothing survives a restart), sqlite:PATH or redis://HOST:PORT/DB[?prefix=P]."],
+        ["auth-ledger", None, None,
+         "Authenticate clients and authorise topics by the rules of this YAML or JSON ledger "
+         "file (Mochi MQTT's format; reloaded on SIGHUP)."],
     ]
+    optParameters += OPTION_PARAMETERS  # --config, --log-*, --shutdown-timeout: config.py
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +77,7 @@ class Options(usage.Options):
         self["ws-origin"] = []
         self["ws-trusted-proxy"] = []
         self["stats"] = []
+        self["auth-backend"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
@@ -79,8 +105,37 @@ class Options(usage.Options):
         """Serve /, /healthcheck and /metrics over HTTP on this endpoint (repeatable)."""
         self["stats"].append(endpoint)
 
+    def opt_auth_backend(self, url: str) -> None:
+        """Authenticate and authorise through a backend (repeatable): redis://HOST:PORT/DB,
+        http(s)://HOST:PORT/BASE, postgresql://USER:PASSWORD@HOST:PORT/DB or mysql://...;
+        settings in the query string, e.g. ?password_hash=bcrypt&timeout=2 (docs/auth.md)."""
+        from twisted_mqtt.auth.backends import backend_settings
+
+        try:
+            backend_settings(url)
+        except (ValueError, ImportError) as error:
+            raise usage.UsageError(f"--auth-backend: {error}") from None
+        self["auth-backend"].append(url)
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        """Parse the command line, remembered so that ``--config`` fills only the options it
+        does not give; under twistd, a configuration file that cannot be used ends the
+        process with its one-line message (``config.exit_on_config_error``)."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        try:
+            super().parseOptions(options)
+        except ConfigError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            from twisted_mqtt.config import exit_on_config_error
+
+            exit_on_config_error(error)
+
     def postOptions(self) -> None:
         """Apply the default listener; refuse bad listeners here rather than in makeService."""
+        from twisted_mqtt.config import apply_config_file
+
+        apply_config_file(self)  # --config FILE: the options the command line did not give
         if self["tcp"] is not None:
             if not 0 <= self["tcp"] <= 65535:
                 raise usage.UsageError(f"--tcp: port must be 0-65535, not {self['tcp']}")
@@ -99,8 +154,21 @@ class Options(usage.Options):
                 parse_network(proxy)
             except ValueError as error:
                 raise usage.UsageError(f"--ws-trusted-proxy: {error}") from None
+        from twisted_mqtt.storage import parse_store
+
+        try:
+            parse_store(self["store"])
+        except ValueError as error:
+            raise usage.UsageError(f"--store: {error}") from None
         if self["ws-path"] is not None and not self["ws-path"].startswith("/"):
             raise usage.UsageError(f"--ws-path must start with /, not {self['ws-path']!r}")
+        if self["auth-ledger"] is not None:
+            from twisted_mqtt.auth.ledger import LedgerError, read_ledger
+
+            try:  # a ledger that cannot be used is a usage error, not a traceback
+                read_ledger(self["auth-ledger"])
+            except LedgerError as error:
+                raise usage.UsageError(f"--auth-ledger: {error}") from None
 
     def capabilities(self) -> Capabilities:
         """The limits these options set."""
@@ -111,26 +179,98 @@ class Options(usage.Options):
             maximum_keep_alive=self["max-keep-alive"],
             refused_filters=tuple(self["refuse-subscribe"]),
             sys_interval=self["sys-interval"],
+            **capability_settings(self),  # the file's limits that have no option
         )
 
 
 def makeService(options: Options, reactor: Any = None) -> BrokerService:
     """Build the broker service with its listeners from parsed options."""
-    if options["allow-anonymous"]:
-        authenticator: Any = AllowAll()
+    hooks = auth_hooks(options, reactor)
+    if hooks:
+        if options["allow-anonymous"]:
+            hooks.append(Anonymous())
+            log.warn("clients without a user name and password are accepted from any address "
+                     "(--allow-anonymous)")
+        log.info("authentication: {hooks}", hooks=", ".join(repr(hook) for hook in hooks))
+    elif options["allow-anonymous"]:
+        hooks.append(AllowAll())
         log.warn("anonymous clients are accepted from any address (--allow-anonymous)")
     else:
-        authenticator = LocalOnly()
+        hooks.append(LocalOnly())
         log.info("no authentication configured: anonymous clients are accepted from loopback "
                  "addresses and Unix sockets only; use --allow-anonymous to accept all")
     service = BrokerService(reactor=reactor, capabilities=options.capabilities(),
-                            authenticator=authenticator)
+                            compatibilities=compatibilities(options), authenticator=hooks[0])
+    for hook in hooks[1:]:
+        service.broker.hooks.add(hook)
+    configure_service(service, options)  # shutdown bound; SIGHUP re-reads --config
+    install_reload_signal(service, reactor)
     listeners: List[str] = options["listen"]
     for endpoint in listeners:
         service.add_listener(endpoint, tcp_nodelay=not options["no-tcp-nodelay"])
-    for endpoint in options["ws"]:
-        service.add_websocket_listener(endpoint, options["ws-path"], options["ws-origin"],
-                                       options["ws-trusted-proxy"])
+    for endpoint, path, origins, proxies in websocket_listeners(options):
+        service.add_websocket_listener(endpoint, path, origins, proxies)
     for endpoint in options["stats"]:
         service.add_stats_listener(endpoint)
+    _configure_store(service, options, reactor)
     return service
+
+
+def _configure_store(service: BrokerService, options: Options, reactor: Any) -> None:
+    """Give the service the store of ``--store`` and say in the log what survives a restart."""
+    from twisted_mqtt.storage import open_store, parse_store
+
+    kind, _ = parse_store(options["store"])
+    durable = bool(options["durable"])
+    if kind == "memory":
+        log.info("store: memory; sessions and messages do not survive a restart (--store "
+                 "sqlite:PATH or redis://HOST:PORT/DB keeps them)")
+        if durable:
+            log.warn("--durable has no effect with the memory store")
+        return
+    service.use_store(open_store(options["store"], reactor, durable), durable)
+    service.exit_on_store_error = True
+    log.info("store: {kind} {location}, {mode}", kind=kind,
+             location=service.recorder.store.location,
+             mode="durable (QoS 1/2 messages are committed before they are acknowledged)"
+             if durable else "write-behind (committed within a reactor turn)")
+
+
+def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
+    """The authentication and ACL hooks the options configure, in the order they are asked:
+    Twisted's ``--auth`` checkers, the ``--auth-ledger``, then each ``--auth-backend``."""
+    hooks: List[Any] = []
+    checkers = options.get("credCheckers") or []
+    if checkers:
+        from twisted_mqtt.auth.cred import CredAuthenticator
+
+        hooks.append(CredAuthenticator(checkers))
+    if options["auth-ledger"] is not None:
+        from twisted_mqtt.auth.ledger import Ledger
+
+        hooks.append(Ledger.from_file(options["auth-ledger"]))
+    if options["auth-backend"]:
+        from twisted_mqtt.auth.backends import backend_from_url, make_backend
+
+        for url in options["auth-backend"]:
+            if isinstance(url, str):
+                hooks.append(backend_from_url(url, reactor=reactor))
+            else:  # (kind, settings) of a mapping in the configuration file's auth.backends
+                kind, settings = url
+                hooks.append(make_backend(kind, settings, reactor=reactor))
+    return hooks
+
+
+def install_reload_signal(service: BrokerService, reactor: Any = None) -> bool:
+    """Make SIGHUP call ``service.reload`` (in the reactor thread), when the service runs on
+    the process's real reactor (under twistd or ``python -m twisted_mqtt``; never for a test's
+    fake reactor).  Whether the handler was installed."""
+    import signal
+
+    from twisted.internet import reactor as global_reactor
+
+    if not hasattr(signal, "SIGHUP") or (reactor is not None and reactor is not global_reactor):
+        return False
+    call = global_reactor.callFromThread  # type: ignore[attr-defined]
+    signal.signal(signal.SIGHUP, lambda *_: call(service.reload))
+    return True

@@ -66,3 +66,15 @@ class AllowAllTopics:
     def may_receive(self, client: ClientInfo, topic: str) -> bool:
         """Allow."""
         return True
+
+
+@implementer(IAuthenticator)
+class Anonymous:
+    """Accepts clients that give neither a user name nor a password, and has no opinion about
+    the others (``--allow-anonymous`` next to other authentication)."""
+
+    def authenticate(self, request: ConnectRequest) -> bool | None:
+        """Accept anonymous clients."""
+        if request.client.username is None and request.password is None:
+            return True
+        return None
