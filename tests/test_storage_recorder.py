@@ -228,6 +228,20 @@ def test_restart_restores_everything() -> None:
     assert hub2.broker.sessions["b"].expiry_timer is None  # never expires
 
 
+def test_restored_session_keeps_its_user_name() -> None:
+    """A restored session's client keeps the user name it last connected with, so that
+    username-based ACLs decide on its deliveries while it is away as before the restart."""
+    store = MemoryStore()
+    hub, _ = start(store)
+    persistent(hub, "u", username="alice").drop()
+    turn(hub)
+    hub.broker.stop()
+    turn(hub)
+    hub2, _ = start(store, at=hub.clock.seconds())
+    client = hub2.broker.sessions["u"].client
+    assert client is not None and (client.client_id, client.username) == ("u", "alice")
+
+
 def test_reconnect_after_restart_resends_same_packet_ids() -> None:
     """After a restart, the client continuing its session gets Session Present 1, its
     unacknowledged messages again under the same packet ids (DUP; PUBREL for the one in its

@@ -50,7 +50,7 @@ MESSAGE = StoredMessage(
 def first_batch() -> Batch:
     batch = Batch()
     will = Will("w/t", b"bye", 1, True, Properties(will_delay_interval=5, content_type="x"))
-    batch.sessions["c1"] = SessionHead("c1", 3600, 5, 100.5, will, 7)
+    batch.sessions["c1"] = SessionHead("c1", 3600, 5, 100.5, will, 7, "alice")
     batch.sessions["c2"] = SessionHead("c2", NEVER, 4, None, None, 1)
     batch.sessions["ç/é"] = SessionHead("ç/é", 10, 5, 1.0, None, 65535)
     batch.subscriptions[("c1", "a/#")] = StoredSubscription(

@@ -102,6 +102,9 @@ class SessionHead:
     """The Will Message not yet published: a delayed will once disconnected, or the will of
     the connection it had."""
     next_id: int = 1
+    username: Optional[str] = None
+    """The user name its client last connected with (what username-based ACLs decide on
+    while the client is away)."""
 
 
 @value

@@ -135,17 +135,19 @@ def pack_head(head: SessionHead) -> bytes:
     """A session head as bytes (its client id is the key it is stored under)."""
     will = pack_will(head.will)
     return _join([head.expiry_interval, head.protocol_level, head.disconnected_at,
-                  head.next_id, will is not None], will or b"")
+                  head.next_id, will is not None, head.username], will or b"")
 
 
 def unpack_head(client_id: str, raw: bytes) -> SessionHead:
     """The inverse of ``pack_head``."""
     header, rest = _split(raw)
     try:
-        expiry, level, disconnected_at, next_id, has_will = header
+        expiry, level, disconnected_at, next_id, has_will, username = header
+        if username is not None and not isinstance(username, str):
+            raise BadRecord("bad session: user name not a string")
         return SessionHead(client_id, int(expiry), int(level),
                            None if disconnected_at is None else float(disconnected_at),
-                           unpack_will(rest) if has_will else None, int(next_id))
+                           unpack_will(rest) if has_will else None, int(next_id), username)
     except BadRecord:
         raise
     except (TypeError, ValueError) as error:

@@ -109,6 +109,7 @@ def restore(broker: Any, state: StoredState) -> Restored:
             restored.dropped_sessions.append(client_id)
             continue
         session = Session(client_id)
+        session.client = ClientInfo(client_id, head.username, protocol_level=head.protocol_level)
         session.expiry_interval = expiry
         session.protocol_level = head.protocol_level
         session.next_id = head.next_id if 1 <= head.next_id <= 65535 else 1
@@ -402,8 +403,10 @@ class Recorder(Hook):
             disconnected_at = self._disconnected_at.get(session.client_id)
             if disconnected_at is None:
                 disconnected_at = self._disconnected_at[session.client_id] = self.clock.seconds()
+        client = session.client
         return SessionHead(session.client_id, session.expiry_interval, session.protocol_level,
-                           disconnected_at, session.will, session.next_id)
+                           disconnected_at, session.will, session.next_id,
+                           client.username if client is not None else None)
 
     def _clear(self, client_id: str) -> None:
         """Forget everything of ``client_id`` noted in this batch; delete its stored state."""

@@ -56,7 +56,8 @@ def _create_v1(db: sqlite3.Connection) -> None:
             protocol_level INTEGER NOT NULL,
             disconnected_at REAL,
             will BLOB,
-            next_id INTEGER NOT NULL
+            next_id INTEGER NOT NULL,
+            username TEXT
         );
         CREATE TABLE subscriptions (
             client_id TEXT NOT NULL,
@@ -292,11 +293,12 @@ class SQLiteStore:
             inbound.setdefault(client_id, []).append(packet_id)
         sessions = []
         for row in db.execute("SELECT client_id, expiry_interval, protocol_level, "
-                              "disconnected_at, will, next_id FROM sessions "
+                              "disconnected_at, will, next_id, username FROM sessions "
                               "ORDER BY client_id"):
-            client_id, expiry, level, disconnected_at, will, next_id = row
+            client_id, expiry, level, disconnected_at, will, next_id, username = row
             head = SessionHead(client_id, expiry, level, disconnected_at,
-                               unpack_will(None if will is None else bytes(will)), next_id)
+                               unpack_will(None if will is None else bytes(will)), next_id,
+                               username)
             sessions.append(StoredSession(head, tuple(subscriptions.get(client_id, ())),
                                           tuple(deliveries.get(client_id, ())),
                                           tuple(inbound.get(client_id, ()))))
@@ -336,9 +338,9 @@ class SQLiteStore:
                 db.executemany(f"DELETE FROM {table} WHERE client_id = ?", cleared)
         if batch.sessions:
             db.executemany(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(h.client_id, h.expiry_interval, h.protocol_level, h.disconnected_at,
-                  pack_will(h.will), h.next_id) for h in batch.sessions.values()])
+                  pack_will(h.will), h.next_id, h.username) for h in batch.sessions.values()])
         if batch.subscriptions:
             written: List[Tuple[Any, ...]] = []
             removed: List[Tuple[str, str]] = []
