@@ -50,7 +50,8 @@ class RedisServer:
                     "--save", "", "--appendonly", "no", "--dir", str(directory),
                     "--logfile", str(self.log_path), "--daemonize", "no"]
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                         preexec_fn=die_with_parent(signal.SIGTERM))
             if self._wait_ready():
                 return
             self.stop()
