@@ -519,3 +519,52 @@ def test_listeners_get_the_backlog() -> None:
     assert mqtt.endpoint._backlog == ws.endpoint._backlog == 1024  # type: ignore
     assert mqtt.description == "tcp:1883:interface=127.0.0.1"
     assert service.add_listener("tcp:1884:backlog=5").endpoint._backlog == 5  # type: ignore
+
+
+# -- one write per connection per reactor turn --------------------------------------------------
+
+
+class _CountingTransport(StringTransport):
+    """A ``StringTransport`` that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_writes_coalesced_per_reactor_turn() -> None:
+    """With ``coalesce_writes`` (what ``BrokerService`` sets on the reactor), what several
+    clients' packets send to one subscriber in one reactor turn leaves in one write, after the
+    turn's input has been handled; every message arrives, in order."""
+    from twisted.internet.task import Clock
+
+    from twisted_mqtt.connection import Connection
+
+    clock = Clock()
+    broker = Broker(clock, authenticator=AllowAll())
+    broker.coalesce_writes = True
+    subscriber_transport = _CountingTransport()
+    subscriber = Connection(broker, subscriber_transport, "127.0.0.1")
+    subscriber.data_received(encode(Connect("sub", 4), 4)
+                             + encode(Subscribe(1, (Subscription("t/#", 1),)), 4))
+    clock.advance(0)
+    assert [type(p) for p in Decoder(4).feed(subscriber_transport.value())] == [ConnAck, SubAck]
+    subscriber_transport.clear()
+    writes = subscriber_transport.writes
+    publishers = []
+    for index in range(3):
+        publisher = Connection(broker, StringTransport(), "127.0.0.1")
+        publisher.data_received(encode(Connect(f"p{index}", 4), 4))
+        publishers.append(publisher)
+    clock.advance(0)
+    for index, publisher in enumerate(publishers):
+        publisher.data_received(encode(Publish(f"t/{index}", b"%d" % index, 1, packet_id=1), 4))
+    assert subscriber_transport.value() == b""  # not before the turn's input is all handled
+    clock.advance(0)
+    got = Decoder(4).feed(subscriber_transport.value())
+    assert [(p.topic, p.payload) for p in got] == [("t/0", b"0"), ("t/1", b"1"), ("t/2", b"2")]
+    assert subscriber_transport.writes == writes + 1

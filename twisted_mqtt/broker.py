@@ -91,6 +91,9 @@ class Broker:
         self._sweep_call: Any = None
         self._sys_call: Any = None
         self._inline: Optional[InlineClient] = None
+        self.coalesce_writes = False
+        """Set by the service on a real reactor: see ``flush_soon``."""
+        self._flush_call: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -188,6 +191,19 @@ class Broker:
         self.flush()
         self._sweep_call = self.clock.callLater(self.capabilities.keepalive_sweep_interval,
                                                 self._sweep)
+
+    def flush_soon(self) -> None:
+        """Write out what every connection has queued: now, or, with ``coalesce_writes``, once
+        the reactor has handled every input of this turn (one write per connection per turn
+        however many clients' packets it answers)."""
+        if not self.coalesce_writes:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._flush_call = None
+        self.flush()
 
     def flush(self) -> None:
         """Write out what every connection has queued."""

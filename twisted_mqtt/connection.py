@@ -188,7 +188,7 @@ class Connection:
                 self.disconnect(_R.IMPLEMENTATION_SPECIFIC_ERROR)
             if error is not None and self.state != CLOSED:
                 self._codec_error(error)
-        broker.flush()
+        broker.flush_soon()
 
     def _handle(self, packets: List[Any]) -> None:
         if self._observed:

@@ -33,7 +33,10 @@ class BrokerService(MultiService):
 
             reactor = default_reactor
         self.reactor = reactor
-        self.broker = broker if broker is not None else Broker(reactor, **kwargs)
+        if broker is None:
+            broker = Broker(reactor, **kwargs)
+            broker.coalesce_writes = True  # one write per connection per reactor turn
+        self.broker = broker
         self.recorder: Any = None
         """The ``twisted_mqtt.storage.recorder.Recorder`` of ``use_store``, if any."""
         self.exit_on_store_error = False
