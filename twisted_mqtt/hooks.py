@@ -236,6 +236,8 @@ class Hooks:
         self.authenticators: Tuple[Any, ...] = ()
         self.authorizers: Tuple[Any, ...] = ()
         self.may_receive: Tuple[Callable[[ClientInfo, str], bool], ...] = ()
+        self._may_publish: Callbacks = ()
+        self._may_subscribe: Callbacks = ()
         self._refresh()
 
     def __iter__(self) -> Iterator[Any]:
@@ -275,6 +277,8 @@ class Hooks:
         self.authorizers = tuple(h for h in hooks if IAuthorizer.providedBy(h))
         self.may_receive = tuple(h.may_receive for h in self.authorizers
                                  if getattr(h, "may_receive", None) is not None)
+        self._may_publish = tuple(h.may_publish for h in self.authorizers)
+        self._may_subscribe = tuple(h.may_subscribe for h in self.authorizers)
 
     # -- combination ----------------------------------------------------------------------------
 
@@ -338,12 +342,12 @@ class Hooks:
     def may_publish(self, client: ClientInfo, topic: str) -> Any:
         """Whether every authorizer lets ``client`` publish to ``topic`` (a bool, or a Deferred
         firing with one)."""
-        return self._all("may_publish", client, topic)
+        return self._all(self._may_publish, client, topic)
 
     def may_subscribe(self, client: ClientInfo, topic_filter: str) -> Any:
         """Whether every authorizer lets ``client`` subscribe to ``topic_filter`` (a bool, or a
         Deferred firing with one)."""
-        return self._all("may_subscribe", client, topic_filter)
+        return self._all(self._may_subscribe, client, topic_filter)
 
     def allowed_to_receive(self, client: ClientInfo, topic: str) -> bool:
         """Whether every authorizer lets ``client`` be sent a message on ``topic``."""
@@ -356,20 +360,23 @@ class Hooks:
                 return False
         return True
 
-    def _all(self, method: str, client: ClientInfo, subject: str, start: int = 0) -> Any:
-        authorizers = self.authorizers
-        for index in range(start, len(authorizers)):
+    def _all(self, checks: Callbacks, client: ClientInfo, subject: str) -> Any:
+        """True if every check allows, False at the first that does not (or raises); a
+        Deferred if one answers with a Deferred."""
+        for index, check in enumerate(checks):
             try:
-                answer = getattr(authorizers[index], method)(client, subject)
+                answer = check(client, subject)
             except Exception:
-                log.failure("authorizer {hook!r} failed", hook=authorizers[index])
+                log.failure("authorizer {hook!r} failed", hook=check)
                 return False
+            if answer is True:
+                continue
             if isinstance(answer, Deferred):
                 def next_one(allowed: Any, index: int = index) -> Any:
-                    return self._all(method, client, subject, index + 1) if allowed else False
+                    return self._all(checks[index + 1:], client, subject) if allowed else False
 
-                def refuse(failure: Any, index: int = index) -> bool:
-                    log.failure("authorizer {hook!r} failed", failure, hook=authorizers[index])
+                def refuse(failure: Any, check: Any = check) -> bool:
+                    log.failure("authorizer {hook!r} failed", failure, hook=check)
                     return False
 
                 return answer.addCallbacks(next_one, refuse)
