@@ -602,6 +602,31 @@ def test_shipped_auth_hooks_verify() -> None:
     assert LocalOnly().authenticate(request) is False
 
 
+def test_internal_error_after_a_deferred_decision_disconnects() -> None:
+    """An unexpected error while acting on an ACL answer that came later (a Deferred) is
+    handled as one while reading: the client gets DISCONNECT 0x83 and the connection closes;
+    nothing escapes to Twisted as an unhandled error, and other clients are unaffected
+    [MQTT-4.13.2-1]."""
+    pending: Deferred[bool] = Deferred()
+    broker = hub(Rules(publish=lambda c, t: pending if c == "p" else True))
+    publisher = join(broker, "p")
+    other = join(broker, "other")
+
+    def broken(message: Message) -> int:
+        raise RuntimeError("a bug in routing")
+
+    broker.broker.publish = broken  # type: ignore[method-assign]
+    publisher.send(Publish("t", b"x", 1, packet_id=1))
+    outcome: List[Any] = []
+    pending.callback(True)
+    pending.addBoth(outcome.append)
+    assert outcome == [None]  # the error did not travel down the Deferred
+    (disconnect,) = [p for p in publisher.received() if not isinstance(p, PubAck)]
+    assert getattr(disconnect, "reason_code", None) == 0x83 and publisher.closed
+    other.send(PingReq())
+    assert other.received() == [PingResp()]
+
+
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""
     check_cited_labels(sys.modules[__name__])

@@ -162,10 +162,10 @@ class Broker:
     def stop(self) -> None:
         """Disconnect every client (v5: DISCONNECT 0x8B) and stop the timers."""
         self.running = False
-        for call in (self._sweep_call, self._sys_call):
+        for call in (self._sweep_call, self._sys_call, self._flush_call):
             if call is not None and call.active():
                 call.cancel()
-        self._sweep_call = self._sys_call = None
+        self._sweep_call = self._sys_call = self._flush_call = None
         for conn in list(self.connections):
             conn.shutdown(ReasonCode.SERVER_SHUTTING_DOWN)
         for session in list(self.sessions.values()):

@@ -627,7 +627,8 @@ class Connection:
         if isinstance(result, Deferred):
             self.state = AUTHENTICATING
             self._held = []
-            result.addCallbacks(self._authenticated, self._authentication_failed)
+            result.addErrback(self._authentication_failed).addCallback(
+                self._later, self._authenticated)
         else:
             self._authenticated(result)
 
@@ -664,9 +665,20 @@ class Connection:
             self._handle(held)
         self.broker.flush()
 
-    def _authentication_failed(self, failure: Any) -> None:
+    def _authentication_failed(self, failure: Any) -> int:
         log.failure("authenticator failed for {conn!r}", failure, conn=self)
-        self._authenticated(_R.UNSPECIFIED_ERROR)
+        return _R.UNSPECIFIED_ERROR
+
+    def _later(self, result: Any, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(result, *args)`` for an answer that came later (a Deferred's) as
+        ``data_received`` runs handlers: an unexpected error disconnects the client (0x83)
+        rather than escaping to Twisted; then write out what it caused."""
+        try:
+            work(result, *args)
+        except Exception:
+            log.failure("{conn!r}: internal error; disconnecting it", conn=self)
+            self.disconnect(_R.IMPLEMENTATION_SPECIFIC_ERROR)
+        self.broker.flush()
 
     def _authenticated(self, result: Any) -> None:
         """The authenticators answered: 0 accepts, a reason code or ``Veto`` refuses."""
@@ -840,7 +852,7 @@ class Connection:
             answer = hooks.may_publish(self.client, topic)
             if isinstance(answer, Deferred):
                 self._held = []
-                answer.addCallback(self._publish_decided, message, packet_id)
+                answer.addCallback(self._later, self._publish_decided, message, packet_id)
                 return
             if not answer:
                 self._refuse_publish(topic, qos, packet_id)
@@ -931,7 +943,7 @@ class Connection:
                 answer = hooks.may_publish(client, run.topic)
                 if isinstance(answer, Deferred):
                     self._held = list(run.publishes())  # decided once, for the whole run
-                    answer.addCallback(self._run_decided, run)
+                    answer.addCallback(self._later, self._run_decided, run)
                     return
                 if not answer:
                     log.info("{conn!r}: publish to {topic} refused", conn=self, topic=run.topic)
@@ -958,7 +970,7 @@ class Connection:
                 answer = hooks.may_publish(client, run.topic)
                 if isinstance(answer, Deferred):
                     self._held = list(run.publishes())  # decided once, for the whole run
-                    answer.addCallback(self._run_decided, run)
+                    answer.addCallback(self._later, self._run_decided, run)
                     return
                 if not answer:
                     for fields in run.publishes():
@@ -1129,7 +1141,7 @@ class Connection:
                 self._held = []
                 gatherResults([answer if isinstance(answer, Deferred) else succeed(answer)
                                for answer in answers]).addCallback(
-                    self._subscribe_decided, packet, sub_id, checks)
+                    self._later, self._subscribe_decided, packet, sub_id, checks)
                 return
         self._subscribe(packet, sub_id, checks, answers)
 
