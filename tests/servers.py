@@ -32,7 +32,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
+class ServerProcess:
+    """A server run by the tests, writing its log to ``log_path``."""
+
+    log_path: Path
+
+    def log(self) -> str:
+        """What the server logged."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class RedisServer(ServerProcess):
     """A running ``redis-server``: its address, a raw command helper, its log."""
 
     def __init__(self, directory: Path) -> None:
@@ -91,13 +104,6 @@ class RedisServer:
                     break
                 data += chunk
         return data.split(b"\r\n", 1)[0]
-
-    def log(self) -> str:
-        """What the server logged."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         """Terminate it."""
@@ -172,13 +178,50 @@ def _postgres_binary(name: str) -> Optional[str]:
     return found[-1] if found else shutil.which(name)
 
 
-class PostgresServer:
+class SqlServer(ServerProcess):
+    """What the private SQL servers share: statements, readiness, URL and log."""
+
+    database = "comqtt"
+    scheme = ""
+    server_database = ""
+    """A database that exists before ``database`` is created (to check readiness)."""
+    user = ""
+    host = "127.0.0.1"
+    port = 0
+
+    def connect(self, database: Optional[str] = None) -> Any:
+        """A DB-API connection (autocommit)."""
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        try:
+            self.connect(self.server_database).close()
+            return True
+        except Exception:
+            return False
+
+    def execute(self, sql: str, params: Any = None, database: Optional[str] = None) -> None:
+        """Run one statement."""
+        connection = self.connect(database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+        finally:
+            connection.close()
+
+    def url(self) -> str:
+        """``SCHEME://USER@127.0.0.1:PORT/comqtt``."""
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+class PostgresServer(SqlServer):
     """A private PostgreSQL cluster: ``initdb`` into a temporary directory and ``postgres`` on a
     free loopback port with its Unix socket there too, run as the ``postgres`` user when the
     tests run as root (PostgreSQL refuses root).  Trust authentication: user ``postgres``, no
     password.  ``database`` (``comqtt``) is created empty."""
 
-    database = "comqtt"
+    scheme = "postgresql"
+    server_database = "postgres"
     user = "postgres"
 
     def __init__(self) -> None:
@@ -223,33 +266,6 @@ class PostgresServer:
         connection.autocommit = True
         return connection
 
-    def _ready(self) -> bool:
-        try:
-            self.connect("postgres").close()
-            return True
-        except Exception:
-            return False
-
-    def execute(self, sql: str, params: Any = None, database: Optional[str] = None) -> None:
-        """Run one statement."""
-        connection = self.connect(database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-        finally:
-            connection.close()
-
-    def url(self) -> str:
-        """``postgresql://postgres@127.0.0.1:PORT/comqtt``."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-    def log(self) -> str:
-        """What the server logged."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then remove the cluster."""
         if self.proc.poll() is None:
@@ -262,12 +278,12 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class MariaDBServer:
+class MariaDBServer(SqlServer):
     """A private MariaDB server: ``mariadb-install-db`` into a temporary directory and
     ``mariadbd --no-defaults`` on a free loopback port (``--user=root`` when the tests run as
     root).  User ``root`` without a password; ``database`` (``comqtt``) is created empty."""
 
-    database = "comqtt"
+    scheme = "mysql"
     user = "root"
 
     def __init__(self, directory: Path) -> None:
@@ -307,33 +323,6 @@ class MariaDBServer:
         return pymysql.connect(host=self.host, port=self.port, user=self.user, password="",
                                database=self.database if database is None else (database or None),
                                connect_timeout=10, autocommit=True)
-
-    def _ready(self) -> bool:
-        try:
-            self.connect("").close()
-            return True
-        except Exception:
-            return False
-
-    def execute(self, sql: str, params: Any = None, database: Optional[str] = None) -> None:
-        """Run one statement."""
-        connection = self.connect(database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-        finally:
-            connection.close()
-
-    def url(self) -> str:
-        """``mysql://root@127.0.0.1:PORT/comqtt``."""
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-    def log(self) -> str:
-        """What the server logged."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         """Shut down."""
