@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from tests.spec import check_cited_labels
+from tests.test_runs import _expand, _stream
 from twisted_mqtt.capabilities import Capabilities
-from twisted_mqtt.codec import AckedRun, Decoder, Run, encode
+from twisted_mqtt.codec import AckedRun, Decoder, encode
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
 from twisted_mqtt.packets import (
     PingReq,
@@ -26,17 +27,6 @@ from twisted_mqtt.packets import (
 )
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
-
-
-def _stream(level: int, *packets: Any) -> bytes:
-    return b"".join(encode(p, level) for p in packets)
-
-
-def _expand(items: List[Any]) -> List[Any]:
-    out: List[Any] = []
-    for item in items:
-        out += item.publishes() if isinstance(item, Run) else [item]
-    return out
 
 
 def test_acked_run_decoded_once() -> None:
