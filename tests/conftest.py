@@ -166,10 +166,12 @@ def _starter(directory: Path, started: List[BrokerProcess]) -> StartBroker:
     def start(*options: str, module: Union[bool, str] = False,
               listen: Optional[List[str]] = None, host: str = "127.0.0.1",
               wrapper: Optional[List[str]] = None,
-              pass_fds: Tuple[int, ...] = ()) -> BrokerProcess:
-        """Start ``twistd -n --pidfile= mqtt`` (or ``python -m twisted_mqtt``, or ``python -m
-        MODULE`` if ``module`` names one) with ``options``, behind the ``wrapper`` command if
-        given (inheriting ``pass_fds``), and wait until every listener listens."""
+              pass_fds: Tuple[int, ...] = (),
+              twistd_options: Tuple[str, ...] = ()) -> BrokerProcess:
+        """Start ``twistd -n --pidfile= TWISTD_OPTIONS mqtt`` (or ``python -m twisted_mqtt``,
+        or ``python -m MODULE`` if ``module`` names one) with ``options``, behind the
+        ``wrapper`` command if given (inheriting ``pass_fds``), and wait until every listener
+        listens."""
         endpoints = listen if listen is not None else [LOOPBACK]
         args: List[str] = []
         for endpoint in endpoints:
@@ -179,7 +181,7 @@ def _starter(directory: Path, started: List[BrokerProcess]) -> StartBroker:
             name = module if isinstance(module, str) else "twisted_mqtt"
             argv = [sys.executable, "-m", name, *args]
         else:
-            argv = [*twistd_command(), "-n", "--pidfile=", "mqtt", *args]
+            argv = [*twistd_command(), "-n", "--pidfile=", *twistd_options, "mqtt", *args]
         log_path = directory / f"broker-{len(started)}.log"
         broker = BrokerProcess([*(wrapper or []), *argv], log_path, host, pass_fds)
         started.append(broker)

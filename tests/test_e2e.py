@@ -8,8 +8,10 @@ fixed time.  Each test uses its own topics, so the module can share one broker p
 from __future__ import annotations
 
 import queue
+import platform
 import random
 import re
+import select
 import shutil
 import socket
 import string
@@ -154,7 +156,12 @@ def test_retained(broker: BrokerProcess, clients: MakeClient, topic: str, versio
 @pytest.mark.parametrize("version", VERSIONS)
 def test_will_on_connection_reset(broker: BrokerProcess, clients: MakeClient, topic: str,
                                   version: int) -> None:
-    watcher = clients(broker.port, version).connect()
+    check_will_on_reset(broker.port, clients, topic, version)
+
+
+def check_will_on_reset(port: int, clients: MakeClient, topic: str, version: int) -> None:
+    """A client whose connection is reset (no DISCONNECT) has its will published."""
+    watcher = clients(port, version).connect()
     assert watcher.subscribe(topic, 1) == [1]
 
     # The will client runs its loop in this thread, so nothing reconnects it after the reset.
@@ -163,7 +170,7 @@ def test_will_on_connection_reset(broker: BrokerProcess, clients: MakeClient, to
     will_client.will_set(topic, b"gone away", qos=1)
     connected = threading.Event()
     will_client.on_connect = lambda *args: connected.set()
-    will_client.connect(HOST, broker.port, 30)
+    will_client.connect(HOST, port, 30)
     deadline = time.monotonic() + TIMEOUT
     while not connected.is_set():
         assert time.monotonic() < deadline, "will client got no CONNACK"
@@ -636,12 +643,47 @@ def test_will_on_sigkill(broker: BrokerProcess, clients: MakeClient, topic: str,
 
 def test_python_m_serves_a_client(start_broker: StartBroker, clients: MakeClient,
                                   topic: str) -> None:
+    """``python -m twisted_mqtt`` serves clients, on ``MQTTReactor`` with the collector tuned
+    (on Linux and CPython)."""
     module_broker = start_broker(module=True)
     assert "accepted from loopback addresses and Unix sockets only" in module_broker.log()
     client = clients(module_broker.port, V5).connect()
     assert client.subscribe(topic, 1) == [1]
     client.publish(topic, b"via python -m", 1)
     assert [m.payload for m in client.expect()] == [b"via python -m"]
+    log = module_broker.log()
+    if hasattr(select, "epoll"):
+        assert "reactor: twisted_mqtt.reactor.MQTTReactor\n" in log, log
+    if platform.python_implementation() == "CPython":
+        assert "garbage collector: start-up objects frozen" in log, log
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="the mqtt reactor needs epoll")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_twistd_mqtt_reactor_serves_clients(start_broker: StartBroker, clients: MakeClient,
+                                            topic: str, version: int) -> None:
+    """``twistd --reactor=mqtt`` runs the broker on ``MQTTReactor``: messages at every QoS
+    arrive, a client that goes away is noticed (its will is published), and it stops cleanly
+    (checked when the test ends)."""
+    fast = start_broker(twistd_options=("--reactor=mqtt",))
+    assert "reactor: twisted_mqtt.reactor.MQTTReactor\n" in fast.log(), fast.log()
+    sub = clients(fast.port, version).connect()
+    assert sub.subscribe(topic, 2) == [2]
+    pub = clients(fast.port, version).connect()
+    for qos in (0, 1, 2):
+        pub.publish(topic, f"qos {qos}".encode(), qos)
+    got = {m.payload: m.qos for m in sub.expect(3)}
+    assert got == {b"qos 0": 0, b"qos 1": 1, b"qos 2": 2}
+    check_will_on_reset(fast.port, clients, topic + "/will", version)
+
+
+def test_twistd_default_reactor_names_the_faster_one(broker: BrokerProcess) -> None:
+    """Under plain ``twistd`` the log says which reactor runs and, on Linux, how to choose
+    the faster one."""
+    log = broker.log()
+    assert "reactor: twisted" in log, log
+    if hasattr(select, "epoll"):
+        assert "--reactor=mqtt (twistd)" in log, log
 
 
 def test_twistd_help_lists_options() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import sys
 from typing import TYPE_CHECKING, Callable, List, Optional
 
@@ -14,7 +15,12 @@ if TYPE_CHECKING:
 def main(argv: Optional[List[str]] = None,
          configure: Optional[Callable[[BrokerService], None]] = None) -> int:
     """Parse options, start the broker and run the reactor until it stops; ``configure`` may
-    adjust the service (install hooks, say) before it starts."""
+    adjust the service (install hooks, say) before it starts.  On Linux the reactor is
+    ``twisted_mqtt.reactor.MQTTReactor`` unless one is installed already."""
+    if "twisted.internet.reactor" not in sys.modules and hasattr(select, "epoll"):
+        from twisted_mqtt.reactor import install
+
+        install()
     from twisted.logger import globalLogBeginner
 
     from twisted_mqtt.config import CONFIG_ERROR_EXIT, ConfigError, log_output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import sys
 from typing import Any, List, Optional
 
@@ -205,6 +206,7 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
         service.broker.hooks.add(hook)
     configure_service(service, options)  # shutdown bound; SIGHUP re-reads --config
     install_reload_signal(service, reactor)
+    tune_process(reactor)
     listeners: List[str] = options["listen"]
     for endpoint in listeners:
         service.add_listener(endpoint, tcp_nodelay=not options["no-tcp-nodelay"])
@@ -261,16 +263,53 @@ def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
     return hooks
 
 
-def install_reload_signal(service: BrokerService, reactor: Any = None) -> bool:
-    """Make SIGHUP call ``service.reload`` (in the reactor thread), when the service runs on
-    the process's real reactor (under twistd or ``python -m twisted_mqtt``; never for a test's
-    fake reactor).  Whether the handler was installed."""
-    import signal
-
+def process_reactor(reactor: Any = None) -> Any:
+    """The process's real reactor if ``reactor`` is it (or None: under twistd or ``python -m
+    twisted_mqtt``), else None (a test's fake reactor)."""
     from twisted.internet import reactor as global_reactor
 
-    if not hasattr(signal, "SIGHUP") or (reactor is not None and reactor is not global_reactor):
+    return global_reactor if reactor is None or reactor is global_reactor else None
+
+
+def install_reload_signal(service: BrokerService, reactor: Any = None) -> bool:
+    """Make SIGHUP call ``service.reload`` (in the reactor thread), when the service runs on
+    the process's real reactor.  Whether the handler was installed."""
+    import signal
+
+    running = process_reactor(reactor)
+    if not hasattr(signal, "SIGHUP") or running is None:
         return False
-    call = global_reactor.callFromThread  # type: ignore[attr-defined]
+    call = running.callFromThread
     signal.signal(signal.SIGHUP, lambda *_: call(service.reload))
     return True
+
+
+def tune_process(reactor: Any = None) -> bool:
+    """When the broker owns the process (its real reactor): once the reactor runs, tune the
+    garbage collector (``twisted_mqtt.collector``) and say in the log which reactor runs and
+    whether a faster one exists.  Whether it applies."""
+    running = process_reactor(reactor)
+    if running is None:
+        return False
+    running.callWhenRunning(_tuned, running)
+    return True
+
+
+def _is_mqtt_reactor(reactor: Any) -> bool:
+    from twisted_mqtt.reactor import MQTTReactor  # needs epoll (Linux)
+
+    return isinstance(reactor, MQTTReactor)
+
+
+def _tuned(reactor: Any) -> None:
+    from twisted_mqtt import collector
+
+    name = f"{type(reactor).__module__}.{type(reactor).__qualname__}"
+    if not hasattr(select, "epoll") or _is_mqtt_reactor(reactor):
+        log.info("reactor: {name}", name=name)
+    else:
+        log.info("reactor: {name}; --reactor=mqtt (twistd) reads and writes sockets with less "
+                 "overhead per event", name=name)
+    if collector.tune():
+        log.info("garbage collector: start-up objects frozen, young generation threshold "
+                 "{threshold}", threshold=collector.YOUNG_THRESHOLD)
