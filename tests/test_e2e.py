@@ -7,8 +7,8 @@ fixed time.  Each test uses its own topics, so the module can share one broker p
 
 from __future__ import annotations
 
-import queue
 import platform
+import queue
 import random
 import re
 import select

@@ -223,7 +223,7 @@ def test_cycles_are_still_collected_after_tune(restored_gc: None) -> None:
     collector.tune()
 
     class Node:
-        other: Optional["Node"] = None
+        other: Optional[Node] = None
 
     a, b = Node(), Node()
     a.other, b.other = b, a
