@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.auth_helpers import FakeReactor, FakeThreadPool
@@ -344,6 +348,37 @@ def test_a_bad_file_keeps_the_rules_in_force(tmp_path: Path, logged: List[str]) 
     path.unlink()
     assert ledger.reload() is False
     assert any("cannot read" in line for line in logged)
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_reads_the_file_off_the_reactor_thread(tmp_path: Path, logged: List[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> Any:
+    """With ``in_thread`` (``twistd mqtt`` passes ``deferToThread``), SIGHUP's re-read of the
+    ledger happens in a worker thread; the new rules are used for authentication, and logged,
+    on the reactor's [MQTT-3.1.4-2]."""
+    import twisted_mqtt.auth.ledger as ledger_module
+
+    path = tmp_path / "ledger.yaml"
+    path.write_text("auth: [{username: u, password: old, allow: true}]\n")
+    ledger = Ledger.from_file(path, in_thread=deferToThread)
+    readers: List[str] = []
+    original = ledger_module.read_ledger
+
+    def spy(where: Path) -> Any:
+        readers.append(threading.current_thread().name)
+        return original(where)
+
+    monkeypatch.setattr(ledger_module, "read_ledger", spy)
+    path.write_text("auth: [{username: u, password: new, allow: true}]\n")
+    answer = ledger.reload()
+    assert isinstance(answer, Deferred)
+    assert (yield answer) is True
+    assert readers and threading.main_thread().name not in readers, readers
+    assert ledger.authenticate(_request(username="u", password=b"new")) is True
+    path.write_text("auth: [\n")
+    assert (yield ledger.reload()) is False
+    assert ledger.authenticate(_request(username="u", password=b"new")) is True
+    assert any("not reloaded" in line for line in logged)
 
 
 def test_plaintext_passwords_are_warned_about(logged: List[str]) -> None:

@@ -10,15 +10,18 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
+import pytest_twisted
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -456,6 +459,45 @@ def test_reload_keeps_what_the_command_line_set(tmp_path: Path, logged: List[str
     assert any("not applied logging.level 'info' -> 'debug' (--log-level on the command line "
                "wins)" in line for line in logged)
     assert reloader.reload() is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_reads_the_file_off_the_reactor_thread(tmp_path: Path, logged: List[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> Any:
+    """On the process's reactor the configuration file is re-read in a worker thread, and
+    what changed is applied on the reactor's."""
+    import twisted_mqtt.config as config_module
+
+    path = _write(tmp_path, "logging:\n  level: info\n")
+    options = _options("--config", path)
+    reloader = ConfigReloader(options, deferToThread)
+    readers: List[str] = []
+    original = config_module.load_config
+
+    def spy(source: str) -> Any:
+        readers.append(threading.current_thread().name)
+        return original(source)
+
+    monkeypatch.setattr(config_module, "load_config", spy)
+    Path(path).write_text("logging:\n  level: warn\n")
+    answer = reloader.reload()
+    assert isinstance(answer, Deferred)
+    assert (yield answer) is True
+    assert readers and threading.main_thread().name not in readers, readers
+    assert options["log-output"].filter.level == LogLevel.warn
+
+
+def test_the_command_line_reads_reloads_in_a_thread() -> None:
+    """``makeService`` gives the ledger and the configuration reloader ``deferToThread`` on
+    the process's reactor (the SIGHUP tests against the real ``twistd`` run that path), and
+    nothing on a test's fake reactor."""
+    from twisted.internet import reactor
+
+    from twisted_mqtt.tap import _in_thread
+
+    assert _in_thread(reactor) is deferToThread
+    assert _in_thread(None) is deferToThread
+    assert _in_thread(MemoryReactorClock()) is None
 
 
 def test_no_reloader_without_a_file() -> None:

@@ -36,6 +36,7 @@ from typing import (
     Union,
 )
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -1105,9 +1106,11 @@ def options_from_file(path: str, argv: Sequence[str] = ()) -> usage.Options:
 # -- the running broker ------------------------------------------------------------------------
 
 
-def configure_service(service: BrokerService, options: usage.Options) -> None:
+def configure_service(service: BrokerService, options: usage.Options,
+                      in_thread: Optional[Callable[..., Deferred[Any]]] = None) -> None:
     """Give the service what the configuration sets beyond its listeners and hooks: the bound
-    on a graceful stop, and (with a configuration or log file) the reloader SIGHUP runs."""
+    on a graceful stop, and (with a configuration or log file) the reloader SIGHUP runs, which
+    re-reads the file through ``in_thread`` if given."""
     service.shutdown_timeout = float(options.get("shutdown-timeout") or
                                      DEFAULT_SHUTDOWN_TIMEOUT)
     config = options.get("config-file")
@@ -1121,7 +1124,7 @@ def configure_service(service: BrokerService, options: usage.Options) -> None:
         log.warn("twistd's --logger or --syslog is in use: --log-level, --log-format and "
                  "--log-file (logging.*) do not apply")
     if config is not None or (output is not None and output.path is not None):
-        service.broker.hooks.add(ConfigReloader(options), first=True)
+        service.broker.hooks.add(ConfigReloader(options, in_thread), first=True)
 
 
 def _shown_value(value: Any) -> str:
@@ -1141,7 +1144,11 @@ class ConfigReloader:
     changed and which changes need a restart, and reopens the log file.  A file that cannot
     be used is logged and the settings in force are kept."""
 
-    def __init__(self, options: usage.Options) -> None:
+    def __init__(self, options: usage.Options,
+                 in_thread: Optional[Callable[..., Deferred[Any]]] = None) -> None:
+        self.in_thread = in_thread
+        """How ``reload`` reads the file off the reactor thread (``deferToThread``, say); None
+        reads it at once."""
         config = options.get("config-file")
         self.source: Optional[str] = config.source if config is not None else None
         self.command_line: FrozenSet[str] = options.get("command-line", frozenset())
@@ -1158,18 +1165,30 @@ class ConfigReloader:
             values.update(config.values)
         return values
 
-    def reload(self) -> bool:
-        """Reopen the log file; read the configuration file again and apply what can change
-        live.  Whether the file could be used."""
+    def reload(self) -> Any:
+        """Reopen the log file; read the configuration file again (through ``in_thread`` if
+        set) and apply what can change live.  Whether the file could be used: a bool, or a
+        Deferred firing with one."""
         if self.output is not None and self.output.reopen():
             log.info("log file {path} reopened", path=self.output.path)
         if self.source is None:
             return True
+        if self.in_thread is None:
+            return self._apply(self._attempt(self.source))
+        return self.in_thread(self._attempt, self.source).addCallback(self._apply)
+
+    def _attempt(self, source: str) -> Union[Dict[str, Any], ConfigError]:
+        """Every key's value in the file, or why it cannot be used (no logging: this may run
+        in a thread)."""
         try:
-            new = self._effective(load_config(self.source))
+            return self._effective(load_config(source))
         except ConfigError as error:
+            return error
+
+    def _apply(self, new: Union[Dict[str, Any], ConfigError]) -> bool:
+        if isinstance(new, ConfigError):
             log.error("configuration not reloaded, keeping the settings in force: {error}",
-                      error=str(error))
+                      error=str(new))
             return False
         applied, ignored, restart = [], [], []
         for key in KEYS:

@@ -204,7 +204,8 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
                             compatibilities=compatibilities(options), authenticator=hooks[0])
     for hook in hooks[1:]:
         service.broker.hooks.add(hook)
-    configure_service(service, options)  # shutdown bound; SIGHUP re-reads --config
+    # The bound on a graceful stop; SIGHUP re-reads --config (in a thread, on a real reactor).
+    configure_service(service, options, _in_thread(reactor))
     install_reload_signal(service, reactor)
     tune_process(reactor)
     listeners: List[str] = options["listen"]
@@ -250,7 +251,7 @@ def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
     if options["auth-ledger"] is not None:
         from twisted_mqtt.auth.ledger import Ledger
 
-        hooks.append(Ledger.from_file(options["auth-ledger"]))
+        hooks.append(Ledger.from_file(options["auth-ledger"], in_thread=_in_thread(reactor)))
     if options["auth-backend"]:
         from twisted_mqtt.auth.backends import backend_from_url, make_backend
 
@@ -269,6 +270,16 @@ def process_reactor(reactor: Any = None) -> Any:
     from twisted.internet import reactor as global_reactor
 
     return global_reactor if reactor is None or reactor is global_reactor else None
+
+
+def _in_thread(reactor: Any) -> Any:
+    """``deferToThread`` on the process's real reactor (file reads on SIGHUP go there), else
+    None (a test's fake reactor: read at once)."""
+    if process_reactor(reactor) is None:
+        return None
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread
 
 
 def install_reload_signal(service: BrokerService, reactor: Any = None) -> bool:

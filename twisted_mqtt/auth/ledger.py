@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -234,9 +234,13 @@ class Ledger:
     """
 
     def __init__(self, rules: Optional[LedgerRules] = None, path: Union[str, Path, None] = None,
-                 verifier: Optional[PasswordVerifier] = None) -> None:
+                 verifier: Optional[PasswordVerifier] = None,
+                 in_thread: Optional[Callable[..., Deferred[Any]]] = None) -> None:
         self.path = Path(path) if path is not None else None
         self._verifier = verifier
+        self.in_thread = in_thread
+        """How ``reload`` reads the file off the reactor thread (``deferToThread``, say); None
+        reads it at once."""
         if rules is None:
             if self.path is None:
                 raise ValueError("give the ledger's rules or its file")
@@ -245,10 +249,11 @@ class Ledger:
         self._warn_plaintext(rules)
 
     @classmethod
-    def from_file(cls, path: Union[str, Path],
-                  verifier: Optional[PasswordVerifier] = None) -> Ledger:
-        """A ledger read from a YAML or JSON file (``LedgerError`` if it cannot be used)."""
-        return cls(path=path, verifier=verifier)
+    def from_file(cls, path: Union[str, Path], verifier: Optional[PasswordVerifier] = None,
+                  in_thread: Optional[Callable[..., Deferred[Any]]] = None) -> Ledger:
+        """A ledger read from a YAML or JSON file (``LedgerError`` if it cannot be used);
+        ``in_thread`` is how later reloads read it."""
+        return cls(path=path, verifier=verifier, in_thread=in_thread)
 
     @classmethod
     def from_text(cls, text: Union[str, bytes],
@@ -278,16 +283,28 @@ class Ledger:
                      source=str(self.path) if self.path else "(in memory)",
                      places=", ".join(plain))
 
-    def reload(self) -> bool:
-        """Read the file again and use its rules from now on; connected clients stay.  A file
-        that cannot be used is logged, and the rules in force are kept."""
+    def reload(self) -> Any:
+        """Read the file again (through ``in_thread`` if set) and use its rules from now on;
+        connected clients stay.  A file that cannot be used is logged, and the rules in force
+        are kept.  Whether the rules were replaced: a bool, or a Deferred firing with one."""
         if self.path is None:
             return False
+        if self.in_thread is None:
+            return self._use(self._attempt())
+        return self.in_thread(self._attempt).addCallback(self._use)
+
+    def _attempt(self) -> Union[LedgerRules, LedgerError]:
+        """The file's rules, or why they cannot be used (no logging: this may run in a
+        thread)."""
         try:
-            rules = self._read()
+            return self._read()
         except LedgerError as error:
+            return error
+
+    def _use(self, rules: Union[LedgerRules, LedgerError]) -> bool:
+        if isinstance(rules, LedgerError):
             log.error("ledger not reloaded, keeping the rules in force: {error}",
-                      error=str(error))
+                      error=str(rules))
             return False
         self.rules = rules
         self._warn_plaintext(rules)
