@@ -1475,6 +1475,22 @@ def test_outbound_packet_too_large_with_alias() -> None:
     assert [(p.topic, p.properties.topic_alias) for p in got] == [("small", 1), ("", 1)]
 
 
+def test_outbound_packet_fitting_only_without_a_new_alias() -> None:
+    """A PUBLISH that fits the client's Maximum Packet Size only without the Topic Alias
+    property that would set up an alias is sent without one, not dropped [MQTT-3.1.2-24,
+    MQTT-3.3.2-11]; the alias is set up by a later, smaller message."""
+    hub = make_hub()
+    sub = connect(hub, "sub", maximum_packet_size=40, topic_alias_maximum=1)
+    subscribe(sub, Subscription("#", 1))
+    pub = connect(hub, "pub")
+    pub.send(Publish("fits", b"x" * 30, 0))  # 39 bytes without the alias, 42 with it
+    pub.send(Publish("fits", b"y" * 30, 1, packet_id=1))  # 41 without (packet id): too large
+    pub.send(Publish("fits", b"s", 0), Publish("fits", b"t", 0))
+    got = publishes(sub)
+    assert [(p.topic, p.payload, p.properties.topic_alias) for p in got] == [
+        ("fits", b"x" * 30, None), ("fits", b"s", 1), ("", b"t", 1)]
+
+
 # -- topic length ---------------------------------------------------------------------------------
 
 

@@ -412,7 +412,8 @@ class Connection:
 
     def _aliased(self, message: Message, qos: int, retain: bool, sub_ids: Tuple[int, ...],
                  packet_id: Optional[int], dup: bool = False) -> Optional[bytes]:
-        """Encode with an outbound topic alias when the client allows them [MQTT-3.3.2-11]."""
+        """Encode with an outbound topic alias when the client allows them [MQTT-3.3.2-11]
+        (a new one only if the packet still fits the client's Maximum Packet Size)."""
         aliases = self.aliases_out
         if aliases is None:
             aliases = self.aliases_out = {}
@@ -425,11 +426,16 @@ class Connection:
         elif len(aliases) < self.alias_max_out:
             alias = aliases[topic] = len(aliases) + 1
             new = True
-        props = message.v5_properties(sub_ids, self.broker.now, alias)
+        now = self.broker.now
+        props = message.v5_properties(sub_ids, now, alias)
         data = encode_publish(topic_bytes, message.payload, qos, retain, dup, packet_id, props)
         if new and self.max_packet_out is not None and len(data) > self.max_packet_out:
+            # Too large with the alias property: the alias stays free, and the message goes
+            # without it if that fits (the caller checks).
             del aliases[topic]
-            return None
+            props = message.v5_properties(sub_ids, now, None)
+            data = encode_publish(topic_bytes, message.payload, qos, retain, dup, packet_id,
+                                  props)
         return data
 
     def _resend(self, session: Session) -> None:
