@@ -34,6 +34,7 @@ from tests.spec import check_cited_labels
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.codec import decode_all, encode
 from twisted_mqtt.packets import (
+    ConnAck,
     Connect,
     Disconnect,
     PingReq,
@@ -1473,6 +1474,34 @@ def test_outbound_packet_too_large_with_alias() -> None:
     pub.send(Publish("small", b"s", 0), Publish("small", b"t", 0))
     got = publishes(sub)
     assert [(p.topic, p.properties.topic_alias) for p in got] == [("small", 1), ("", 1)]
+
+
+def test_connack_within_a_small_maximum_packet_size() -> None:
+    """A client's Maximum Packet Size bounds the CONNACK too [MQTT-3.1.2-24]: when the full
+    CONNACK does not fit, the "available" flags that repeat their defaults are left out and
+    the limits that matter stay; when even that does not fit, the broker refuses with 0x95
+    (Packet too large) in a CONNACK without properties if that fits, else says nothing, and
+    closes either way without opening a session."""
+    hub = make_hub(receive_maximum=10)
+    probe = hub.client(protocol_level=V5)
+    full = probe.connect("probe").properties
+    assert full.retain_available == 1 and full.receive_maximum == 10
+    full_size = len(encode(ConnAck(0, False, full), V5))
+    lighter_size = full_size - 8  # four flags of two bytes each
+    client = hub.client(protocol_level=V5)
+    ack = client.connect("small", properties=Properties(maximum_packet_size=lighter_size))
+    assert ack.reason_code == 0 and not client.closed
+    assert (ack.properties.retain_available, ack.properties.wildcard_subscription_available,
+            ack.properties.subscription_identifier_available,
+            ack.properties.shared_subscription_available) == (None, None, None, None)
+    assert ack.properties.receive_maximum == 10
+    assert len(encode(ack, V5)) <= lighter_size
+    for limit, answer in ((lighter_size - 1, [ConnAck(0x95)]), (5, [ConnAck(0x95)]), (4, [])):
+        client = hub.client(protocol_level=V5)
+        client.send(Connect("tiny", V5, properties=Properties(maximum_packet_size=limit)))
+        assert client.received() == answer
+        assert client.closed
+    assert "tiny" not in hub.broker.sessions
 
 
 def test_outbound_packet_fitting_only_without_a_new_alias() -> None:

@@ -65,6 +65,10 @@ LINGER = 2.0
 _R = ReasonCode
 
 # v5 CONNACK reason code -> v3 return code [MQTT-3.2.2-5 (3.1.1)].
+_DEFAULT_FLAGS = ("retain_available", "wildcard_subscription_available",
+                  "subscription_identifier_available", "shared_subscription_available")
+"""CONNACK properties whose absence means 1 (available) (section 3.2.2.3)."""
+
 _V3_RETURN_CODES: Dict[int, int] = {
     _R.UNSUPPORTED_PROTOCOL_VERSION: 1,
     _R.CLIENT_IDENTIFIER_NOT_VALID: 2,
@@ -738,19 +742,6 @@ class Connection:
             self.max_packet_out = props.maximum_packet_size
             self.alias_max_out = props.topic_alias_maximum or 0
             client_receive_maximum = props.receive_maximum or 65535
-        hooks = broker.hooks
-        if hooks.on_session_establish:
-            hooks.notify(hooks.on_session_establish, self.client, packet)
-        session, present = broker.open_session(self, packet.client_id, packet.clean_start,
-                                               expiry, packet.will)
-        session.send_quota = min(client_receive_maximum, caps.maximum_inflight)
-        self.session = session
-        self.state = CONNECTED
-        stats = broker.stats
-        stats.connections_total += 1
-        broker.connected += 1
-        if broker.connected > stats.clients_maximum:
-            stats.clients_maximum = broker.connected
         ack_props = NO_PROPERTIES
         if v5:
             ack_props = Properties(
@@ -769,6 +760,26 @@ class Connection:
                 authentication_method=auth.authentication_method,
                 authentication_data=auth.authentication_data,
             )
+            fitting = self._fitting_connack(ack_props)
+            if fitting is None:
+                log.info("{conn!r}: a CONNACK does not fit its Maximum Packet Size of {size} "
+                         "bytes", conn=self, size=self.max_packet_out)
+                self._refuse(_R.PACKET_TOO_LARGE)
+                return
+            ack_props = fitting
+        hooks = broker.hooks
+        if hooks.on_session_establish:
+            hooks.notify(hooks.on_session_establish, self.client, packet)
+        session, present = broker.open_session(self, packet.client_id, packet.clean_start,
+                                               expiry, packet.will)
+        session.send_quota = min(client_receive_maximum, caps.maximum_inflight)
+        self.session = session
+        self.state = CONNECTED
+        stats = broker.stats
+        stats.connections_total += 1
+        broker.connected += 1
+        if broker.connected > stats.clients_maximum:
+            stats.clients_maximum = broker.connected
         log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, "
                  "session present {present})", conn=self,
                  protocol_level=int(packet.protocol_level), clean=packet.clean_start,
@@ -781,6 +792,21 @@ class Connection:
         if present:
             self._resend(session)
         broker.pump(session)
+
+    def _fitting_connack(self, props: Properties) -> Optional[Properties]:
+        """CONNACK properties that fit the client's Maximum Packet Size [MQTT-3.1.2-24]: as
+        given (``send_packet`` leaves out Reason String and User Properties if that is enough
+        [MQTT-3.2.2-19, MQTT-3.2.2-20]), else without the "available" flags that only repeat
+        their defaults; None if even that does not fit."""
+        limit = self.max_packet_out
+        if limit is None or encode_within(ConnAck(0, True, props), V5, limit) is not None:
+            return props
+        unset: Dict[str, Any] = {name: None for name in _DEFAULT_FLAGS
+                                 if getattr(props, name) == 1}
+        lighter = replace(props, **unset)
+        if encode_within(ConnAck(0, True, lighter), V5, limit) is None:
+            return None
+        return lighter
 
     def _response_information(self, packet: Connect) -> Optional[str]:
         template = self.broker.capabilities.response_information
