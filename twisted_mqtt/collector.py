@@ -10,8 +10,9 @@ latency (``benchmarks/run.py --scenario qos1``; numbers in ``docs/performance.md
 
 ``tune()`` moves the objects that exist once the broker runs into the permanent generation
 (``gc.freeze``: never walked again) and raises the young generation's threshold so that young
-collections run about thirty times less often, each still bounded by that threshold.  Reference cycles are still found and freed.  On interpreters without these calls
-(PyPy, whose collector is generational and incremental) it does nothing.
+collections run about thirty times less often, each still bounded by that threshold.
+Reference cycles are still found and freed.  On interpreters without these calls (PyPy, whose
+collector is generational and incremental) it does nothing.
 
 ``python -m twisted_mqtt`` and ``twistd mqtt`` call it once the reactor runs; an application
 embedding the broker may call it itself, once its own start-up is done.
