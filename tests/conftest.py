@@ -1,4 +1,5 @@
-"""Fixtures for the end-to-end tests: real broker processes on loopback ephemeral ports.
+"""Fixtures for the end-to-end tests (real broker processes on loopback ephemeral ports), and
+the log capture other tests share.
 
 A broker is started as ``twistd -n --pidfile= mqtt --listen tcp:0:interface=127.0.0.1 ...`` (or
 ``python -m twisted_mqtt ...``) with its log in a file; the address the kernel chose is read from
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.paho import Client, MakeClient
 
@@ -246,3 +248,25 @@ def clients() -> Iterator[MakeClient]:
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def log_events() -> Iterator[List[dict]]:
+    """The log events emitted in this process during the test."""
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture
+def logged() -> Iterator[List[str]]:
+    """The log lines (formatted events) emitted in this process during the test."""
+    lines: List[str] = []
+
+    def observe(event: Any) -> None:
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)

@@ -12,13 +12,12 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.auth_helpers import FakeReactor, FakeThreadPool
 from tests.spec import check_cited_labels
@@ -63,19 +62,6 @@ acl:
   - {remote: 001.002.003.004}
   - {filters: {"$SYS/#": 0}}
 """
-
-
-@pytest.fixture
-def logged() -> Iterator[List[str]]:
-    """Log lines emitted during the test."""
-    lines: List[str] = []
-
-    def observe(event: Any) -> None:
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def _request(client_id: str = "c", username: Optional[str] = None,

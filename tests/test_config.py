@@ -22,7 +22,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -47,19 +47,6 @@ from twisted_mqtt.tap import Options, makeService
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 DOCS = ROOT / "docs" / "configuration.md"
 EXAMPLE = ROOT / "examples" / "broker.yaml"
-
-
-@pytest.fixture
-def logged() -> Iterator[List[str]]:
-    """Log lines emitted during the test."""
-    lines: List[str] = []
-
-    def observe(event: Any) -> None:
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def _write(directory: Path, text: str, name: str = "broker.yaml") -> str:

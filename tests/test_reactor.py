@@ -17,7 +17,6 @@ from typing import Any, Iterator, List, Optional, Tuple
 import pytest
 from twisted.internet import abstract, main
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from twisted_mqtt import collector
@@ -83,14 +82,6 @@ def pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
     theirs.close()
 
 
-@pytest.fixture
-def logged() -> Iterator[List[dict]]:
-    events: List[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 def poll(reactor: Any) -> None:
     reactor.doIteration(0)
 
@@ -114,7 +105,7 @@ def test_the_main_loop_uses_the_fast_poll() -> None:
 
 
 def test_a_failing_read_is_logged_and_disconnects_only_that_socket(
-        reactor: Any, pair: Tuple[socket.socket, socket.socket], logged: List[dict]) -> None:
+        reactor: Any, pair: Tuple[socket.socket, socket.socket], log_events: List[dict]) -> None:
     ours, theirs = pair
     other_ours, other_theirs = socket.socketpair()
     other_ours.setblocking(False)
@@ -128,7 +119,7 @@ def test_a_failing_read_is_logged_and_disconnects_only_that_socket(
         poll(reactor)
         assert healthy.read == [b"y"] and healthy.lost == []
         assert len(failing.lost) == 1 and failing.lost[0].check(ValueError)
-        errors = [e for e in logged if e.get("isError")]
+        errors = [e for e in log_events if e.get("isError")]
         assert len(errors) == 1
         assert errors[0]["failure"].check(ValueError)
         assert errors[0]["system"] == "Endpoint-under-test"
