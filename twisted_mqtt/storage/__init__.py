@@ -12,7 +12,7 @@ what survives a restart.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from zope.interface import Attribute, Interface
 
@@ -21,6 +21,7 @@ from twisted_mqtt.packets import Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
 __all__ = [
+    "APPLICATION",
     "NEVER",
     "SCHEMA_VERSION",
     "Batch",
@@ -34,6 +35,7 @@ __all__ = [
     "StoredSubscription",
     "open_store",
     "parse_store",
+    "stored_schema_version",
 ]
 
 NEVER = 0xFFFFFFFF
@@ -42,11 +44,33 @@ NEVER = 0xFFFFFFFF
 SCHEMA_VERSION = 1
 """The version of the stored layout this broker writes (and migrates older stores to)."""
 
+APPLICATION = "twisted_mqtt"
+"""What a store's meta record names as the application that wrote it."""
+
 
 class StoreError(Exception):
     """A store cannot be used: the message names the store (its file or URL) and the problem.
 
     The broker refuses to start on it rather than starting empty."""
+
+
+def stored_schema_version(application: Optional[str], version: Optional[str], meta: str,
+                          whose: str, elsewhere: str,
+                          error: Callable[[str], StoreError]) -> int:
+    """The schema version in a store's meta record (its ``application`` and ``version``
+    fields), checked: ``error(problem)`` is raised if the record is another application's
+    (``whose``: how to name the record), has no version (``meta``: what kind of record it is),
+    or has one newer than this broker's (``elsewhere``: the other place to use instead)."""
+    if application != APPLICATION:
+        raise error(f"not a twisted_mqtt store: {whose} is another application's")
+    try:
+        number = int(version or "")
+    except ValueError:
+        raise error(f"corrupt {meta}: no schema version") from None
+    if number > SCHEMA_VERSION:
+        raise error(f"schema version {number} is newer than this broker's ({SCHEMA_VERSION}); "
+                    f"run a newer twisted_mqtt or use {elsewhere}")
+    return number
 
 
 @value

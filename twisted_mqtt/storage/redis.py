@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from zope.interface import implementer
 
 from twisted_mqtt.storage import (
+    APPLICATION,
     SCHEMA_VERSION,
     Batch,
     IStore,
@@ -36,6 +37,7 @@ from twisted_mqtt.storage import (
     StoredSession,
     StoredState,
     StoreError,
+    stored_schema_version,
 )
 from twisted_mqtt.storage._pack import (
     BadRecord,
@@ -49,7 +51,6 @@ from twisted_mqtt.storage._pack import (
     unpack_subscription,
 )
 
-APPLICATION = b"twisted_mqtt"
 DEFAULT_PREFIX = "twisted_mqtt:"
 CONNECT_TIMEOUT = 10.0
 
@@ -160,17 +161,10 @@ class RedisStore:
             yield redis.execute_command("HSET", self._key("meta"), "application", APPLICATION,
                                         "schema_version", str(SCHEMA_VERSION))
             return StoredState()
-        if meta.get(b"application") != APPLICATION:
-            raise self._error(f"not a twisted_mqtt store: {self._key('meta')!r} is another "
-                              "application's")
-        try:
-            version = int(meta.get(b"schema_version", b""))
-        except ValueError:
-            raise self._error("corrupt meta hash: no schema version") from None
-        if version > SCHEMA_VERSION:
-            raise self._error(f"schema version {version} is newer than this broker's "
-                              f"({SCHEMA_VERSION}); run a newer twisted_mqtt or use another "
-                              "database or prefix")
+        stored_schema_version(meta.get(b"application", b"").decode("utf-8", "replace"),
+                              meta.get(b"schema_version", b"").decode("utf-8", "replace"),
+                              "meta hash", repr(self._key("meta")), "another database or prefix",
+                              self._error)
         # (Versions below SCHEMA_VERSION would be migrated here; 1 is the first.)
         heads = yield redis.hgetall(self._key("sessions"))
         client_ids = sorted(_text(c) for c in heads)

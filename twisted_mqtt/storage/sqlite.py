@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from twisted_mqtt.packets import Subscription
 from twisted_mqtt.storage import (
+    APPLICATION,
     SCHEMA_VERSION,
     Batch,
     IStore,
@@ -35,6 +36,7 @@ from twisted_mqtt.storage import (
     StoredState,
     StoredSubscription,
     StoreError,
+    stored_schema_version,
 )
 from twisted_mqtt.storage._pack import (
     BadRecord,
@@ -44,7 +46,6 @@ from twisted_mqtt.storage._pack import (
     unpack_will,
 )
 
-APPLICATION = "twisted_mqtt"
 """The ``application`` value of the ``meta`` table, which tells our files from others."""
 
 
@@ -228,17 +229,9 @@ class SQLiteStore:
                 raise self._error("not a twisted_mqtt store: it holds other tables ("
                                   + ", ".join(sorted(tables)[:5]) + ")")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("application") != APPLICATION:
-                raise self._error("not a twisted_mqtt store: its meta table is another "
-                                  "application's")
-            try:
-                version = int(meta.get("schema_version", ""))
-            except ValueError:
-                raise self._error("corrupt meta table: no schema version") from None
-            if version > SCHEMA_VERSION:
-                raise self._error(f"schema version {version} is newer than this broker's "
-                                  f"({SCHEMA_VERSION}); run a newer twisted_mqtt or use "
-                                  "another file")
+            version = stored_schema_version(meta.get("application"), meta.get("schema_version"),
+                                            "meta table", "its meta table", "another file",
+                                            self._error)
             missing = [t for t in TABLES if t not in tables]
             if version == SCHEMA_VERSION and missing:
                 raise self._error("corrupt store: tables missing (" + ", ".join(missing) + ")")
