@@ -25,8 +25,10 @@ configuration's section), and ``backend_from_url`` builds a backend from the com
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field, fields
+from types import ModuleType
 from typing import (
     Any,
     Callable,
@@ -71,6 +73,16 @@ _COMQTT_NAMES = {"auth_mode": "auth_by", "acl_mode": "acl_by", "auth_prefix": "a
                  "acl_prefix": "acl_prefix"}
 
 S = TypeVar("S", bound="BackendSettings")
+
+
+def require(module: str, backend: str, package: str, extra: str) -> ModuleType:
+    """Import ``module`` for the ``backend``, or raise an ImportError that says which
+    ``package`` it needs and which extra of this distribution brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"the {backend} backend needs {package}: "
+                          f"pip install 'twisted-mqtt-broker[{extra}]'") from None
 
 
 def parse_mode(value: Any, where: str) -> str:

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from twisted_mqtt.auth.backends import BackendAuth, BackendSettings, access_rules
+from twisted_mqtt.auth.backends import BackendAuth, BackendSettings, access_rules, require
 from twisted_mqtt.auth.passwords import PasswordVerifier
 from twisted_mqtt.interfaces import ConnectRequest
 
@@ -120,11 +120,7 @@ class HTTPAuth(BackendAuth):
                  verifier: Optional[PasswordVerifier] = None, reactor: Any = None) -> None:
         super().__init__(settings, clock, verifier)
         self.settings: HTTPSettings = settings
-        try:
-            from treq.client import HTTPClient
-        except ImportError:
-            raise ImportError("the HTTP backend needs treq: "
-                              "pip install 'twisted-mqtt-broker[http]'") from None
+        HTTPClient = require("treq.client", "HTTP", "treq", "http").HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
         if reactor is None:

@@ -20,7 +20,13 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from twisted_mqtt.auth.backends import BackendAuth, BackendSettings, UserRecord, access_rules
+from twisted_mqtt.auth.backends import (
+    BackendAuth,
+    BackendSettings,
+    UserRecord,
+    access_rules,
+    require,
+)
 from twisted_mqtt.auth.passwords import PasswordVerifier
 from twisted_mqtt.interfaces import ConnectRequest
 
@@ -60,11 +66,7 @@ class RedisAuth(BackendAuth):
                  verifier: Optional[PasswordVerifier] = None) -> None:
         super().__init__(settings, clock, verifier)
         self.settings: RedisSettings = settings
-        try:
-            import txredisapi
-        except ImportError:
-            raise ImportError("the Redis backend needs txredisapi: "
-                              "pip install 'twisted-mqtt-broker[redis]'") from None
+        txredisapi = require("txredisapi", "Redis", "txredisapi", "redis")
         self.redis = txredisapi.lazyConnectionPool(
             settings.host, settings.port, dbid=settings.db, poolsize=settings.pool_size,
             password=settings.password, username=settings.username,

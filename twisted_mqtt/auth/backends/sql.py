@@ -29,7 +29,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-from twisted_mqtt.auth.backends import BackendAuth, BackendSettings, UserRecord, access_rules
+from twisted_mqtt.auth.backends import (
+    BackendAuth,
+    BackendSettings,
+    UserRecord,
+    access_rules,
+    require,
+)
 from twisted_mqtt.auth.passwords import PasswordVerifier
 from twisted_mqtt.interfaces import ConnectRequest
 
@@ -142,11 +148,7 @@ class SQLAuth(BackendAuth):
                 kwargs["user"] = settings.user
             if settings.password is not None:
                 kwargs["password"] = settings.password
-        try:
-            __import__(module)
-        except ImportError:
-            raise ImportError(f"the {settings.engine} backend needs {module}: "
-                              f"pip install 'twisted-mqtt-broker[{extra}]'") from None
+        require(module, settings.engine, module, extra)
         self.pool = adbapi.ConnectionPool(module, **kwargs)
 
     def describe(self) -> str:
