@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -133,6 +133,18 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
+def _rule_entries(top: Mapping[str, Any], name: str,
+                  keys: set) -> Iterator[Tuple[str, Mapping[str, Any]]]:
+    """The entries of the rule list ``name``, one by one with where each is (``name[i]``),
+    checked to be mappings with only ``keys``."""
+    raw = top.get(name) or []
+    if not isinstance(raw, list):
+        raise LedgerError(f"{name}: expected a list of rules, got {raw!r}")
+    for index, item in enumerate(raw):
+        where = f"{name}[{index}]"
+        yield where, _mapping(item or {}, where, keys)
+
+
 def _mapping(value: Any, where: str, keys: set) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise LedgerError(f"{where}: expected a mapping, got {value!r}")
@@ -170,23 +182,11 @@ def parse_ledger(data: Any) -> LedgerRules:
         users[str(name)] = User(_text(entry.get("password"), f"{where}.password"),
                                 _filters(entry.get("acl"), f"{where}.acl"),
                                 _flag(entry.get("disallow"), f"{where}.disallow"))
-    auth = []
-    raw_auth = top.get("auth") or []
-    if not isinstance(raw_auth, list):
-        raise LedgerError(f"auth: expected a list of rules, got {raw_auth!r}")
-    for index, raw in enumerate(raw_auth):
-        where = f"auth[{index}]"
-        entry = _mapping(raw or {}, where, _AUTH_KEYS)
-        auth.append(AuthRule(_who(entry, where), _text(entry.get("password"), f"{where}.password"),
-                             _flag(entry.get("allow"), f"{where}.allow")))
-    acl = []
-    raw_acl = top.get("acl") or []
-    if not isinstance(raw_acl, list):
-        raise LedgerError(f"acl: expected a list of rules, got {raw_acl!r}")
-    for index, raw in enumerate(raw_acl):
-        where = f"acl[{index}]"
-        entry = _mapping(raw or {}, where, _ACL_KEYS)
-        acl.append(ACLRule(_who(entry, where), _filters(entry.get("filters"), f"{where}.filters")))
+    auth = [AuthRule(_who(entry, where), _text(entry.get("password"), f"{where}.password"),
+                     _flag(entry.get("allow"), f"{where}.allow"))
+            for where, entry in _rule_entries(top, "auth", _AUTH_KEYS)]
+    acl = [ACLRule(_who(entry, where), _filters(entry.get("filters"), f"{where}.filters"))
+           for where, entry in _rule_entries(top, "acl", _ACL_KEYS)]
     default = top.get("acl_default", "allow")
     if default not in ("allow", "deny"):
         raise LedgerError(f"acl_default: expected allow or deny, got {default!r}")
