@@ -47,6 +47,12 @@ def matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches the (non-shared) ``topic_filter`` [MQTT-4.7.2-1]."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
+    return levels_match(topic_filter, topic)
+
+
+def levels_match(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic``'s levels match ``topic_filter``'s: ``+`` one level, ``#`` any number,
+    including none (``a/#`` covers ``a``); no special case for topics starting with ``$``."""
     f_levels = topic_filter.split("/")
     t_levels = topic.split("/")
     for i, level in enumerate(f_levels):

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple, Union
 
 from twisted_mqtt.interfaces import ClientInfo
+from twisted_mqtt.topics import levels_match
 
 
 class Access(enum.IntEnum):
@@ -113,18 +114,7 @@ def filter_matches(rule_filter: str, topic: str) -> bool:
     """Whether an ACL rule's filter covers ``topic`` (or, at subscribe time, a subscription's
     filter, whose wildcards are then compared as plain levels, as Mochi and comqtt do).  ``+``
     matches one level and ``#`` any number, including none (``a/#`` covers ``a``)."""
-    if rule_filter == topic or rule_filter == "#":
-        return True
-    wanted = rule_filter.split("/")
-    levels = topic.split("/")
-    for index, part in enumerate(wanted):
-        if part == "#":
-            return True
-        if index >= len(levels):
-            return False
-        if part != "+" and part != levels[index]:
-            return False
-    return len(wanted) == len(levels)
+    return rule_filter == topic or rule_filter == "#" or levels_match(rule_filter, topic)
 
 
 def most_specific(rules: Iterable[Tuple[str, Access]], topic: str) -> Optional[Access]:
