@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
@@ -270,3 +271,17 @@ def logged() -> Iterator[List[str]]:
     globalLogPublisher.addObserver(observe)
     yield lines
     globalLogPublisher.removeObserver(observe)
+
+
+def thread_names_of_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> List[str]:
+    """Wrap ``module.name`` for the test so that each call records the name of the thread it
+    runs in; the list it returns fills as calls happen."""
+    names: List[str] = []
+    original = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        names.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return names

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from tests.auth_helpers import FakeReactor, FakeThreadPool
+from tests.conftest import thread_names_of_calls
 from tests.spec import check_cited_labels
 from twisted_mqtt.auth.ledger import Ledger, LedgerError, load_ledger
 from twisted_mqtt.auth.passwords import PasswordVerifier, hash_password
@@ -347,14 +348,7 @@ def test_reload_reads_the_file_off_the_reactor_thread(tmp_path: Path, logged: Li
     path = tmp_path / "ledger.yaml"
     path.write_text("auth: [{username: u, password: old, allow: true}]\n")
     ledger = Ledger.from_file(path, in_thread=deferToThread)
-    readers: List[str] = []
-    original = ledger_module.read_ledger
-
-    def spy(where: Path) -> Any:
-        readers.append(threading.current_thread().name)
-        return original(where)
-
-    monkeypatch.setattr(ledger_module, "read_ledger", spy)
+    readers = thread_names_of_calls(monkeypatch, ledger_module, "read_ledger")
     path.write_text("auth: [{username: u, password: new, allow: true}]\n")
     answer = ledger.reload()
     assert isinstance(answer, Deferred)

@@ -26,7 +26,14 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tests.conftest import ROOT, BrokerProcess, StartBroker, run_twistd, twistd_command
+from tests.conftest import (
+    ROOT,
+    BrokerProcess,
+    StartBroker,
+    run_twistd,
+    thread_names_of_calls,
+    twistd_command,
+)
 from tests.paho import V5, MakeClient
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.config import (
@@ -458,14 +465,7 @@ def test_reload_reads_the_file_off_the_reactor_thread(tmp_path: Path, logged: Li
     path = _write(tmp_path, "logging:\n  level: info\n")
     options = _options("--config", path)
     reloader = ConfigReloader(options, deferToThread)
-    readers: List[str] = []
-    original = config_module.load_config
-
-    def spy(source: str) -> Any:
-        readers.append(threading.current_thread().name)
-        return original(source)
-
-    monkeypatch.setattr(config_module, "load_config", spy)
+    readers = thread_names_of_calls(monkeypatch, config_module, "load_config")
     Path(path).write_text("logging:\n  level: warn\n")
     answer = reloader.reload()
     assert isinstance(answer, Deferred)
