@@ -1080,6 +1080,27 @@ def test_message_expiry_while_queued() -> None:
     assert hub.broker.stats.expired == expired_before + 1
 
 
+@pytest.mark.parametrize(("now", "interval"), [(1.1, 0xFFFFFFFF), (4.01, 60)])
+def test_message_expiry_never_above_the_received_interval(now: float, interval: int) -> None:
+    """A message sent on at once carries its received Message Expiry Interval, never one more
+    second [MQTT-3.3.2-6]: at these fractional times ``ceil(expires_at - now)`` rounds up, which
+    gave 61 for 60 and, for 0xFFFFFFFF, a value that does not fit the Four Byte Integer (the
+    publisher was disconnected with 0x83 and the subscriber got nothing)."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("exp/t", 1))
+    pub = connect(hub, "pub")
+    hub.clock.advance(now)
+    hub.broker.tick()
+    # QoS 1 PUBLISH to "exp/t", packet id 1, Message Expiry Interval ``interval``, payload "x".
+    pub.send_bytes(bytes.fromhex("3210 0005 6578702f74 0001 05 02") + interval.to_bytes(4, "big")
+                   + b"x")
+    assert pub.received() == [PubAck(1)]
+    got = one_publish(sub)
+    assert (got.topic, got.payload, got.properties.message_expiry_interval) == (
+        "exp/t", b"x", interval)
+
+
 def test_message_expiry_forwarded_when_online() -> None:
     """A message delivered at once keeps its whole Message Expiry Interval [MQTT-3.3.2-6]."""
     hub = make_hub()

@@ -723,6 +723,28 @@ def test_encode_within_examples() -> None:
     assert encode_within(big, 5, 200) == encode(big, 5)
 
 
+_INTEGER_RANGES = {WireType.BYTE: 0xFF, WireType.TWO_BYTE: 0xFFFF,
+                   WireType.FOUR_BYTE: 0xFFFFFFFF, WireType.VARINT: MAX_REMAINING_LENGTH}
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS.values() if s.wire in _INTEGER_RANGES],
+                         ids=lambda s: s.name)
+def test_integer_property_out_of_range_is_named(spec: Any) -> None:
+    """An integer property one past its wire type's range, or negative, is refused with a
+    ``ValueError`` that names the property (no nameless ``OverflowError``, no silent clamping);
+    the largest value that fits is encoded."""
+    largest = _INTEGER_RANGES[spec.wire]
+
+    def props(number: int) -> Properties:
+        value = (number,) if spec.repeatable else number
+        return Properties(**{ATTRIBUTE[spec.ident]: value})
+
+    assert encode_properties(props(largest))
+    for wrong in (largest + 1, -1):
+        with pytest.raises(ValueError, match=f"property {spec.name} = {wrong} does not fit"):
+            encode_properties(props(wrong))
+
+
 # ---------------------------------------------------------------------------------------------
 # (h) large packets fed in many small chunks.
 

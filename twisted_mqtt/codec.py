@@ -827,7 +827,13 @@ _ORDERED_SPECS = sorted(SPECS.values(), key=lambda s: s.ident)
 
 
 def encode_properties(props: Properties) -> bytes:
-    """Encode a property block with its length prefix (one zero byte when empty)."""
+    """Encode a property block with its length prefix (one zero byte when empty).
+
+    A value that its wire type cannot hold (a Four Byte Integer of 2**32, a negative one, a
+    string over 65535 bytes...) raises ``ValueError`` naming the property: the caller computed
+    it wrongly, and the codec neither clamps it (which would change its meaning) nor lets a
+    nameless ``OverflowError`` out.
+    """
     if props is NO_PROPERTIES:
         return b"\x00"
     parts = []
@@ -838,7 +844,11 @@ def encode_properties(props: Properties) -> bytes:
         ident = bytes((spec.ident,))
         write = _WRITERS[spec.wire]
         for one in (item if spec.repeatable else (item,)):
-            parts.append(ident + write(one))
+            try:
+                parts.append(ident + write(one))
+            except (OverflowError, ValueError):
+                raise ValueError(f"property {spec.name} = {one!r} does not fit a "
+                                 f"{spec.wire.value}") from None
     body = b"".join(parts)
     return encode_varint(len(body)) + body
 

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from twisted_mqtt.interfaces import ClientInfo
     from twisted_mqtt.topics import SharedGroup
 
+_FOUR_BYTE_MAX = 0xFFFFFFFF  # the largest Message Expiry Interval
+
+
 class Message:
     """One application message as the broker routes it.
 
@@ -87,7 +90,12 @@ class Message:
         props = self.properties
         changes: Dict[str, Any] = {}
         if self.expires_at is not None:
-            changes["message_expiry_interval"] = max(0, math.ceil(self.expires_at - now))
+            # Whole seconds left, rounded up, but never more than the interval received (or
+            # the Four Byte Integer's range): the float subtraction can overshoot by a fraction.
+            received = props.message_expiry_interval
+            most = _FOUR_BYTE_MAX if received is None else received
+            changes["message_expiry_interval"] = min(max(0, math.ceil(self.expires_at - now)),
+                                                     most)
         if sub_ids:
             changes["subscription_identifiers"] = sub_ids
         if alias is not None:
