@@ -26,7 +26,7 @@ from twisted_mqtt.packets import ReasonCode, Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry
 from twisted_mqtt.stats import Stats
-from twisted_mqtt.topics import SharedGroup, SubscriptionTree, matches
+from twisted_mqtt.topics import RetainedIndex, SharedGroup, SubscriptionTree
 
 if TYPE_CHECKING:
     from twisted_mqtt.codec import AckedRun, PublishRun
@@ -78,7 +78,8 @@ class Broker:
         acknowledgement is sent when the Deferred it returns fires."""
         self.sessions: Dict[str, Session] = {}
         self.tree = SubscriptionTree()
-        self.retained: Dict[str, Message] = {}
+        self.retained: RetainedIndex[Message] = RetainedIndex()
+        """Retained messages by topic (a mapping), indexed by level for ``retained_for``."""
         self.connections: set[Connection] = set()
         self.connected = 0
         """How many connections have completed CONNECT and not yet ended."""
@@ -222,14 +223,23 @@ class Broker:
 
     def open_session(self, conn: Connection, client_id: str, clean_start: bool,
                      expiry_interval: int, will: Optional[Will]) -> Tuple[Session, bool]:
-        """Attach ``conn`` to the session of ``client_id``; return it and Session Present."""
+        """Attach ``conn`` to the session of ``client_id``; return it and Session Present.
+
+        Only the identity that made a session (its user name; no user name is an identity of
+        its own) resumes it: another one ends it as a clean start would and gets a new one."""
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
             session.connection.take_over()  # may end the session [MQTT-3.1.4-3]
             session = self.sessions.get(client_id)
         if session is not None:
             self._cancel_timers(session)
-            if clean_start:
+            owner = session.client.username if session.client is not None else None
+            user = conn.client.username if conn.client is not None else None
+            if not clean_start and owner != user:
+                log.info("client id {client_id}: session of user {owner!r} not resumed by "
+                         "user {user!r}; starting a new session", client_id=client_id,
+                         owner=owner, user=user)
+            if clean_start or owner != user:
                 self._end_session(session)  # the session ends: its delayed will goes out
                 session = None
             else:
@@ -246,34 +256,69 @@ class Broker:
             session.client = conn.client
             if self.hooks.may_receive:
                 self._routes.clear()  # delivery decisions depend on who the client now is
+                if present:
+                    self._recheck_pending(session)
         return session, present
 
+    def _recheck_pending(self, session: Session) -> None:
+        """Drop (and count) the queued messages, and those in flight and not yet received,
+        that the authorizers no longer let ``session``'s client be sent."""
+        hooks = self.hooks
+        client_id = session.client_id
+        denied = [(packet_id, delivery) for packet_id, delivery in session.inflight.items()
+                  if delivery.state == 0
+                  and not self._may_receive(session, delivery.message.topic)]
+        for packet_id, delivery in denied:
+            del session.inflight[packet_id]
+            self.dropped(client_id, delivery.message, "not authorized")
+            if hooks.on_qos_dropped:
+                hooks.notify(hooks.on_qos_dropped, client_id, packet_id, delivery)
+        kept: List[Delivery] = []
+        for delivery in session.queue:
+            if self._may_receive(session, delivery.message.topic):
+                kept.append(delivery)
+                continue
+            self.dropped(client_id, delivery.message, "not authorized")
+            if hooks.on_qos_dropped:
+                hooks.notify(hooks.on_qos_dropped, client_id, None, delivery)
+        if len(kept) != len(session.queue):
+            queue = session.pending()
+            queue.clear()
+            queue.extend(kept)
+
     def close_session_connection(self, session: Session, publish_will: bool) -> None:
-        """The connection of ``session`` ended; keep, expire or end the session; handle the will."""
+        """The connection of ``session`` ended; keep, expire or end the session; handle the will.
+        The session is kept, expired or ended as its expiry says even when handing its shared
+        messages on or publishing its will fails (that error is logged)."""
         session.connection = None
-        self._redistribute_shared(session)
         will = session.will if publish_will else None
         session.will = None
         expiry = session.expiry_interval
-        if will is not None:
-            delay = will.properties.will_delay_interval or 0
-            if delay == 0 or expiry == 0:
-                self.publish_will(session.client_id, will)
-            else:
-                session.will = will
-                wait = delay if expiry == NEVER else min(delay, expiry)
-                session.will_timer = self.clock.callLater(wait, self._fire_will, session)
-        if expiry == 0:
-            self._end_session(session)
-        elif expiry != NEVER:
-            session.expiry_timer = self.clock.callLater(expiry, self._expire_session, session)
+        try:
+            self._redistribute_shared(session)
+            if will is not None:
+                delay = will.properties.will_delay_interval or 0
+                if delay == 0 or expiry == 0:
+                    self._send_will(session.client_id, will)
+                else:
+                    session.will = will
+                    wait = delay if expiry == NEVER else min(delay, expiry)
+                    session.will_timer = self.clock.callLater(wait, self._fire_will, session)
+        except Exception:
+            log.failure("{client_id}: handing on its messages failed", client_id=session.client_id)
+        finally:
+            if expiry == 0:
+                self._end_session(session)
+            elif expiry != NEVER:
+                session.expiry_timer = self.clock.callLater(expiry, self._expire_session,
+                                                            session)
 
     def _fire_will(self, session: Session) -> None:
         session.will_timer = None
         will, session.will = session.will, None
         if will is not None and session.connection is None:
             self.tick()
-            self.publish_will(session.client_id, will)
+            self._send_will(session.client_id, will)
             self.flush()
 
     def _expire_session(self, session: Session) -> None:
@@ -298,7 +343,7 @@ class Broker:
         self._cancel_timers(session)
         will, session.will = session.will, None
         if will is not None and session.connection is None:
-            self.publish_will(session.client_id, will)
+            self._send_will(session.client_id, will)
         for topic_filter in list(session.subscriptions):
             self.tree.remove(topic_filter, session.client_id)
         if session.subscriptions:
@@ -310,6 +355,14 @@ class Broker:
         session.inbound_qos2.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+
+    def _send_will(self, client_id: str, will: Will) -> None:
+        """``publish_will``, logging rather than raising an error (a hook's, a route's), so that
+        the session's end is not cut short by its will."""
+        try:
+            self.publish_will(client_id, will)
+        except Exception:
+            log.failure("{client_id}: publishing its will failed", client_id=client_id)
 
     def publish_will(self, client_id: str, will: Will) -> None:
         """Publish a Will Message on behalf of ``client_id``."""
@@ -356,12 +409,7 @@ class Broker:
     def retained_for(self, topic_filter: str) -> List[Message]:
         """Retained messages matching a (non-shared) filter, oldest expiry first dropped."""
         now = self.now
-        if "+" not in topic_filter and "#" not in topic_filter:
-            found = self.retained.get(topic_filter)
-            candidates = [found] if found is not None else []
-        else:
-            candidates = [m for t, m in self.retained.items() if matches(topic_filter, t)]
-        return [m for m in candidates if not m.expired(now)]
+        return [m for m in self.retained.match(topic_filter) if not m.expired(now)]
 
     def _expire_retained(self, now: float) -> None:
         expired = [t for t, m in self.retained.items() if m.expired(now)]

@@ -50,7 +50,7 @@ from twisted_mqtt.packets import (
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.session import Delivery, Message, Session
-from twisted_mqtt.topics import split_shared
+from twisted_mqtt.topics import levels_within, split_shared
 
 if TYPE_CHECKING:
     from twisted_mqtt.broker import Broker
@@ -609,6 +609,14 @@ class Connection:
             if will.retain and not caps.retain_available:
                 self._refuse(_R.RETAIN_NOT_SUPPORTED)  # [MQTT-3.2.2-13]
                 return
+            if not levels_within(will.topic, caps.maximum_topic_levels):
+                if self.v5:
+                    self._refuse(_R.TOPIC_NAME_INVALID)
+                else:  # no return code applies [MQTT-3.2.2-6 (3.1.1)]
+                    log.info("{address}: connection refused, will topic of more than {limit} "
+                             "levels", address=self.address, limit=caps.maximum_topic_levels)
+                    self.close()
+                return
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
                                  self.certificate_subject, self.certificate_common_name)
@@ -857,6 +865,10 @@ class Connection:
                 expires_at = broker.now + props.message_expiry_interval
             if props == NO_PROPERTIES:
                 props = NO_PROPERTIES
+        if not levels_within(topic, caps.maximum_topic_levels):
+            self.disconnect(_R.TOPIC_NAME_INVALID,
+                            f"topic name of more than {caps.maximum_topic_levels} levels")
+            return
         if qos > caps.maximum_qos:
             self.disconnect(_R.QOS_NOT_SUPPORTED)  # [MQTT-3.2.2-11]
             return
@@ -970,7 +982,8 @@ class Connection:
         client = self.client
         hooks = broker.hooks
         allowed = not hooks.authorizers
-        if self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS"):
+        if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
+                and levels_within(run.topic, broker.capabilities.maximum_topic_levels)):
             if not allowed:
                 answer = hooks.may_publish(client, run.topic)
                 if isinstance(answer, Deferred):
@@ -995,9 +1008,11 @@ class Connection:
         broker = self.broker
         hooks = broker.hooks
         client = self.client
+        caps = broker.capabilities
         if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
                 and not hooks.on_publish and not hooks.on_published
-                and broker.ack_barrier is None and broker.capabilities.maximum_qos):
+                and broker.ack_barrier is None and caps.maximum_qos
+                and levels_within(run.topic, caps.maximum_topic_levels)):
             if hooks.authorizers:
                 answer = hooks.may_publish(client, run.topic)
                 if isinstance(answer, Deferred):
@@ -1198,6 +1213,8 @@ class Connection:
             return _R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else 0x80
         if ("+" in plain or "#" in plain) and not caps.wildcard_subscription_available:
             return _R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if self.v5 else 0x80
+        if not levels_within(plain, caps.maximum_topic_levels):
+            return _R.TOPIC_FILTER_INVALID if self.v5 else 0x80
         return None
 
     def _subscribe(self, packet: Subscribe, sub_id: Optional[int],
@@ -1256,7 +1273,10 @@ class Connection:
                     code for _ in packet.topic_filters) if self.v5 else ()))
                 return
             packet = changed
-        codes = tuple(0 if self.broker.unsubscribe(session, f) else _R.NO_SUBSCRIPTION_EXISTED
+        limit = self.broker.capabilities.maximum_topic_levels
+        codes = tuple(0 if self.broker.unsubscribe(session, f)
+                      else _R.NO_SUBSCRIPTION_EXISTED if levels_within(split_shared(f)[1], limit)
+                      else _R.TOPIC_FILTER_INVALID
                       for f in packet.topic_filters)
         self.send_packet(UnsubAck(packet.packet_id, codes if self.v5 else ()))
         if hooks.on_unsubscribed:

@@ -116,7 +116,7 @@ class InlineClient:
         if "\x00" in topic:
             raise ValueError("topic must not contain U+0000")  # [MQTT-1.5.4-2]
         try:
-            validate_topic_name(topic)
+            validate_topic_name(topic, self.broker.capabilities.maximum_topic_levels)
         except CodecError as error:
             raise ValueError(str(error)) from None
         props = properties if properties is not None else NO_PROPERTIES
@@ -148,7 +148,7 @@ class InlineClient:
         if "\x00" in topic_filter:
             raise ValueError("topic filter must not contain U+0000")  # [MQTT-1.5.4-2]
         try:
-            validate_topic_filter(topic_filter)
+            validate_topic_filter(topic_filter, self.broker.capabilities.maximum_topic_levels)
         except CodecError as error:
             raise ValueError(str(error)) from None
         self.unsubscribe(topic_filter, subscription_id)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, MutableMapping, Optional, Tuple, TypeVar
 
 from twisted_mqtt.errors import ProtocolError, TopicFilterInvalid, TopicNameInvalid
 
 SHARE_PREFIX = "$share/"
 
+V = TypeVar("V")
 
-def validate_topic_name(topic: str) -> None:
-    """Raise ``TopicNameInvalid`` unless ``topic`` is a usable (non-empty) topic name."""
+
+def levels_within(topic: str, maximum_levels: int) -> bool:
+    """Whether a topic name, or a filter without its ``$share/{name}/`` prefix, has at most
+    ``maximum_levels`` levels (``Capabilities.maximum_topic_levels``)."""
+    return topic.count("/") < maximum_levels
+
+
+def validate_topic_name(topic: str, maximum_levels: Optional[int] = None) -> None:
+    """Raise ``TopicNameInvalid`` unless ``topic`` is a usable (non-empty) topic name of at
+    most ``maximum_levels`` levels (no limit when None)."""
     if "+" in topic or "#" in topic:
         raise TopicNameInvalid(f"wildcard in topic name {topic!r}", "MQTT-3.3.2-2")
+    if maximum_levels is not None and not levels_within(topic, maximum_levels):
+        raise TopicNameInvalid(f"topic name of more than {maximum_levels} levels")
 
 
 def split_shared(topic_filter: str) -> Tuple[Optional[str], str]:
@@ -27,11 +38,14 @@ def split_shared(topic_filter: str) -> Tuple[Optional[str], str]:
     return group, rest
 
 
-def validate_topic_filter(topic_filter: str) -> None:
-    """Raise ``TopicFilterInvalid`` (or ``ProtocolError`` for a bad share) for a bad filter."""
+def validate_topic_filter(topic_filter: str, maximum_levels: Optional[int] = None) -> None:
+    """Raise ``TopicFilterInvalid`` (or ``ProtocolError`` for a bad share) for a bad filter or
+    one of more than ``maximum_levels`` levels (no limit when None)."""
     if not topic_filter:
         raise TopicFilterInvalid("empty topic filter", "MQTT-4.7.3-1")
     _, plain = split_shared(topic_filter)
+    if maximum_levels is not None and not levels_within(plain, maximum_levels):
+        raise TopicFilterInvalid(f"topic filter of more than {maximum_levels} levels")
     if "+" not in plain and "#" not in plain:
         return
     levels = plain.split("/")
@@ -161,51 +175,147 @@ class SubscriptionTree:
         normal: list[tuple[str, Any]] = []
         shared: list[SharedGroup] = []
         levels = topic.split("/")
+        last = len(levels)
         dollar = topic.startswith("$")
-        self._walk(self._root, levels, 0, dollar, normal, shared)
+        # Depth first, without recursion (a topic may have thousands of levels): at each node
+        # the ``#`` child, then the exact child's subtree, then the ``+`` child's (kept on
+        # ``stack`` meanwhile).
+        stack: list[Any] = []
+        node = self._root
+        depth = 0
+        while True:
+            children = node.children
+            if children:
+                wild = depth or not dollar  # [MQTT-4.7.2-1]
+                if wild:
+                    hash_node = children.get("#")
+                    if hash_node is not None:
+                        if hash_node.subscribers:
+                            normal.extend(hash_node.subscribers.items())
+                        if hash_node.shared:
+                            shared.extend(hash_node.shared.values())
+                if depth < last:
+                    if wild:
+                        plus = children.get("+")
+                        if plus is not None:
+                            stack.append((plus, depth + 1))
+                    child = children.get(levels[depth])
+                    if child is not None:
+                        node = child
+                        depth += 1
+                        continue
+                    if not stack:
+                        break
+                    node, depth = stack.pop()
+                    continue
+            if depth == last:
+                if node.subscribers:
+                    normal.extend(node.subscribers.items())
+                if node.shared:
+                    shared.extend(node.shared.values())
+            if not stack:
+                break
+            node, depth = stack.pop()
         result = (normal, shared)
         if len(self._cache) >= self._cache_limit:
             self._cache.clear()
         self._cache[topic] = result
         return result
 
-    def _walk(
-        self,
-        node: _Node,
-        levels: list[str],
-        depth: int,
-        dollar: bool,
-        normal: list[tuple[str, Any]],
-        shared: list[SharedGroup],
-    ) -> None:
-        children = node.children
-        wild = not (dollar and depth == 0)
-        if wild:
-            hash_node = children.get("#")
-            if hash_node is not None:
-                self._collect(hash_node, levels, normal, shared)
-        if depth == len(levels):
-            self._collect(node, levels, normal, shared)
-            return
-        child = children.get(levels[depth])
-        if child is not None:
-            self._walk(child, levels, depth + 1, dollar, normal, shared)
-        if wild:
-            plus = children.get("+")
-            if plus is not None:
-                self._walk(plus, levels, depth + 1, dollar, normal, shared)
-
-    @staticmethod
-    def _collect(
-        node: _Node,
-        levels: list[str],
-        normal: list[tuple[str, Any]],
-        shared: list[SharedGroup],
-    ) -> None:
-        if node.subscribers:
-            normal.extend(node.subscribers.items())
-        if node.shared:
-            shared.extend(node.shared.values())
-
 
 Match = Tuple[List[Tuple[str, Any]], List[SharedGroup]]
+
+
+class _Level:
+    __slots__ = ("children", "topic")
+
+    def __init__(self) -> None:
+        self.children: Dict[str, _Level] = {}
+        self.topic: Optional[str] = None  # set when a value is stored under this topic
+
+
+class RetainedIndex(MutableMapping[str, V]):
+    """Values (retained messages) by topic name, also indexed by level, so that ``match``
+    costs what the filter reaches rather than what is stored."""
+
+    __slots__ = ("_values", "_root")
+
+    def __init__(self) -> None:
+        self._values: Dict[str, V] = {}
+        self._root = _Level()
+
+    def __getitem__(self, topic: str) -> V:
+        return self._values[topic]
+
+    def get(self, topic: str, default: Any = None) -> Any:
+        return self._values.get(topic, default)
+
+    def __contains__(self, topic: object) -> bool:
+        return topic in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __setitem__(self, topic: str, value: V) -> None:
+        if topic not in self._values:
+            node = self._root
+            for level in topic.split("/"):
+                child = node.children.get(level)
+                if child is None:
+                    child = node.children[level] = _Level()
+                node = child
+            node.topic = topic
+        self._values[topic] = value
+
+    def __delitem__(self, topic: str) -> None:
+        del self._values[topic]
+        levels = topic.split("/")
+        path = [self._root]
+        for level in levels:
+            path.append(path[-1].children[level])
+        path[-1].topic = None
+        for depth in range(len(levels), 0, -1):
+            node = path[depth]
+            if node.children or node.topic is not None:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+
+    def match(self, topic_filter: str) -> List[V]:
+        """The values stored under the topics that match the (non-shared) ``topic_filter``."""
+        if "+" not in topic_filter and "#" not in topic_filter:
+            found = self._values.get(topic_filter)
+            return [] if found is None else [found]
+        levels = topic_filter.split("/")
+        last = len(levels)
+        topics: List[str] = []
+        stack: List[Tuple[_Level, int]] = [(self._root, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if depth == last:
+                if node.topic is not None:
+                    topics.append(node.topic)
+                continue
+            level = levels[depth]
+            if level == "#":  # this level (``a/#`` covers ``a``) and every one below
+                subtree = [(name, child) for name, child in reversed(node.children.items())
+                           if depth or not name.startswith("$")]  # [MQTT-4.7.2-1]
+                if node.topic is not None:
+                    topics.append(node.topic)
+                while subtree:
+                    _, below = subtree.pop()
+                    if below.topic is not None:
+                        topics.append(below.topic)
+                    subtree.extend(reversed(below.children.items()))
+            elif level == "+":
+                for name, child in reversed(node.children.items()):
+                    if depth or not name.startswith("$"):
+                        stack.append((child, depth + 1))
+            else:
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, depth + 1))
+        values = self._values
+        return [values[topic] for topic in topics]
