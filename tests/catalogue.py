@@ -677,6 +677,9 @@ bad("pubrec_v5_subscription_identifier_not_allowed", V5, hx("50 06 0001 00 02 0b
 ok("pubrel_v311", V311, hx("62 02 0001"), PubRel(1), labels=("MQTT-3.6.1-1",))
 ok("pubrel_v31", V31, hx("62 02 0001"), PubRel(1), labels=("MQTT-3.6.1-1",))
 ok("pubrel_v5_short", V5, hx("62 02 0001"), PubRel(1), labels=("MQTT-3.6.2-1",))
+# MQTT 3.1 gives PUBREL QoS 1 and sets DUP when it is resent; 3.1.1 and 5.0 reserve the flags.
+ok("pubrel_v31_dup_resent", V31, hx("6a 02 0001"), PubRel(1), labels=("MQTT-3.6.1-1",),
+   canonical=False)
 ok("pubrel_v5_packet_id_not_found", V5, hx("62 03 0001 92"), PubRel(1, 0x92),
    labels=("MQTT-3.6.2-1",))
 ok("pubrel_v5_properties", V5, hx("62 0a 0001 92 06 1f 0003 6e6f70"),
@@ -688,6 +691,12 @@ ok("pubrel_v5_explicit_success_empty_properties", V5, hx("62 04 0001 00 00"), Pu
 bad("pubrel_v311_fixed_header_flags_0", V311, hx("60 02 0001"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1",))
 bad("pubrel_v31_fixed_header_flags_0", V31, hx("60 02 0001"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1",))
+bad("pubrel_v311_dup", V311, hx("6a 02 0001"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1", "MQTT-2.2.2-2"))
+bad("pubrel_v31_dup_qos_0", V31, hx("68 02 0001"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1",))
+bad("pubrel_v31_dup_retain", V31, hx("6b 02 0001"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1",))
 bad("pubrel_v5_fixed_header_flags_3", V5, hx("63 02 0001"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.6.1-1",))
@@ -737,6 +746,9 @@ ok("subscribe_v311_wildcards", V311,
 ok("subscribe_v31_single", V31, hx("82 06 0001 0001 61 00"),
    Subscribe(1, (Subscription("a"),)),
    labels=("MQTT-3.8.3-1",))
+ok("subscribe_v31_dup_resent", V31, hx("8a 06 0001 0001 61 00"),
+   Subscribe(1, (Subscription("a"),)),
+   labels=("MQTT-3.8.1-1",), canonical=False)
 ok("subscribe_v311_share_prefix_is_a_plain_filter", V311,
    hx("82 0f 0001 000a 2473686172652f672f61 00"),
    Subscribe(1, (Subscription("$share/g/a"),)),
@@ -777,6 +789,10 @@ bad("subscribe_v311_no_filter", V311, hx("82 02 0001"),
 bad("subscribe_v311_packet_id_0", V311, hx("82 06 0000 0001 61 00"),
     ProtocolError, PROTOCOL_ERROR, "MQTT-2.2.1-3", also=("MQTT-2.3.1-1",))
 bad("subscribe_v311_fixed_header_flags_0", V311, hx("80 06 0001 0001 61 00"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.8.1-1",))
+bad("subscribe_v311_dup", V311, hx("8a 06 0001 0001 61 00"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.8.1-1",))
+bad("subscribe_v5_dup", V5, hx("8a 07 0001 00 0001 61 00"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.8.1-1",))
 bad("subscribe_v5_fixed_header_flags_3", V5, hx("83 07 0001 00 0001 61 00"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.8.1-1",))
@@ -875,6 +891,8 @@ ok("unsubscribe_v311_wildcards", V311, hx("a2 0a 0002 0003 612f2b 0001 23"),
    labels=("MQTT-3.10.4-1", "MQTT-3.10.4-6"))
 ok("unsubscribe_v31", V31, hx("a2 05 0001 0001 61"), Unsubscribe(1, ("a",)),
    labels=("MQTT-3.10.3-1",))
+ok("unsubscribe_v31_dup_resent", V31, hx("aa 05 0001 0001 61"), Unsubscribe(1, ("a",)),
+   labels=("MQTT-3.10.1-1",), canonical=False)
 ok("unsubscribe_v5", V5, hx("a2 06 0001 00 0001 61"), Unsubscribe(1, ("a",)),
    labels=("MQTT-3.10.3-1", "MQTT-2.2.2-1"))
 ok("unsubscribe_v5_user_property", V5, hx("a2 0d 0001 07 26 0001 6b 0001 76 0001 61"),
@@ -886,6 +904,8 @@ ok("unsubscribe_v5_shared", V5, hx("a2 0f 0001 00 000a 2473686172652f672f61"),
 
 bad("unsubscribe_v311_no_filter", V311, hx("a2 02 0001"),
     ProtocolError, PROTOCOL_ERROR, "MQTT-3.10.3-2")
+bad("unsubscribe_v311_dup", V311, hx("aa 05 0001 0001 61"),
+    MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.10.1-1",))
 bad("unsubscribe_v311_fixed_header_flags_0", V311, hx("a0 05 0001 0001 61"),
     MalformedPacket, MALFORMED, "MQTT-2.1.3-1", also=("MQTT-3.10.1-1",))
 bad("unsubscribe_v5_fixed_header_flags_3", V5, hx("a3 06 0001 00 0001 61"),

@@ -233,6 +233,31 @@ def test_inbound_qos2_completes_after_expiry() -> None:
     assert sub.received() == []
 
 
+@pytest.mark.parametrize("level", V3_LEVELS)
+def test_resent_pubrel_subscribe_unsubscribe_with_dup(level: int) -> None:
+    """An MQTT 3.1 client sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE it sends again (3.1
+    gives them QoS 1): the exchange goes on.  At 3.1.1 these flags are reserved as 0010 and
+    anything else is malformed: the connection is closed [MQTT-3.6.1-1 (3.1.1),
+    MQTT-2.2.2-2 (3.1.1)]."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    subscribe(sub, Subscription("t", 2))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"x", 2, packet_id=5))
+    assert pub.received() == [PubRec(5)]
+    pub.send_bytes(bytes.fromhex("6a 02 0005"))  # PUBREL, DUP and QoS 1
+    if level == V311:
+        assert pub.closed and pub.received() == []
+        return
+    assert pub.received() == [PubComp(5)]
+    assert session_of(hub, "pub").inbound_qos2 == set()
+    assert [p.payload for p in publishes(sub)] == [b"x"]
+    pub.send_bytes(bytes.fromhex("8a 06 0007 0001 75 01"))  # SUBSCRIBE "u", DUP and QoS 1
+    pub.send_bytes(bytes.fromhex("aa 05 0008 0001 75"))  # UNSUBSCRIBE "u", DUP and QoS 1
+    assert pub.received() == [SubAck(7, (1,)), UnsubAck(8)]
+    assert not pub.closed
+
+
 def test_pubrel_unknown_packet_id_v5() -> None:
     """A PUBREL for an identifier with no QoS 2 exchange is answered by PUBCOMP 0x92 (Packet
     Identifier not found) [MQTT-3.7.2-1]."""

@@ -501,6 +501,10 @@ _DECODERS: dict[int, _BodyDecoder] = {
 # The fixed-header flags each type must carry [MQTT-2.1.3-1]; PUBLISH is checked on its own.
 _FLAGS = {t: (2 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE) else 0)
           for t in PacketType}
+# MQTT 3.1 sends PUBREL, SUBSCRIBE and UNSUBSCRIBE at QoS 1 and sets DUP when it resends them
+# (its section 2.1, "DUP flag"); 3.1.1 and 5.0 reserve these flags as 0010.
+_RESENT_FLAGS_V31: dict[int, int] = {t: 0x0A for t, flags in _FLAGS.items() if flags == 2}
+_V31 = ProtocolLevel.MQTT_3_1
 
 
 class Run:
@@ -753,7 +757,8 @@ class Decoder:
                     continue
                 if ptype == 0:
                     raise MalformedPacket("reserved packet type 0", _UNLABELLED)
-                if flags != _FLAGS[ptype]:  # type: ignore[index]
+                if flags != _FLAGS[ptype] and (  # type: ignore[index]
+                        level != _V31 or flags != _RESENT_FLAGS_V31.get(ptype)):
                     name = PacketType(ptype).name
                     raise MalformedPacket(f"reserved flags of {name} are {flags:04b}",
                                           "MQTT-2.1.3-1")
