@@ -77,7 +77,7 @@ V31, V311, V5 = 3, 4, 5
 MQTT = "0004 4d515454"
 MQISDP = "0006 4d5149736470"
 MALFORMED, PROTOCOL_ERROR, UNSUPPORTED = 0x81, 0x82, 0x84
-FILTER_INVALID, NAME_INVALID, TOO_LARGE = 0x8F, 0x90, 0x95
+FILTER_INVALID, NAME_INVALID, ALIAS_INVALID, TOO_LARGE = 0x8F, 0x90, 0x94, 0x95
 # Malformed Packets and Protocol Errors the specification describes without a label of their own
 # (a truncated field, a repeated property, ...) carry the general rule of section 4.13.
 UNLABELLED = "MQTT-4.13.1-1"
@@ -553,7 +553,7 @@ bad("publish_v31_empty_topic", V31, hx("30 04 0000 6869"),
 bad("publish_v5_empty_topic_without_alias", V5, hx("30 03 0000 00"),
     ProtocolError, PROTOCOL_ERROR, "MQTT-3.3.2-1")
 bad("publish_v5_topic_alias_0", V5, hx("30 07 0001 61 03 23 0000"),
-    ProtocolError, PROTOCOL_ERROR, "MQTT-3.3.2-8")
+    ProtocolError, ALIAS_INVALID, "MQTT-3.3.2-8")
 bad("publish_v5_topic_alias_repeated", V5, hx("30 0a 0001 61 06 23 0001 23 0002"),
     ProtocolError, PROTOCOL_ERROR, UNLABELLED)
 bad("publish_v311_topic_null", V311, hx("30 04 0002 6100"),

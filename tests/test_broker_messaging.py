@@ -1246,6 +1246,18 @@ def test_inbound_topic_alias_above_maximum() -> None:
     assert disconnect_reason(pub) == 0x94
 
 
+def test_inbound_topic_alias_0() -> None:
+    """A Topic Alias of 0 [MQTT-3.3.2-8] is a Protocol Error answered, as section 3.3.4 says,
+    with DISCONNECT 0x94 (Topic Alias invalid); nothing is routed."""
+    hub = make_hub()
+    sub = connect(hub, "sub")
+    subscribe(sub, Subscription("t", 0))
+    pub = connect(hub, "pub")
+    pub.send(Publish("t", b"x", 1, packet_id=1, properties=Properties(topic_alias=0)))
+    assert disconnect_reason(pub) == 0x94
+    assert sub.received() == []
+
+
 def test_inbound_topic_alias_unknown() -> None:
     """An empty topic name with an alias that was never set: DISCONNECT 0x82."""
     hub = make_hub()

@@ -36,6 +36,7 @@ from twisted_mqtt.packets import (
     Publish,
     PubRec,
     PubRel,
+    ReasonCode,
     SubAck,
     Subscribe,
     Subscription,
@@ -187,8 +188,11 @@ def _properties(buf: bytes, pos: int, end: int, where: str) -> Tuple[Properties,
         if ident in BOOLEAN_BYTES and item > 1:
             raise ProtocolError(f"{spec.name} must be 0 or 1", _UNLABELLED)
         if ident in NONZERO and item == 0:
-            raise ProtocolError(f"{spec.name} must not be 0",
-                                "MQTT-3.3.2-8" if ident == PropertyId.TOPIC_ALIAS else _UNLABELLED)
+            if ident == PropertyId.TOPIC_ALIAS:
+                # Section 3.3.4: answered with 0x94 (Topic Alias invalid).
+                raise ProtocolError("topic alias 0", "MQTT-3.3.2-8",
+                                    ReasonCode.TOPIC_ALIAS_INVALID)
+            raise ProtocolError(f"{spec.name} must not be 0", _UNLABELLED)
     response_topic = found.get("response_topic")
     if response_topic is not None and ("+" in response_topic or "#" in response_topic):
         raise ProtocolError(f"wildcard in response topic {response_topic!r}", "MQTT-3.3.2-14")
