@@ -247,7 +247,7 @@ def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
     if checkers:
         from twisted_mqtt.auth.cred import CredAuthenticator
 
-        hooks.append(CredAuthenticator(checkers))
+        hooks.append(CredAuthenticator(checkers, in_thread=_in_thread(reactor)))
     if options["auth-ledger"] is not None:
         from twisted_mqtt.auth.ledger import Ledger
 

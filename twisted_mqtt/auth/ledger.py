@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -41,6 +42,7 @@ from twisted_mqtt.auth.passwords import (
     ServerBusy,
     check_password,
     default_verifier,
+    dummy_hash_for,
     is_hashed,
     is_slow,
 )
@@ -109,6 +111,16 @@ class LedgerRules:
                   if rule.password and rule.password != "*" and "*" not in rule.password
                   and not is_hashed(rule.password)]
         return found
+
+    @cached_property
+    def dummy_password(self) -> Optional[str]:
+        """What a password is checked against when no stored one was (an unknown user): a
+        dummy hash of the most common format and cost among the ledger's passwords, so the
+        refusal takes as long as a wrong password's; None if the ledger checks no password."""
+        stored = [user.password for user in self.users.values() if user.password]
+        stored += [rule.password for rule in self.auth if rule.password
+                   and (is_hashed(rule.password) or "*" not in rule.password)]
+        return dummy_hash_for(stored)
 
 
 _TOP_KEYS = {"users", "auth", "acl", "acl_default"}
@@ -327,12 +339,15 @@ class Ledger:
             def after_user(matched: bool) -> Any:
                 if matched:
                     return NOT_AUTHORIZED if user.disallow else True
-                return self._auth_rules(rules, request, 0)
+                return self._auth_rules(rules, request, 0, True)
 
             return self._then(self._check(user.password, password), after_user)
-        return self._auth_rules(rules, request, 0)
+        return self._auth_rules(rules, request, 0, False)
 
-    def _auth_rules(self, rules: LedgerRules, request: ConnectRequest, start: int) -> Any:
+    def _auth_rules(self, rules: LedgerRules, request: ConnectRequest, start: int,
+                    checked: bool) -> Any:
+        """The auth rules from ``start`` on; ``checked``: whether a stored password was
+        checked already (if not, a refusal checks the dummy one first)."""
         client = request.client
         for index in range(start, len(rules.auth)):
             rule = rules.auth[index]
@@ -344,14 +359,18 @@ class Ledger:
                 def after_rule(matched: bool, rule: AuthRule = rule, index: int = index) -> Any:
                     if matched:
                         return True if rule.allow else NOT_AUTHORIZED
-                    return self._auth_rules(rules, request, index + 1)
+                    return self._auth_rules(rules, request, index + 1, True)
 
                 return self._then(self._check(rule.password, request.password), after_rule)
             given = (request.password or b"").decode("utf-8", "replace")
             if pattern_matches(rule.password, given):
                 return True if rule.allow else NOT_AUTHORIZED
         if client.username is not None or request.password is not None:
-            return BAD_USER_NAME_OR_PASSWORD
+            dummy = rules.dummy_password
+            if checked or dummy is None:
+                return BAD_USER_NAME_OR_PASSWORD
+            return self._then(self._check(dummy, request.password),
+                              lambda _matched: BAD_USER_NAME_OR_PASSWORD)
         return None
 
     def _check(self, stored: str, password: Optional[bytes]) -> Any:

@@ -34,7 +34,7 @@ import hmac
 import os
 import sys
 import threading
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -197,12 +197,107 @@ def check_password(stored: Union[str, bytes], password: Union[str, bytes, None],
     return _same(computed.encode("ascii"), stored_text.strip().lower().encode("utf-8"))
 
 
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+
+
+def _random_b64(size: int) -> str:
+    return base64.b64encode(os.urandom(size)).decode("ascii")
+
+
+def _b64_size(text: str, default: int) -> int:
+    """How many bytes the base64 ``text`` holds (``default`` if it is not base64)."""
+    try:
+        return len(_b64decode(text)) or default
+    except (ValueError, binascii.Error):
+        return default
+
+
+def _dummy_bcrypt(like: str) -> str:
+    import bcrypt
+
+    prefix, cost = "2b", DEFAULT_BCRYPT_ROUNDS
+    if like.startswith(BCRYPT_PREFIXES) and like[4:6].isdigit() and 4 <= int(like[4:6]) <= 31:
+        prefix, cost = like[1:3], int(like[4:6])
+    salt = bcrypt.gensalt(cost, prefix.encode("ascii")).decode("ascii")
+    return salt + "".join(_BCRYPT_ALPHABET[byte % 64] for byte in os.urandom(31))
+
+
+def _dummy_pbkdf2(like: str) -> str:
+    parts = like.split("$")
+    if like.startswith("$7$") and len(parts) == 5 and parts[2].isdigit():
+        return (f"$7${parts[2]}${_random_b64(_b64_size(parts[3], 12))}$"
+                f"{_random_b64(_b64_size(parts[4], 64))}")
+    if like.startswith(("pbkdf2_sha256$", "pbkdf2_sha512$")) and len(parts) == 4 and (
+            parts[1].isdigit()):
+        salt = os.urandom(len(parts[2]) or 12).hex()[:len(parts[2]) or 12]
+        return f"{parts[0]}${parts[1]}${salt}${_random_b64(_b64_size(parts[3], 32))}"
+    return f"pbkdf2_sha256${DEFAULT_PBKDF2_ITERATIONS}${os.urandom(6).hex()}${_random_b64(32)}"
+
+
+def dummy_hash(like: Optional[str] = None, scheme: Union[str, int, None] = "auto") -> str:
+    """A stored password of the format and cost of ``like`` (one of the same store's stored
+    passwords) under ``scheme``, with a random salt and hash: checking a password against it
+    costs what checking against ``like`` does (bcrypt: same cost; PBKDF2 and ``$7$``: same
+    iterations and lengths; ``$6$``, plaintext and unsalted digests: same form).  Without
+    ``like``: bcrypt at cost 12 (``auto``, ``bcrypt``), PBKDF2-SHA256 at 600,000 iterations
+    (``pbkdf2``), else the scheme's form.  An unknown user's password is checked against one,
+    and refused whatever the result, so that refusing an unknown user takes as long as
+    refusing a known user's wrong password."""
+    scheme = normalise_scheme(scheme)
+    kind = scheme
+    if scheme == "auto":
+        kind = "bcrypt" if like is None else scheme_of(like) or "plain"
+    like = like or ""
+    if kind == "bcrypt":
+        return _dummy_bcrypt(like)
+    if kind == "pbkdf2":
+        return _dummy_pbkdf2(like)
+    if kind == "salted-sha512":
+        parts = like.split("$")
+        salt_size = _b64_size(parts[2], 12) if len(parts) == 4 else 12
+        return f"$6${_random_b64(salt_size)}${_random_b64(64)}"
+    digest = kind[5:] if kind.startswith("hmac-") else kind
+    if digest in _HEX_LENGTHS:
+        return os.urandom(_HEX_LENGTHS[digest] // 2).hex()
+    return os.urandom(16).hex()  # (plaintext: both sides are hashed before comparing)
+
+
+def dummy_hash_for(stored: Iterable[str], scheme: Union[str, int, None] = "auto") -> Optional[str]:
+    """``dummy_hash`` like the most common format and cost among ``stored`` (a store's
+    passwords; the first seen wins a tie), or None when there are none."""
+    counts: Dict[Tuple[str, ...], int] = {}
+    first: Dict[Tuple[str, ...], str] = {}
+    for password in stored:
+        key = _cost_signature(password)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, password)
+    if not counts:
+        return None
+    best = max(counts, key=lambda key: counts[key])  # (max keeps the first of equals)
+    return dummy_hash(first[best], scheme)
+
+
+def _cost_signature(stored: str) -> Tuple[str, ...]:
+    """What a check's cost depends on: the format and its cost fields."""
+    kind = scheme_of(stored)
+    if kind == "bcrypt":
+        return (kind, stored[:7])
+    if kind == "pbkdf2":
+        parts = stored.split("$")
+        if stored.startswith("$7$"):  # $7$iterations$salt$hash
+            return (kind, "$7$", parts[2], str(len(parts[-1])))
+        return (kind, parts[0], parts[1], str(len(parts[-1])))  # name$iterations$salt$hash
+    return (kind or "plain",)
+
+
 def hash_password(password: Union[str, bytes], scheme: str = "bcrypt",
                   key: Union[str, bytes, None] = None, rounds: Optional[int] = None,
                   salt: Optional[bytes] = None) -> str:
     """The stored form of ``password``: ``bcrypt`` (``rounds`` is its cost, default 12),
     ``pbkdf2_sha256``/``pbkdf2_sha512`` (``rounds`` iterations, default 600,000), ``mosquitto``
-    (``$7$``, PBKDF2-SHA512, 101 iterations unless told), or one of comqtt's unsalted schemes."""
+    (``$7$``, PBKDF2-SHA512, 101 iterations unless told), ``mosquitto_sha512`` (``$6$``,
+    Mosquitto 1.x's salted SHA-512), or one of comqtt's unsalted schemes."""
     given = _bytes(password)
     if scheme == "bcrypt":
         import bcrypt
@@ -219,6 +314,11 @@ def hash_password(password: Union[str, bytes], scheme: str = "bcrypt",
         raw_salt = salt or os.urandom(12)
         computed = hashlib.pbkdf2_hmac("sha512", given, raw_salt, iterations)
         return (f"$7${iterations}${base64.b64encode(raw_salt).decode()}$"
+                f"{base64.b64encode(computed).decode()}")
+    if scheme == "mosquitto_sha512":
+        raw_salt = salt or os.urandom(12)
+        computed = hashlib.sha512(given + raw_salt).digest()
+        return (f"$6${base64.b64encode(raw_salt).decode()}$"
                 f"{base64.b64encode(computed).decode()}")
     scheme = normalise_scheme(scheme)
     if scheme == "plain":

@@ -51,6 +51,7 @@ from twisted_mqtt.auth.passwords import (
     PasswordVerifier,
     ServerBusy,
     default_verifier,
+    dummy_hash,
     normalise_scheme,
 )
 from twisted_mqtt.auth.rules import Access, Blacklist, decide, parse_access, parse_rules
@@ -131,12 +132,19 @@ class BackendSettings:
     """Let clients and their actions through when the backend cannot answer (default: refuse)."""
     blacklist: Blacklist = field(default_factory=Blacklist)
     """Clients refused with 0x8A before the backend is asked."""
+    dummy_like: str = ""
+    """A stored password in the format and cost of the backend's (one of its hashes will do;
+    only its form is used): an unknown user's password is checked against a dummy hash like
+    it, so that the refusal takes as long as a wrong password's.  Empty: like the last
+    stored password the backend returned (before any, the ``password_hash`` scheme's default
+    cost: bcrypt 12, PBKDF2 600,000 iterations)."""
 
     def __post_init__(self) -> None:
         self.auth_by = parse_mode(self.auth_by, "auth_by")
         self.acl_by = parse_mode(self.acl_by, "acl_by")
         self.password_hash = normalise_scheme(self.password_hash)
         self.hash_key = "" if self.hash_key is None else str(self.hash_key)
+        self.dummy_like = "" if self.dummy_like is None else str(self.dummy_like)
         self.fail_open = parse_flag(self.fail_open, "fail_open")
         self.blacklist = Blacklist.from_config(self.blacklist)
         for name in ("timeout", "cache_ttl", "retry_after"):
@@ -213,6 +221,8 @@ class BackendAuth(Hook):
         self._acl: Dict[str, _ACL] = {}
         self._broker: Any = None
         self._change_pending = False
+        self._last_stored: Optional[str] = None
+        """The last stored password fetched (what an unknown user's dummy hash is like)."""
         self.available = True
         """False after a backend call failed, until one succeeds."""
 
@@ -226,8 +236,9 @@ class BackendAuth(Hook):
     # -- what a backend implements --------------------------------------------------------------
 
     def fetch_credentials(self, key: str, request: ConnectRequest) -> Any:
-        """A ``UserRecord`` (or None for an unknown user) to check the password against, or a
-        verdict: True, False, or a reason code; or a Deferred firing with one of these."""
+        """A ``UserRecord`` (or None for an unknown user, whose password is then checked
+        against a dummy hash) to check the password against, or a verdict: True, False, or a
+        reason code; or a Deferred firing with one of these."""
         raise NotImplementedError
 
     def fetch_acl(self, key: str) -> Any:
@@ -338,15 +349,22 @@ class BackendAuth(Hook):
         return answer.addCallback(then_acl)
 
     def _check(self, record: Any, request: ConnectRequest) -> Any:
+        settings = self.settings
+        if record is None:  # an unknown user: as long to refuse as a wrong password
+            like = settings.dummy_like or self._last_stored
+            dummy = self.verifier.verify(dummy_hash(like, settings.password_hash),
+                                         request.password, settings.password_hash,
+                                         settings.hash_key)
+            return dummy.addCallback(lambda _matched: BAD_USER_NAME_OR_PASSWORD)
         if record is True:
             return True
-        if record is None or record is False:
+        if record is False:
             return BAD_USER_NAME_OR_PASSWORD
         if isinstance(record, int):
             return record
         if not isinstance(record, UserRecord):
             raise TypeError(f"backend answered {record!r}")
-        settings = self.settings
+        self._last_stored = record.password
         checked = self.verifier.verify(record.password, request.password,
                                        settings.password_hash, settings.hash_key)
 

@@ -7,7 +7,10 @@
   default) or as a form (``application/x-www-form-urlencoded``); ``method: get`` sends them in
   the query string.  The answer: a 2xx status with the body ``1`` lets the client in; any other
   body, or a 4xx status, refuses it (0x86); a 5xx status, a network error or no answer within
-  ``timeout`` is a backend failure (failure policy: 0x88 by default).
+  ``timeout`` is a backend failure (failure policy: 0x88 by default).  The service alone
+  decides, so it alone can make refusing an unknown user take as long as refusing a known
+  user's wrong password (by checking the password against a dummy hash, as the other backends
+  here do); otherwise its answer times tell which users exist.
 - ACL: a request to ``acl_url`` (default ``http://localhost:8080/comqtt/acl``) carrying ``user``
   (the user name, or the client id with ``acl_by: client_id``), answered by a 2xx status and a
   JSON object mapping topic filters to access 0-3, e.g. ``{"alice/#": 3, "public/#": 1}``; 404
