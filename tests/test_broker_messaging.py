@@ -379,6 +379,50 @@ def test_outbound_pubrec_error_discards_v5() -> None:
     assert session_of(hub, "sub").inflight == {}
 
 
+_WRONG_ACKS = {
+    "PUBREC for QoS 1": (1, PubRec),
+    "PUBCOMP for QoS 1": (1, PubComp),
+    "PUBACK for QoS 2": (2, PubAck),
+    "PUBCOMP before PUBREC": (2, PubComp),
+}
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+@pytest.mark.parametrize("wrong", list(_WRONG_ACKS))
+def test_acknowledgement_of_the_wrong_kind(level: int, wrong: str) -> None:
+    """An acknowledgement that does not belong to the exchange its packet identifier is in
+    (PUBREC or PUBCOMP for a QoS 1 message, PUBACK for a QoS 2 one, PUBCOMP while the PUBREC is
+    awaited) is inconsistent with the session state, a Protocol Error: v5 DISCONNECT 0x82
+    [MQTT-4.13.1-1], v3 the connection is closed [MQTT-4.8.0-1 (3.1.1)]; the message stays
+    unacknowledged [MQTT-4.3.2-3, MQTT-4.3.3-3]."""
+    qos, ack = _WRONG_ACKS[wrong]
+    hub = make_hub()
+    sub = connect(hub, "sub", level, clean_start=False,
+                  **({"session_expiry_interval": 600} if level == V5 else {}))
+    subscribe(sub, Subscription("t", qos))
+    pub = connect(hub, "pub", level)
+    pub.send(Publish("t", b"x", qos, packet_id=1))
+    packet_id = pid(one_publish(sub))
+    sub.send(ack(packet_id))
+    if level == V5:
+        assert disconnect_reason(sub) == 0x82
+    else:
+        assert sub.closed and sub.received() == []
+    assert list(session_of(hub, "sub").inflight) == [packet_id]
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_acknowledgement_of_an_unknown_packet_id(level: int) -> None:
+    """An acknowledgement for a packet identifier not in flight is no error (after a reconnect
+    it can be a late one): PUBACK and PUBCOMP are ignored, PUBREC is answered by PUBREL with
+    0x92 (Packet Identifier not found) [MQTT-3.6.2-1]; the connection stays open."""
+    hub = make_hub()
+    sub = connect(hub, "sub", level)
+    sub.send(PubAck(7), PubComp(8), PubRec(9))
+    assert sub.received() == [PubRel(9, 0x92 if level == V5 else 0)]
+    assert not sub.closed
+
+
 def test_packet_ids_unique_while_in_flight() -> None:
     """Outbound packet identifiers are non-zero and never reused while in flight
     [MQTT-4.3.2-1, MQTT-4.3.3-1], also once they wrap around after 65535

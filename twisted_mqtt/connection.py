@@ -475,8 +475,8 @@ class Connection:
         if self.v5 and self.state == CONNECTED:
             props = Properties(reason_string=reason_string) if reason_string else NO_PROPERTIES
             self.send_packet(Disconnect(reason, props))
-        log.info("{conn!r}: disconnected by the broker, reason 0x{reason:02X}", conn=self,
-                 reason=int(reason))
+        log.info("{conn!r}: disconnected by the broker, reason 0x{reason:02X}{why}", conn=self,
+                 reason=int(reason), why=f": {reason_string}" if reason_string else "")
         self.close()
 
     def close(self) -> None:
@@ -1108,14 +1108,19 @@ class Connection:
                 hooks.notify(hooks.on_qos_complete, session.client_id, packet_id, delivery)
             if session.queue:
                 self.broker.pump(session)
+        elif delivery is not None:
+            self._wrong_acknowledgement("PUBACK", packet_id, delivery)
 
     def _on_pubrec(self, packet: PubRec) -> None:
         session = self.session
         if session is None or self.state != CONNECTED:
             return
         delivery = session.inflight.get(packet.packet_id)
-        if delivery is None or delivery.qos != 2:
+        if delivery is None:
             self.send_packet(PubRel(packet.packet_id, _R.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        if delivery.qos != 2:
+            self._wrong_acknowledgement("PUBREC", packet.packet_id, delivery)
             return
         hooks = self.broker.hooks
         if packet.reason_code >= 0x80:
@@ -1155,6 +1160,17 @@ class Connection:
                 hooks.notify(hooks.on_qos_complete, session.client_id, packet.packet_id,
                              delivery)
             self.broker.pump(session)
+        elif delivery is not None:
+            self._wrong_acknowledgement("PUBCOMP", packet.packet_id, delivery)
+
+    def _wrong_acknowledgement(self, kind: str, packet_id: int, delivery: Delivery) -> None:
+        """``kind`` names a message in flight whose exchange awaits another acknowledgement:
+        the session states disagree, a Protocol Error (v5: DISCONNECT 0x82 [MQTT-4.13.1-1];
+        3.1.1: the connection is closed, its [MQTT-4.8.0-1]).  The message stays in flight."""
+        self.broker.stats.protocol_errors += 1
+        awaited = "PUBACK" if delivery.qos == 1 else "PUBCOMP" if delivery.state else "PUBREC"
+        self.disconnect(_R.PROTOCOL_ERROR, f"{kind} for packet {packet_id}, a QoS "
+                                           f"{delivery.qos} message awaiting {awaited}")
 
     # -- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------------------
 
