@@ -185,7 +185,7 @@ def test_small_write_sent_at_once(tcp_pair: Tuple[socket.socket, socket.socket])
     assert _buffered(transport) == b""
     assert reactor.writers == set()
     assert not transport.producerPaused
-    assert transport.producer is protocol
+    assert transport.producer.connection is protocol.connection
 
 
 def test_write_queues_behind_buffered_data(tcp_pair: Tuple[socket.socket, socket.socket]

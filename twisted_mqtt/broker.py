@@ -11,6 +11,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from twisted_mqtt import __version__
@@ -24,7 +25,7 @@ from twisted_mqtt.hooks import Hooks
 from twisted_mqtt.interfaces import ClientInfo, IAuthenticator, IAuthorizer
 from twisted_mqtt.packets import ReasonCode, Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES
-from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry
+from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry, delivery_size
 from twisted_mqtt.stats import Stats
 from twisted_mqtt.topics import RetainedIndex, SharedGroup, SubscriptionTree
 
@@ -299,7 +300,7 @@ class Broker:
             if will is not None:
                 delay = will.properties.will_delay_interval or 0
                 if delay == 0 or expiry == 0:
-                    self._send_will(session.client_id, will)
+                    self._send_will(session.client_id, will, session.client)
                 else:
                     session.will = will
                     wait = delay if expiry == NEVER else min(delay, expiry)
@@ -318,7 +319,7 @@ class Broker:
         will, session.will = session.will, None
         if will is not None and session.connection is None:
             self.tick()
-            self._send_will(session.client_id, will)
+            self._send_will(session.client_id, will, session.client)
             self.flush()
 
     def _expire_session(self, session: Session) -> None:
@@ -343,7 +344,7 @@ class Broker:
         self._cancel_timers(session)
         will, session.will = session.will, None
         if will is not None and session.connection is None:
-            self._send_will(session.client_id, will)
+            self._send_will(session.client_id, will, session.client)
         for topic_filter in list(session.subscriptions):
             self.tree.remove(topic_filter, session.client_id)
         if session.subscriptions:
@@ -356,16 +357,50 @@ class Broker:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
-    def _send_will(self, client_id: str, will: Will) -> None:
+    def _send_will(self, client_id: str, will: Will, client: Optional[ClientInfo]) -> None:
         """``publish_will``, logging rather than raising an error (a hook's, a route's), so that
         the session's end is not cut short by its will."""
         try:
-            self.publish_will(client_id, will)
+            self.publish_will(client_id, will, client)
         except Exception:
             log.failure("{client_id}: publishing its will failed", client_id=client_id)
 
-    def publish_will(self, client_id: str, will: Will) -> None:
-        """Publish a Will Message on behalf of ``client_id``."""
+    def will_allowed(self, client: ClientInfo, will: Will) -> Any:
+        """Whether ``client``'s will may be published: never to ``$SYS``, else if every
+        authorizer lets ``client`` publish to its topic (a bool, or a Deferred firing with
+        one)."""
+        if will.topic.startswith("$SYS"):
+            return False
+        return self.hooks.may_publish(client, will.topic)
+
+    def publish_will(self, client_id: str, will: Will,
+                     client: Optional[ClientInfo] = None) -> None:
+        """Publish a Will Message on behalf of ``client_id`` if the authorizers still let its
+        client (``client``; by default one with that client id and no user name) publish to
+        its topic (``will_allowed``), now or when they answer; else drop it, counted in
+        ``Stats.wills_denied``."""
+        allowed = self.will_allowed(client if client is not None else ClientInfo(client_id),
+                                    will)
+        if isinstance(allowed, Deferred):
+            allowed.addCallback(self._will_answered, client_id, will).addErrback(
+                self._will_failed, client_id)
+        else:
+            self._publish_will(allowed, client_id, will)
+
+    def _will_answered(self, allowed: bool, client_id: str, will: Will) -> None:
+        self.tick()
+        self._publish_will(allowed, client_id, will)
+        self.flush()
+
+    def _will_failed(self, failure: Any, client_id: str) -> None:
+        log.failure("{client_id}: publishing its will failed", failure, client_id=client_id)
+
+    def _publish_will(self, allowed: bool, client_id: str, will: Will) -> None:
+        if not allowed:
+            self.stats.wills_denied += 1
+            log.info("{client_id}: will to {topic} not authorized; dropped",
+                     client_id=client_id, topic=will.topic)
+            return
         hooks = self.hooks
         if hooks.on_will:
             changed = hooks.modify(hooks.on_will, client_id, will)
@@ -499,10 +534,10 @@ class Broker:
     def hold_back(self, origin: Optional[str], target: Connection) -> bool:
         """A message from ``origin`` is for the blocked ``target``: stop reading the publishing
         client until ``target`` drains, and return True (the message is sent all the same);
-        False (the message is to be dropped) when the publisher is not a network client or
-        ``target`` has been blocked longer than ``slow_consumer_grace``."""
+        False (the message is to be dropped) when the publisher is not a network client,
+        ``target`` has been blocked longer than ``slow_consumer_grace`` or is being dropped."""
         since = target.blocked_since
-        if since is not None and self.now - since > self.capabilities.slow_consumer_grace:
+        if target.overflowed or since is not None and self.now - since > self.capabilities.slow_consumer_grace:
             return False
         session = self.sessions.get(origin) if origin is not None else None
         publisher = session.connection if session is not None else None
@@ -688,12 +723,15 @@ class Broker:
         return True
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
-                sub_ids: Tuple[int, ...], share: Optional[SharedGroup] = None) -> None:
-        """Send or queue one message to one session."""
+                sub_ids: Tuple[int, ...], share: Optional[SharedGroup] = None,
+                replay: bool = False) -> None:
+        """Send or queue one message to one session.  For a ``replay`` (a retained message
+        sent on SUBSCRIBE) a blocked connection does not hold back the message's publisher:
+        a QoS 0 one is dropped, a QoS 1/2 one queued."""
         conn = session.connection
         if qos == 0:
             if conn is not None:
-                if conn.blocked and not self.hold_back(message.origin, conn):
+                if conn.blocked and (replay or not self.hold_back(message.origin, conn)):
                     self.dropped(session.client_id, message, "slow consumer")
                 else:
                     conn.send_qos0(message, retain, sub_ids)
@@ -707,12 +745,15 @@ class Broker:
                 and len(session.inflight) < session.send_quota):
             conn.send_delivery(delivery)
         else:
-            if conn is not None and conn.blocked:
+            if conn is not None and conn.blocked and not replay:
                 self.hold_back(message.origin, conn)  # so that its queue does not overflow
             self._enqueue(session, delivery)
 
     def _enqueue(self, session: Session, delivery: Delivery) -> None:
-        if len(session.queue) >= self.capabilities.maximum_queued_messages:
+        queue = session.queue
+        caps = self.capabilities
+        if (len(queue) >= caps.maximum_queued_messages
+                or queue.size + delivery_size(delivery) > caps.maximum_queued_bytes):
             self.dropped(session.client_id, delivery.message, "queue full")
             return
         session.pending().append(delivery)

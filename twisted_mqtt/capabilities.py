@@ -30,17 +30,26 @@ class Capabilities:
     maximum_inflight: int = 1024
     """Unacknowledged QoS 1/2 messages sent to one client, also bounded by its receive maximum."""
     maximum_pending_bytes: int = 8 * 1024 * 1024
-    """Bytes sent to a client that is not reading them (its transport pushes back) beyond which
-    QoS 0 messages for it are dropped and QoS 1/2 messages queued; at twice this the connection
-    is dropped."""
+    """Bytes queued for a client and not yet taken by its transport (whatever put them there:
+    messages, retained messages, resends, acknowledgements) beyond which the connection is
+    blocked: its publishers are held back, its QoS 1/2 messages wait in its session, and after
+    ``slow_consumer_grace`` its QoS 0 messages are dropped; at twice this the connection is
+    dropped and what it had queued freed."""
     slow_consumer_grace: float = 10.0
     """Seconds a blocked client may hold back the clients publishing to it (their input is not
     read until it drains, so that nothing is lost); after that, its QoS 0 messages are dropped
     and the publishers read again."""
     maximum_queued_messages: int = 10_000
     """Messages held per session beyond the inflight window (offline or flow-controlled)."""
+    maximum_queued_bytes: int = 16 * 1024 * 1024
+    """Topic and payload bytes of the messages held per session beyond the inflight window; a
+    message that would pass it is dropped (and counted), like one past
+    ``maximum_queued_messages``."""
     maximum_retained_messages: int = 1_000_000
     """Retained messages kept; a new retained topic beyond this is not stored (and counted)."""
+    retained_lookup_per_turn: int = 10_000
+    """Levels of the retained index the lookups of one SUBSCRIBE may visit in one reactor turn;
+    the retained messages of its further filters are sent on the following turns."""
     maximum_client_id_length: int = 65535
     maximum_topic_levels: int = 128
     refused_filters: Tuple[str, ...] = ()

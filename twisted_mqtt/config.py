@@ -7,6 +7,7 @@ the file.  ``apply_config_file`` (called first thing in ``Options.postOptions``)
 checks every key before anything starts, and fills only the options the command line did not
 give.  A mistake stops start-up with one ``ConfigError`` naming the file, the line, the key path
 and what is expected; twistd then prints that one line and exits with status 78 (``EX_CONFIG``).
+The command-line options that stand for a key go through the same check (``OptionValue``).
 
 The file is read again on SIGHUP (``ConfigReloader``): what can change live (log levels; the auth
 ledger's and backends' rules, which their own hooks reload) changes, and the log says which
@@ -56,7 +57,54 @@ CONFIG_ERROR_EXIT = 78
 """The exit status of a configuration mistake: ``EX_CONFIG`` of sysexits.h (a systemd unit can
 name it in ``RestartPreventExitStatus=`` so that a broken file is not restarted in a loop)."""
 
+USAGE_ERROR_EXIT = 64
+"""The exit status of a command line that cannot be parsed (an unknown option, a missing
+argument): ``EX_USAGE`` of sysexits.h, the same for ``twistd mqtt`` and ``python -m
+twisted_mqtt``.  A value an option refuses is a configuration mistake (78), as in the file."""
+
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+
+class OptionValue:
+    """The coerce function of a command-line option: the text is read as YAML reads a scalar
+    (``-5`` an integer, ``0.5`` a number, ``null`` none) and checked by ``check``, else by the
+    check of the key the option stands for (``Key.option``), so that the command line and the
+    file accept the same values.  ``ConfigError`` naming the option and what it accepts."""
+
+    def __init__(self, option: str, check: Optional[Check] = None) -> None:
+        self.option = option
+        self._check = check
+
+    @property
+    def check(self) -> Check:
+        """What the option accepts."""
+        if self._check is not None:
+            return self._check
+        return next(key.check for key in KEYS if key.option == self.option)
+
+    @property
+    def coerceDoc(self) -> str:
+        """Appended to the option's help."""
+        return f"Expected: {self.check.expected}."
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return self.check(_scalar(text))
+        except Invalid as error:
+            raise ConfigError(error.problem, path=f"--{self.option}") from None
+
+
+def _scalar(text: str) -> Any:
+    """An integer, a number, None (``null``, ``~``) or the text itself."""
+    if text in ("null", "~"):
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
 
 OPTION_PARAMETERS: List[List[Any]] = [
     ["config", "c", None,
@@ -70,7 +118,8 @@ OPTION_PARAMETERS: List[List[Any]] = [
      "Append the log to this file (reopened on SIGHUP, for logrotate); default: twistd's "
      "--logfile, or standard output with -n."],
     ["shutdown-timeout", None, DEFAULT_SHUTDOWN_TIMEOUT,
-     "Seconds a graceful stop (SIGTERM) may take before the broker stops anyway.", float],
+     "Seconds a graceful stop (SIGTERM) may take before the broker stops anyway.",
+     OptionValue("shutdown-timeout")],
 ]
 """The options this module adds to ``twistd mqtt`` (``tap.Options``)."""
 
@@ -812,14 +861,21 @@ KEYS: Tuple[Key, ...] = (
     _capability("maximum_inflight", Integer(1),
                 "unacknowledged QoS 1/2 messages sent to one client"),
     _capability("maximum_pending_bytes", Integer(1),
-                "bytes written to a client that is not reading beyond which QoS 0 messages for "
-                "it are dropped; at twice this it is disconnected"),
+                "bytes queued for a client and not yet taken by its transport beyond which it "
+                "is blocked (publishers held back, QoS 1/2 queued, QoS 0 dropped after the "
+                "grace); at twice this it is disconnected"),
     _capability("slow_consumer_grace", Number(0.0),
                 "seconds a blocked client may hold back the clients publishing to it (they are "
                 "not read until it drains); then its QoS 0 messages are dropped"),
     _capability("maximum_queued_messages", Integer(0),
                 "messages held per session beyond the inflight window"),
+    _capability("maximum_queued_bytes", Integer(0),
+                "topic and payload bytes of the messages held per session beyond the inflight "
+                "window", "max-queued-bytes"),
     _capability("maximum_retained_messages", Integer(0), "retained messages kept"),
+    _capability("retained_lookup_per_turn", Integer(1),
+                "levels of the retained index the lookups of one SUBSCRIBE may visit in one "
+                "reactor turn; further filters get their retained messages on later turns"),
     _capability("maximum_client_id_length", Integer(1, 65535),
                 "longest client identifier accepted"),
     _capability("maximum_topic_levels", Integer(1), "most levels in a topic name or filter"),
@@ -871,6 +927,10 @@ KEYS: Tuple[Key, ...] = (
     Key("store.durable", Boolean(), False,
         "commit each QoS 1/2 message before acknowledging it (with a persistent store)",
         "durable", apply=_flag("durable")),
+    Key("store.skip_bad_rows", Boolean(), False,
+        "start even if the store holds rows of bad data, skipping each (logged) and the session "
+        "or retained message it belongs to (default: refuse to start)", "store-skip-bad-rows",
+        apply=_flag("store-skip-bad-rows")),
     # logging
     Key("logging.level", Level(), "info",
         "log events at this level and above: debug, info, warn, error, critical",
@@ -994,8 +1054,8 @@ def command_line_options(options: usage.Options, argv: Optional[Sequence[str]]) 
 def apply_config_file(options: usage.Options) -> Optional[Config]:
     """Fill the options the command line did not give from ``--config FILE`` (if given), check
     the logging options, and set up the log output (under twistd, as its log observer).
-    ``ConfigError`` for a file that cannot be used; ``usage.UsageError`` for a bad logging
-    option.  Called first thing in ``Options.postOptions``."""
+    ``ConfigError`` for a file or a logging option that cannot be used.  Called first thing
+    in ``Options.postOptions``."""
     given = command_line_options(options, getattr(options, "argv", None))
     options["command-line"] = frozenset(given)
     config = None
@@ -1018,18 +1078,15 @@ def _log_output(options: usage.Options) -> LogOutput:
         namespaces = {name: parse_level(value)
                       for name, value in (options.get("log-namespaces") or {}).items()}
     except ValueError as error:
-        raise usage.UsageError(f"--log-level: {error}") from None
+        raise ConfigError(str(error), path="--log-level") from None
     if options["log-format"] not in FORMATS:
-        raise usage.UsageError(f"--log-format: expected text or json, not "
-                               f"{options['log-format']!r}")
-    if not options["shutdown-timeout"] > 0:
-        raise usage.UsageError(f"--shutdown-timeout: expected a number of seconds > 0, not "
-                               f"{options['shutdown-timeout']!r}")
+        raise ConfigError(f"expected text or json, not {options['log-format']!r}",
+                          path="--log-format")
     path = options["log-file"]
     if path is not None and "log-file" in options["command-line"]:
         problem = writable_problem(path)
         if problem:
-            raise usage.UsageError(f"--log-file: {problem}")
+            raise ConfigError(problem, path="--log-file")
     rotate = None
     twistd = _twistd_options(options)
     if path is None and twistd is not None:
@@ -1055,12 +1112,23 @@ def _twistd_options(options: usage.Options) -> Optional[usage.Options]:
     return parent if isinstance(parent, ServerOptions) else None
 
 
-def exit_on_config_error(error: ConfigError, program: str = "twistd mqtt") -> NoReturn:
-    """Print ``error`` as one line on standard error and exit with ``CONFIG_ERROR_EXIT``
-    (twistd would print its whole usage first, and exit with 1)."""
-    print(f"{program}: configuration error: {error}", file=sys.stderr)
+def option_error(error: usage.UsageError, program: str = "twistd mqtt") -> Tuple[str, int]:
+    """The one line to print for options that cannot be used, and the exit status: a value
+    refused (``ConfigError``, from the file or the command line) is a configuration error,
+    ``CONFIG_ERROR_EXIT``; a command line that cannot be parsed is a usage error,
+    ``USAGE_ERROR_EXIT``, whose line says where the help is."""
+    if isinstance(error, ConfigError):
+        return f"{program}: configuration error: {error}", CONFIG_ERROR_EXIT
+    return f"{program}: error: {error}; see '{program} --help'", USAGE_ERROR_EXIT
+
+
+def exit_on_option_error(error: usage.UsageError, program: str = "twistd mqtt") -> NoReturn:
+    """Print ``option_error``'s line on standard error and exit with its status (twistd would
+    print its whole usage first, and exit with 1)."""
+    line, status = option_error(error, program)
+    print(line, file=sys.stderr)
     sys.stderr.flush()
-    raise SystemExit(CONFIG_ERROR_EXIT)
+    raise SystemExit(status)
 
 
 def log_output(options: usage.Options) -> LogOutput:

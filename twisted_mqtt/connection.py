@@ -62,6 +62,10 @@ NEVER = 0xFFFFFFFF
 V5 = ProtocolLevel.MQTT_5
 CONNECT_TIMEOUT = 10.0
 LINGER = 2.0
+WRITE_CHUNK = 256 * 1024
+"""A larger output goes to the transport in pieces of about this size, each only while the
+transport takes more (is not paused), so that what it buffers stays small; the rest waits in
+the connection's own queue, counted against ``maximum_pending_bytes``."""
 _R = ReasonCode
 
 # v5 CONNACK reason code -> v3 return code [MQTT-3.2.2-5 (3.1.1)].
@@ -106,7 +110,8 @@ class Connection:
         "broker", "transport", "address", "listener", "decoder", "state", "protocol_level", "v5",
         "session", "client", "keep_alive", "last_rx", "opened_at", "paused", "blocked",
         "certificate_subject", "certificate_common_name", "aliases_in", "aliases_out",
-        "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_paused_bytes",
+        "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_queued",
+        "_limit", "overflowed", "_resending",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
         "_held_by",
@@ -143,8 +148,16 @@ class Connection:
         self._held_by: Optional[Set[Connection]] = None
         """The blocked connections this one's input waits for."""
         self._out: List[bytes] = []
+        """Bytes queued for the client and not yet handed to the transport."""
+        self._queued = 0
+        """Their total size, which ``maximum_pending_bytes`` bounds."""
+        self._limit = caps.maximum_pending_bytes
+        """The size of ``_out`` past which ``write`` looks at the bounds."""
+        self.overflowed = False
+        """Whether the connection is being dropped for not reading what it is sent."""
+        self._resending: Optional[List[int]] = None
+        """Packet ids of messages in flight still to resend (the connection blocked first)."""
         self._dirty = False
-        self._paused_bytes = 0
         self._held: Optional[List[Any]] = None
         self._exchange: Optional[AuthExchange] = None
         self._reauthenticating = False
@@ -292,12 +305,16 @@ class Connection:
     # -- output ---------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the next flush."""
+        """Queue bytes for the next flush; past ``maximum_pending_bytes`` queued, block the
+        connection, and past twice that, drop it (see ``_over_limit``)."""
         if self._observed:
             data = self._observe_output(data)
             if not data:
                 return
         self._out.append(data)
+        self._queued += len(data)
+        if self._queued > self._limit:
+            self._over_limit()
         if not self._dirty:
             self._dirty = True
             self.broker.dirty.append(self)
@@ -324,26 +341,68 @@ class Connection:
         return b"".join(out)
 
     def flush(self) -> None:
-        """Write queued bytes to the transport in one call."""
+        """Hand queued bytes to the transport unless it pushes back (is paused): in one write,
+        or a large output in pieces of ``WRITE_CHUNK`` bytes until the transport pushes back.
+        A blocked connection with at most half of ``maximum_pending_bytes`` left is unblocked."""
         self._dirty = False
         out = self._out
-        if not out:
+        if out and not self.paused:
+            queued = self._queued
+            if queued <= WRITE_CHUNK:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                self._out = []
+                self._queued = 0
+                self.broker.stats.bytes_sent += queued
+                self.transport.write(data)
+            else:
+                self._write_pieces(out)
+        if self.blocked and not self.overflowed and (
+                self._queued <= self.broker.capabilities.maximum_pending_bytes // 2):
+            self._unblock()
+
+    def _write_pieces(self, out: List[bytes]) -> None:
+        """Write ``out`` (the queue) in pieces until the transport pushes back, which it does
+        from within ``transport.write`` once its own buffer is full."""
+        index = 0
+        count = len(out)
+        stats = self.broker.stats
+        while index < count and not self.paused:
+            start = index
+            size = 0
+            while index < count and size < WRITE_CHUNK:
+                size += len(out[index])
+                index += 1
+            data = out[start] if index == start + 1 else b"".join(out[start:index])
+            self._queued -= size
+            stats.bytes_sent += size
+            self.transport.write(data)
+        del out[:index]
+
+    def _over_limit(self) -> None:
+        """More than ``maximum_pending_bytes`` is queued for the client (whatever put it
+        there: messages, retained messages, resends, acknowledgements): block the connection,
+        so that its publishers are held back and its QoS 1/2 messages wait in its session.
+        Past twice that, drop the connection and free what it had queued; the transport is
+        aborted, so what it held is freed too."""
+        if self.overflowed:
+            self._out = []
+            self._queued = 0
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        limit = self.broker.capabilities.maximum_pending_bytes
+        if self._queued <= 2 * limit:
+            if not self.blocked:
+                self.blocked = True
+                self.blocked_since = self.broker.now
+            self._limit = 2 * limit
+            return
+        log.warn("{conn!r}: {size} bytes queued that it does not read (maximum_pending_bytes "
+                 "{limit}); dropping it", conn=self, size=self._queued, limit=limit)
+        self.overflowed = self.blocked = True
         self._out = []
-        self.broker.stats.bytes_sent += len(data)
-        if self.paused:
-            pending = self._paused_bytes = self._paused_bytes + len(data)
-            limit = self.broker.capabilities.maximum_pending_bytes
-            if pending > limit:
-                if not self.blocked:
-                    self.blocked = True
-                    self.blocked_since = self.broker.now
-                if pending > 2 * limit:
-                    log.warn("{conn!r}: not reading what it is sent; dropping it", conn=self)
-                    self.transport.abortConnection()
-                    return
-        self.transport.write(data)
+        self._queued = 0
+        self._limit = -1  # from now on every write is discarded here
+        self._resending = None
+        self.transport.abortConnection()
 
     def send_packet(self, packet: Packet) -> None:
         """Encode and queue a packet, respecting the client's Maximum Packet Size."""
@@ -442,11 +501,21 @@ class Connection:
                                   props)
         return data
 
-    def _resend(self, session: Session) -> None:
-        """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1]."""
+    def _resend(self, session: Session, packet_ids: Optional[List[int]] = None) -> None:
+        """Resend unacknowledged messages on reconnect, PUBLISH with DUP set [MQTT-4.4.0-1],
+        in order; if the connection blocks on the way, the rest (``packet_ids``) follow when
+        it unblocks."""
         too_large = []
         hooks = self.broker.hooks
-        for packet_id, delivery in session.inflight.items():
+        inflight = session.inflight
+        ids = list(inflight) if packet_ids is None else packet_ids
+        for index, packet_id in enumerate(ids):
+            if self.blocked:
+                self._resending = ids[index:]
+                break
+            delivery = inflight.get(packet_id)
+            if delivery is None:
+                continue
             if delivery.state == 0:
                 data = self._encode_delivery(delivery, packet_id, True)
                 if data is None:
@@ -485,7 +554,12 @@ class Connection:
             return
         self.state = CLOSED
         self._detach()
-        self.flush()
+        out = self._out
+        if out:  # all of it, the last packet (DISCONNECT) included, even if paused
+            self._out = []
+            self.broker.stats.bytes_sent += self._queued
+            self._queued = 0
+            self.transport.write(b"".join(out))
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None:
             self.transport.loseConnection()
@@ -533,19 +607,29 @@ class Connection:
             self.close()
 
     def pause(self) -> None:
-        """The transport's buffer is full: count what is still written to it, and block
-        PUBLISH packets once that passes ``maximum_pending_bytes``."""
+        """The transport's buffer is full: queue output here (counted) until it drains."""
         self.paused = True
 
     def resume(self) -> None:
-        """The transport drained: send what was held back, and read the publishers held back."""
-        self.paused = self.blocked = False
-        self.blocked_since = None
-        self._paused_bytes = 0
-        if self.session is not None and self.state == CONNECTED:
-            self.broker.pump(self.session)
-        self.release_held()
+        """The transport drained: hand it what is queued (see ``flush``)."""
+        self.paused = False
+        self.flush()
         self.broker.flush()
+
+    def _unblock(self) -> None:
+        """Little is left queued: finish resending, send what waited in the session, and read
+        the publishers held back."""
+        self.blocked = False
+        self.blocked_since = None
+        self._limit = self.broker.capabilities.maximum_pending_bytes
+        session = self.session
+        if session is not None and self.state == CONNECTED:
+            resending, self._resending = self._resending, None
+            if resending:
+                self._resend(session, resending)
+            self.broker.pump(session)
+        if not self.blocked:
+            self.release_held()
 
     def hold_reading(self, blocker: Connection) -> None:
         """Stop reading this client's input until ``blocker`` drains (or its grace ends)."""
@@ -669,7 +753,7 @@ class Connection:
                 self.broker.stats.auth_failures += 1
                 self._refuse(code)
             else:
-                self._accept(props)
+                self._authorize_will(props)
         else:
             self._reauthenticating = False
             if code:
@@ -708,10 +792,44 @@ class Connection:
             self.broker.stats.auth_failures += 1
             self._refuse(code)
         else:
-            self._accept()
+            self._authorize_will()
             if held:
                 self._handle(held)
         self.broker.flush()
+
+    def _authorize_will(self, auth: Properties = NO_PROPERTIES) -> None:
+        """The client is authenticated: accept it if it may publish its will (if any) to the
+        will's topic, else refuse it with 0x87 [MQTT-3.1.4-2]; an answer that comes later
+        holds the packets that follow until then."""
+        packet = self._connect
+        assert packet is not None and self.client is not None
+        if packet.will is None:
+            self._accept(auth)
+            return
+        allowed = self.broker.will_allowed(self.client, packet.will)
+        if isinstance(allowed, Deferred):
+            if self._held is None:
+                self._held = []
+            allowed.addCallback(self._later, self._will_decided, auth)
+            return
+        self._will_decided(allowed, auth)
+
+    def _will_decided(self, allowed: bool, auth: Properties) -> None:
+        """The authorizers answered about the will of a CONNECT."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        if allowed:
+            self._accept(auth)
+            if held:
+                self._handle(held)
+            return
+        packet = self._connect
+        assert packet is not None and packet.will is not None
+        log.info("{address}: client id {client_id}: will to {topic} not authorized",
+                 address=self.address, client_id=packet.client_id, topic=packet.will.topic)
+        self._connect = None  # the password is not kept
+        self._refuse(_R.NOT_AUTHORIZED)
 
     def _refuse(self, code: int) -> None:
         """Answer CONNECT with a failure and close [MQTT-3.2.2-6]."""
@@ -1241,7 +1359,7 @@ class Connection:
         broker = self.broker
         caps = broker.capabilities
         codes: List[int] = []
-        retained: List[Tuple[Message, int, Tuple[int, ...]]] = []
+        retained: List[Tuple[str, int, Tuple[int, ...]]] = []
         for subscription, check, allowed in zip(packet.subscriptions, checks, answers):
             if check is not None:
                 codes.append(check)
@@ -1259,16 +1377,39 @@ class Connection:
             if not topic_filter.startswith("$share/") and (
                     handling == 0 or (handling == 1 and new)):
                 ids: Tuple[int, ...] = (sub_id,) if sub_id is not None else ()
-                for message in broker.retained_for(topic_filter):
-                    retained.append((message, min(message.qos, granted), ids))
+                retained.append((topic_filter, granted, ids))
         self._subscribed(packet, tuple(codes))
+        if retained:
+            self._send_retained(session, retained, 0)
+
+    def _send_retained(self, session: Session, retained: List[Tuple[str, int, Tuple[int, ...]]],
+                       start: int) -> None:
+        """Send the retained messages of each ``(filter, granted QoS, subscription ids)`` from
+        ``retained[start]`` on [MQTT-3.3.1-9]; once this turn's lookups have visited
+        ``retained_lookup_per_turn`` levels of the retained index, the rest on the next turn."""
+        if self.state == CLOSED or self.session is not session:
+            return
+        broker = self.broker
+        index = broker.retained
         hooks = broker.hooks
-        for message, qos, sub_ids in retained:
-            if hooks.may_receive and not hooks.allowed_to_receive(self.client, message.topic):
-                continue
-            broker.deliver(session, message, qos, True, sub_ids)  # [MQTT-3.3.1-9]
-            if hooks.on_retain_published:
-                hooks.notify(hooks.on_retain_published, self.client, message)
+        client = self.client
+        assert client is not None
+        limit = index.visited + broker.capabilities.retained_lookup_per_turn
+        for position in range(start, len(retained)):
+            if index.visited >= limit:
+                broker.clock.callLater(0, self._later, session, self._send_retained, retained,
+                                       position)
+                return
+            topic_filter, granted, sub_ids = retained[position]
+            if topic_filter not in session.subscriptions:
+                continue  # unsubscribed meanwhile
+            for message in broker.retained_for(topic_filter):
+                if hooks.may_receive and not hooks.allowed_to_receive(client, message.topic):
+                    continue
+                broker.deliver(session, message, min(message.qos, granted), True, sub_ids,
+                               replay=True)
+                if hooks.on_retain_published:
+                    hooks.notify(hooks.on_retain_published, client, message)
 
     def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
         """Answer SUBACK and tell the hooks."""

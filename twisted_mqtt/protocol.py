@@ -67,12 +67,35 @@ def set_tcp_nodelay(transport: Any) -> bool:
     return True
 
 
+@implementer(IPushProducer)
+class OutputProducer:
+    """Registered with a transport: relays its back-pressure (its write buffer is full, or
+    drained) to the ``Connection`` writing to it."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.connection.pause()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained."""
+        self.connection.resume()
+
+    def stopProducing(self) -> None:
+        """The transport is closing; nothing to do."""
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class MQTTProtocol(Protocol):
-    """Feeds a transport's bytes to a ``Connection`` and relays back-pressure to it.
+    """Feeds a transport's bytes to a ``Connection``; an ``OutputProducer`` relays the
+    transport's back-pressure to it.
 
     Over a plain TCP transport it is also the transport the ``Connection`` writes to (see
-    ``write``); it then passes closing calls through to the real transport.
+    ``write``); it then passes closing and reading calls through to the real transport.
     """
 
     connection: Connection
@@ -94,7 +117,7 @@ class MQTTProtocol(Protocol):
         self.connection = Connection(self.broker, output, peer_host(transport), self.listener)
         if self.tracker is not None:
             self.tracker.opened(self.connection)
-        transport.registerProducer(self, True)
+        transport.registerProducer(OutputProducer(self.connection), True)
 
     # -- the transport the Connection writes to, over plain TCP --------------------------------
 
@@ -161,15 +184,16 @@ class MQTTProtocol(Protocol):
             self.tracker.closed(self.connection)
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full."""
-        self.connection.pause()
+        """Stop reading from the client (a publisher held back by a blocked subscriber)."""
+        self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
-        """The transport's buffer drained."""
-        self.connection.resume()
+        """Read from the client again."""
+        self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
-        """The transport is closing; nothing to do."""
+        """Stop reading for good."""
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Set, Tuple
 
 from twisted_mqtt.codec import encode_properties, encode_publish, publish_template
 from twisted_mqtt.packets import Subscription, Will
@@ -164,7 +164,74 @@ class SubscriptionEntry:
         self.client_id = client_id
 
 
-class _NoQueue(deque):  # type: ignore[type-arg]
+def delivery_size(delivery: Delivery) -> int:
+    """What a queued delivery counts against ``maximum_queued_bytes``: its topic and payload."""
+    message = delivery.message
+    return len(message.topic) + len(message.payload)
+
+
+class MessageQueue(deque):  # type: ignore[type-arg]
+    """A session's queue of deliveries, which keeps ``size``, the sum of their
+    ``delivery_size``, however it is changed."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def append(self, delivery: Delivery) -> None:
+        deque.append(self, delivery)
+        self.size += delivery_size(delivery)
+
+    def appendleft(self, delivery: Delivery) -> None:
+        deque.appendleft(self, delivery)
+        self.size += delivery_size(delivery)
+
+    def extend(self, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            self.append(delivery)
+
+    def extendleft(self, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            self.appendleft(delivery)
+
+    def insert(self, index: int, delivery: Delivery) -> None:
+        deque.insert(self, index, delivery)
+        self.size += delivery_size(delivery)
+
+    def pop(self) -> Delivery:  # type: ignore[override]
+        delivery = deque.pop(self)
+        self.size -= delivery_size(delivery)
+        return delivery
+
+    def popleft(self) -> Delivery:
+        delivery = deque.popleft(self)
+        self.size -= delivery_size(delivery)
+        return delivery
+
+    def remove(self, delivery: Delivery) -> None:
+        deque.remove(self, delivery)
+        self.size -= delivery_size(delivery)
+
+    def clear(self) -> None:
+        deque.clear(self)
+        self.size = 0
+
+    def __delitem__(self, index: Any) -> None:
+        self.size -= delivery_size(self[index])
+        deque.__delitem__(self, index)
+
+    def __setitem__(self, index: Any, delivery: Delivery) -> None:  # type: ignore[override]
+        self.size += delivery_size(delivery) - delivery_size(self[index])
+        deque.__setitem__(self, index, delivery)
+
+    def __iadd__(self, deliveries: Iterable[Delivery]) -> MessageQueue:  # type: ignore[override, misc]
+        self.extend(deliveries)
+        return self
+
+
+class _NoQueue(MessageQueue):
     """The queue of every session that has never queued anything, which saves an idle session
     the ~0.7 KB of an empty deque; ``Session.pending`` replaces it before anything is added."""
 
@@ -174,7 +241,7 @@ class _NoQueue(deque):  # type: ignore[type-arg]
     append = appendleft = extend = extendleft = insert = _refuse  # type: ignore[assignment]
 
 
-_NO_QUEUE: Deque[Delivery] = _NoQueue()
+_NO_QUEUE: MessageQueue = _NoQueue()
 
 
 class Session:
@@ -188,7 +255,7 @@ class Session:
         self.client_id = client_id
         self.subscriptions: Dict[str, SubscriptionEntry] = {}
         self.inflight: Dict[int, Delivery] = {}
-        self.queue: Deque[Delivery] = _NO_QUEUE
+        self.queue: MessageQueue = _NO_QUEUE
         self.inbound_qos2: Set[int] = set()
         self.next_id = 1
         self.expiry_interval = 0
@@ -202,11 +269,11 @@ class Session:
         """Who last connected with this client id (None for a session restored from a store
         until its client reconnects)."""
 
-    def pending(self) -> Deque[Delivery]:
+    def pending(self) -> MessageQueue:
         """The queue of messages waiting to be sent, to add to (created on first use)."""
         queue = self.queue
         if queue is _NO_QUEUE:
-            queue = self.queue = deque()
+            queue = self.queue = MessageQueue()
         return queue
 
     def allocate_packet_id(self) -> Optional[int]:

@@ -15,7 +15,9 @@ from twisted_mqtt.auth import AllowAll, Anonymous, LocalOnly
 from twisted_mqtt.capabilities import DEFAULT_CAPABILITIES, Capabilities
 from twisted_mqtt.config import (
     OPTION_PARAMETERS,
+    U16,
     ConfigError,
+    OptionValue,
     capability_settings,
     compatibilities,
     configure_service,
@@ -47,19 +49,30 @@ class Options(usage.Options, AuthOptionMixin):
         ["durable", None,
          "With a persistent --store: commit each QoS 1/2 message (and retained message) "
          "before acknowledging it (default: write-behind, committed within a reactor turn)."],
+        ["store-skip-bad-rows", None,
+         "Start even if the --store holds rows of bad data: skip each (one log line), not "
+         "restoring the session or retained message it belongs to (default: refuse to "
+         "start)."],
     ]
     optParameters = [
-        ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).", int],
+        ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).",
+         OptionValue("tcp", U16)],
         ["max-keep-alive", None, None,
-         "Longest keep alive allowed; longer requests get this as Server Keep Alive.", int],
+         "Longest keep alive allowed; longer requests get this as Server Keep Alive.",
+         OptionValue("max-keep-alive")],
         ["max-packet-size", None, DEFAULT_CAPABILITIES.maximum_packet_size,
-         "Largest packet accepted, bytes.", int],
+         "Largest packet accepted, bytes.", OptionValue("max-packet-size")],
         ["receive-maximum", None, DEFAULT_CAPABILITIES.receive_maximum,
-         "Unacknowledged QoS 1/2 messages a client may send at once.", int],
+         "Unacknowledged QoS 1/2 messages a client may send at once.",
+         OptionValue("receive-maximum")],
         ["topic-alias-maximum", None, DEFAULT_CAPABILITIES.topic_alias_maximum,
-         "Highest topic alias a client may use (0 disables them).", int],
+         "Highest topic alias a client may use (0 disables them).",
+         OptionValue("topic-alias-maximum")],
+        ["max-queued-bytes", None, DEFAULT_CAPABILITIES.maximum_queued_bytes,
+         "Topic and payload bytes of the messages held per session beyond the inflight "
+         "window.", OptionValue("max-queued-bytes")],
         ["sys-interval", None, DEFAULT_CAPABILITIES.sys_interval,
-         "Seconds between $SYS publications (0 disables).", float],
+         "Seconds between $SYS publications (0 disables).", OptionValue("sys-interval")],
         ["ws-path", None, None, "Accept WebSocket connections on this request path only."],
         ["store", None, "memory",
          "Where sessions, undelivered messages and retained messages are kept: memory "
@@ -115,22 +128,27 @@ class Options(usage.Options, AuthOptionMixin):
         try:
             backend_settings(url)
         except (ValueError, ImportError) as error:
-            raise usage.UsageError(f"--auth-backend: {error}") from None
+            raise ConfigError(str(error), path="--auth-backend") from None
         self["auth-backend"].append(url)
+
+    def opt_version(self) -> None:
+        """Print the versions of twisted_mqtt, Twisted and Python, and the reactor, and exit."""
+        print(version())
+        sys.exit(0)
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
         """Parse the command line, remembered so that ``--config`` fills only the options it
-        does not give; under twistd, a configuration file that cannot be used ends the
-        process with its one-line message (``config.exit_on_config_error``)."""
+        does not give; under twistd, options that cannot be used end the process with one
+        line and the status of ``config.option_error`` (not twistd's usage text)."""
         self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
-        except ConfigError as error:
+        except usage.UsageError as error:
             if getattr(self, "parent", None) is None:
                 raise
-            from twisted_mqtt.config import exit_on_config_error
+            from twisted_mqtt.config import exit_on_option_error
 
-            exit_on_config_error(error)
+            exit_on_option_error(error)
 
     def postOptions(self) -> None:
         """Apply the default listener; refuse bad listeners here rather than in makeService."""
@@ -138,8 +156,6 @@ class Options(usage.Options, AuthOptionMixin):
 
         apply_config_file(self)  # --config FILE: the options the command line did not give
         if self["tcp"] is not None:
-            if not 0 <= self["tcp"] <= 65535:
-                raise usage.UsageError(f"--tcp: port must be 0-65535, not {self['tcp']}")
             self["listen"].append(f"tcp:{self['tcp']}")
         if not self["listen"] and not self["ws"]:
             self["listen"].append("tcp:1883")
@@ -149,27 +165,27 @@ class Options(usage.Options, AuthOptionMixin):
             try:  # a bad endpoint string is a usage error, not a traceback from makeService
                 endpoints.serverFromString(reactor, endpoint)
             except Exception as error:
-                raise usage.UsageError(f"bad listener {endpoint!r}: {error}") from None
+                raise ConfigError(f"bad listener {endpoint!r}: {error}") from None
         for proxy in self["ws-trusted-proxy"]:
             try:
                 parse_network(proxy)
             except ValueError as error:
-                raise usage.UsageError(f"--ws-trusted-proxy: {error}") from None
+                raise ConfigError(str(error), path="--ws-trusted-proxy") from None
         from twisted_mqtt.storage import parse_store
 
         try:
             parse_store(self["store"])
         except ValueError as error:
-            raise usage.UsageError(f"--store: {error}") from None
+            raise ConfigError(str(error), path="--store") from None
         if self["ws-path"] is not None and not self["ws-path"].startswith("/"):
-            raise usage.UsageError(f"--ws-path must start with /, not {self['ws-path']!r}")
+            raise ConfigError(f"must start with /, not {self['ws-path']!r}", path="--ws-path")
         if self["auth-ledger"] is not None:
             from twisted_mqtt.auth.ledger import LedgerError, read_ledger
 
             try:  # a ledger that cannot be used is a usage error, not a traceback
                 read_ledger(self["auth-ledger"])
             except LedgerError as error:
-                raise usage.UsageError(f"--auth-ledger: {error}") from None
+                raise ConfigError(str(error), path="--auth-ledger") from None
 
     def capabilities(self) -> Capabilities:
         """The limits these options set."""
@@ -177,6 +193,7 @@ class Options(usage.Options, AuthOptionMixin):
             maximum_packet_size=self["max-packet-size"],
             receive_maximum=self["receive-maximum"],
             topic_alias_maximum=self["topic-alias-maximum"],
+            maximum_queued_bytes=self["max-queued-bytes"],
             maximum_keep_alive=self["max-keep-alive"],
             refused_filters=tuple(self["refuse-subscribe"]),
             sys_interval=self["sys-interval"],
@@ -202,6 +219,7 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
                  "addresses and Unix sockets only; use --allow-anonymous to accept all")
     service = BrokerService(reactor=reactor, capabilities=options.capabilities(),
                             compatibilities=compatibilities(options), authenticator=hooks[0])
+    service.exit_on_start_error = True  # one line and an exit status, not a traceback
     for hook in hooks[1:]:
         service.broker.hooks.add(hook)
     # The bound on a graceful stop; SIGHUP re-reads --config (in a thread, on a real reactor).
@@ -231,8 +249,8 @@ def _configure_store(service: BrokerService, options: Options, reactor: Any) -> 
         if durable:
             log.warn("--durable has no effect with the memory store")
         return
-    service.use_store(open_store(options["store"], reactor, durable), durable)
-    service.exit_on_store_error = True
+    service.use_store(open_store(options["store"], reactor, durable), durable,
+                      bool(options["store-skip-bad-rows"]))
     log.info("store: {kind} {location}, {mode}", kind=kind,
              location=service.recorder.store.location,
              mode="durable (QoS 1/2 messages are committed before they are acknowledged)"
@@ -262,6 +280,21 @@ def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
                 kind, settings = url
                 hooks.append(make_backend(kind, settings, reactor=reactor))
     return hooks
+
+
+def version() -> str:
+    """One line: the versions of twisted_mqtt, Twisted and Python, and the reactor that runs
+    (or would run) the broker."""
+    import platform
+
+    from twisted import version as twisted_version
+    from twisted.internet import reactor
+
+    from twisted_mqtt import __version__
+
+    return (f"twisted_mqtt {__version__} (Twisted {twisted_version.short()}, "
+            f"{platform.python_implementation()} {platform.python_version()}, reactor "
+            f"{type(reactor).__module__}.{type(reactor).__qualname__})")
 
 
 def process_reactor(reactor: Any = None) -> Any:
