@@ -330,7 +330,9 @@ class Ledger:
     def authenticate(self, request: ConnectRequest) -> Any:
         """True if a user entry or the first matching auth rule allows the client; 0x87 if
         that rule disallows it; 0x86 if nothing matched and credentials were given, else None
-        (no opinion).  A Deferred when a hashed password must be checked."""
+        (no opinion).  A Deferred when a hashed password must be checked.  A refusal that
+        checked no stored password (an unknown user) checks the dummy one first, so that it
+        takes as long as a wrong password's."""
         rules = self.rules
         client = request.client
         password = request.password
