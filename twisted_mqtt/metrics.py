@@ -76,6 +76,8 @@ class BrokerCollector(Collector):
              stats.protocol_errors),
             ("mqtt_sessions_expired", "Sessions expired", stats.sessions_expired),
             ("mqtt_wills_sent", "Will messages published", stats.wills_sent),
+            ("mqtt_wills_denied", "Will messages dropped, their topic not authorized",
+             stats.wills_denied),
         ):
             yield CounterMetricFamily(name, help_text, value=count)
 

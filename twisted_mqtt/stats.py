@@ -9,7 +9,7 @@ class Stats:
     __slots__ = ("messages_received", "messages_sent", "dropped", "expired", "bytes_received",
                  "bytes_sent", "packets_received", "packets_sent", "clients_maximum",
                  "connections_total", "sessions_created", "sessions_expired", "wills_sent",
-                 "retained_dropped", "auth_failures", "protocol_errors",
+                 "wills_denied", "retained_dropped", "auth_failures", "protocol_errors",
                  "messages_received_by_qos", "messages_sent_by_qos")
 
     def __init__(self) -> None:
@@ -26,6 +26,7 @@ class Stats:
         self.sessions_created = 0
         self.sessions_expired = 0
         self.wills_sent = 0
+        self.wills_denied = 0  # dropped when due: their client may not publish to their topic
         self.retained_dropped = 0
         self.auth_failures = 0
         self.protocol_errors = 0

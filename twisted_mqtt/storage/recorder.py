@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_mqtt.hooks import Hook
@@ -32,8 +33,10 @@ from twisted_mqtt.storage import (
     StoredMessage,
     StoredState,
     StoredSubscription,
+    StoreError,
     will_wait,
 )
+from twisted_mqtt.storage._rows import show
 
 log = Logger()
 
@@ -76,9 +79,12 @@ class Restored:
         self.dropped_deliveries: Dict[int, str] = {}
         """Expired messages: delivery key -> client id."""
         self.dropped_retained: List[str] = []
-        """Topics whose retained message expired."""
-        self.due_wills: List[Tuple[str, Will]] = []
-        """Wills whose time came while the broker was down, to publish now."""
+        """Topics whose retained message expired, or was a bad row."""
+        self.bad_sessions: List[str] = []
+        """Sessions not restored because a row of theirs was bad (skipped)."""
+        self.due_wills: List[Tuple[ClientInfo, Will]] = []
+        """Wills whose time came while the broker was down, to publish now, with the client
+        that set them (whose authorisation they still need)."""
         self.deliveries = 0
         self.retained = 0
         self.max_key = 0
@@ -91,13 +97,20 @@ def restore(broker: Any, state: StoredState) -> Restored:
 
     A session whose expiry passed while the broker was down is not restored, nor are expired
     messages.  Wills that fell due are returned in ``due_wills``, not published: publish them
-    with ``publish_due_wills`` once whatever observes the broker is ready."""
+    with ``publish_due_wills`` once whatever observes the broker is ready.  A session or
+    retained message with a bad row (``state.bad_rows``, skipped) is not restored at all."""
     now = broker.tick()
     clock = broker.clock
     restored = Restored()
+    bad = {row.client_id for row in state.bad_rows if row.client_id is not None}
+    restored.bad_sessions = sorted(bad.difference(broker.sessions))
+    restored.dropped_retained = [row.topic for row in state.bad_rows if row.topic is not None]
     for stored in state.sessions:
         head = stored.head
         client_id = head.client_id
+        if client_id in bad:
+            continue
+        owner = ClientInfo(client_id, head.username, protocol_level=head.protocol_level)
         for record in stored.deliveries:
             restored.max_key = max(restored.max_key, record.key)
         expiry = head.expiry_interval
@@ -105,11 +118,11 @@ def restore(broker: Any, state: StoredState) -> Restored:
         if expiry == 0 or (expiry != NEVER and since + expiry <= now) or (
                 client_id in broker.sessions):
             if head.will is not None and client_id not in broker.sessions:
-                restored.due_wills.append((client_id, head.will))
+                restored.due_wills.append((owner, head.will))
             restored.dropped_sessions.append(client_id)
             continue
         session = Session(client_id)
-        session.client = ClientInfo(client_id, head.username, protocol_level=head.protocol_level)
+        session.client = owner
         session.expiry_interval = expiry
         session.protocol_level = head.protocol_level
         session.next_id = head.next_id if 1 <= head.next_id <= 65535 else 1
@@ -137,7 +150,7 @@ def restore(broker: Any, state: StoredState) -> Restored:
         if head.will is not None:
             due = since + will_wait(head.will, expiry)
             if due <= now:
-                restored.due_wills.append((client_id, head.will))
+                restored.due_wills.append((owner, head.will))
             else:
                 session.will = head.will
                 session.will_timer = clock.callLater(due - now, broker._fire_will, session)
@@ -163,8 +176,8 @@ def publish_due_wills(broker: Any, restored: Restored) -> None:
     if not restored.due_wills:
         return
     broker.tick()
-    for client_id, will in restored.due_wills:
-        broker.publish_will(client_id, will)
+    for owner, will in restored.due_wills:
+        broker.publish_will(owner.client_id, will, owner)
     restored.due_wills = []
     broker.flush()
 
@@ -177,10 +190,12 @@ class Recorder(Hook):
     ``open`` before clients connect, and ``close`` it after they are disconnected."""
 
     def __init__(self, broker: Any, store: Any, durable: bool = False,
-                 clock: Any = None) -> None:
+                 clock: Any = None, skip_bad_rows: bool = False) -> None:
         self.broker = broker
         self.store = store
         self.durable = durable
+        self.skip_bad_rows = skip_bad_rows
+        """Whether rows holding bad data are skipped (logged) rather than refused."""
         self.clock = clock if clock is not None else broker.clock
         self.state: Optional[StoredState] = None
         """What the store held when it was opened."""
@@ -218,7 +233,26 @@ class Recorder(Hook):
         mode, the broker's ``ack_barrier``); fires with what was read, or fails with
         ``StoreError``.  Call it before the broker accepts clients."""
         d: Deferred[StoredState] = self.store.load()
-        return d.addCallback(self.restore)
+        return d.addCallback(self._check_rows).addCallback(self.restore)
+
+    def _check_rows(self, state: StoredState) -> Any:
+        """``state`` if it has no bad rows or they are to be skipped (one log line each);
+        otherwise close the store and fail with a ``StoreError`` naming the first."""
+        bad = state.bad_rows
+        location = self.store.location
+        if not bad:
+            return state
+        if self.skip_bad_rows:
+            for row in bad:
+                log.warn("store {location}: skipped {row}{what}", location=location, row=row,
+                         what=f"; session {show(row.client_id)} not restored (deleted)"
+                         if row.client_id is not None else
+                         "; deleted" if row.topic is not None else "")
+            return state
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        error = StoreError(f"store {location}: {bad[0]}{more}; repair or delete the row, or "
+                           "skip bad rows with --store-skip-bad-rows")
+        return maybeDeferred(self.store.close).addBoth(lambda _: Failure(error))
 
     def restore(self, state: StoredState) -> StoredState:
         """Restore the broker from ``state`` (see ``restore``) and start recording."""
@@ -228,7 +262,7 @@ class Recorder(Hook):
         self._stored = set(restored.sessions)
         self._disconnected_at = dict(restored.sessions)
         self._next_key = max(self._next_key, restored.max_key + 1)
-        for client_id in restored.dropped_sessions:
+        for client_id in restored.dropped_sessions + restored.bad_sessions:
             self._clear(client_id)
         self._deleted.update(restored.dropped_deliveries)
         for topic in restored.dropped_retained:
