@@ -25,6 +25,7 @@ from twisted_mqtt.properties import Properties
 from twisted_mqtt.storage import (
     NEVER,
     SCHEMA_VERSION,
+    BadRow,
     Batch,
     IStore,
     SessionHead,
@@ -311,7 +312,7 @@ def test_redis_newer_schema(redis_server: RedisServer) -> Any:  # noqa: F811
 
 @pytest_twisted.inlineCallbacks
 def test_redis_corrupt_record(redis_server: RedisServer) -> Any:  # noqa: F811
-    """A record that does not decode is refused, naming the store."""
+    """A record that does not decode is left out of the state and listed as a bad row."""
     prefix = f"c{uuid.uuid4().hex[:8]}:"
     url = redis_server.url(0, prefix)
     store = RedisStore(url, reactor)
@@ -319,8 +320,12 @@ def test_redis_corrupt_record(redis_server: RedisServer) -> Any:  # noqa: F811
     yield store.commit(first_batch())
     yield store.close()
     redis_server.command("HSET", f"{prefix}retained", "r/1", "garbage")
-    message = yield refused(RedisStore(url, reactor))
-    assert url in message and "corrupt record" in message
+    store = RedisStore(url, reactor)
+    state = yield store.load()
+    yield store.close()
+    assert state.bad_rows == (
+        BadRow("retained", "topic 'r/1'", "record", "no header line", None, "r/1"),)
+    assert [m.topic for m in state.retained] == ["r/2"]
 
 
 @pytest_twisted.inlineCallbacks

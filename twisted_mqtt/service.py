@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -12,10 +12,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_mqtt.broker import Broker
-from twisted_mqtt.listeners import DEFAULT_BACKLOG, ListenerService
+from twisted_mqtt.listeners import DEFAULT_BACKLOG, ListenError, ListenerService
 from twisted_mqtt.protocol import MQTTFactory
 
 log = Logger()
+
+LISTEN_ERROR_EXIT = 71
+"""The exit status when a listener cannot listen (its port is in use, binding it needs a
+privilege): ``EX_OSERR`` of sysexits.h.  Unlike a configuration mistake (78), a restart may
+succeed once the port is free, so ``Restart=on-failure`` retries it."""
 
 
 class BrokerService(MultiService):
@@ -39,22 +44,25 @@ class BrokerService(MultiService):
         self.broker = broker
         self.recorder: Any = None
         """The ``twisted_mqtt.storage.recorder.Recorder`` of ``use_store``, if any."""
-        self.exit_on_store_error = False
-        """Whether a store that cannot be loaded ends the process with status 1 (twistd)."""
+        self.exit_on_start_error = False
+        """Whether failing to start ends the process (twistd, ``python -m twisted_mqtt``): a
+        listener that cannot listen with ``LISTEN_ERROR_EXIT``, a store that cannot be loaded
+        with status 1; either way after one log line, without a traceback."""
         self.shutdown_timeout: Optional[float] = None
         """If set, ``stopService`` fires after at most this many seconds even if clients,
         listeners or the store have not finished stopping (logged)."""
         self._loading: Optional[Deferred[Any]] = None
         self._loaded = False
 
-    def use_store(self, store: Any, durable: bool = False) -> Any:
+    def use_store(self, store: Any, durable: bool = False, skip_bad_rows: bool = False) -> Any:
         """Persist the broker's state in ``store`` (a ``twisted_mqtt.storage.IStore``): it is
         read when the service starts, before any listener starts, and written behind the
         broker (``durable``: QoS 1/2 messages are committed before they are acknowledged).
-        Returns the ``Recorder``."""
+        A stored row holding bad data stops the start, or with ``skip_bad_rows`` is skipped
+        (docs/storage.md).  Returns the ``Recorder``."""
         from twisted_mqtt.storage.recorder import Recorder
 
-        self.recorder = Recorder(self.broker, store, durable, self.reactor)
+        self.recorder = Recorder(self.broker, store, durable, self.reactor, skip_bad_rows)
         return self.recorder
 
     def add_listener(self, endpoint: str, tcp_nodelay: bool = True) -> ListenerService:
@@ -137,7 +145,7 @@ class BrokerService(MultiService):
     def privilegedStartService(self) -> None:
         """With a store, listeners start only once it is loaded (in ``startService``)."""
         if self.recorder is None:
-            super().privilegedStartService()
+            self._listen(super().privilegedStartService)
         else:
             Service.privilegedStartService(self)
 
@@ -145,7 +153,7 @@ class BrokerService(MultiService):
         """Start the broker, then the listeners; with a store, load and restore it first."""
         if self.recorder is None:
             self.broker.start()
-            super().startService()
+            self._listen(super().startService)
             return
         Service.startService(self)
         self._loading = self.recorder.open().addCallbacks(self._store_loaded,
@@ -160,30 +168,44 @@ class BrokerService(MultiService):
         try:
             for child in self:
                 child.startService()
+        except ListenError as error:
+            self._cannot_start(str(error), LISTEN_ERROR_EXIT)
         except Exception as error:
             self._cannot_start(f"{type(error).__name__}: {error}")
 
     def _store_failed(self, failure: Any) -> None:
+        from twisted_mqtt.config import CONFIG_ERROR_EXIT
         from twisted_mqtt.storage import StoreError
 
         self._loading = None
         error = failure.value
-        if isinstance(error, StoreError):
-            self._cannot_start(str(error))
+        if isinstance(error, StoreError):  # the wrong file, or what is in it: EX_CONFIG
+            self._cannot_start(str(error), CONFIG_ERROR_EXIT)
         else:
             log.failure("cannot load the store {location}", failure,
                         location=self.recorder.store.location)
             self._cannot_start(f"store {self.recorder.store.location}: {error!r}")
 
-    def _cannot_start(self, problem: str) -> None:
-        """Log why the broker cannot start in one line; under twistd, exit with status 1."""
+    def _listen(self, start: Callable[[], None]) -> None:
+        """Start the children with ``start``; a listener that cannot listen ends the process
+        (``exit_on_start_error``) with one log line and ``LISTEN_ERROR_EXIT``."""
+        try:
+            start()
+        except ListenError as error:
+            if not self.exit_on_start_error:
+                raise
+            log.critical("cannot start: {problem}", problem=str(error))
+            raise SystemExit(LISTEN_ERROR_EXIT) from None
+
+    def _cannot_start(self, problem: str, status: int = 1) -> None:
+        """Log why the broker cannot start in one line; under twistd, exit with ``status``."""
         log.critical("cannot start: {problem}", problem=problem)
         self.running = 0
-        if self.exit_on_store_error:
+        if self.exit_on_start_error:
             def exit_failed() -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(1)
+                os._exit(status)
 
             self.reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
             self.reactor.callWhenRunning(self.reactor.stop)

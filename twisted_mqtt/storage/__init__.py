@@ -24,6 +24,7 @@ __all__ = [
     "APPLICATION",
     "NEVER",
     "SCHEMA_VERSION",
+    "BadRow",
     "Batch",
     "IStore",
     "SessionHead",
@@ -173,6 +174,28 @@ def will_wait(will: Will, expiry_interval: int) -> int:
 
 
 @value
+class BadRow:
+    """A stored row (record) that holds data no broker writes, found while loading: what it
+    is, where, and which field is wrong."""
+
+    table: str
+    """The table it is in (the Redis store names its records after the SQLite tables)."""
+    owner: str
+    """Whose row it is, e.g. ``client 'c1'``, ``id 3, client 'c1'``, ``topic 'a/b'``."""
+    field: str
+    problem: str
+    client_id: Optional[str] = None
+    """The session the row belongs to (not restored if the row is skipped), if its client
+    id could be read."""
+    topic: Optional[str] = None
+    """The retained message's topic, if the row is a retained message whose topic could be
+    read."""
+
+    def __str__(self) -> str:
+        return f"bad row in table {self.table} ({self.owner}): field {self.field}: {self.problem}"
+
+
+@value
 class StoredState:
     """Everything a store holds, as read at start-up."""
 
@@ -180,6 +203,10 @@ class StoredState:
     retained: Tuple[StoredMessage, ...] = ()
     sys_info: Optional[Dict[str, Any]] = None
     """The broker's counters (``twisted_mqtt.stats.Stats`` fields) when last saved."""
+    bad_rows: Tuple[BadRow, ...] = ()
+    """Rows left out because they hold bad data (``twisted_mqtt.storage._rows``); the sessions
+    they belong to are complete without them, so restoring must refuse the state or drop those
+    sessions (``recorder.check_bad_rows``)."""
 
 
 class Batch:

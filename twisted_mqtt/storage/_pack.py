@@ -1,5 +1,6 @@
 """Records as bytes: a JSON header line, then the payload as it is (for Redis values and the
-wills of SQLite rows); MQTT 5 properties in their wire encoding."""
+wills of SQLite rows); MQTT 5 properties in their wire encoding.  Unpacking checks every field
+(``twisted_mqtt.storage._rows``) and raises ``BadField``."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ import base64
 import json
 from typing import Any, List, Optional, Tuple
 
-from twisted_mqtt.codec import _properties, encode_properties
-from twisted_mqtt.packets import Subscription, Will
+from twisted_mqtt.codec import encode_properties
+from twisted_mqtt.packets import Will
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
-from twisted_mqtt.storage import SessionHead, StoredMessage, StoredSubscription
-
-
-class BadRecord(ValueError):
-    """Stored bytes that do not decode as the record they should be."""
+from twisted_mqtt.storage import SessionHead, StoredMessage, StoredSubscription, _rows
+from twisted_mqtt.storage._rows import BadField
 
 
 def pack_properties(props: Properties) -> Optional[bytes]:
@@ -24,42 +22,39 @@ def pack_properties(props: Properties) -> Optional[bytes]:
     return encode_properties(props)
 
 
-def unpack_properties(raw: Optional[bytes], where: str = "PUBLISH") -> Properties:
-    """Properties from ``pack_properties`` output (``where``: PUBLISH or WILL)."""
-    if not raw:
-        return NO_PROPERTIES
-    try:
-        props, end = _properties(raw, 0, len(raw), where)
-    except Exception as error:
-        raise BadRecord(f"bad properties: {error}") from None
-    if end != len(raw):
-        raise BadRecord("bad properties: trailing bytes")
-    return props
-
-
 def _b64(raw: Optional[bytes]) -> Optional[str]:
     return None if raw is None else base64.b64encode(raw).decode("ascii")
 
 
-def _unb64(text: Optional[str]) -> Optional[bytes]:
-    return None if text is None else base64.b64decode(text.encode("ascii"), validate=True)
+def _unb64(text: Any, field: str = "properties") -> Optional[bytes]:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(str(text).encode("ascii"), validate=True)
+    except ValueError:
+        raise BadField(field, f"{_rows.show(text)} is not base64") from None
 
 
 def _join(header: List[Any], payload: bytes) -> bytes:
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + payload
 
 
-def _split(raw: bytes) -> Tuple[List[Any], bytes]:
+def _split(raw: bytes, fields: int) -> Tuple[List[Any], bytes]:
+    """The header (``fields`` values) and the payload of a record."""
     head, sep, payload = bytes(raw).partition(b"\n")
     if not sep:
-        raise BadRecord("no header line")
+        raise BadField("record", "no header line")
+    return _header(head, fields), payload
+
+
+def _header(head: bytes, fields: int) -> List[Any]:
     try:
         header = json.loads(head.decode("utf-8"))
     except ValueError as error:
-        raise BadRecord(f"bad header: {error}") from None
-    if not isinstance(header, list):
-        raise BadRecord("bad header: not a list")
-    return header, payload
+        raise BadField("record", f"the header is not JSON ({error})") from None
+    if not isinstance(header, list) or len(header) != fields:
+        raise BadField("record", f"the header is not a list of {fields} values")
+    return header
 
 
 def pack_message(message: StoredMessage) -> bytes:
@@ -71,17 +66,9 @@ def pack_message(message: StoredMessage) -> bytes:
 
 def unpack_message(raw: bytes) -> StoredMessage:
     """The inverse of ``pack_message``."""
-    header, payload = _split(raw)
-    try:
-        topic, qos, retain, props, expires_at, origin = header
-        return StoredMessage(str(topic), payload, int(qos), bool(retain),
-                             unpack_properties(_unb64(props)),
-                             None if expires_at is None else float(expires_at),
-                             None if origin is None else str(origin))
-    except BadRecord:
-        raise
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"bad message: {error}") from None
+    header, payload = _split(raw, 6)
+    topic, qos, retain, props, expires_at, origin = header
+    return _rows.message(topic, payload, qos, retain, _unb64(props), expires_at, origin)
 
 
 def pack_delivery(message: StoredMessage, qos: int, retain: bool,
@@ -92,20 +79,14 @@ def pack_delivery(message: StoredMessage, qos: int, retain: bool,
                   message.origin], message.payload)
 
 
-def unpack_delivery(raw: bytes) -> Tuple[StoredMessage, int, bool, Tuple[int, ...]]:
-    """The inverse of ``pack_delivery``: (message, qos, retain, sub_ids)."""
-    header, payload = _split(raw)
-    try:
-        qos, retain, sub_ids, topic, mqos, mretain, props, expires_at, origin = header
-        message = StoredMessage(str(topic), payload, int(mqos), bool(mretain),
-                                unpack_properties(_unb64(props)),
-                                None if expires_at is None else float(expires_at),
-                                None if origin is None else str(origin))
-        return message, int(qos), bool(retain), tuple(int(i) for i in sub_ids)
-    except BadRecord:
-        raise
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"bad delivery: {error}") from None
+def unpack_delivery(raw: bytes) -> Tuple[StoredMessage, Any, Any, Any]:
+    """The inverse of ``pack_delivery``: (message, qos, retain, sub_ids), the last three to be
+    checked by ``_rows.delivery``."""
+    header, payload = _split(raw, 9)
+    qos, retain, sub_ids, topic, mqos, mretain, props, expires_at, origin = header
+    message = _rows.message(topic, payload, mqos, mretain, _unb64(props), expires_at, origin,
+                            "message_")
+    return message, qos, retain, sub_ids
 
 
 def pack_will(will: Optional[Will]) -> Optional[bytes]:
@@ -120,15 +101,12 @@ def unpack_will(raw: Optional[bytes]) -> Optional[Will]:
     """The inverse of ``pack_will``."""
     if raw is None:
         return None
-    header, payload = _split(raw)
     try:
-        topic, qos, retain, props = header
-        return Will(str(topic), payload, int(qos), bool(retain),
-                    unpack_properties(_unb64(props), "WILL"))
-    except BadRecord:
-        raise
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"bad will: {error}") from None
+        header, payload = _split(_rows.blob("will", raw), 4)
+    except BadField as error:
+        raise BadField("will", error.problem) from None
+    topic, qos, retain, props = header
+    return _rows.will(topic, payload, qos, retain, _unb64(props, "will properties"))
 
 
 def pack_head(head: SessionHead) -> bytes:
@@ -140,18 +118,10 @@ def pack_head(head: SessionHead) -> bytes:
 
 def unpack_head(client_id: str, raw: bytes) -> SessionHead:
     """The inverse of ``pack_head``."""
-    header, rest = _split(raw)
-    try:
-        expiry, level, disconnected_at, next_id, has_will, username = header
-        if username is not None and not isinstance(username, str):
-            raise BadRecord("bad session: user name not a string")
-        return SessionHead(client_id, int(expiry), int(level),
-                           None if disconnected_at is None else float(disconnected_at),
-                           unpack_will(rest) if has_will else None, int(next_id), username)
-    except BadRecord:
-        raise
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"bad session: {error}") from None
+    header, rest = _split(raw, 6)
+    expiry, level, disconnected_at, next_id, has_will, username = header
+    will = unpack_will(rest) if _rows.flag("will", has_will) else None
+    return _rows.head(client_id, expiry, level, disconnected_at, will, next_id, username)
 
 
 def pack_subscription(stored: StoredSubscription) -> bytes:
@@ -161,12 +131,7 @@ def pack_subscription(stored: StoredSubscription) -> bytes:
                        stored.sub_id], separators=(",", ":")).encode("utf-8")
 
 
-def unpack_subscription(topic_filter: str, raw: bytes) -> StoredSubscription:
+def unpack_subscription(client_id: str, topic_filter: Any, raw: bytes) -> StoredSubscription:
     """The inverse of ``pack_subscription``."""
-    try:
-        qos, no_local, rap, handling, sub_id = json.loads(bytes(raw).decode("utf-8"))
-        return StoredSubscription(
-            Subscription(topic_filter, int(qos), bool(no_local), bool(rap), int(handling)),
-            None if sub_id is None else int(sub_id))
-    except (TypeError, ValueError) as error:
-        raise BadRecord(f"bad subscription: {error}") from None
+    qos, no_local, rap, handling, sub_id = _header(bytes(raw), 5)
+    return _rows.subscription(client_id, topic_filter, qos, no_local, rap, handling, sub_id)

@@ -34,13 +34,14 @@ from twisted_mqtt.storage import (
     Batch,
     IStore,
     StoredDelivery,
+    StoredMessage,
     StoredSession,
     StoredState,
     StoreError,
+    _rows,
     stored_schema_version,
 )
 from twisted_mqtt.storage._pack import (
-    BadRecord,
     pack_delivery,
     pack_head,
     pack_message,
@@ -85,6 +86,53 @@ def _glob_escape(text: str) -> str:
 
 def _text(raw: Any) -> str:
     return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def _number(raw: Any) -> Any:
+    """A decimal number stored as text, as an int; other text as it is (for ``_rows`` to
+    report), sorted after the numbers."""
+    text = _rows.decode_text(raw) if isinstance(raw, bytes) else raw
+    return int(text) if isinstance(text, str) and text.isdigit() and text.isascii() else text
+
+
+def _in_order(raw: Any) -> Tuple[int, int, bytes]:
+    """A sort key of delivery keys and packet ids: numbers in order, then anything else."""
+    number = _number(raw)
+    return (0, number, b"") if isinstance(number, int) else (1, 0, bytes(raw))
+
+
+def _delivery(client_id: str, field: Any, raw: bytes, flying: Any) -> StoredDelivery:
+    """A delivery from its record in ``msgs`` and, if in flight, ``flight``."""
+    message, qos, retain, sub_ids = unpack_delivery(raw)
+    packet_id: Any = None
+    state: Any = 0
+    if flying is not None:
+        parts = str(_rows.decode_text(flying)).split(",")
+        if len(parts) != 2:
+            raise _rows.BadField("packet_id", f"{_rows.show(flying)} is not PACKET_ID,STATE")
+        packet_id, state = (_number(part) for part in parts)
+    return _rows.delivery(_number(field), client_id, message, qos, retain, sub_ids, packet_id,
+                          state)
+
+
+def _retained(topic: Any, raw: bytes) -> StoredMessage:
+    """A retained message, stored under its topic."""
+    message = unpack_message(raw)
+    if message.topic != topic:
+        raise _rows.BadField("topic", f"{_rows.show(message.topic)} is stored under "
+                             f"{_rows.show(topic)}")
+    return message
+
+
+def _counters(raw: bytes) -> Dict[str, Any]:
+    """The saved counters."""
+    try:
+        figures = json.loads(_text(raw))
+    except ValueError:
+        raise _rows.BadField("value", f"{_rows.show(raw)} is not JSON") from None
+    if not isinstance(figures, dict):
+        raise _rows.BadField("value", f"{_rows.show(figures)} is not a JSON object")
+    return dict(_rows.counter(name, figure) for name, figure in figures.items())
 
 
 @implementer(IStore)
@@ -137,9 +185,6 @@ class RedisStore:
         except StoreError:
             yield self._disconnect()
             raise
-        except BadRecord as error:
-            yield self._disconnect()
-            raise self._error(f"corrupt record: {error}") from None
         except Exception as error:
             yield self._disconnect()
             raise self._error(f"cannot read ({error})") from None
@@ -167,7 +212,13 @@ class RedisStore:
                               self._error)
         # (Versions below SCHEMA_VERSION would be migrated here; 1 is the first.)
         heads = yield redis.hgetall(self._key("sessions"))
-        client_ids = sorted(_text(c) for c in heads)
+        rows = _rows.Rows()
+        client_ids = []
+        for raw in sorted(heads):
+            client_id = _rows.decode_text(raw)
+            if rows.read("sessions", _rows.owner(client_id), _rows.text, "client_id",
+                         client_id) is not None:
+                client_ids.append(client_id)
         reads = []
         for client_id in client_ids:
             reads += [redis.hgetall(self._key("subs", client_id)),
@@ -179,35 +230,45 @@ class RedisStore:
         sessions: List[StoredSession] = []
         for index, client_id in enumerate(client_ids):
             subs, msgs, flight, qos2 = results[4 * index:4 * index + 4]
-            head = unpack_head(client_id, heads[client_id.encode("utf-8")])
+            head = rows.read("sessions", _rows.owner(client_id), unpack_head, client_id,
+                             heads[client_id.encode("utf-8")], client_id=client_id)
+            if head is None:
+                continue
+            subscriptions = []
+            for raw in sorted(subs):
+                topic_filter = _rows.decode_text(raw)
+                subscription = rows.read("subscriptions", f"{_rows.owner(client_id)}, filter "
+                                         f"{_rows.show(topic_filter)}", unpack_subscription,
+                                         client_id, topic_filter, subs[raw],
+                                         client_id=client_id)
+                if subscription is not None:
+                    subscriptions.append(subscription)
             deliveries: List[StoredDelivery] = []
-            for field in sorted(msgs, key=int):
-                message, qos, retain, sub_ids = unpack_delivery(msgs[field])
-                packet_id: Optional[int] = None
-                state = 0
-                flying = flight.get(field)
-                if flying is not None:
-                    try:
-                        packet_text, state_text = _text(flying).split(",")
-                        packet_id, state = int(packet_text), int(state_text)
-                    except ValueError:
-                        raise BadRecord(f"bad packet id of {client_id!r}") from None
-                deliveries.append(StoredDelivery(int(field), client_id, message, qos, retain,
-                                                 sub_ids, packet_id, state))
-            sessions.append(StoredSession(
-                head,
-                tuple(unpack_subscription(_text(f), subs[f]) for f in sorted(subs)),
-                tuple(deliveries),
-                tuple(sorted(int(p) for p in (qos2 or ())))))
+            for field in sorted(msgs, key=_in_order):
+                delivery = rows.read("deliveries", _rows.owner(client_id, _text(field)),
+                                     _delivery, client_id, field, msgs[field],
+                                     flight.get(field), client_id=client_id)
+                if delivery is not None:
+                    deliveries.append(delivery)
+            inbound = []
+            for raw in sorted(qos2 or (), key=_in_order):
+                packet_id = rows.read("inbound_qos2", _rows.owner(client_id), _rows.packet_id,
+                                      "packet_id", _number(raw), client_id=client_id)
+                if packet_id is not None:
+                    inbound.append(packet_id)
+            sessions.append(rows.session(head, subscriptions, deliveries, inbound))
         retained_hash, counters = results[-2], results[-1]
-        retained = tuple(unpack_message(retained_hash[t]) for t in sorted(retained_hash))
+        retained = []
+        for raw in sorted(retained_hash):
+            topic = _rows.decode_text(raw)
+            message = rows.read("retained", f"topic {_rows.show(topic)}", _retained, topic,
+                                retained_hash[raw], topic=topic)
+            if message is not None:
+                retained.append(message)
         sys_info: Optional[Dict[str, Any]] = None
         if counters:
-            try:
-                sys_info = json.loads(_text(counters))
-            except ValueError:
-                raise BadRecord("bad counters") from None
-        return StoredState(tuple(sessions), retained, sys_info)
+            sys_info = rows.read("counters", "all counters", _counters, counters)
+        return StoredState(tuple(sessions), tuple(retained), sys_info, tuple(rows.bad))
 
     # -- writing --------------------------------------------------------------------------------
 

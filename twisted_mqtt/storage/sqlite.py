@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from twisted_mqtt.packets import Subscription
 from twisted_mqtt.storage import (
     APPLICATION,
     SCHEMA_VERSION,
@@ -31,22 +32,15 @@ from twisted_mqtt.storage import (
     IStore,
     SessionHead,
     StoredDelivery,
-    StoredMessage,
-    StoredSession,
     StoredState,
     StoredSubscription,
     StoreError,
+    _rows,
     stored_schema_version,
 )
-from twisted_mqtt.storage._pack import (
-    BadRecord,
-    pack_properties,
-    pack_will,
-    unpack_properties,
-    unpack_will,
-)
+from twisted_mqtt.storage._pack import pack_properties, pack_will, unpack_will
 
-"""The ``application`` value of the ``meta`` table, which tells our files from others."""
+log = Logger()
 
 
 def _create_v1(db: sqlite3.Connection) -> None:
@@ -115,6 +109,31 @@ def _execute_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+def _delivery(key: Any, client_id: Any, packet_id: Any, state: Any, qos: Any, retain: Any,
+              sub_ids: Any, topic: Any, payload: Any, mqos: Any, mretain: Any, props: Any,
+              expires_at: Any, origin: Any) -> StoredDelivery:
+    """A row of ``deliveries``, checked."""
+    message = _rows.message(topic, payload, mqos, mretain, props, expires_at, origin,
+                            "message_")
+    return _rows.delivery(key, client_id, message, qos, retain, sub_ids, packet_id, state)
+
+
+def _head(client_id: Any, expiry: Any, level: Any, disconnected_at: Any, will: Any,
+          next_id: Any, username: Any) -> SessionHead:
+    """A row of ``sessions``, checked."""
+    return _rows.head(client_id, expiry, level, disconnected_at, unpack_will(will), next_id,
+                      username)
+
+
+def _counter(name: Any, text: Any) -> Tuple[str, Any]:
+    """A row of ``counters``, checked."""
+    try:
+        figure = json.loads(_rows.text("value", text))
+    except ValueError:
+        raise _rows.BadField("value", f"{_rows.show(text)} is not JSON") from None
+    return _rows.counter(name, figure)
+
+
 MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _create_v1,
 }
@@ -123,6 +142,51 @@ MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {
 
 TABLES = ("meta", "sessions", "subscriptions", "deliveries", "inbound_qos2", "retained",
           "counters")
+
+
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+"""The first word of a write-ahead log: checksums in little-endian, or big-endian, words."""
+
+
+def _wal_checksum(data: bytes, endian: str, s0: int, s1: int) -> Tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) continuing from (s0, s1)."""
+    words = struct.unpack(f"{endian}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_damage(wal: bytes) -> Optional[str]:
+    """What is wrong with the write-ahead log ``wal``, if it is damaged rather than torn.
+
+    SQLite reads a log up to its first frame that fails its checksum or is not of this log
+    (other salts), and ignores the rest, as it must after a crash that tore the last
+    transaction, or when the rest is an earlier log's; so a damaged log silently loses the
+    transactions from the damage on.  Such a frame followed by a valid frame of this log, or
+    a header that fails its own checksum, is damage, not a torn end."""
+    if len(wal) < 32:
+        return None if not wal else f"{len(wal)} bytes, too short for its header"
+    magic, _, page_size, _, salt1, salt2, sum1, sum2 = struct.unpack(">8I", wal[:32])
+    if magic not in WAL_MAGIC or page_size & (page_size - 1) or not 512 <= page_size <= 65536:
+        return "its header is not a write-ahead log header"
+    endian = ">" if magic & 1 else "<"
+    if _wal_checksum(wal[:24], endian, 0, 0) != (sum1, sum2):
+        return "its header fails its checksum"
+    frame = 24 + page_size
+    previous = (sum1, sum2)
+    bad: Optional[int] = None
+    for number, offset in enumerate(range(32, len(wal) - frame + 1, frame), 1):
+        header = wal[offset:offset + 24]
+        _, _, frame_salt1, frame_salt2, check1, check2 = struct.unpack(">6I", header)
+        start = _wal_checksum(header[:8], endian, *previous)
+        if (frame_salt1, frame_salt2) != (salt1, salt2) or _wal_checksum(
+                wal[offset + 24:offset + frame], endian, *start) != (check1, check2):
+            bad = number if bad is None else bad
+        elif bad is not None:
+            return f"frame {bad} is damaged but frame {number} after it is valid"
+        previous = (check1, check2)
+    return None
 
 
 @implementer(IStore)
@@ -140,6 +204,8 @@ class SQLiteStore:
         self.durable = durable
         self._pool: Optional[ThreadPool] = None
         self._db: Optional[sqlite3.Connection] = None  # used on the worker thread only
+        self.created: Optional[str] = None
+        """What the file was if ``load`` made a new store in it: a new file, an empty file..."""
         self._trigger: Any = None
 
     # -- on the reactor thread ------------------------------------------------------------------
@@ -164,8 +230,14 @@ class SQLiteStore:
             self._trigger = None
 
     def load(self) -> Deferred[StoredState]:
-        """Open (create or migrate) the file and read it."""
-        return self._run(self._open_and_load)
+        """Open (create or migrate) the file and read it; say so if it was made a new store."""
+        return self._run(self._open_and_load).addCallback(self._loaded)
+
+    def _loaded(self, state: StoredState) -> StoredState:
+        if self.created is not None:
+            log.info("store {path}: {created}, initialised as a new store", path=self.path,
+                     created=self.created)
+        return state
 
     def commit(self, batch: Batch) -> Deferred[None]:
         """Apply ``batch`` in one transaction on the worker thread."""
@@ -199,9 +271,6 @@ class SQLiteStore:
         except sqlite3.DatabaseError as error:
             self._close()
             raise self._error(f"corrupt or not an SQLite database ({error})") from None
-        except BadRecord as error:
-            self._close()
-            raise self._error(f"corrupt record: {error}") from None
 
     def _open(self) -> sqlite3.Connection:
         path = self.path
@@ -210,10 +279,20 @@ class SQLiteStore:
             raise self._error(f"directory {directory} does not exist")
         if os.path.isdir(path):
             raise self._error("is a directory")
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        wal = path + "-wal"
+        if os.path.exists(wal):
+            with open(wal, "rb") as log_file:
+                damage = wal_damage(log_file.read())
+            if damage is not None:
+                raise self._error(f"damaged write-ahead log {wal} ({damage}): SQLite would drop "
+                                  "the transactions from there on; move it away to open the "
+                                  "database without them")
         try:
             db = self._db = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as error:
             raise self._error(f"cannot open ({error})") from None
+        db.text_factory = _rows.decode_text  # a row of bad text is one bad row, not an error
         try:
             tables = {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -239,12 +318,16 @@ class SQLiteStore:
         if str(mode).lower() != "wal":
             raise self._error(f"cannot use WAL mode (journal mode is {mode})")
         db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-        self._migrate(db, version)
+        if not tables:
+            self.created = "a new file" if size is None else (
+                "an empty file (0 bytes)" if size == 0 else "a database without tables")
+        self._migrate(db, version, "meta" in tables)
         return db
 
-    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
-        """Apply each migration above ``version``, each in its own transaction."""
-        if version == 0:
+    def _migrate(self, db: sqlite3.Connection, version: int, has_meta: bool) -> None:
+        """Apply each migration above ``version``, each in its own transaction (the meta table
+        first if there is none: a store whose creation was interrupted has one at 0)."""
+        if not has_meta:
             db.execute("BEGIN IMMEDIATE")
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.execute("INSERT INTO meta VALUES ('application', ?), ('schema_version', '0')",
@@ -262,55 +345,58 @@ class SQLiteStore:
             db.execute("COMMIT")
 
     def _load(self, db: sqlite3.Connection) -> StoredState:
-        subscriptions: Dict[str, List[StoredSubscription]] = {}
+        """Read every row, each checked (``_rows``); bad rows are left out and listed."""
+        rows = _rows.Rows()
+        read = rows.read
+        subscriptions: Dict[Any, List[StoredSubscription]] = {}
         for row in db.execute("SELECT client_id, topic_filter, qos, no_local, "
                               "retain_as_published, retain_handling, sub_id "
                               "FROM subscriptions ORDER BY client_id, topic_filter"):
-            client_id, topic_filter, qos, no_local, rap, handling, sub_id = row
-            subscriptions.setdefault(client_id, []).append(StoredSubscription(
-                Subscription(topic_filter, qos, bool(no_local), bool(rap), handling), sub_id))
-        deliveries: Dict[str, List[StoredDelivery]] = {}
+            client_id, topic_filter = row[0], row[1]
+            subscription = read("subscriptions", f"{_rows.owner(client_id)}, filter "
+                                f"{_rows.show(topic_filter)}", _rows.subscription, *row,
+                                client_id=client_id)
+            if subscription is not None:
+                subscriptions.setdefault(client_id, []).append(subscription)
+        deliveries: Dict[Any, List[StoredDelivery]] = {}
         for row in db.execute("SELECT id, client_id, packet_id, state, qos, retain, sub_ids, "
                               "topic, payload, message_qos, message_retain, properties, "
                               "expires_at, origin FROM deliveries ORDER BY id"):
-            (key, client_id, packet_id, state, qos, retain, sub_ids, topic, payload, mqos,
-             mretain, props, expires_at, origin) = row
-            message = StoredMessage(topic, bytes(payload), mqos, bool(mretain),
-                                    unpack_properties(props), expires_at, origin)
-            deliveries.setdefault(client_id, []).append(StoredDelivery(
-                key, client_id, message, qos, bool(retain),
-                tuple(int(i) for i in sub_ids.split(",") if i), packet_id, state))
-        inbound: Dict[str, List[int]] = {}
+            delivery = read("deliveries", _rows.owner(row[1], row[0]), _delivery, *row,
+                            client_id=row[1])
+            if delivery is not None:
+                deliveries.setdefault(delivery.client_id, []).append(delivery)
+        inbound: Dict[Any, List[int]] = {}
         for client_id, packet_id in db.execute(
                 "SELECT client_id, packet_id FROM inbound_qos2 ORDER BY client_id, packet_id"):
-            inbound.setdefault(client_id, []).append(packet_id)
+            if read("inbound_qos2", _rows.owner(client_id), _rows.packet_id, "packet_id",
+                    packet_id, client_id=client_id) is not None:
+                inbound.setdefault(client_id, []).append(packet_id)
         sessions = []
         for row in db.execute("SELECT client_id, expiry_interval, protocol_level, "
                               "disconnected_at, will, next_id, username FROM sessions "
                               "ORDER BY client_id"):
-            client_id, expiry, level, disconnected_at, will, next_id, username = row
-            head = SessionHead(client_id, expiry, level, disconnected_at,
-                               unpack_will(None if will is None else bytes(will)), next_id,
-                               username)
-            sessions.append(StoredSession(head, tuple(subscriptions.get(client_id, ())),
-                                          tuple(deliveries.get(client_id, ())),
-                                          tuple(inbound.get(client_id, ()))))
-        retained = tuple(
-            StoredMessage(topic, bytes(payload), qos, True, unpack_properties(props),
-                          expires_at, origin)
-            for topic, payload, qos, props, expires_at, origin in db.execute(
-                "SELECT topic, payload, qos, properties, expires_at, origin FROM retained "
-                "ORDER BY topic"))
+            head = read("sessions", _rows.owner(row[0]), _head, *row, client_id=row[0])
+            if head is not None:
+                client_id = head.client_id
+                sessions.append(rows.session(head, subscriptions.get(client_id, ()),
+                                             deliveries.get(client_id, ()),
+                                             inbound.get(client_id, ())))
+        retained = []
+        for row in db.execute("SELECT topic, payload, qos, properties, expires_at, origin "
+                              "FROM retained ORDER BY topic"):
+            topic, payload, qos, props, expires_at, origin = row
+            message = read("retained", f"topic {_rows.show(topic)}", _rows.message, topic,
+                           payload, qos, True, props, expires_at, origin, topic=topic)
+            if message is not None:
+                retained.append(message)
         counters: Optional[Dict[str, Any]] = None
-        rows = db.execute("SELECT name, value FROM counters").fetchall()
-        if rows:
-            counters = {}
-            for name, text in rows:
-                try:
-                    counters[name] = json.loads(text)
-                except ValueError:
-                    raise BadRecord(f"bad counter {name}") from None
-        return StoredState(tuple(sessions), retained, counters)
+        for name, text in db.execute("SELECT name, value FROM counters"):
+            found = read("counters", f"counter {_rows.show(name)}", _counter, name, text)
+            if found is not None:
+                counters = counters or {}
+                counters[found[0]] = found[1]
+        return StoredState(tuple(sessions), tuple(retained), counters, tuple(rows.bad))
 
     def _apply(self, batch: Batch) -> None:
         db = self._db
