@@ -266,8 +266,9 @@ class Session:
         self.protocol_level = 4
         self.send_quota = 65535
         self.client: Optional[ClientInfo] = None
-        """Who last connected with this client id (None for a session restored from a store
-        until its client reconnects)."""
+        """Who last connected with this client id (for a session restored from a store: the
+        stored user name).  Its user name is the session's owner: no other identity resumes
+        the session (``Broker.open_session``)."""
 
     def pending(self) -> MessageQueue:
         """The queue of messages waiting to be sent, to add to (created on first use)."""
