@@ -1760,6 +1760,152 @@ def test_connection_not_reading_is_aborted() -> None:
     assert not fine.closed and not pub.closed
 
 
+class Reader:
+    """A client's transport as Twisted runs it: once more than ``buffer`` bytes are buffered
+    it pushes back (the connection is paused), and it resumes the connection only when the
+    client has read everything buffered.  The client reads only when told (``read``)."""
+
+    def __init__(self, client: InMemoryClient, buffer: int = 4096) -> None:
+        self.client = client
+        self.packets: List[Any] = []
+        self.most_buffered = 0
+        transport = client.transport
+        write = transport.write
+
+        def write_and_push_back(data: bytes) -> None:
+            write(data)
+            buffered = len(transport.value())
+            self.most_buffered = max(self.most_buffered, buffered)
+            if buffered > buffer and not client.connection.paused:
+                client.connection.pause()
+
+        transport.write = write_and_push_back  # type: ignore[method-assign]
+
+    def read(self, size: int) -> None:
+        """The client reads up to ``size`` bytes."""
+        transport = self.client.transport
+        data = transport.value()
+        transport.clear()
+        transport.io.write(data[size:])
+        self.packets.extend(self.client.decoder.feed(data[:size]))
+        if len(data) <= size and self.client.connection.paused:
+            self.client.connection.resume()
+
+    def read_all(self) -> None:
+        """Read until nothing more comes."""
+        while self.client.transport.value() or self.client.connection.paused:
+            self.read(1 << 20)
+
+
+def test_retained_set_to_a_client_that_never_reads_is_bounded() -> None:
+    """A client that never reads subscribes to retained messages twenty times
+    ``maximum_pending_bytes``: what is queued for it stays within the bound, the rest of the
+    QoS 0 retained messages are dropped for it (counted); QoS 1 ones wait in its session,
+    within ``maximum_queued_bytes``; the retained messages' publisher is not held back."""
+    hub = make_hub(maximum_pending_bytes=10_000, maximum_queued_bytes=20_000)
+    pub = connect(hub, "pub")
+    for i in range(200):
+        pub.send(Publish(f"r/{i:03}", b"x" * 1000, 1, retain=True, packet_id=i + 1))
+    assert len(pub.received()) == 200
+    stalled = connect(hub, "stalled0")
+    reader = Reader(stalled)
+    stalled.send(Subscribe(1, (Subscription("r/#", 0),)))
+    hub.clock.advance(0)
+    assert pub.transport.producerState == "producing"
+    assert hub.broker.stats.dropped > 150
+    reader.read_all()  # what had been queued for it, in the end
+    got = [p for p in reader.packets if isinstance(p, Publish)]
+    assert len(got) + hub.broker.stats.dropped == 200
+    assert len(got) <= 2 * 10_000 // 1000
+    stalled1 = connect(hub, "stalled1")
+    Reader(stalled1)
+    stalled1.send(Subscribe(1, (Subscription("r/#", 1),)))
+    hub.clock.advance(0)
+    session = session_of(hub, "stalled1")
+    assert 0 < session.queue.size <= 20_000
+    assert len(session.inflight) <= 2 * 10_000 // 1000
+    assert pub.transport.producerState == "producing"
+
+
+def test_resends_on_reconnect_wait_while_blocked() -> None:
+    """Unacknowledged messages resent on reconnect [MQTT-4.4.0-1] count like any output:
+    past ``maximum_pending_bytes`` the rest wait, and follow in order with their packet
+    identifiers as the client reads; none is lost and no new message overtakes them."""
+    hub = make_hub(maximum_pending_bytes=5_000)
+    sub = connect(hub, "sub", clean_start=False, session_expiry_interval=600)
+    subscribe(sub, Subscription("t", 1))
+    pub = connect(hub, "pub")
+    for i in range(30):
+        pub.send(Publish("t", b"%02d" % i + b"x" * 998, 1, packet_id=i + 1))
+    first = publishes(sub)
+    assert len(first) == 30
+    sub.drop()
+    hub.clock.advance(0)
+    again = hub.client(V5)
+    reader = Reader(again)
+    again.send(Connect("sub", V5, False, properties=Properties(session_expiry_interval=600)))
+    pub.send(Publish("t", b"new", 1, packet_id=31))
+    while again.transport.value() or again.connection.paused:
+        reader.read(1000)
+    assert isinstance(reader.packets[0], ConnAck) and reader.packets[0].session_present
+    resent = reader.packets[1:-1]
+    assert [(p.packet_id, p.payload, p.dup) for p in resent] == [
+        (p.packet_id, p.payload, True) for p in first]
+    assert reader.packets[-1].payload == b"new"
+    assert reader.most_buffered <= 2 * 5_000
+    assert not again.closed and hub.broker.stats.dropped == 0
+
+
+def test_reader_that_keeps_up_is_never_blocked() -> None:
+    """During a long QoS 0 flood that cannot be held back (here from the inline client), a
+    reader that reads as fast as the flood comes, but whose transport never holds nothing
+    between two writes, gets every message and is never blocked; a reader that stalls is
+    blocked and loses what does not fit, and is the only one."""
+    hub = make_hub(maximum_pending_bytes=10_000)
+    healthy = connect(hub, "healthy")
+    subscribe(healthy, Subscription("t", 0))
+    stalled = connect(hub, "stalled")
+    subscribe(stalled, Subscription("#", 0))
+    reader = Reader(healthy)
+    Reader(stalled)
+    inline = hub.broker.inline
+    for i in range(25):  # a burst first: the transport pushes back
+        inline.publish("t", b"%04d" % i + b"x" * 196)
+    for i in range(25, 1225, 2):
+        inline.publish("t", b"%04d" % i + b"x" * 196)
+        inline.publish("t", b"%04d" % (i + 1) + b"x" * 196)
+        reader.read(450)
+        assert not healthy.connection.blocked
+    reader.read_all()
+    assert [p.payload[:4] for p in reader.packets] == [b"%04d" % i for i in range(1225)]
+    assert not healthy.closed
+    assert stalled.connection.blocked and hub.broker.stats.dropped > 1000
+
+
+def test_session_queue_bounded_in_bytes() -> None:
+    """``maximum_queued_bytes`` bounds the topic and payload bytes a session holds for an
+    offline client; a message that would pass it is dropped and counted.  The publisher is
+    not told: its PUBACK is sent when the message is routed (0x00)."""
+    hub = make_hub(maximum_queued_bytes=10_000)
+    away = connect(hub, "away", clean_start=False, session_expiry_interval=600)
+    subscribe(away, Subscription("t", 1))
+    away.drop()
+    hub.clock.advance(0)
+    pub = connect(hub, "pub")
+    for i in range(30):
+        pub.send(Publish("t", b"%02d" % i + b"x" * 998, 1, packet_id=i + 1))
+    assert [(p.packet_id, p.reason_code) for p in pub.received()] == [
+        (i + 1, 0) for i in range(30)]
+    queue = session_of(hub, "away").queue
+    assert len(queue) == 9 and queue.size == 9 * (1 + 1000)  # the tenth would pass 10,000
+    assert hub.broker.stats.dropped == 21
+    again = hub.client(V5)
+    again.connect("away", clean_start=False,
+                  properties=Properties(session_expiry_interval=600))
+    assert [p.payload[:2] for p in publishes(again)] == [b"%02d" % i for i in range(9)]
+    assert session_of(hub, "away").queue.size == 0
+
+
 # -- encoding reuse -----------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from tests.conftest import BrokerProcess
 from twisted_mqtt.auth import AllowAll
 from twisted_mqtt.broker import Broker
 from twisted_mqtt.codec import Decoder, encode
+from twisted_mqtt.connection import Connection
 from twisted_mqtt.listeners import with_backlog
 from twisted_mqtt.packets import (
     ConnAck,
@@ -170,6 +171,23 @@ def test_only_plain_tcp_is_written_directly(tcp_pair: Tuple[socket.socket, socke
     memory.makeConnection(string_transport)
     assert not direct_writable(string_transport)
     assert memory.connection.transport is string_transport
+
+
+def test_held_back_publisher_is_not_read(tcp_pair: Tuple[socket.socket, socket.socket]
+                                         ) -> None:
+    """Holding a publisher back (for a blocked subscriber) stops reading its socket, also
+    over the plain TCP transport the connection writes to through the protocol; releasing it
+    reads again.  The transport's own back-pressure still reaches the connection's output."""
+    protocol, transport, reactor = _serve(tcp_pair[0])
+    connection = protocol.connection
+    assert transport in reactor.readers
+    blocker = Connection(connection.broker, StringTransport(), None)
+    connection.hold_reading(blocker)
+    assert transport not in reactor.readers and not connection.paused
+    blocker.release_held()
+    assert transport in reactor.readers
+    transport.producer.pauseProducing()
+    assert connection.paused and transport in reactor.readers
 
 
 # -- the direct write -------------------------------------------------------------------------

@@ -537,7 +537,8 @@ class Broker:
         False (the message is to be dropped) when the publisher is not a network client,
         ``target`` has been blocked longer than ``slow_consumer_grace`` or is being dropped."""
         since = target.blocked_since
-        if target.overflowed or since is not None and self.now - since > self.capabilities.slow_consumer_grace:
+        if target.overflowed or (
+                since is not None and self.now - since > self.capabilities.slow_consumer_grace):
             return False
         session = self.sessions.get(origin) if origin is not None else None
         publisher = session.connection if session is not None else None
