@@ -23,8 +23,10 @@ connections), never on the reactor thread; a lost connection is reopened on the 
 
 from __future__ import annotations
 
+import platform
 import re
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
@@ -91,6 +93,14 @@ class SQLSettings(BackendSettings):
             if not _IDENTIFIER.match(value):
                 raise ValueError(f"{name}: {value!r} is not a plain SQL identifier")
 
+    def client(self) -> ModuleType:
+        """The DB-API module of the engine: psycopg2 (psycopg2cffi on PyPy) or pymysql
+        (ImportError naming the extra that brings it)."""
+        if self.engine == "postgresql":
+            module = "psycopg2cffi" if platform.python_implementation() == "PyPy" else "psycopg2"
+            return require(module, "postgresql", module, "postgresql")
+        return require("pymysql", "mysql", "pymysql", "mysql")
+
     @property
     def auth_query(self) -> str:
         """The credentials query."""
@@ -126,9 +136,8 @@ class SQLAuth(BackendAuth):
                                   "cp_reconnect": True, "cp_noisy": False}
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
+        module = settings.client().__name__
         if settings.engine == "postgresql":
-            module = "psycopg2"
-            extra = "postgresql"
             kwargs.update(host=settings.host, port=settings.port, dbname=settings.database,
                           connect_timeout=connect_timeout)
             if settings.user is not None:
@@ -138,8 +147,6 @@ class SQLAuth(BackendAuth):
             if settings.sslmode:
                 kwargs["sslmode"] = settings.sslmode
         else:
-            module = "pymysql"
-            extra = "mysql"
             kwargs.update(host=settings.host, port=settings.port, database=settings.database,
                           charset=settings.charset, connect_timeout=connect_timeout,
                           read_timeout=connect_timeout, write_timeout=connect_timeout,
@@ -148,7 +155,6 @@ class SQLAuth(BackendAuth):
                 kwargs["user"] = settings.user
             if settings.password is not None:
                 kwargs["password"] = settings.password
-        require(module, settings.engine, module, extra)
         self.pool = adbapi.ConnectionPool(module, **kwargs)
 
     def describe(self) -> str:
