@@ -23,17 +23,17 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 packages=(mosquitto mosquitto-clients chromium redis-server postgresql mariadb-server)
-commands=(mosquitto mosquitto_sub chromium redis-server pg_ctlcluster mariadbd)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     packages+=(nodejs npm)
-    commands+=(npm)
 fi
 case "$PYTHON" in
-    pypy3*) packages+=(pypy3 pypy3-venv pypy3-dev libpq-dev); commands+=(pypy3 pg_config) ;;
+    pypy3*) packages+=(pypy3 pypy3-venv pypy3-dev libpq-dev) ;;
 esac
 missing=0
-for command in "${commands[@]}"; do
-    if ! command -v "$command" >/dev/null && [ ! -x "/usr/sbin/$command" ]; then missing=1; fi
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing=1
+    fi
 done
 if [ "$missing" = 1 ]; then
     echo "tests/run.sh: installing ${packages[*]} with apt-get" >&2
