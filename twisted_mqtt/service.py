@@ -47,7 +47,8 @@ class BrokerService(MultiService):
         self.exit_on_start_error = False
         """Whether failing to start ends the process (twistd, ``python -m twisted_mqtt``): a
         listener that cannot listen with ``LISTEN_ERROR_EXIT``, a store that cannot be loaded
-        with status 1; either way after one log line, without a traceback."""
+        with ``CONFIG_ERROR_EXIT`` (78), anything else with status 1; either way after one
+        log line, without a traceback."""
         self.shutdown_timeout: Optional[float] = None
         """If set, ``stopService`` fires after at most this many seconds even if clients,
         listeners or the store have not finished stopping (logged)."""

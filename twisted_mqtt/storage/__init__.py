@@ -204,9 +204,10 @@ class StoredState:
     sys_info: Optional[Dict[str, Any]] = None
     """The broker's counters (``twisted_mqtt.stats.Stats`` fields) when last saved."""
     bad_rows: Tuple[BadRow, ...] = ()
-    """Rows left out because they hold bad data (``twisted_mqtt.storage._rows``); the sessions
-    they belong to are complete without them, so restoring must refuse the state or drop those
-    sessions (``recorder.check_bad_rows``)."""
+    """Rows left out because they hold bad data (``twisted_mqtt.storage._rows``).  The
+    sessions they belong to are listed without them, incomplete: the ``Recorder`` refuses the
+    state, or (skipping bad rows) restores neither those sessions nor those retained
+    messages."""
 
 
 class Batch:

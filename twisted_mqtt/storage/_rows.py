@@ -92,7 +92,7 @@ def text(field: str, value: Any, empty: bool = False) -> str:
     if "\x00" in value:
         raise BadField(field, f"{show(value)} contains U+0000")
     try:
-        size = len(value.encode("utf-8"))
+        size = len(value) if value.isascii() else len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise BadField(field, f"{show(value)} is not valid UTF-8") from None
     if size > MAX_STRING:
@@ -107,6 +107,8 @@ def optional_text(field: str, value: Any) -> Optional[str]:
 
 def integer(field: str, value: Any, low: int, high: int) -> int:
     """``value`` if it is an integer from ``low`` to ``high``."""
+    if type(value) is int and low <= value <= high:
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadField(field, f"{_kind(value)}, not an integer")
     if not low <= value <= high:
@@ -185,16 +187,20 @@ def properties(field: str, value: Any, where: str = "PUBLISH") -> Properties:
 
 def sub_ids(field: str, value: Any) -> Tuple[int, ...]:
     """Subscription identifiers (each 1..268435455), from a list or comma-separated text."""
+    ids: Sequence[Any]
     if isinstance(value, str):
-        parts: Sequence[Any] = value.split(",") if value else ()
-        if not all(part.isdigit() and part.isascii() for part in parts):
-            raise BadField(field, f"{show(value)} is not a list of subscription identifiers")
-        parts = [int(part) for part in parts]
-    elif isinstance(value, (list, tuple)):
-        parts = value
-    else:
+        try:
+            ids = tuple(map(int, value.split(","))) if value else ()
+        except ValueError:
+            raise BadField(field, f"{show(value)} is not a list of subscription identifiers"
+                           ) from None
+        if not ids or 1 <= min(ids) and max(ids) <= MAX_SUBSCRIPTION_ID:
+            return tuple(ids)
+    elif not isinstance(value, (list, tuple)):
         raise BadField(field, f"{_kind(value)}, not a list of subscription identifiers")
-    return tuple(integer(field, part, 1, MAX_SUBSCRIPTION_ID) for part in parts)
+    else:
+        ids = value
+    return tuple(integer(field, part, 1, MAX_SUBSCRIPTION_ID) for part in ids)
 
 
 def packet_id(field: str, value: Any) -> int:
