@@ -109,6 +109,7 @@ def check_refused_then_skipped(make: Any, expected: BadRow, logged: List[str]) -
     owner = expected.client_id
     others = {s.client_id for s in state.sessions} - {owner}
     assert set(hub.broker.sessions) == others
+    assert {s.client_id for s in recorder.stored_sessions()} == others
     if expected.topic is not None:
         assert expected.topic not in hub.broker.retained
     skipped = [line for line in logged if "skipped bad row" in line]
@@ -172,6 +173,20 @@ def test_sqlite_rows_checked_in_every_table(tmp_path: Path) -> Any:
         "'many' is not a count",
     ]
     assert [s.client_id for s in state.sessions] == ["c2"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqlite_packet_id_in_flight_twice(tmp_path: Path) -> Any:
+    """Two deliveries of one session in flight under the same packet id: the later is a bad
+    row (restoring both would lose one)."""
+    path = tmp_path / "twice.db"
+    yield write_first_batch(SQLiteStore(str(path), reactor))
+    sql(path, "UPDATE deliveries SET packet_id = 5 WHERE id = 2")
+    store = SQLiteStore(str(path), reactor)
+    state = yield store.load()
+    yield store.close()
+    assert state.bad_rows == (BadRow("deliveries", "id 2, client 'c1'", "packet_id",
+                                     "5 is in flight in delivery 1 too", "c1"),)
 
 
 @pytest_twisted.inlineCallbacks

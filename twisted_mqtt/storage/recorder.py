@@ -13,6 +13,7 @@ only once the batch holding everything recorded until then is committed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -236,8 +237,9 @@ class Recorder(Hook):
         return d.addCallback(self._check_rows).addCallback(self.restore)
 
     def _check_rows(self, state: StoredState) -> Any:
-        """``state`` if it has no bad rows or they are to be skipped (one log line each);
-        otherwise close the store and fail with a ``StoreError`` naming the first."""
+        """``state`` if it has no bad rows; if they are to be skipped, ``state`` without the
+        sessions they belong to (one log line each); otherwise close the store and fail with
+        a ``StoreError`` naming the first."""
         bad = state.bad_rows
         location = self.store.location
         if not bad:
@@ -248,7 +250,9 @@ class Recorder(Hook):
                          what=f"; session {show(row.client_id)} not restored (deleted)"
                          if row.client_id is not None else
                          "; deleted" if row.topic is not None else "")
-            return state
+            dropped = {row.client_id for row in bad}
+            return replace(state, sessions=tuple(
+                s for s in state.sessions if s.client_id not in dropped))
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         error = StoreError(f"store {location}: {bad[0]}{more}; repair or delete the row, or "
                            "skip bad rows with --store-skip-bad-rows")
