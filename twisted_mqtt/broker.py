@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from twisted_mqtt.codec import AckedRun, PublishRun
     from twisted_mqtt.connection import Connection
     from twisted_mqtt.inline import InlineClient
+    from twisted_mqtt.trace import PacketTrace
 
 log = Logger()
 
@@ -82,6 +83,7 @@ class Broker:
         self.retained: RetainedIndex[Message] = RetainedIndex()
         """Retained messages by topic (a mapping), indexed by level for ``retained_for``."""
         self.connections: set[Connection] = set()
+        self.hooks.watch(self._hooks_changed)
         self.connected = 0
         """How many connections have completed CONNECT and not yet ended."""
         self.dirty: List[Connection] = []
@@ -155,6 +157,36 @@ class Broker:
         self.tick()
         conn.inject(packet)
         self.flush()
+
+    def trace(self, enabled: bool = True, clients: Iterable[str] = (),
+              topics: Iterable[str] = ()) -> Optional[PacketTrace]:
+        """Log every packet in and out (``twisted_mqtt.trace``) of the clients whose id matches
+        one of ``clients`` (glob patterns; none: every client) and, if ``topics`` are given,
+        only packets carrying a topic that matches one of those filters; ``enabled`` False
+        removes the trace.  Return the trace in force (None when off); ``ValueError`` for a bad
+        topic filter."""
+        from twisted_mqtt.trace import PacketTrace
+
+        current = next((hook for hook in self.hooks if isinstance(hook, PacketTrace)), None)
+        if not enabled:
+            if current is not None:
+                self.hooks.remove(current)
+                log.info("packet trace off")
+            return None
+        if current is None:
+            current = PacketTrace(clients, topics)
+            self.hooks.add(current)
+        else:
+            current.limit(clients, topics)
+        log.info("packet trace on: {filters}", filters=current.describe_filters())
+        return current
+
+    def _hooks_changed(self) -> None:
+        """Connections leave their fast paths while a packet hook is installed, and take them
+        again once none is."""
+        observed = self.hooks.packets
+        for conn in self.connections:
+            conn.observe(observed)
 
     def acl_changed(self) -> None:
         """Forget every remembered delivery decision (``may_receive``): call it when an

@@ -943,11 +943,24 @@ KEYS: Tuple[Key, ...] = (
     Key("logging.file", Maybe(WritableFile()), None,
         "append the log to this file, reopened on SIGHUP; null: twistd's --logfile, or "
         "standard output", "log-file"),
+    # the packet trace
+    Key("trace.enabled", Boolean(), False,
+        "log every packet in and out: client id, direction, type and fields (payloads "
+        "shortened), in the logging namespace twisted_mqtt.trace", "trace",
+        apply=_flag("trace"), live=True),
+    Key("trace.clients", ListOf(Text(), "client id patterns, e.g. [sensor-*]"), [],
+        "trace only the clients whose id matches one of these glob patterns; []: every client",
+        "trace-client", live=True),
+    Key("trace.topics", ListOf(TopicFilter(), "topic filters"), [],
+        "trace only PUBLISH packets whose topic matches one of these filters, and SUBSCRIBE "
+        "and UNSUBSCRIBE packets with a filter overlapping one; []: every packet",
+        "trace-topic", live=True),
 )
 """The configuration file's schema: every key, in the order docs and examples list them."""
 
 KEYS_BY_PATH: Dict[str, Key] = {key.path: key for key in KEYS}
-SECTIONS = ("listeners", "capabilities", "compatibilities", "auth", "store", "logging")
+SECTIONS = ("listeners", "capabilities", "compatibilities", "auth", "store", "logging",
+            "trace")
 
 
 # -- reading a file ----------------------------------------------------------------------------
@@ -1192,7 +1205,8 @@ def configure_service(service: BrokerService, options: usage.Options,
         log.warn("twistd's --logger or --syslog is in use: --log-level, --log-format and "
                  "--log-file (logging.*) do not apply")
     if config is not None or (output is not None and output.path is not None):
-        service.broker.hooks.add(ConfigReloader(options, in_thread), first=True)
+        service.broker.hooks.add(ConfigReloader(options, in_thread, service.broker),
+                                 first=True)
 
 
 def _shown_value(value: Any) -> str:
@@ -1208,12 +1222,22 @@ def _shown_value(value: Any) -> str:
 class ConfigReloader:
     """Re-reads the configuration file when the service reloads (SIGHUP, through
     ``BrokerService.reload``, which calls ``reload()`` on every hook that has one): applies the
-    keys that can change live (``logging.level``, ``logging.levels``), says in the log what
-    changed and which changes need a restart, and reopens the log file.  A file that cannot
-    be used is logged and the settings in force are kept."""
+    keys that can change live (``logging.level``, ``logging.levels``, and ``trace.*`` when
+    given the ``broker``), says in the log what changed and which changes need a restart, and
+    reopens the log file.  A file that cannot be used is logged and the settings in force are
+    kept."""
 
     def __init__(self, options: usage.Options,
-                 in_thread: Optional[Callable[..., Deferred[Any]]] = None) -> None:
+                 in_thread: Optional[Callable[..., Deferred[Any]]] = None,
+                 broker: Any = None) -> None:
+        self.broker = broker
+        """The broker whose packet trace the ``trace`` keys switch (None: they need a
+        restart)."""
+        self.trace_options: Dict[str, Any] = {
+            "trace.enabled": bool(options.get("trace")),
+            "trace.clients": list(options.get("trace-client") or ()),
+            "trace.topics": list(options.get("trace-topic") or ())}
+        """The trace's settings as the options give them (the command line's win)."""
         self.in_thread = in_thread
         """How ``reload`` reads the file off the reactor thread (``deferToThread``, say); None
         reads it at once."""
@@ -1267,7 +1291,7 @@ class ConfigReloader:
             winners = self.command_line.intersection(key.overridden_by)
             if winners:
                 ignored.append(f"{change} (--{sorted(winners)[0]} on the command line wins)")
-            elif key.live:
+            elif key.live and (self.broker is not None or not key.path.startswith("trace.")):
                 self.in_force[key.path] = value
                 applied.append(change)
             else:
@@ -1281,6 +1305,8 @@ class ConfigReloader:
                 self._applied(applied)
             self.output.set_levels(level, {name: parse_level(name_level) for name, name_level
                                            in self.in_force["logging.levels"].items()})
+        if any(change.startswith("trace.") for change in applied):
+            self._switch_trace()
         if not (applied or ignored or restart):
             log.info("configuration {path} re-read: nothing changed", path=self.source)
         if applied and not quieter:
@@ -1292,6 +1318,17 @@ class ConfigReloader:
             log.warn("configuration {path} re-read: needs a restart to apply {changes}",
                      path=self.source, changes="; ".join(restart))
         return True
+
+    def _switch_trace(self) -> None:
+        """Switch the packet trace as the keys in force say (an option given on the command
+        line wins over its key)."""
+        def setting(path: str) -> Any:
+            if self.command_line.intersection(KEYS_BY_PATH[path].overridden_by):
+                return self.trace_options[path]
+            return self.in_force[path]
+
+        self.broker.trace(setting("trace.enabled"), setting("trace.clients"),
+                          setting("trace.topics"))
 
     def _applied(self, changes: List[str]) -> None:
         log.info("configuration {path} re-read: applied {changes}", path=self.source,

@@ -47,6 +47,8 @@ from twisted_mqtt.packets import (
     Subscribe,
     UnsubAck,
     Unsubscribe,
+    reason_name,
+    version_name,
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.session import Delivery, Message, Session
@@ -95,6 +97,28 @@ def _veto_code(veto: Any, kind: PacketType) -> int:
     return code
 
 
+_FAST_FORMS = (tuple, int, PublishRun, AckedRun)
+"""What the decoder makes of PUBLISH and PUBACK packets for the fast paths."""
+
+
+def _as_packets(item: Any) -> List[Any]:
+    """A decoded item as packets: an item in a fast form (decoded before a packet hook was
+    installed, then held) as the packets it stands for."""
+    kind = type(item)
+    if kind is tuple:
+        return [Publish(*item[:7])]
+    if kind is int:
+        return [PubAck(item)]
+    if kind is PublishRun or kind is AckedRun:
+        return [Publish(*fields[:7]) for fields in item.publishes()]
+    return [item]
+
+
+def _user(username: Optional[str]) -> str:
+    """A user name as the log names it."""
+    return "no user name" if username is None else f"user {username!r}"
+
+
 def _is_utf8(payload: bytes) -> bool:
     try:
         payload.decode("utf-8")
@@ -127,8 +151,7 @@ class Connection:
         self.listener = listener
         caps = broker.capabilities
         hooks = broker.hooks
-        self._observed = bool(hooks.on_packet_read or hooks.on_packet_encode
-                              or hooks.on_packet_sent or hooks.on_packet_processed)
+        self._observed = hooks.packets
         """Packet hooks see every packet: no raw tuples, runs or forwarded frames."""
         self.decoder = Decoder(max_packet_size=caps.maximum_packet_size,
                                raw_publish=not self._observed)
@@ -236,9 +259,17 @@ class Connection:
             else:
                 handlers[kind](self, packet)
 
+    def observe(self, observed: bool) -> None:
+        """Pass every packet through the packet hooks from now on (``observed``), or take the
+        fast paths again."""
+        self._observed = observed
+        self.decoder.raw_publish = not observed
+
     def _handle_observed(self, packets: List[Any]) -> None:
         """Handle packets one by one through the packet hooks."""
         hooks = self.broker.hooks
+        if any(type(packet) in _FAST_FORMS for packet in packets):
+            packets = [one for packet in packets for one in _as_packets(packet)]
         for index, packet in enumerate(packets):
             if self.state == CLOSED:
                 return
@@ -281,8 +312,9 @@ class Connection:
 
     def _codec_error(self, error: CodecError) -> None:
         self.broker.stats.protocol_errors += 1
-        log.info("{conn!r}: {error}; closing (reason 0x{code:02X})", conn=self, error=error,
-                 code=int(error.reason_code))
+        log.info("{conn!r}: {error}; closing (reason 0x{code:02X} {name})", conn=self,
+                 error=error, code=int(error.reason_code),
+                 name=reason_name(error.reason_code, PacketType.DISCONNECT))
         if self.state == AWAITING_CONNECT:
             if isinstance(error, UnsupportedProtocolVersion):
                 self.write(_V3_UNSUPPORTED)  # [MQTT-3.1.2-2]
@@ -544,8 +576,9 @@ class Connection:
         if self.v5 and self.state == CONNECTED:
             props = Properties(reason_string=reason_string) if reason_string else NO_PROPERTIES
             self.send_packet(Disconnect(reason, props))
-        log.info("{conn!r}: disconnected by the broker, reason 0x{reason:02X}{why}", conn=self,
-                 reason=int(reason), why=f": {reason_string}" if reason_string else "")
+        log.info("{conn!r}: disconnected by the broker, reason 0x{reason:02X} {name}{why}",
+                 conn=self, reason=int(reason), name=reason_name(reason, PacketType.DISCONNECT),
+                 why=f": {reason_string}" if reason_string else "")
         self.close()
 
     def close(self) -> None:
@@ -836,12 +869,17 @@ class Connection:
         if code not in VALID_REASON_CODES[PacketType.CONNACK]:
             code = _R.UNSPECIFIED_ERROR  # [MQTT-3.2.2-8]
         self.state = AWAITING_CONNECT
-        log.info("{address}: connection refused, reason 0x{code:02X}", address=self.address,
-                 code=code)
-        if self.v5:
-            self.send_packet(ConnAck(code))
-        else:
-            self.send_packet(ConnAck(_V3_RETURN_CODES.get(code, 5)))
+        return_code = None if self.v5 else _V3_RETURN_CODES.get(code, 5)
+        client = self.client
+        log.info("{address}: connection refused, reason 0x{code:02X} {name}{v3}{who}",
+                 address=self.address, code=code, name=reason_name(code),
+                 return_code=return_code,
+                 v3="" if return_code is None else f" (return code {return_code})",
+                 client_id=client.client_id if client else None,
+                 username=client.username if client else None,
+                 who=f"; client id {client.client_id!r}, {_user(client.username)}"
+                 if client else "")
+        self.send_packet(ConnAck(code if return_code is None else return_code))
         self.close()
 
     def _accept(self, auth: Properties = NO_PROPERTIES) -> None:
@@ -906,10 +944,13 @@ class Connection:
         broker.connected += 1
         if broker.connected > stats.clients_maximum:
             stats.clients_maximum = broker.connected
-        log.info("{conn!r}: connected (MQTT level {protocol_level}, clean start {clean}, "
-                 "session present {present})", conn=self,
-                 protocol_level=int(packet.protocol_level), clean=packet.clean_start,
-                 present=present)
+        log.info("{conn!r}: connected ({user}, MQTT {version}, keep alive {keep_alive}{asked}, "
+                 "clean start {clean}, session present {present})", conn=self,
+                 user=_user(packet.username), username=packet.username,
+                 version=version_name(packet.protocol_level),
+                 protocol_level=int(packet.protocol_level), keep_alive=keep_alive,
+                 asked="" if keep_alive == packet.keep_alive else
+                 f" (asked {packet.keep_alive})", clean=packet.clean_start, present=present)
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved.
         self.send_packet(ConnAck(0, present and self.protocol_level != ProtocolLevel.MQTT_3_1,
                                  ack_props))
@@ -1195,8 +1236,8 @@ class Connection:
 
     def _refuse_publish(self, topic: str, qos: int, packet_id: Optional[int],
                         code: int = _R.NOT_AUTHORIZED) -> None:
-        log.info("{conn!r}: publish to {topic} refused, reason 0x{code:02X}", conn=self,
-                 topic=topic, code=code)
+        log.info("{conn!r}: publish to {topic} refused, reason 0x{code:02X} {name}", conn=self,
+                 topic=topic, code=code, name=reason_name(code, PacketType.PUBACK))
         if not self.v5 and self.broker.compatibilities.disconnect_v3_on_refused_publish:
             self.close()
             return
@@ -1456,8 +1497,9 @@ class Connection:
                 session.expiry_interval = min(expiry,
                                               self.broker.capabilities.maximum_session_expiry)
         self._close_reason = int(packet.reason_code)
-        log.info("{conn!r}: disconnected, reason 0x{reason:02X}", conn=self,
-                 reason=self._close_reason)
+        log.info("{conn!r}: disconnected, reason 0x{reason:02X} {name}", conn=self,
+                 reason=self._close_reason,
+                 name=reason_name(self._close_reason, PacketType.DISCONNECT))
         # The will is discarded unless v5 reason 0x04 asks for it [MQTT-3.14.4-3].
         self._will_ok = self.v5 and packet.reason_code == _R.DISCONNECT_WITH_WILL_MESSAGE
         self.close()

@@ -238,6 +238,9 @@ class Hooks:
         self.may_receive: Tuple[Callable[[ClientInfo, str], bool], ...] = ()
         self._may_publish: Callbacks = ()
         self._may_subscribe: Callbacks = ()
+        self.packets = False
+        """Whether a hook handles a packet event (``IPacketHook``)."""
+        self._watchers: List[Callable[[], None]] = []
         self._refresh()
 
     def __iter__(self) -> Iterator[Any]:
@@ -269,6 +272,11 @@ class Hooks:
         self._hooks = kept
         self._refresh()
 
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every change of the installed hooks (to refresh a decision
+        taken from them, such as a connection's fast paths)."""
+        self._watchers.append(callback)
+
     def _refresh(self) -> None:
         hooks = self._hooks
         for event in EVENTS:
@@ -279,6 +287,10 @@ class Hooks:
                                  if getattr(h, "may_receive", None) is not None)
         self._may_publish = tuple(h.may_publish for h in self.authorizers)
         self._may_subscribe = tuple(h.may_subscribe for h in self.authorizers)
+        self.packets = bool(self.on_packet_read or self.on_packet_encode
+                            or self.on_packet_sent or self.on_packet_processed)
+        for watcher in self._watchers:
+            watcher()
 
     # -- combination ----------------------------------------------------------------------------
 

@@ -140,4 +140,6 @@ def stats_site(service: BrokerService) -> Site:
     root.putChild(b"", FiguresResource(service))
     root.putChild(b"healthcheck", HealthResource(service))
     root.putChild(b"metrics", MetricsResource(service))
-    return Site(root)
+    site = Site(root)
+    site.noisy = False  # no "Starting factory <Site object at 0x...>": the listener is logged
+    return site

@@ -108,6 +108,46 @@ class ConnectReturnCode(enum.IntEnum):
     NOT_AUTHORIZED = 5
 
 
+def version_name(protocol_level: int) -> str:
+    """An MQTT protocol level as its version: 3.1, 3.1.1 or 5.0."""
+    return {3: "3.1", 4: "3.1.1", 5: "5.0"}.get(protocol_level, f"level {protocol_level}")
+
+
+_NAMES_IN = {
+    (PacketType.DISCONNECT, 0x00): "Normal disconnection",
+    (PacketType.SUBACK, 0x00): "Granted QoS 0",
+}
+"""Names a reason code has in one kind of packet only."""
+
+
+def _words(name: str) -> str:
+    return " ".join("QoS" if word == "qos" else word
+                    for word in name.replace("_", " ").capitalize().split(" ")).replace(
+                        "Qos", "QoS")
+
+
+def reason_name(code: int, kind: Optional[PacketType] = None) -> str:
+    """An MQTT 5 reason code's name as the specification gives it (in a ``kind`` packet, if
+    that changes it): ``Not authorized``; ``Normal disconnection`` for DISCONNECT's 0x00;
+    ``Unknown`` for a code the specification does not define."""
+    named = _NAMES_IN.get((kind, code)) if kind is not None else None  # type: ignore[arg-type]
+    if named is not None:
+        return named
+    try:
+        return _words(ReasonCode(code).name)
+    except ValueError:
+        return "Unknown"
+
+
+def connect_return_code_name(code: int) -> str:
+    """An MQTT 3.1/3.1.1 CONNACK return code's name: ``Not authorized``; ``Unknown`` for a
+    code the specification does not define."""
+    try:
+        return _words(ConnectReturnCode(code).name)
+    except ValueError:
+        return "Unknown"
+
+
 SUBACK_FAILURE_V3 = 0x80
 
 _R = ReasonCode

@@ -200,6 +200,7 @@ class MQTTProtocol(Protocol):
 class MQTTFactory(Factory):
     """Builds an ``MQTTProtocol`` per accepted connection of one listener, and tracks them."""
 
+    noisy = False  # the listener logs where it listens; "Starting factory <...>" says nothing
     def __init__(self, broker: Broker, listener: str = "", tcp_nodelay: bool = True) -> None:
         self.broker = broker
         self.listener = listener

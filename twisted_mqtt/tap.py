@@ -17,7 +17,9 @@ from twisted_mqtt.config import (
     OPTION_PARAMETERS,
     U16,
     ConfigError,
+    Invalid,
     OptionValue,
+    TopicFilter,
     capability_settings,
     compatibilities,
     configure_service,
@@ -53,6 +55,10 @@ class Options(usage.Options, AuthOptionMixin):
          "Start even if the --store holds rows of bad data: skip each (one log line), not "
          "restoring the session or retained message it belongs to (default: refuse to "
          "start)."],
+        ["trace", None,
+         "Log every packet in and out (client id, direction, type and fields; payloads "
+         "shortened) in the logging namespace twisted_mqtt.trace; see --trace-client and "
+         "--trace-topic.  Costs throughput while on."],
     ]
     optParameters = [
         ["tcp", None, None, "Listen on this TCP port (same as --listen tcp:PORT).",
@@ -92,6 +98,8 @@ class Options(usage.Options, AuthOptionMixin):
         self["ws-trusted-proxy"] = []
         self["stats"] = []
         self["auth-backend"] = []
+        self["trace-client"] = []
+        self["trace-topic"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
@@ -130,6 +138,19 @@ class Options(usage.Options, AuthOptionMixin):
         except (ValueError, ImportError) as error:
             raise ConfigError(str(error), path="--auth-backend") from None
         self["auth-backend"].append(url)
+
+    def opt_trace_client(self, pattern: str) -> None:
+        """With --trace: trace only clients whose id matches this glob pattern (repeatable),
+        e.g. sensor-*."""
+        self["trace-client"].append(pattern)
+
+    def opt_trace_topic(self, topic_filter: str) -> None:
+        """With --trace: trace only PUBLISH packets whose topic matches this filter, and
+        SUBSCRIBE and UNSUBSCRIBE packets with a filter overlapping it (repeatable)."""
+        try:
+            self["trace-topic"].append(TopicFilter()(topic_filter))
+        except Invalid as error:
+            raise ConfigError(error.problem, path="--trace-topic") from None
 
     def opt_version(self) -> None:
         """Print the versions of twisted_mqtt, Twisted and Python, and the reactor, and exit."""
@@ -224,6 +245,7 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
         service.broker.hooks.add(hook)
     # The bound on a graceful stop; SIGHUP re-reads --config (in a thread, on a real reactor).
     configure_service(service, options, _in_thread(reactor))
+    _configure_trace(service, options)
     install_reload_signal(service, reactor)
     tune_process(reactor)
     listeners: List[str] = options["listen"]
@@ -235,6 +257,15 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
         service.add_stats_listener(endpoint)
     _configure_store(service, options, reactor)
     return service
+
+
+def _configure_trace(service: BrokerService, options: Options) -> None:
+    """Turn the packet trace on if the options ask for it."""
+    if options["trace"]:
+        service.broker.trace(True, options["trace-client"], options["trace-topic"])
+    elif options["trace-client"] or options["trace-topic"]:
+        log.warn("the packet trace is off: --trace-client and --trace-topic (trace.clients, "
+                 "trace.topics) apply with --trace (trace.enabled: true)")
 
 
 def _configure_store(service: BrokerService, options: Options, reactor: Any) -> None:

@@ -228,11 +228,15 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     """Builds an ``MQTTWebSocketProtocol`` per accepted WebSocket of one listener."""
 
     protocol = MQTTWebSocketProtocol  # type: ignore[assignment]
+    noisy = False  # the listener logs where it listens; "Starting factory <...>" says nothing
 
     def __init__(self, broker: Broker, listener: str = "",
                  settings: Optional[WebSocketSettings] = None) -> None:
         super().__init__(server="twisted_mqtt")
-        self.setProtocolOptions(webStatus=False)  # plain HTTP gets an error, not a status page
+        # Plain HTTP gets an error, not a status page.  setProtocolOptions turns
+        # allowNullOrigin off unless told: onConnect decides about "Origin: null" (a page
+        # opened from file://) as about any other origin.
+        self.setProtocolOptions(webStatus=False, allowNullOrigin=True)
         self.broker = broker
         self.listener = listener
         self.settings = settings if settings is not None else WebSocketSettings()
