@@ -766,10 +766,11 @@ class Decoder:
                     name = PacketType(ptype).name
                     raise MalformedPacket(f"reserved flags of {name} are {flags:04b}",
                                           "MQTT-2.1.3-1")
+                if ptype == PacketType.CONNECT and self._connected:
+                    # Before its body: a second CONNECT is a Protocol Error whatever it holds.
+                    raise ProtocolError("second CONNECT", "MQTT-3.1.0-2")
                 packet = _DECODERS[ptype](buf, body, end, flags, level)  # type: ignore[arg-type]
                 if ptype == PacketType.CONNECT:
-                    if self._connected:
-                        raise ProtocolError("second CONNECT", "MQTT-3.1.0-2")
                     self._connected = True
                     level = self.protocol_level = packet.protocol_level
                 append(packet)
