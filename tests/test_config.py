@@ -289,6 +289,18 @@ def test_command_line_wins(tmp_path: Path) -> None:
     assert _options("--config", path, "--no-tcp-nodelay")["no-tcp-nodelay"] == 1
 
 
+def test_maximum_queued_bytes_from_file_and_command_line(tmp_path: Path) -> None:
+    """``capabilities.maximum_queued_bytes`` and ``--max-queued-bytes`` (which wins) set the
+    byte bound of session queues; a negative value is refused."""
+    assert _options().capabilities().maximum_queued_bytes == 16 * 1024 * 1024
+    path = _write(tmp_path, "capabilities:\n  maximum_queued_bytes: 5000\n")
+    assert _options("--config", path).capabilities().maximum_queued_bytes == 5000
+    options = _options("--config", path, "--max-queued-bytes", "7000")
+    assert options.capabilities().maximum_queued_bytes == 7000
+    with pytest.raises(usage.UsageError):
+        _options("--max-queued-bytes", "-1")
+
+
 def test_auth_from_the_file(tmp_path: Path) -> None:
     """auth.allow_anonymous, auth.ledger, auth.checkers and auth.backends (a URL, or a url
     with settings of the backend's settings dataclass)."""

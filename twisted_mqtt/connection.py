@@ -327,6 +327,8 @@ class Connection:
         if self.state == CONNECTED:
             log.info("{conn!r}: connection lost", conn=self)
         self.state = CLOSED
+        self._out = []  # nothing more can be sent: free it now
+        self._queued = 0
         self.release_held()
         self._detach()
         if self._linger is not None and self._linger.active():
