@@ -39,6 +39,7 @@ from tests.conftest import (
     run_twistd,
 )
 from tests.paho import HOST, TIMEOUT, V5, V311, MakeClient
+from twisted_mqtt.config import CONFIG_ERROR_EXIT, USAGE_ERROR_EXIT
 
 pytestmark = pytest.mark.e2e
 
@@ -718,6 +719,6 @@ def test_bad_option_python_m(args: List[str], mentioned: str) -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=30,
                             stdin=subprocess.DEVNULL)
     output = result.stdout + result.stderr
-    assert result.returncode == 2, output
+    assert result.returncode in (USAGE_ERROR_EXIT, CONFIG_ERROR_EXIT), output
     assert mentioned in output
     assert "Traceback" not in output, output

@@ -184,6 +184,14 @@ def strict_broker(module_brokers: StartBroker) -> BrokerProcess:
                           module="tests.recording_broker")
 
 
+@pytest.fixture(scope="module")
+def null_listed_broker(module_brokers: StartBroker) -> BrokerProcess:
+    """A broker whose ws listener accepts https://good.example and pages without an origin
+    (``null``: opened from ``file://``)."""
+    return module_brokers("--ws", LOOPBACK, "--ws-origin", "https://good.example",
+                          "--ws-origin", "null")
+
+
 def ws_port(broker: BrokerProcess, secure: bool = False) -> int:
     """The broker's ws (or wss) port."""
     return broker.port_of("WebSocket", 1 if secure else 0)
@@ -309,6 +317,7 @@ def test_forwarded_for_ignored_from_untrusted_peer(ws_broker: BrokerProcess,
     ("/", None, 404),
     ("/mqtt", "https://evil.example", 403),
     ("/mqtt", "http://good.example", 403),
+    ("/mqtt", "null", 403),  # an allow-list without null refuses pages opened from file://
 ])
 def test_path_and_origin(strict_broker: BrokerProcess, raw_sockets: Any, path: str,
                          origin: Optional[str], status: int) -> None:
@@ -317,6 +326,24 @@ def test_path_and_origin(strict_broker: BrokerProcess, raw_sockets: Any, path: s
     assert ws.status == status
     if status != 101:
         assert ws.closed_by_peer()
+
+
+def test_null_origin_by_default(ws_broker: BrokerProcess, raw_sockets: Any) -> None:
+    """Without --ws-origin any origin is accepted, ``Origin: null`` too (a page opened from
+    ``file://``): the handshake succeeds and MQTT runs over it."""
+    ws = raw_sockets(ws_port(ws_broker), headers={"Origin": "null"})
+    assert ws.status == 101
+    ws.send(connect_packet(f"null-origin-{uuid.uuid4().hex[:8]}"))
+    assert ws.receive() == (BINARY, CONNACK_OK)
+
+
+@pytest.mark.parametrize("origin, status", [
+    ("null", 101), ("https://good.example", 101), ("https://evil.example", 403)])
+def test_null_origin_when_listed(null_listed_broker: BrokerProcess, raw_sockets: Any,
+                                 origin: str, status: int) -> None:
+    """An allow-list that names ``null`` accepts pages opened from ``file://``."""
+    ws = raw_sockets(ws_port(null_listed_broker), headers={"Origin": origin})
+    assert ws.status == status
 
 
 @pytest.mark.parametrize("forwarded, address", [

@@ -11,6 +11,8 @@ from twisted.python import usage
 if TYPE_CHECKING:
     from twisted_mqtt.service import BrokerService
 
+PROGRAM = "python -m twisted_mqtt"
+
 
 def main(argv: Optional[List[str]] = None,
          configure: Optional[Callable[[BrokerService], None]] = None) -> int:
@@ -23,18 +25,17 @@ def main(argv: Optional[List[str]] = None,
         install()
     from twisted.logger import globalLogBeginner
 
-    from twisted_mqtt.config import CONFIG_ERROR_EXIT, ConfigError, log_output
+    from twisted_mqtt.config import log_output, option_error
     from twisted_mqtt.tap import Options, makeService
 
     options = Options()
+    options.synopsis = f"Usage: {PROGRAM} [options]"
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except ConfigError as error:  # one line: the file, the line, the key and what is expected
-        print(f"{sys.argv[0]}: configuration error: {error}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT
-    except usage.UsageError as error:
-        print(f"{sys.argv[0]}: {error}\n{options}", file=sys.stderr)
-        return 2
+    except usage.UsageError as error:  # one line, the same status as ``twistd mqtt``
+        line, status = option_error(error, PROGRAM)
+        print(line, file=sys.stderr)
+        return status
     globalLogBeginner.beginLoggingTo([log_output(options).start()])
     from twisted.internet import reactor
 

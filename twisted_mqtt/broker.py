@@ -26,7 +26,7 @@ from twisted_mqtt.interfaces import ClientInfo, IAuthenticator, IAuthorizer
 from twisted_mqtt.packets import ReasonCode, Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry, delivery_size
-from twisted_mqtt.stats import Stats
+from twisted_mqtt.stats import LoadAverages, Stats
 from twisted_mqtt.topics import RetainedIndex, SharedGroup, SubscriptionTree
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class Broker:
         """How many connections have completed CONNECT and not yet ended."""
         self.dirty: List[Connection] = []
         self.stats = Stats()
+        self.load = LoadAverages()
+        """The $SYS load figures, updated at each $SYS publication."""
         self.now: float = clock.seconds()
         self.started_at = self.now
         self.running = False
@@ -873,10 +875,12 @@ class Broker:
             "bytes/sent": stats.bytes_sent,
             "packets/received": stats.packets_received,
             "packets/sent": stats.packets_sent,
+            **self.load.figures(),
         }
 
     def _publish_sys(self) -> None:
         self.tick()
+        self.load.update(self.now, self.stats)
         figures = self.sys_figures()
         if self.hooks.on_sys_info_tick:
             self.hooks.notify(self.hooks.on_sys_info_tick, figures)

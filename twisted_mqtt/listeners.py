@@ -6,12 +6,14 @@ clients with DISCONNECT 0x8B); its Deferred fires once they are all gone.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any, List, Optional, Set
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +56,27 @@ def format_address(address: Any) -> str:
         name = address.name
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return str(address)
+
+
+class ListenError(CannotListenError):
+    """A listener cannot listen (the port is in use, binding it needs a privilege, the socket's
+    directory cannot be written): one line naming the listener and the reason."""
+
+    def __init__(self, kind: str, endpoint: str, reason: BaseException) -> None:
+        super().__init__(getattr(reason, "interface", None), getattr(reason, "port", None),
+                         getattr(reason, "socketError", reason))
+        self.kind = kind
+        self.endpoint = endpoint
+
+    def __str__(self) -> str:
+        cause = self.socketError
+        text = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        privileged = isinstance(self.port, int) and 0 < self.port < 1024
+        if privileged and isinstance(cause, OSError) and cause.errno in (errno.EACCES,
+                                                                         errno.EPERM):
+            text += (" (a port below 1024 needs root or CAP_NET_BIND_SERVICE, or a systemd "
+                     "socket unit: docs/listeners.md)")
+        return f"cannot listen for {self.kind} on {self.endpoint}: {text}"
 
 
 class ConnectionTracker:
@@ -134,7 +157,8 @@ class ListenerService(Service):
         failure, self._failure = self._failure, None
         if failure is not None:
             self._listening = None
-            failure.raiseException()
+            reason = failure.value or Exception(failure.getErrorMessage())
+            raise ListenError(self.kind, self.description, reason) from reason
 
     def _listened(self, port: IListeningPort) -> None:
         self.port = port

@@ -140,13 +140,11 @@ class Options(usage.Options, AuthOptionMixin):
         self["auth-backend"].append(url)
 
     def opt_trace_client(self, pattern: str) -> None:
-        """With --trace: trace only clients whose id matches this glob pattern (repeatable),
-        e.g. sensor-*."""
+        """With --trace: only clients whose id matches this glob pattern (repeatable)."""
         self["trace-client"].append(pattern)
 
     def opt_trace_topic(self, topic_filter: str) -> None:
-        """With --trace: trace only PUBLISH packets whose topic matches this filter, and
-        SUBSCRIBE and UNSUBSCRIBE packets with a filter overlapping it (repeatable)."""
+        """With --trace: only packets with a topic matching this filter (repeatable)."""
         try:
             self["trace-topic"].append(TopicFilter()(topic_filter))
         except Invalid as error:
@@ -318,12 +316,12 @@ def version() -> str:
     (or would run) the broker."""
     import platform
 
-    from twisted import version as twisted_version
+    from twisted.copyright import version as twisted_version
     from twisted.internet import reactor
 
     from twisted_mqtt import __version__
 
-    return (f"twisted_mqtt {__version__} (Twisted {twisted_version.short()}, "
+    return (f"twisted_mqtt {__version__} (Twisted {twisted_version}, "
             f"{platform.python_implementation()} {platform.python_version()}, reactor "
             f"{type(reactor).__module__}.{type(reactor).__qualname__})")
 

@@ -139,6 +139,11 @@ class BackendSettings:
     stored password the backend returned (before any, the ``password_hash`` scheme's default
     cost: bcrypt 12, PBKDF2 600,000 iterations)."""
 
+    def client(self) -> ModuleType:
+        """The backend's client library, imported (ImportError naming the extra of this
+        distribution that brings it); see ``require``."""
+        raise NotImplementedError
+
     def __post_init__(self) -> None:
         self.auth_by = parse_mode(self.auth_by, "auth_by")
         self.acl_by = parse_mode(self.acl_by, "acl_by")
@@ -552,7 +557,14 @@ def backend_settings(url: str) -> Tuple[str, BackendSettings]:
     ``http(s)://host:port/base`` (``base/auth`` and ``base/acl``),
     ``postgresql://user:password@host:port/database`` or ``mysql://...`` (also ``mariadb://``),
     with settings in the query string (``?password_hash=bcrypt&timeout=2``).  ValueError for a
-    URL or a setting that cannot be used.  Nothing is connected."""
+    URL or a setting that cannot be used; ImportError (naming the extra to install) if the
+    backend's client library is missing.  Nothing is connected."""
+    kind, settings = _parse_backend_url(url)
+    settings.client()
+    return kind, settings
+
+
+def _parse_backend_url(url: str) -> Tuple[str, BackendSettings]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in BACKEND_SCHEMES:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
@@ -59,6 +60,10 @@ class HTTPSettings(BackendSettings):
     client_key: Optional[str] = None
     pool_size: int = 10
     """Persistent connections kept open per host."""
+
+    def client(self) -> ModuleType:
+        """treq's client module (ImportError naming the extra that brings treq)."""
+        return require("treq.client", "HTTP", "treq", "http")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,7 +128,7 @@ class HTTPAuth(BackendAuth):
                  verifier: Optional[PasswordVerifier] = None, reactor: Any = None) -> None:
         super().__init__(settings, clock, verifier)
         self.settings: HTTPSettings = settings
-        HTTPClient = require("treq.client", "HTTP", "treq", "http").HTTPClient
+        HTTPClient = settings.client().HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
         if reactor is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Optional
 
 from twisted.logger import Logger
@@ -53,6 +54,10 @@ class RedisSettings(BackendSettings):
         super().__post_init__()
         self.port, self.db, self.pool_size = int(self.port), int(self.db), int(self.pool_size)
         self.reconnect_max_delay = float(self.reconnect_max_delay)
+
+    def client(self) -> ModuleType:
+        """txredisapi (ImportError naming the extra that brings it)."""
+        return require("txredisapi", "Redis", "txredisapi", "redis")
         if isinstance(self.tls, str):
             self.tls = self.tls.lower() in ("1", "true", "yes", "on")
 
@@ -66,7 +71,7 @@ class RedisAuth(BackendAuth):
                  verifier: Optional[PasswordVerifier] = None) -> None:
         super().__init__(settings, clock, verifier)
         self.settings: RedisSettings = settings
-        txredisapi = require("txredisapi", "Redis", "txredisapi", "redis")
+        txredisapi = settings.client()
         self.redis = txredisapi.lazyConnectionPool(
             settings.host, settings.port, dbid=settings.db, poolsize=settings.pool_size,
             password=settings.password, username=settings.username,
