@@ -8,7 +8,10 @@
   normal subscriptions and shared groups ``$share/{name}/{filter}`` [MQTT-4.8.2-1, MQTT-4.8.2-2],
   the match cache invalidated by every change, empty branches pruned on removal.
 * A property test: ``tree.match`` agrees with a brute-force ``matches`` over random filters and
-  topics.
+  topics; another one: ``RetainedIndex.match`` agrees with it too, after random stores and
+  deletions, and prunes its empty branches.
+* Topics of thousands of levels are matched and removed without recursion; the level limit
+  (``maximum_topic_levels``) is checked in one place, ``levels_within``.
 
 Every label cited in this module is checked to exist in the specification text
 (``test_cited_labels_exist``); a label followed by "(3.1.1)" is one of MQTT 3.1.1, any other
@@ -25,8 +28,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.spec import check_cited_labels
-from twisted_mqtt.errors import ProtocolError
-from twisted_mqtt.topics import SubscriptionTree, matches, split_shared
+from twisted_mqtt.errors import ProtocolError, TopicFilterInvalid, TopicNameInvalid
+from twisted_mqtt.topics import (
+    RetainedIndex,
+    SubscriptionTree,
+    levels_within,
+    matches,
+    split_shared,
+    validate_topic_filter,
+    validate_topic_name,
+)
 
 
 def _normal(tree: SubscriptionTree, topic: str) -> Dict[str, object]:
@@ -313,6 +324,70 @@ def test_tree_match_agrees_with_brute_force(subscriptions: List[Tuple[str, str]]
                            if split_shared(f)[0] is not None and matches(split_shared(f)[1], topic)}
         assert got_shared == expected_shared
         assert len({g.topic_filter for g in shared}) == len(shared)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stored=st.lists(st.tuples(_topics, st.booleans()), max_size=15),
+    filters=st.lists(_filters().filter(lambda f: not f.startswith("$share/")), min_size=1,
+                     max_size=6),
+)
+def test_retained_index_agrees_with_brute_force(stored: List[Tuple[str, bool]],
+                                                filters: List[str]) -> None:
+    """For random stores (True) and deletions (False), ``RetainedIndex.match(filter)`` finds
+    exactly the topics ``matches`` accepts [MQTT-4.7.2-1, MQTT-4.7.1-2 (3.1.1)], without
+    duplicates; it stays a mapping equal to a plain dict, and deleting everything leaves no
+    level behind."""
+    index: RetainedIndex[str] = RetainedIndex()
+    plain: Dict[str, str] = {}
+    for topic, store in stored:
+        if store:
+            index[topic] = plain[topic] = topic
+        elif topic in plain:
+            del index[topic], plain[topic]
+    assert index == plain and len(index) == len(plain) and list(index) == list(plain)
+    for topic_filter in filters:
+        expected = sorted(t for t in plain if matches(topic_filter, t))
+        assert sorted(index.match(topic_filter)) == expected
+    for topic in list(plain):
+        del index[topic]
+    assert index == {} and not index._root.children
+
+
+DEEP = "a/" * (sys.getrecursionlimit() + 200) + "b"
+
+
+def test_tree_deep_topics() -> None:
+    """A subscription tree and a retained index hold, match and remove topics of more levels
+    than the interpreter lets a function recurse."""
+    tree = SubscriptionTree()
+    filters = [DEEP, DEEP[:-1] + "+", "+/" + DEEP[2:], "a/#"]
+    for topic_filter in filters:
+        tree.add(topic_filter, topic_filter, topic_filter)
+    assert sorted(_normal(tree, DEEP)) == sorted(filters)
+    for topic_filter in filters:
+        assert tree.remove(topic_filter, topic_filter)
+    assert tree.match(DEEP) == ([], []) and not tree._root.children
+    index: RetainedIndex[int] = RetainedIndex()
+    index[DEEP] = 1
+    assert [index.match(f) for f in filters] == [[1]] * 4
+    del index[DEEP]
+    assert not index._root.children
+
+
+def test_level_limit() -> None:
+    """``levels_within`` counts levels (``/`` separators plus one, empty levels included); the
+    validators raise the right error past a limit, and a shared filter's levels are counted
+    after ``$share/{name}/``."""
+    assert levels_within("a/b/c", 3) and not levels_within("a/b/c", 2)
+    assert levels_within("/", 2) and not levels_within("//", 2)
+    validate_topic_name("a/b", 2)
+    with pytest.raises(TopicNameInvalid, match="more than 2 levels"):
+        validate_topic_name("a/b/c", 2)
+    validate_topic_filter("$share/g/a/#", 2)
+    with pytest.raises(TopicFilterInvalid, match="more than 2 levels"):
+        validate_topic_filter("a/+/#", 2)
+    validate_topic_filter("a/+/#")  # no limit given
 
 
 # -- cited labels -------------------------------------------------------------------------------

@@ -238,11 +238,13 @@ class RetainedIndex(MutableMapping[str, V]):
     """Values (retained messages) by topic name, also indexed by level, so that ``match``
     costs what the filter reaches rather than what is stored."""
 
-    __slots__ = ("_values", "_root")
+    __slots__ = ("_values", "_root", "visited")
 
     def __init__(self) -> None:
         self._values: Dict[str, V] = {}
         self._root = _Level()
+        self.visited = 0
+        """How many levels ``match`` has visited so far (a measure of its work)."""
 
     def __getitem__(self, topic: str) -> V:
         return self._values[topic]
@@ -286,14 +288,17 @@ class RetainedIndex(MutableMapping[str, V]):
     def match(self, topic_filter: str) -> List[V]:
         """The values stored under the topics that match the (non-shared) ``topic_filter``."""
         if "+" not in topic_filter and "#" not in topic_filter:
+            self.visited += 1
             found = self._values.get(topic_filter)
             return [] if found is None else [found]
         levels = topic_filter.split("/")
         last = len(levels)
         topics: List[str] = []
         stack: List[Tuple[_Level, int]] = [(self._root, 0)]
+        visited = 0
         while stack:
             node, depth = stack.pop()
+            visited += 1
             if depth == last:
                 if node.topic is not None:
                     topics.append(node.topic)
@@ -306,6 +311,7 @@ class RetainedIndex(MutableMapping[str, V]):
                     topics.append(node.topic)
                 while subtree:
                     _, below = subtree.pop()
+                    visited += 1
                     if below.topic is not None:
                         topics.append(below.topic)
                     subtree.extend(reversed(below.children.items()))
@@ -317,5 +323,6 @@ class RetainedIndex(MutableMapping[str, V]):
                 exact = node.children.get(level)
                 if exact is not None:
                     stack.append((exact, depth + 1))
+        self.visited += visited
         values = self._values
         return [values[topic] for topic in topics]
