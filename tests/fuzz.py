@@ -3,10 +3,11 @@
 Every case is one TCP connection.  It is generated from ``(seed, index)`` alone, so any case can be
 shown again or replayed on its own: a CONNECT (usually valid, for level 3, 4 or 5) followed by a
 few packets of any type -- those a client may send, those only a server sends, the reserved types
-0 and 15 -- each built with the codec from random fields and then, often, mutated: bits flipped,
-bytes set to edge values, truncated or extended, the remaining length rewritten (huge,
-non-minimal, off by one), an invalid UTF-8 string spliced in, the v5 property block replaced by
-random properties (unknown identifiers, repeated ones, wrong lengths).  The bytes of a case are
+0 and 15 -- each built with the codec from random fields (or taken from the byte cases of
+tests/catalogue.py) and then, often, mutated: bits flipped, bytes set to edge values, truncated
+or extended, the remaining length rewritten (huge, non-minimal, off by one), an invalid UTF-8
+string spliced in, the v5 property block replaced by random properties (unknown identifiers,
+repeated ones, wrong lengths).  The bytes of a case are
 split at random points across several writes.
 
 A run sends the cases in batches, ``concurrency`` connections at a time, and checks:
@@ -18,8 +19,11 @@ A run sends the cases in batches, ``concurrency`` connections at a time, and che
 - a fresh valid client is served (CONNECT, SUBSCRIBE, QoS 1 PUBLISH round trip) before, during
   and after every batch;
 - what the broker sends to a client whose CONNECT was not mutated decodes without error;
-- once the clients have left and the state they made (retained messages, sessions) is cleared,
-  the broker's RSS is within ``rss_tolerance`` of its value at the start.
+- once the clients have left and the state they made is cleared, the broker's RSS is within
+  ``rss_tolerance`` of its value after the warm-up.  The retained messages the cases publish
+  (random topics, payloads up to 70 KB) are cleared after every batch, and the broker runs with
+  a short ``maximum_session_expiry``, so that the state of the run does not grow with its
+  length: what grows is then memory the broker did not give back.
 
     python -m tests.fuzz --cases 50000              # starts a broker (python -m twisted_mqtt)
     python -m tests.fuzz --seed 7 --show 123        # the bytes of case 123 of seed 7
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from tests.catalogue import CATALOGUE
 from twisted_mqtt.codec import CodecError, Decoder, encode, encode_string, encode_varint
 from twisted_mqtt.packets import (
     Auth,
@@ -286,6 +291,11 @@ FOLLOWERS = {"PUBLISH": 30, "SUBSCRIBE": 12, "UNSUBSCRIBE": 6, "PUBACK": 5, "PUB
              "PUBREL": 5, "PUBCOMP": 5, "PINGREQ": 4, "DISCONNECT": 2}
 ODD_FOLLOWERS = ("CONNECT", "CONNACK", "SUBACK", "UNSUBACK", "PINGRESP", "AUTH", "RESERVED")
 CHAOS = (0.01, 0.05, 0.2, 0.5)
+# The byte cases of tests/catalogue.py (valid and invalid) by the level of the decoder that
+# reads them (None: the first packet of a connection).
+CATALOGUE_BYTES: Dict[Optional[int], List[Tuple[str, bytes]]] = {}
+for _case in CATALOGUE:
+    CATALOGUE_BYTES.setdefault(_case.level, []).append((_case.name, _case.data))
 
 
 def _reframe(data: bytes, body: bytes) -> bytes:
@@ -391,6 +401,9 @@ def make_case(seed: int, index: int) -> FuzzCase:
         else:
             name = rng.choices(list(FOLLOWERS), list(FOLLOWERS.values()))[0]
         data, note, unchanged = _encode(rng, level, name)
+        if rng.random() < 0.05:
+            title, data = rng.choice(CATALOGUE_BYTES[level if position else None])
+            note, unchanged = f"catalogue case {title}", False
         if rng.odd() and data:
             unchanged = False
             for _ in range(rng.randint(1, 3)):
@@ -555,9 +568,9 @@ async def probe(port: int, name: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
-async def clear_state(port: int, timeout: float = 10.0) -> int:
-    """Remove what the cases left: retained messages (read through ``#``, then each replaced by
-    an empty one) and the sessions of the fuzzer's client ids.  Return the retained count."""
+async def clear_retained(port: int, quiet: float = 0.5, timeout: float = 10.0) -> int:
+    """Remove the retained messages the cases left (read through ``#``, each then replaced by
+    an empty one); return how many."""
     reader, writer = await asyncio.open_connection(HOST, port)
     decoder = Decoder(protocol_level=4)
     pending: List[Any] = []
@@ -565,10 +578,9 @@ async def clear_state(port: int, timeout: float = 10.0) -> int:
     await _expect(reader, decoder, pending, ConnAck, timeout)
     writer.write(encode(Subscribe(1, (Subscription("#", 0),)), 4))
     await _expect(reader, decoder, pending, SubAck, timeout)
-    topics = set()
     while True:
         try:
-            data = await asyncio.wait_for(reader.read(1 << 20), 1.0)
+            data = await asyncio.wait_for(reader.read(1 << 20), quiet)
         except asyncio.TimeoutError:
             break
         if not data:
@@ -581,17 +593,18 @@ async def clear_state(port: int, timeout: float = 10.0) -> int:
     await writer.drain()
     await _expect(reader, decoder, pending, PingResp, timeout)
     writer.transport.abort()
+    return len(topics)
+
+
+async def settle(port: int, timeout: float = 10.0) -> None:
+    """Clear what the cases left -- retained messages, the sessions of the fuzzer's client
+    ids -- and wait until the sessions of other vanished clients expired."""
+    await clear_retained(port)
     for number in range(CLIENT_IDS):
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(encode(Connect(f"fz{number}", 4, True, 0), 4) + encode(Disconnect(), 4))
         await _read_until(reader, bytearray(), lambda: False, timeout)
         writer.transport.abort()
-    return len(topics)
-
-
-async def settle(port: int) -> None:
-    """Clear what the cases left and wait until the sessions of vanished clients expired."""
-    await clear_state(port)
     await asyncio.sleep(SESSION_EXPIRY + 2.0)
 
 
@@ -699,6 +712,7 @@ async def fuzz(target: Target, seed: int, cases: int, concurrency: int = 50, bat
                 f": {' | '.join(problems[:3])}\n" + ("\n".join(culprits) or
                                                      "(not reproduced case by case)"))
         report.rss_peak_kb = max(report.rss_peak_kb, target.rss())
+        await clear_retained(target.port)
         if out is not None:
             print(f"{report.cases} cases, {len(report.failures)} failures, "
                   f"RSS {target.rss()} kB, {time.monotonic() - started:.0f} s", file=out,
@@ -728,6 +742,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="batches run before the RSS the end is compared with is taken")
     parser.add_argument("--show", type=int, nargs="*", help="print these cases and stop")
     parser.add_argument("--only", type=int, nargs="*", help="run only these case indices")
     parser.add_argument("--port", type=int, help="a running broker's port (default: start one)")
@@ -757,7 +773,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         target = Target(broker.port, broker.proc.pid, broker.log)
     try:
         report = asyncio.run(fuzz(target, seed, args.cases, args.concurrency, args.batch,
-                                  indices=args.only, out=sys.stderr))
+                                  indices=args.only, warmup=args.warmup, out=sys.stderr))
     finally:
         if broker is not None:
             broker.stop()
