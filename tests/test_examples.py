@@ -196,6 +196,23 @@ def _unit(name: str) -> Dict[str, str]:
     return settings
 
 
+def test_unit_documentation_and_license() -> None:
+    """The service unit's Documentation= names something installed (a man page or a web
+    address), not a file nothing installs; the MIT licence setup.cfg declares is a file that
+    ships with the distribution (license_files)."""
+    import configparser
+
+    for uri in _unit("twisted-mqtt.service")["Documentation"].split():
+        assert uri.startswith(("man:", "https://", "http://")), uri
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert setup["metadata"]["license"] == "MIT"
+    [name] = setup["metadata"]["license_files"].split()
+    text = (ROOT / name).read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the twisted_mqtt authors\n")
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\"" in text
+
+
 # Runs the command after its two arguments as systemd runs a socket-activated service: the
 # socket at fd N becomes fd 3, LISTEN_FDS=1, LISTEN_FDNAMES the socket's FileDescriptorName,
 # LISTEN_PID the pid of the process (exec keeps it).
