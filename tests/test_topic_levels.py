@@ -340,6 +340,20 @@ def test_retained_lookups_spread_over_turns(monkeypatch: pytest.MonkeyPatch) -> 
     assert sorted(p.topic for p in publishes(client)) == sorted(f"r/{i}/v" for i in range(10))
 
 
+def test_retained_lookups_of_one_connection_queue() -> None:
+    """A SUBSCRIBE arriving while an earlier one's lookups are under way waits behind them:
+    per turn, one connection's lookups stay within the bound, and its retained messages come
+    in the order of its subscriptions."""
+    hub = retained_hub(3, retained_lookup_per_turn=1)
+    client = connect(hub, "sub")
+    subscribe(client, Subscription("r/0/+"), Subscription("r/1/+"))
+    assert [p.topic for p in publishes(client)] == ["r/0/v"]
+    subscribe(client, Subscription("r/2/+"), packet_id=2)
+    assert publishes(client) == []
+    hub.clock.advance(0)
+    assert [p.topic for p in publishes(client)] == ["r/1/v", "r/2/v"]
+
+
 def test_retained_lookups_later_follow_the_session() -> None:
     """A filter unsubscribed before its turn gets no retained message; a connection closed
     meanwhile gets nothing more, and nothing fails."""

@@ -7,8 +7,9 @@ per batch of input however many packets the batch produced.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
@@ -138,7 +139,7 @@ class Connection:
         "_limit", "overflowed", "_resending",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
-        "_held_by",
+        "_held_by", "_retained_lookups",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -170,6 +171,9 @@ class Connection:
         """Publishers whose input waits until this (blocked) connection drains."""
         self._held_by: Optional[Set[Connection]] = None
         """The blocked connections this one's input waits for."""
+        self._retained_lookups: Optional[Deque[Tuple[str, int, Tuple[int, ...]]]] = None
+        """(filter, granted QoS, subscription ids) whose retained messages are still to be
+        sent, a turn at a time (see ``_send_retained``)."""
         self._out: List[bytes] = []
         """Bytes queued for the client and not yet handed to the transport."""
         self._queued = 0
@@ -1423,14 +1427,20 @@ class Connection:
                 retained.append((topic_filter, granted, ids))
         self._subscribed(packet, tuple(codes))
         if retained:
-            self._send_retained(session, retained, 0)
+            if self._retained_lookups is not None:  # an earlier SUBSCRIBE's are under way
+                self._retained_lookups.extend(retained)
+                return
+            self._retained_lookups = deque(retained)
+            self._send_retained(session)
 
-    def _send_retained(self, session: Session, retained: List[Tuple[str, int, Tuple[int, ...]]],
-                       start: int) -> None:
-        """Send the retained messages of each ``(filter, granted QoS, subscription ids)`` from
-        ``retained[start]`` on [MQTT-3.3.1-9]; once this turn's lookups have visited
-        ``retained_lookup_per_turn`` levels of the retained index, the rest on the next turn."""
-        if self.state == CLOSED or self.session is not session:
+    def _send_retained(self, session: Session) -> None:
+        """Send the retained messages of the filters subscribed to [MQTT-3.3.1-9], in order;
+        once this turn's lookups have visited ``retained_lookup_per_turn`` levels of the
+        retained index, the rest on the next turn (so one connection's lookups cost the others
+        at most that much per turn)."""
+        lookups = self._retained_lookups
+        if lookups is None or self.state == CLOSED or self.session is not session:
+            self._retained_lookups = None
             return
         broker = self.broker
         index = broker.retained
@@ -1438,12 +1448,11 @@ class Connection:
         client = self.client
         assert client is not None
         limit = index.visited + broker.capabilities.retained_lookup_per_turn
-        for position in range(start, len(retained)):
+        while lookups:
             if index.visited >= limit:
-                broker.clock.callLater(0, self._later, session, self._send_retained, retained,
-                                       position)
+                broker.clock.callLater(0, self._later, session, self._send_retained)
                 return
-            topic_filter, granted, sub_ids = retained[position]
+            topic_filter, granted, sub_ids = lookups.popleft()
             if topic_filter not in session.subscriptions:
                 continue  # unsubscribed meanwhile
             for message in broker.retained_for(topic_filter):
@@ -1453,6 +1462,7 @@ class Connection:
                                replay=True)
                 if hooks.on_retain_published:
                     hooks.notify(hooks.on_retain_published, client, message)
+        self._retained_lookups = None
 
     def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
         """Answer SUBACK and tell the hooks."""
