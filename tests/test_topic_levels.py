@@ -30,6 +30,8 @@ from typing import Any, Callable, List, Optional
 import pytest
 
 from tests.conftest import StartBroker, log_problems
+from tests.hook_helpers import hub as hook_hub
+from tests.hook_helpers import recorder
 from tests.paho import HOST, TIMEOUT, V5, MakeClient
 from tests.spec import check_cited_labels
 from tests.test_broker_messaging import (
@@ -229,6 +231,30 @@ def test_session_ends_when_its_will_fails(monkeypatch: pytest.MonkeyPatch, expir
         hub.advance(expiry)
     assert hub.broker.sessions == {}
     assert hub.broker.tree.count == 0 and hub.broker.tree.match("x/y") == ([], [])
+
+
+def _fail(*args: Any) -> Any:
+    raise RuntimeError("hook failed")
+
+
+@pytest.mark.parametrize("answers, sent", [
+    ({"on_will": _fail}, True),
+    ({"on_select_subscribers": _fail}, True),
+    ({"on_select_subscribers": lambda message, client_ids: 5}, False),
+], ids=["on_will raises", "on_select_subscribers raises", "on_select_subscribers answers 5"])
+def test_session_ends_whatever_the_will_hooks_do(answers: Any, sent: bool,
+                                                 logged: List[str]) -> None:
+    """A will hook that raises counts as absent (the will goes out); one whose answer breaks
+    the route stops the will, logged once; either way the session ends."""
+    broker = hook_hub(recorder(**answers))
+    watcher = connect(broker, "watcher")
+    subscribe(watcher, Subscription("will"))
+    leaver = broker.client(protocol_level=V5)
+    assert leaver.connect("leaver", will=Will("will", b"bye")).reason_code == 0
+    leaver.drop()
+    assert [p.payload for p in publishes(watcher)] == ([b"bye"] if sent else [])
+    assert sum("publishing its will failed" in line for line in logged) == (0 if sent else 1)
+    assert set(broker.broker.sessions) == {"watcher"}
 
 
 def test_session_ends_when_handing_on_fails(monkeypatch: pytest.MonkeyPatch,
