@@ -215,8 +215,10 @@ def open_idle(port: int, count: int, window: int = 200) -> List[socket.socket]:
 
 
 def still_open(sock: socket.socket) -> bool:
-    readable, _, _ = select.select([sock], [], [], 0)
-    return not readable
+    """Nothing to read: neither a packet nor the end of the stream."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
 
 
 def probe_subscriptions(broker: Broker, args: argparse.Namespace) -> Figures:

@@ -499,6 +499,26 @@ def _check_output(case: FuzzCase, received: bytearray) -> str:
     return ""
 
 
+class _Pong:
+    """Whether the PINGREQ was answered: a PINGRESP decoded from what the broker sent when the
+    CONNECT was intact (messages may follow it), else the last two bytes."""
+
+    def __init__(self, case: FuzzCase, received: bytearray) -> None:
+        self.decoder: Optional[Decoder] = Decoder(case.level) if case.connect_intact else None
+        self.received = received
+        self.seen = 0
+        self.found = False
+
+    def __call__(self) -> bool:
+        if self.decoder is not None and not self.found:
+            fresh, self.seen = bytes(self.received[self.seen:]), len(self.received)
+            try:
+                self.found = any(isinstance(p, PingResp) for p in self.decoder.feed(fresh))
+            except CodecError:
+                self.decoder = None
+        return self.found or self.received.endswith(PINGRESP)
+
+
 async def run_case(case: FuzzCase, port: int, quiet: float, deadline: float) -> Outcome:
     """Send one case; wait for PINGRESP or close, then half-close and wait for the close."""
     outcome = Outcome(case)
@@ -517,9 +537,9 @@ async def run_case(case: FuzzCase, port: int, quiet: float, deadline: float) -> 
     except OSError:
         outcome.closed = True
     if not outcome.closed:
-        outcome.closed = await _read_until(reader, received,
-                                           lambda: received.endswith(PINGRESP), quiet)
-        outcome.answered = received.endswith(PINGRESP)
+        pong = _Pong(case, received)
+        outcome.closed = await _read_until(reader, received, pong, quiet)
+        outcome.answered = pong()
     if not outcome.closed:
         try:
             writer.write_eof()
@@ -749,6 +769,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, help="a running broker's port (default: start one)")
     parser.add_argument("--pid", type=int, help="the running broker's process id (for RSS)")
     parser.add_argument("--log", help="the running broker's log file")
+    parser.add_argument("--broker-arg", action="append", default=[],
+                        help="an option for the broker started (repeatable), e.g. "
+                             "--broker-arg=--store=sqlite:fuzz.db")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     if args.show is not None:
@@ -766,7 +789,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         workdir = Path(tempfile.mkdtemp(prefix="fuzz-"))
         broker = BrokerProcess([sys.executable, "-m", "twisted_mqtt", "--listen",
-                                "tcp:0:interface=127.0.0.1", *broker_options(workdir)],
+                                "tcp:0:interface=127.0.0.1", *broker_options(workdir),
+                                *args.broker_arg],
                                workdir / "broker.log")
         broker.wait_ready()
         print(f"broker log: {broker.log_path}", flush=True)
