@@ -366,6 +366,26 @@ def test_retained_lookups_spread_over_turns(monkeypatch: pytest.MonkeyPatch) -> 
     assert sorted(p.topic for p in publishes(client)) == sorted(f"r/{i}/v" for i in range(10))
 
 
+def test_retained_expiry_sweep_costs_what_expires() -> None:
+    """With 10,000 retained messages that do not expire, the periodic sweep costs what expires
+    (two messages), not a look at every retained message; the expired ones are no longer
+    sent [MQTT-3.3.2-5]."""
+    hub = retained_hub(10_000)
+    broker = hub.broker
+    now = broker.now
+    for index, interval in enumerate((1, 2, 50)):
+        properties = Properties(message_expiry_interval=interval)
+        broker.publish(Message(f"e/{index}", b"x", 0, True, properties, now + interval))
+    hub.clock.advance(2.5)  # the sweep runs each keepalive_sweep_interval (1 s)
+    lines = executed_lines(lambda: hub.clock.advance(1), 1000)
+    assert lines < 1000, "the sweep looks at every retained message"
+    assert "e/0" not in broker.retained and "e/1" not in broker.retained
+    assert "e/2" in broker.retained and len(broker.retained) == 10_001
+    client = connect(hub, "sub")
+    subscribe(client, Subscription("e/+"))
+    assert [p.topic for p in publishes(client)] == ["e/2"]
+
+
 def test_retained_lookups_of_one_connection_queue() -> None:
     """A SUBSCRIBE arriving while an earlier one's lookups are under way waits behind them:
     per turn, one connection's lookups stay within the bound, and its retained messages come

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
@@ -80,7 +81,7 @@ class Broker:
         acknowledgement is sent when the Deferred it returns fires."""
         self.sessions: Dict[str, Session] = {}
         self.tree = SubscriptionTree()
-        self.retained: RetainedIndex[Message] = RetainedIndex()
+        self.retained: RetainedIndex[Message] = RetainedIndex(attrgetter("expires_at"))
         """Retained messages by topic (a mapping), indexed by level for ``retained_for``."""
         self.connections: set[Connection] = set()
         self.hooks.watch(self._hooks_changed)
@@ -481,9 +482,7 @@ class Broker:
         return [m for m in self.retained.match(topic_filter) if not m.expired(now)]
 
     def _expire_retained(self, now: float) -> None:
-        expired = [t for t, m in self.retained.items() if m.expired(now)]
-        for topic in expired:
-            del self.retained[topic]
+        for topic in self.retained.pop_expired(now):
             if self.hooks.on_retained_expired:
                 self.hooks.notify(self.hooks.on_retained_expired, topic)
 

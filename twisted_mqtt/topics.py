@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, MutableMapping, Optional, Tuple, TypeVar
+from heapq import heapify, heappop, heappush
+from typing import Any, Callable, Dict, Iterator, List, MutableMapping, Optional, Tuple, TypeVar
 
 from twisted_mqtt.errors import ProtocolError, TopicFilterInvalid, TopicNameInvalid
 
@@ -236,15 +237,18 @@ class _Level:
 
 class RetainedIndex(MutableMapping[str, V]):
     """Values (retained messages) by topic name, also indexed by level, so that ``match``
-    costs what the filter reaches rather than what is stored."""
+    costs what the filter reaches rather than what is stored; with ``deadline`` (a value's
+    expiry time, or None), also by deadline, so that ``pop_expired`` costs what expires."""
 
-    __slots__ = ("_values", "_root", "visited")
+    __slots__ = ("_values", "_root", "visited", "_deadline", "_deadlines")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: Optional[Callable[[V], Optional[float]]] = None) -> None:
         self._values: Dict[str, V] = {}
         self._root = _Level()
         self.visited = 0
         """How many levels ``match`` has visited so far (a measure of its work)."""
+        self._deadline = deadline
+        self._deadlines: List[Tuple[float, str]] = []  # a heap; entries of replaced values stay
 
     def __getitem__(self, topic: str) -> V:
         return self._values[topic]
@@ -271,6 +275,30 @@ class RetainedIndex(MutableMapping[str, V]):
                 node = child
             node.topic = topic
         self._values[topic] = value
+        if self._deadline is not None:
+            at = self._deadline(value)
+            if at is not None:
+                deadlines = self._deadlines
+                heappush(deadlines, (at, topic))
+                if len(deadlines) > 2 * len(self._values) + 64:  # drop stale entries
+                    values = self._values
+                    deadlines[:] = [(t, k) for t, k in deadlines
+                                    if k in values and self._deadline(values[k]) == t]
+                    heapify(deadlines)
+
+    def pop_expired(self, now: float) -> List[str]:
+        """Remove the values whose deadline is ``now`` or earlier; return their topics."""
+        expired: List[str] = []
+        deadlines = self._deadlines
+        deadline = self._deadline
+        values = self._values
+        while deadlines and deadlines[0][0] <= now:
+            at, topic = heappop(deadlines)
+            value = values.get(topic)
+            if value is not None and deadline is not None and deadline(value) == at:
+                del self[topic]
+                expired.append(topic)
+        return expired
 
     def __delitem__(self, topic: str) -> None:
         del self._values[topic]
