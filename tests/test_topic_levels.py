@@ -10,7 +10,9 @@
 * A session whose will cannot be published (a route fails) still ends: it leaves
   ``broker.sessions`` and the subscription tree, and the error is logged once.
 * The retained index: a SUBSCRIBE of 1,000 wildcard filters while 10,000 messages are retained
-  costs what the filters match, counted in executed lines (not timed).
+  costs what the filters reach, counted in executed lines (not timed); filters that reach much
+  are looked up a few per reactor turn (``retained_lookup_per_turn``), per connection, in order;
+  the expiry sweep costs what expires.
 * End to end, over real sockets: a deep-topic will sent on a connection reset reaches its
   subscriber and leaves no session behind.
 
