@@ -44,14 +44,14 @@ def test_cited_labels() -> None:
     check_cited_labels(tests.test_trace)
 
 
-def trace_lines(events: List[dict]) -> List[str]:
-    """The packet trace's lines among captured log events."""
-    return [formatEvent(e) or "" for e in events if e.get("log_namespace") == "twisted_mqtt.trace"]
-
-
 def lines_of(events: List[dict], namespace: str) -> List[str]:
     """The lines logged in ``namespace``."""
     return [formatEvent(e) or "" for e in events if e.get("log_namespace") == namespace]
+
+
+def trace_lines(events: List[dict]) -> List[str]:
+    """The packet trace's lines."""
+    return lines_of(events, "twisted_mqtt.trace")
 
 
 # -- what a line says ---------------------------------------------------------------------------
