@@ -94,6 +94,22 @@ def test_port_in_use_from_a_file(busy_port: int, tmp_path: Path, store: str) -> 
     assert result.returncode == LISTEN_ERROR_EXIT
 
 
+def test_port_in_use_daemonised(busy_port: int, tmp_path: Path) -> None:
+    """Daemonised (no ``-n``), twistd's parent process says which listener and why, and the
+    pid file is removed; it does not wait for ever for a child that is gone."""
+    endpoint = f"tcp:{busy_port}:interface={LOOPBACK}"
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    result = subprocess.run([*twistd_command(), f"--pidfile={pidfile}", f"--logfile={logfile}",
+                             "mqtt", "--listen", endpoint], env=broker_env(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=60)
+    problem = f"cannot listen for MQTT on {endpoint}: Address already in use"
+    assert result.stderr.splitlines()[0] == f"An error has occurred: b'{problem}'", result.stderr
+    assert result.returncode == 1
+    assert f"cannot start: {problem}" in logfile.read_text()
+    assert not pidfile.exists()
+
+
 def unprivileged() -> List[str]:
     """A command prefix that runs a process without privileges: nothing for a normal user;
     for root, ``setpriv`` with an empty capability bounding set (no CAP_NET_BIND_SERVICE, no

@@ -49,6 +49,9 @@ class BrokerService(MultiService):
         listener that cannot listen with ``LISTEN_ERROR_EXIT``, a store that cannot be loaded
         with ``CONFIG_ERROR_EXIT`` (78), anything else with status 1; either way after one
         log line, without a traceback."""
+        self.start_failed: Optional[Callable[[str], None]] = None
+        """Told why, in one line, when a listener cannot listen and the process is about to
+        end (``exit_on_start_error``): a daemonised twistd passes it to its parent process."""
         self.shutdown_timeout: Optional[float] = None
         """If set, ``stopService`` fires after at most this many seconds even if clients,
         listeners or the store have not finished stopping (logged)."""
@@ -196,6 +199,8 @@ class BrokerService(MultiService):
             if not self.exit_on_start_error:
                 raise
             log.critical("cannot start: {problem}", problem=str(error))
+            if self.start_failed is not None:
+                self.start_failed(str(error))
             raise SystemExit(LISTEN_ERROR_EXIT) from None
 
     def _cannot_start(self, problem: str, status: int = 1) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import sys
+from functools import partial
 from typing import Any, List, Optional
 
 from twisted.cred.credentials import IUsernamePassword
@@ -239,6 +242,9 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
     service = BrokerService(reactor=reactor, capabilities=options.capabilities(),
                             compatibilities=compatibilities(options), authenticator=hooks[0])
     service.exit_on_start_error = True  # one line and an exit status, not a traceback
+    twistd = getattr(options, "parent", None)
+    if twistd is not None:
+        service.start_failed = partial(twistd_start_failed, twistd)
     for hook in hooks[1:]:
         service.broker.hooks.add(hook)
     # The bound on a graceful stop; SIGHUP re-reads --config (in a thread, on a real reactor).
@@ -309,6 +315,20 @@ def auth_hooks(options: Options, reactor: Any = None) -> List[Any]:
                 kind, settings = url
                 hooks.append(make_backend(kind, settings, reactor=reactor))
     return hooks
+
+
+def twistd_start_failed(twistd: usage.Options, problem: str) -> None:
+    """Before twistd's process ends because the broker cannot start: remove its pid file, as
+    twistd does after an exception; daemonised, send ``problem`` through twistd's status pipe
+    to the parent process waiting on it, which prints it (and exits with 1)."""
+    if twistd.get("pidfile"):
+        with contextlib.suppress(OSError):
+            os.unlink(twistd["pidfile"])
+    pipe = twistd.get("statusPipe")
+    if pipe is not None:
+        twistd["statusPipe"] = None
+        os.write(pipe, b"1 " + problem.encode("ascii", "backslashreplace")[:98])
+        os.close(pipe)
 
 
 def version() -> str:
