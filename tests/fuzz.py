@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ MARK_TEXT = "\x02fz-text"
 BAD_UTF8 = (b"\xc0\x80", b"\xed\xa0\x80", b"\xff", b"a\x00b", b"\xf4\x90\x80\x80", b"\xe2\x82",
             b"\xef\xbf\xbf", b"\x7f", b"\xc2\x9f")
 CLIENT_IDS = 256
+EXCEPTION_LINE = re.compile(r"\s*[\w.]+(Error|Exception|Exit)\b")
 SESSION_EXPIRY = 3
 WORDS = ("fz", "a", "b", "c", "dev", "", " ", "é", "\ufeff", "\U0001f600")
 ODD_WORDS = ("$SYS", "$share", "+", "#", "\x00", "\x01", "\x7f", "\ufffe", "x" * 300)
@@ -646,11 +648,19 @@ class Target:
         self._seen = 0
 
     def new_problems(self) -> List[str]:
-        """Log lines with an unhandled error written since the last call."""
+        """The unhandled errors logged since the last call, each as the line before it (which
+        names the connection), its first line and the exception it ends with."""
         text = self.log()
         fresh, self._seen = text[self._seen:], len(text)
-        return [line for line in fresh.splitlines()
-                if "Traceback" in line or "Unhandled" in line]
+        lines = fresh.splitlines()
+        problems = []
+        for index, line in enumerate(lines):
+            if "Traceback" in line or "Unhandled" in line:
+                ending = next((later.strip() for later in lines[index + 1:]
+                               if EXCEPTION_LINE.match(later)), "")
+                before = lines[index - 1].strip() if index else ""
+                problems.append(" / ".join((before, line.strip(), ending)))
+        return problems
 
     def rss(self) -> int:
         return rss_kb(self.pid) if self.pid else 0
@@ -726,11 +736,12 @@ async def fuzz(target: Target, seed: int, cases: int, concurrency: int = 50, bat
         await asyncio.sleep(0.2)
         problems = target.new_problems()
         if problems:
-            culprits = await _replay(target, made, quiet, deadline)
+            culprits = await _replay(target, made, quiet, deadline) or [
+                "(not reproduced one case at a time: it needs other connections of the batch; "
+                "the line before the traceback names the client)"]
             report.failures.append(
                 f"broker log errors in batch {numbers[first]}..{numbers[first] + len(made) - 1}"
-                f": {' | '.join(problems[:3])}\n" + ("\n".join(culprits) or
-                                                     "(not reproduced case by case)"))
+                f": {' | '.join(problems[:3])}\n" + "\n".join(culprits))
         report.rss_peak_kb = max(report.rss_peak_kb, target.rss())
         await clear_retained(target.port)
         if out is not None:
