@@ -84,7 +84,7 @@ class OptionValue:
 
     @property
     def coerceDoc(self) -> str:
-        """Appended to the option's help."""
+        """Appended to the option's help (after ". ")."""
         return f"Expected: {self.check.expected}."
 
     def __call__(self, text: str) -> Any:
@@ -118,7 +118,7 @@ OPTION_PARAMETERS: List[List[Any]] = [
      "Append the log to this file (reopened on SIGHUP, for logrotate); default: twistd's "
      "--logfile, or standard output with -n."],
     ["shutdown-timeout", None, DEFAULT_SHUTDOWN_TIMEOUT,
-     "Seconds a graceful stop (SIGTERM) may take before the broker stops anyway.",
+     "Seconds a graceful stop (SIGTERM) may take before the broker stops anyway",
      OptionValue("shutdown-timeout")],
 ]
 """The options this module adds to ``twistd mqtt`` (``tap.Options``)."""
