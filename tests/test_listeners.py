@@ -335,3 +335,23 @@ def test_stopping_a_listener_disconnects_its_clients(topic: str) -> Any:
     finally:
         yield service.stopService()
         yield threads.deferToThread(lambda: [client.close() for client in made])
+
+
+@pytest_twisted.inlineCallbacks
+def test_embedded_listener_that_cannot_listen() -> Any:
+    """Embedded (not owning the process), a listener that cannot listen raises from
+    ``startService`` -- still a ``CannotListenError``, whose text names the listener."""
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        endpoint = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
+        service = BrokerService(reactor=reactor, authenticator=AllowAll())
+        service.add_listener(endpoint)
+        with pytest.raises(CannotListenError) as raised:
+            service.startService()
+        assert str(raised.value) == (f"cannot listen for MQTT on {endpoint}: "
+                                     "Address already in use")
+        yield service.stopService()
