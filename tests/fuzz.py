@@ -291,7 +291,10 @@ def _packet(rng: Rng, level: int, name: str) -> Tuple[Any, bool]:
 # The packets a client sends after CONNECT, with weights; by chaos, any other type instead.
 FOLLOWERS = {"PUBLISH": 30, "SUBSCRIBE": 12, "UNSUBSCRIBE": 6, "PUBACK": 5, "PUBREC": 5,
              "PUBREL": 5, "PUBCOMP": 5, "PINGREQ": 4, "DISCONNECT": 2}
-ODD_FOLLOWERS = ("CONNECT", "CONNACK", "SUBACK", "UNSUBACK", "PINGRESP", "AUTH", "RESERVED")
+ODD_FOLLOWERS = ("CONNECT", "CONNACK", "SUBACK", "UNSUBACK", "PINGRESP", "AUTH", "RESERVED",
+                 "FLOOD")
+# QoS 2 messages of a flood: more than the broker's default Receive Maximum (1024).
+FLOOD = 1100
 CHAOS = (0.01, 0.05, 0.2, 0.5)
 # The byte cases of tests/catalogue.py (valid and invalid) by the level of the decoder that
 # reads them (None: the first packet of a connection).
@@ -315,6 +318,11 @@ def _body(data: bytes) -> bytes:
 
 def _encode(rng: Rng, level: int, name: str) -> Tuple[bytes, str, bool]:
     """One packet's bytes, a note saying what it is, and whether it was encoded unchanged."""
+    if name == "FLOOD":
+        qos = rng.choice((1, 2))
+        return (b"".join(encode(Publish("fz/flood", b"f", qos, packet_id=number), level)
+                         for number in range(1, FLOOD + 1)),
+                f"{FLOOD} QoS {qos} PUBLISH to fz/flood, never acknowledged", False)
     if name == "RESERVED":
         first = rng.choice((0x00, 0xF0)) | rng.randrange(16)
         body = rng.randbytes(rng.randint(0, 8))

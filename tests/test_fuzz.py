@@ -38,7 +38,7 @@ def test_cases_are_reproducible() -> None:
              for note in make_case(1, index).notes[1:]}
     assert kinds >= {"Connect", "ConnAck", "Publish", "PubAck", "PubRec", "PubRel", "PubComp",
                      "Subscribe", "SubAck", "Unsubscribe", "UnsubAck", "PingReq", "PingResp",
-                     "Disconnect", "Auth", "reserved"}, kinds
+                     "Disconnect", "Auth", "reserved", "1100"}, kinds
 
 
 def test_second_connect_is_a_protocol_error_whatever_it_holds() -> None:
