@@ -12,7 +12,6 @@ cites at least one.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,7 +46,6 @@ from twisted_mqtt.packets import (
     Will,
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
-from twisted_mqtt.stats import LoadAverages, Stats
 from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
 
 LEVELS = (3, 4, 5)
@@ -1479,60 +1477,6 @@ def test_sys_topics_published_periodically() -> None:
     assert third["uptime"] == b"20"
     assert int(third["messages/sent"]) > int(second["messages/sent"])
     assert hub.broker.retained["$SYS/broker/uptime"].payload == b"20"
-
-
-def test_sys_load_averages() -> None:
-    """``$SYS/broker/load/NAME/1min``, ``5min`` and ``15min``, as Mosquitto publishes them:
-    each counter's rate per minute over the last interval, averaged with an exponential decay
-    of one, five and fifteen minutes; 0 at start, then following the traffic, then decaying
-    when it stops."""
-    hub = _hub(sys_interval=10)
-    watcher = hub.client(protocol_level=5)
-    watcher.connect("load-watcher", keep_alive=0)
-    first = _figures(_subscribe(watcher, "$SYS/broker/load/#", 0))
-    names = ("messages/received", "messages/sent", "bytes/received", "bytes/sent",
-             "connections", "publish/dropped")
-    assert set(first) == {f"load/{name}/{window}" for name in names
-                          for window in ("1min", "5min", "15min")}
-    assert set(first.values()) == {b"0.0"}
-    publisher = _join(hub, "load-publisher")
-    for n in range(30):
-        publisher.send(Publish("data", b"%d" % n, 0))
-    hub.advance(10)  # 30 messages and 2 connections in 10 s: 180 and 12 per minute
-
-    def expected(rate: float, window: float, before: float = 0.0, elapsed: float = 10) -> float:
-        decay = math.exp(-elapsed / window)
-        return rate + decay * (before - rate)
-
-    second = _figures(_publishes(watcher))
-    for window, seconds in (("1min", 60), ("5min", 300), ("15min", 900)):
-        received = expected(180, seconds)
-        assert second[f"load/messages/received/{window}"] == b"%r" % round(received, 2)
-        assert second[f"load/connections/{window}"] == b"%r" % round(expected(12, seconds), 2)
-    hub.advance(10)  # no traffic: the averages decay
-    third = _figures(_publishes(watcher))
-    decayed = expected(0, 60, expected(180, 60))
-    assert third["load/messages/received/1min"] == b"%r" % round(decayed, 2)
-    assert hub.broker.sys_figures()["load/messages/received/1min"] == round(decayed, 2)
-
-
-def test_load_averages_converge() -> None:
-    """At a steady rate each load average tends to that rate, the one-minute one first."""
-    stats = Stats()
-    load = LoadAverages()
-    load.update(0.0, stats)
-    for tick in range(1, 361):  # an hour in 10 s steps, 100 bytes received per minute
-        stats.bytes_received += 100 // 6
-        load.update(tick * 10.0, stats)
-        if tick == 30:  # five minutes
-            five = load.figures()
-            assert five["load/bytes/received/1min"] > five["load/bytes/received/5min"] > \
-                five["load/bytes/received/15min"] > 0
-    final = load.figures()
-    assert final["load/bytes/received/1min"] == final["load/bytes/received/5min"] == 96.0
-    assert final["load/bytes/received/15min"] == pytest.approx(96 * (1 - math.exp(-4)), abs=0.01)
-    load.update(3600.0, stats)  # the same instant again: nothing changes
-    assert load.figures() == final
 
 
 def test_sys_topics_disabled() -> None:
