@@ -23,9 +23,8 @@ from zope.interface import implementer
 from tests.spec import check_cited_labels
 from twisted_mqtt.auth import AllowAll, LocalOnly, is_local
 from twisted_mqtt.broker import Broker
-from twisted_mqtt.capabilities import Capabilities, Compatibilities
+from twisted_mqtt.capabilities import DEFAULT_CAPABILITIES, Capabilities, Compatibilities
 from twisted_mqtt.codec import encode
-from twisted_mqtt.connection import CONNECT_TIMEOUT
 from twisted_mqtt.interfaces import ClientInfo, ConnectRequest, IAuthenticator, IAuthorizer
 from twisted_mqtt.packets import (
     ConnAck,
@@ -1131,15 +1130,16 @@ def test_keep_alive_within_maximum_is_kept() -> None:
 
 
 @levels
-def test_connect_timeout(level: int) -> None:
-    """A connection that does not complete a CONNECT is closed after the connect timeout,
-    with nothing sent: the first packet must be CONNECT [MQTT-3.1.0-1,
-    MQTT-3.1.0-1 (3.1.1)]."""
-    hub = _hub()
+@pytest.mark.parametrize("timeout", [DEFAULT_CAPABILITIES.connect_timeout, 3.0])
+def test_connect_timeout(level: int, timeout: float) -> None:
+    """A connection that does not complete a CONNECT is closed after the connect timeout
+    (``Capabilities.connect_timeout``), with nothing sent: the first packet must be CONNECT
+    [MQTT-3.1.0-1, MQTT-3.1.0-1 (3.1.1)]."""
+    hub = _hub(connect_timeout=timeout)
     silent = hub.client(protocol_level=level)
     partial = hub.client(protocol_level=level)
     partial.send_bytes(encode(Connect("c", level), level)[:5])
-    hub.advance(CONNECT_TIMEOUT)
+    hub.advance(timeout)
     assert not silent.closed and not partial.closed
     hub.advance(2)
     assert silent.closed and partial.closed
@@ -1157,7 +1157,7 @@ def test_authentication_never_answering_times_out(level: int) -> None:
                          authenticator=Answer(pending))
     client = hub.client(protocol_level=level)
     client.send(Connect("slow", level))
-    hub.advance(CONNECT_TIMEOUT)
+    hub.advance(DEFAULT_CAPABILITIES.connect_timeout)
     assert not client.closed
     hub.advance(2)
     assert client.closed and client.received() == []

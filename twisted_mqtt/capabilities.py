@@ -59,6 +59,9 @@ class Capabilities:
     replaced by the client's identifier."""
     sys_interval: float = 10.0
     """Seconds between $SYS publications; 0 disables them."""
+    connect_timeout: float = 10.0
+    """Seconds a new connection may take to complete CONNECT, authentication included; then it
+    is closed without an answer."""
     keepalive_sweep_interval: float = 1.0
     """Seconds between checks of keep alive deadlines (one sweep for all connections)."""
     retained_message_expiry: Optional[int] = None

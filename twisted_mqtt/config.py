@@ -885,6 +885,9 @@ KEYS: Tuple[Key, ...] = (
     _capability("response_information", Maybe(Text()),
                 "returned in CONNACK to a client requesting response information; "
                 "{client_id} is replaced; null: none"),
+    _capability("connect_timeout", Number(0.0, strict=True),
+                "seconds a new connection may take to complete CONNECT (authentication "
+                "included) before it is closed"),
     _capability("keepalive_sweep_interval", Number(0.0, strict=True),
                 "seconds between checks of keep alive deadlines"),
     _capability("retained_message_expiry", Maybe(U32),

@@ -63,7 +63,6 @@ log = Logger()
 AWAITING_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 NEVER = 0xFFFFFFFF
 V5 = ProtocolLevel.MQTT_5
-CONNECT_TIMEOUT = 10.0
 LINGER = 2.0
 WRITE_CHUNK = 256 * 1024
 """A larger output goes to the transport in pieces of about this size, each only while the
@@ -639,10 +638,10 @@ class Connection:
             if self.keep_alive and now - self.last_rx > self.keep_alive * 1.5:
                 self.disconnect(_R.KEEP_ALIVE_TIMEOUT)
         elif self.state in (AWAITING_CONNECT, AUTHENTICATING) and (
-            now - self.opened_at > CONNECT_TIMEOUT
+            now - self.opened_at > self.broker.capabilities.connect_timeout
         ):
             log.info("{conn!r}: no CONNECT within {timeout}s; closing", conn=self,
-                     timeout=CONNECT_TIMEOUT)
+                     timeout=self.broker.capabilities.connect_timeout)
             self.close()
 
     def pause(self) -> None:
