@@ -3,12 +3,12 @@
 Every case is one TCP connection.  It is generated from ``(seed, index)`` alone, so any case can be
 shown again or replayed on its own: a CONNECT (usually valid, for level 3, 4 or 5) followed by a
 few packets of any type -- those a client may send, those only a server sends, the reserved types
-0 and 15 -- each built with the codec from random fields (or taken from the byte cases of
-tests/catalogue.py) and then, often, mutated: bits flipped, bytes set to edge values, truncated
-or extended, the remaining length rewritten (huge, non-minimal, off by one), an invalid UTF-8
-string spliced in, the v5 property block replaced by random properties (unknown identifiers,
-repeated ones, wrong lengths).  The bytes of a case are
-split at random points across several writes.
+0 and 15, floods of unacknowledged QoS 1/2 messages past the Receive Maximum -- each built with
+the codec from random fields (or taken from the byte cases of tests/catalogue.py) and then,
+often, mutated: bits flipped, bytes set to edge values, truncated or extended, the remaining
+length rewritten (huge, non-minimal, off by one), an invalid UTF-8 string spliced in, the v5
+property block replaced by random properties (unknown identifiers, repeated ones, wrong
+lengths).  The bytes of a case are split at random points across several writes.
 
 A run sends the cases in batches, ``concurrency`` connections at a time, and checks:
 
@@ -28,6 +28,7 @@ A run sends the cases in batches, ``concurrency`` connections at a time, and che
     python -m tests.fuzz --cases 50000              # starts a broker (python -m twisted_mqtt)
     python -m tests.fuzz --seed 7 --show 123        # the bytes of case 123 of seed 7
     python -m tests.fuzz --port 1883 --pid 4242     # against a running broker
+    python -m tests.fuzz --broker-arg=--auth-ledger=ledger.yaml --concurrency 200
 """
 
 from __future__ import annotations
