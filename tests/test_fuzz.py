@@ -25,8 +25,8 @@ from twisted_mqtt.testing import InMemoryBroker
 SEEDS = (20261204,)
 CASES = 3000
 
-# Found by seed 3, case 8565: after a valid CONNECT, a PUBLISH whose type nibble was changed
-# to CONNECT, so a second CONNECT with protocol name "a".
+# Found by the fuzzer's first version (seed 3, case 8565): after a valid CONNECT, a PUBLISH whose
+# type nibble was changed to CONNECT, so a second CONNECT with protocol name "a".
 SECOND_CONNECT = bytes.fromhex("1004 000161 04".replace(" ", ""))
 
 
