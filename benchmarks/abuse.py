@@ -8,7 +8,9 @@ raw MQTT 3.1.1 sockets; RSS is VmRSS (VmHWM for peaks) from /proc.
 - ``retained``: 10,000 retained messages of 64 KB, then WAVES waves of three subscribers to
   ``#`` that never read (a 4 KB receive buffer), each kept STALL seconds and then closed.  A fresh
   client connects and subscribes every half second meanwhile: the slowest CONNACK + SUBACK is
-  what any client waited while the broker dealt with the stalled ones.
+  what any client waited while the broker dealt with the stalled ones.  Whether the broker
+  had closed the stalled subscribers is read at the end of each wave (what is left unread is
+  read for up to 2 s: the end of the stream, or more data).
 - ``idle``: 5,000 connections that only CONNECT; RSS added per connection.
 - ``subscriptions``: one client subscribes to 100,000 filters (1,000 SUBSCRIBE packets of 100
   filters, pipelined); RSS added and the time until the last SUBACK.
@@ -152,7 +154,7 @@ def probe_retained(broker: Broker, args: argparse.Namespace) -> Figures:
     figures["retained stored RSS MB"] = mb(status_kb(pid, "VmRSS"))
     after: List[str] = []
     slowest = 0.0
-    failures = 0
+    failures = dropped = 0
     for wave in range(args.waves):
         watcher = Watcher(broker.port)
         watcher.start()
@@ -162,6 +164,7 @@ def probe_retained(broker: Broker, args: argparse.Namespace) -> Figures:
             sock.sendall(encode(Subscribe(1, (Subscription("#", 0),)), V311))
             stalled.append(sock)
         time.sleep(args.stall)
+        dropped += sum(1 for sock in stalled if closed_by_broker(sock))
         for sock in stalled:
             sock.close()
         time.sleep(args.settle)
@@ -171,9 +174,26 @@ def probe_retained(broker: Broker, args: argparse.Namespace) -> Figures:
         after.append(mb(status_kb(pid, "VmRSS")))
     figures["peak RSS MB"] = mb(status_kb(pid, "VmHWM"))
     figures["RSS MB after each wave left"] = " / ".join(after)
+    figures["stalled subscribers the broker closed"] = f"{dropped} of {3 * args.waves}"
     figures["slowest fresh CONNACK+SUBACK s"] = f"{slowest:.2f}" + (
         f" ({failures} failed)" if failures else "")
     return figures
+
+
+def closed_by_broker(sock: socket.socket, seconds: float = 2.0) -> bool:
+    """Read what ``sock`` has waiting: True if the broker had closed it (end of stream or reset
+    within ``seconds``), False if data keeps coming or nothing comes."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+    return False
 
 
 def probe_idle(broker: Broker, args: argparse.Namespace) -> Figures:
