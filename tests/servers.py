@@ -10,6 +10,7 @@ Use it with ``from tests.servers import redis_server  # noqa: F401`` in a test m
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import shutil
 import signal
@@ -258,9 +259,10 @@ class PostgresServer(SqlServer):
         self.execute(f"CREATE DATABASE {self.database}", database="postgres")
 
     def connect(self, database: Optional[str] = None) -> Any:
-        """A psycopg2 connection (autocommit)."""
-        import psycopg2
+        """A psycopg2 (PyPy: psycopg2cffi) connection (autocommit)."""
+        from twisted_mqtt.auth.backends.sql import POSTGRESQL_MODULE
 
+        psycopg2 = importlib.import_module(POSTGRESQL_MODULE)
         connection = psycopg2.connect(host=self.host, port=self.port, user=self.user,
                                       dbname=database or self.database, connect_timeout=10)
         connection.autocommit = True

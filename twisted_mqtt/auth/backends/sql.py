@@ -41,6 +41,9 @@ from twisted_mqtt.auth.backends import (
 from twisted_mqtt.auth.passwords import PasswordVerifier
 from twisted_mqtt.interfaces import ConnectRequest
 
+POSTGRESQL_MODULE = "psycopg2cffi" if platform.python_implementation() == "PyPy" else "psycopg2"
+"""The PostgreSQL client: psycopg2 does not load on PyPy, psycopg2cffi is its drop-in there."""
+
 log = Logger()
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -97,7 +100,7 @@ class SQLSettings(BackendSettings):
         """The DB-API module of the engine: psycopg2 (psycopg2cffi on PyPy) or pymysql
         (ImportError naming the extra that brings it)."""
         if self.engine == "postgresql":
-            module = "psycopg2cffi" if platform.python_implementation() == "PyPy" else "psycopg2"
+            module = POSTGRESQL_MODULE
             return require(module, "postgresql", module, "postgresql")
         return require("pymysql", "mysql", "pymysql", "mysql")
 
