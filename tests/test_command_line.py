@@ -20,6 +20,7 @@ from twisted.copyright import version as twisted_version
 
 from tests.conftest import ROOT, broker_env, twistd_command
 from twisted_mqtt import __version__
+from twisted_mqtt.auth.backends.sql import POSTGRESQL_MODULE
 from twisted_mqtt.config import CONFIG_ERROR_EXIT, USAGE_ERROR_EXIT
 from twisted_mqtt.service import LISTEN_ERROR_EXIT
 
@@ -156,7 +157,7 @@ def test_unix_socket_in_a_read_only_directory(program: str, tmp_path: Path) -> N
 EXTRAS = [  # (URL, backend, package, extra)
     ("redis://localhost:6379/0", "Redis", "txredisapi", "redis"),
     ("http://localhost:8080/comqtt", "HTTP", "treq", "http"),
-    ("postgresql://mqtt@localhost/mqtt", "postgresql", "psycopg2", "postgresql"),
+    ("postgresql://mqtt@localhost/mqtt", "postgresql", POSTGRESQL_MODULE, "postgresql"),
     ("mysql://mqtt@localhost/mqtt", "mysql", "pymysql", "mysql"),
 ]
 
