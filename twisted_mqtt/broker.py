@@ -317,10 +317,7 @@ class Broker:
             self.dropped(client_id, delivery.message, "not authorized")
             if hooks.on_qos_dropped:
                 hooks.notify(hooks.on_qos_dropped, client_id, None, delivery)
-        if len(kept) != len(session.queue):
-            queue = session.pending()
-            queue.clear()
-            queue.extend(kept)
+        session.keep_queued(kept)
 
     def close_session_connection(self, session: Session, publish_will: bool) -> None:
         """The connection of ``session`` ended; keep, expire or end the session; handle the will.
@@ -845,10 +842,7 @@ class Broker:
                 kept.append(delivery)
             elif hooks.on_qos_dropped:
                 hooks.notify(hooks.on_qos_dropped, exclude, None, delivery)
-        if len(kept) != len(session.queue):
-            queue = session.pending()
-            queue.clear()
-            queue.extend(kept)
+        session.keep_queued(kept)
 
     # -- $SYS -----------------------------------------------------------------------------------
 

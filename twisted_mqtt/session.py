@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted_mqtt.codec import encode_properties, encode_publish, publish_template
 from twisted_mqtt.packets import Subscription, Will
@@ -276,6 +276,13 @@ class Session:
         if queue is _NO_QUEUE:
             queue = self.queue = MessageQueue()
         return queue
+
+    def keep_queued(self, kept: List[Delivery]) -> None:
+        """Leave only ``kept`` (in that order) in the queue, if anything else was in it."""
+        if len(kept) != len(self.queue):
+            queue = self.pending()
+            queue.clear()
+            queue.extend(kept)
 
     def allocate_packet_id(self) -> Optional[int]:
         """A packet identifier not in use by a message in flight, or None if all are."""
