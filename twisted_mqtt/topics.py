@@ -80,6 +80,20 @@ def levels_match(topic_filter: str, topic: str) -> bool:
     return len(f_levels) == len(t_levels)
 
 
+N = TypeVar("N", "_Node", "_Level")
+
+
+def _descend(root: N, topic: str, make: Callable[[], N]) -> N:
+    """The node of ``topic``'s levels below ``root``, made (with ``make``) where missing."""
+    node = root
+    for level in topic.split("/"):
+        child = node.children.get(level)
+        if child is None:
+            child = node.children[level] = make()
+        node = child
+    return node
+
+
 class SharedGroup:
     """The members of one shared subscription ``$share/{name}/{filter}``, with a round-robin
     cursor."""
@@ -120,12 +134,7 @@ class SubscriptionTree:
     def add(self, topic_filter: str, client_id: str, entry: Any) -> bool:
         """Add or replace a subscription; True if it did not exist before."""
         group, plain = split_shared(topic_filter)
-        node = self._root
-        for level in plain.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                child = node.children[level] = _Node()
-            node = child
+        node = _descend(self._root, plain, _Node)
         if group is None:
             target = node.subscribers
         else:
@@ -267,13 +276,7 @@ class RetainedIndex(MutableMapping[str, V]):
 
     def __setitem__(self, topic: str, value: V) -> None:
         if topic not in self._values:
-            node = self._root
-            for level in topic.split("/"):
-                child = node.children.get(level)
-                if child is None:
-                    child = node.children[level] = _Level()
-                node = child
-            node.topic = topic
+            _descend(self._root, topic, _Level).topic = topic
         self._values[topic] = value
         if self._deadline is not None:
             at = self._deadline(value)
