@@ -346,7 +346,9 @@ def test_retained_lookup_costs_what_matches(monkeypatch: pytest.MonkeyPatch) -> 
     packets = client.received()
     assert isinstance(packets[0], SubAck) and packets[0].reason_codes == (0,) * len(filters)
     assert sorted(p.topic for p in packets[1:]) == sorted(f"r/{i}/v" for i in range(10))
-    assert delays == []
+    assert delays == [0]  # only the end of the turn's bound, which sends nothing more
+    hub.clock.advance(0)
+    assert client.received() == []
 
 
 def test_retained_lookups_spread_over_turns(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,6 +421,39 @@ def test_retained_lookups_later_follow_the_session() -> None:
     other.drop()
     hub.clock.advance(0)
     assert other.received() == []
+
+
+def test_retained_lookups_of_many_subscribes_share_one_turn() -> None:
+    """A thousand SUBSCRIBE packets of one filter in one read share the turn's bound, as the
+    filters of one SUBSCRIBE do (a lookup each would cost a walk of the retained set each);
+    those not yet looked up wait as one, so the queue grows with the filters, not with the
+    packets: the retained messages are sent once now and once for the rest [MQTT-3.3.1-9]."""
+    hub = retained_hub(50, retained_lookup_per_turn=1)
+    client = connect(hub, "sub")
+    client.send(*[Subscribe(index + 1, (Subscription("r/+/v"),)) for index in range(1000)])
+    packets = client.received()
+    assert sum(isinstance(p, SubAck) for p in packets) == 1000
+    assert sum(isinstance(p, Publish) for p in packets) == 50
+    hub.clock.advance(0)
+    assert len(publishes(client)) == 50
+    hub.clock.advance(0)
+    assert client.received() == []
+
+
+def test_retained_lookup_later_uses_the_subscription_in_force() -> None:
+    """A filter subscribed to again before its retained messages were looked up gets them
+    once, with the Maximum QoS and Subscription Identifier of the subscription in force when
+    they are sent [MQTT-3.8.4-8]."""
+    hub = make_hub(retained_lookup_per_turn=1)
+    for topic in ("a/x", "b/x"):
+        hub.broker.publish(Message(topic, b"kept", 2, True))
+    client = connect(hub, "sub")
+    subscribe(client, Subscription("a/+", 2), Subscription("b/+", 2), sub_id=1)
+    assert [(p.topic, p.qos) for p in publishes(client)] == [("a/x", 2)]
+    subscribe(client, Subscription("b/+", 0), packet_id=2, sub_id=2)
+    hub.clock.advance(0)
+    [late] = publishes(client)
+    assert (late.topic, late.qos, late.properties.subscription_identifiers) == ("b/x", 0, (2,))
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ per batch of input however many packets the batch produced.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
@@ -138,7 +138,7 @@ class Connection:
         "_limit", "overflowed", "_resending",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
-        "_held_by", "_retained_lookups",
+        "_held_by", "_retained_lookups", "_lookup_limit",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -170,9 +170,11 @@ class Connection:
         """Publishers whose input waits until this (blocked) connection drains."""
         self._held_by: Optional[Set[Connection]] = None
         """The blocked connections this one's input waits for."""
-        self._retained_lookups: Optional[Deque[Tuple[str, int, Tuple[int, ...]]]] = None
-        """(filter, granted QoS, subscription ids) whose retained messages are still to be
-        sent, a turn at a time (see ``_send_retained``)."""
+        self._retained_lookups: Optional[OrderedDict[str, None]] = None
+        """The filters whose retained messages are still to be sent, in order, a turn at a
+        time (see ``_send_retained``)."""
+        self._lookup_limit: Optional[int] = None
+        """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
         self._out: List[bytes] = []
         """Bytes queued for the client and not yet handed to the transport."""
         self._queued = 0
@@ -1405,7 +1407,7 @@ class Connection:
         broker = self.broker
         caps = broker.capabilities
         codes: List[int] = []
-        retained: List[Tuple[str, int, Tuple[int, ...]]] = []
+        retained: List[str] = []
         for subscription, check, allowed in zip(packet.subscriptions, checks, answers):
             if check is not None:
                 codes.append(check)
@@ -1422,23 +1424,23 @@ class Connection:
             topic_filter = subscription.topic_filter
             if not topic_filter.startswith("$share/") and (
                     handling == 0 or (handling == 1 and new)):
-                ids: Tuple[int, ...] = (sub_id,) if sub_id is not None else ()
-                retained.append((topic_filter, granted, ids))
+                retained.append(topic_filter)
         self._subscribed(packet, tuple(codes))
         if retained:
-            if self._retained_lookups is not None:  # an earlier SUBSCRIBE's are under way
-                self._retained_lookups.extend(retained)
-                return
-            self._retained_lookups = deque(retained)
+            lookups = self._retained_lookups
+            if lookups is None:
+                lookups = self._retained_lookups = OrderedDict()
+            lookups.update(dict.fromkeys(retained))  # behind those of earlier SUBSCRIBEs
             self._send_retained(session)
 
     def _send_retained(self, session: Session) -> None:
-        """Send the retained messages of the filters subscribed to [MQTT-3.3.1-9], in order;
-        once this turn's lookups have visited ``retained_lookup_per_turn`` levels of the
-        retained index, the rest on the next turn (so one connection's lookups cost the others
-        at most that much per turn)."""
+        """Send the retained messages of the filters subscribed to [MQTT-3.3.1-9], in order,
+        as each subscription then stands (a filter subscribed to again meanwhile is looked up
+        once); once the connection's lookups of this turn, whichever SUBSCRIBE asked for them,
+        have visited ``retained_lookup_per_turn`` levels of the retained index, the rest on the
+        next turn (so one connection's lookups cost the others at most that much per turn)."""
         lookups = self._retained_lookups
-        if lookups is None or self.state == CLOSED or self.session is not session:
+        if not lookups or self.state == CLOSED or self.session is not session:
             self._retained_lookups = None
             return
         broker = self.broker
@@ -1446,14 +1448,18 @@ class Connection:
         hooks = broker.hooks
         client = self.client
         assert client is not None
-        limit = index.visited + broker.capabilities.retained_lookup_per_turn
-        while lookups:
-            if index.visited >= limit:
-                broker.clock.callLater(0, self._later, session, self._send_retained)
-                return
-            topic_filter, granted, sub_ids = lookups.popleft()
-            if topic_filter not in session.subscriptions:
+        limit = self._lookup_limit
+        if limit is None:
+            limit = self._lookup_limit = (index.visited
+                                          + broker.capabilities.retained_lookup_per_turn)
+            broker.clock.callLater(0, self._later, session, self._next_lookup_turn)
+        while lookups and index.visited < limit:
+            topic_filter = lookups.popitem(last=False)[0]
+            entry = session.subscriptions.get(topic_filter)
+            if entry is None:
                 continue  # unsubscribed meanwhile
+            granted = entry.qos
+            sub_ids: Tuple[int, ...] = (entry.sub_id,) if entry.sub_id is not None else ()
             for message in broker.retained_for(topic_filter):
                 if hooks.may_receive and not hooks.allowed_to_receive(client, message.topic):
                     continue
@@ -1461,7 +1467,14 @@ class Connection:
                                replay=True)
                 if hooks.on_retain_published:
                     hooks.notify(hooks.on_retain_published, client, message)
-        self._retained_lookups = None
+        if not lookups:
+            self._retained_lookups = None
+
+    def _next_lookup_turn(self, session: Session) -> None:
+        """A new turn: a new bound for the retained lookups, and those left waiting."""
+        self._lookup_limit = None
+        if self._retained_lookups:
+            self._send_retained(session)
 
     def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
         """Answer SUBACK and tell the hooks."""
