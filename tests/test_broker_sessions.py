@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from tests.hook_helpers import Rules
 from tests.spec import check_cited_labels
 from twisted_mqtt.auth import AllowAll, LocalOnly, is_local
 from twisted_mqtt.broker import Broker
@@ -454,6 +455,31 @@ def test_deferred_authenticator_accepts_then_processes_held_packets(level: int) 
     assert packets[0].reason_code == 0
     assert [p.payload for p in packets if isinstance(p, Publish)] == [b"one", b"two"]
     assert [p.payload for p in _publishes(watcher)] == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("pending_on", ("authentication", "publish"))
+def test_input_not_read_while_a_decision_holds_it(pending_on: str) -> None:
+    """While an authenticator or authorizer has not answered, the packets that follow are
+    held, not handled: the broker stops reading the client then, so that what it holds
+    stays within what was read before (a client flooding meanwhile is not buffered without
+    bound), and reads again once the answer has come and the held packets are handled
+    [MQTT-3.1.4-6]."""
+    pending: Deferred[Any] = Deferred()
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), authenticator=AllowAll())
+    client = hub.client(protocol_level=5)
+    if pending_on == "authentication":
+        hub.broker.authenticator = Answer(pending)
+        client.send(Connect("c", 5))
+    else:
+        client.connect("c")
+        answers = iter([pending])
+        hub.broker.hooks.add(Rules(publish=lambda client_id, topic: next(answers, True)))
+        client.send(Publish("t", b"first", 1, packet_id=1))
+    client.send(*[Publish("t", b"flood", 0) for _ in range(100)])
+    assert client.transport.producerState == "paused"
+    pending.callback(True)
+    assert client.transport.producerState == "producing"
+    assert not client.closed
 
 
 @levels

@@ -138,7 +138,7 @@ class Connection:
         "_limit", "overflowed", "_resending",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
-        "_held_by", "_retained_lookups", "_lookup_limit",
+        "_held_by", "_retained_lookups", "_lookup_limit", "_input_held",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -187,6 +187,8 @@ class Connection:
         """Packet ids of messages in flight still to resend (the connection blocked first)."""
         self._dirty = False
         self._held: Optional[List[Any]] = None
+        self._input_held = False
+        """Whether reading stopped because packets wait for a decision (``_held``)."""
         self._exchange: Optional[AuthExchange] = None
         self._reauthenticating = False
         self._connect: Optional[Connect] = None
@@ -233,7 +235,25 @@ class Connection:
                 self.disconnect(_R.IMPLEMENTATION_SPECIFIC_ERROR)
             if error is not None and self.state != CLOSED:
                 self._codec_error(error)
+        if self._held is not None and not self._input_held:
+            self._hold_input()
         broker.flush_soon()
+
+    def _hold_input(self) -> None:
+        """Packets wait for an authenticator's or authorizer's answer: read no more until it
+        comes (``_read_again``), so that what is held stays what was read before."""
+        self._input_held = True
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None and self._held_by is None:
+            pause()
+
+    def _read_again(self) -> None:
+        """Read the client again once no answer holds its packets (see ``_hold_input``)."""
+        if self._input_held and self._held is None and self.state != CLOSED:
+            self._input_held = False
+            resume = getattr(self.transport, "resumeProducing", None)
+            if resume is not None and self._held_by is None:
+                resume()
 
     def _handle(self, packets: List[Any]) -> None:
         if self._observed:
@@ -696,7 +716,7 @@ class Connection:
             held_by.discard(self)
             if not held_by:
                 publisher._held_by = None
-                if publisher.state != CLOSED:
+                if publisher.state != CLOSED and not publisher._input_held:
                     resume = getattr(publisher.transport, "resumeProducing", None)
                     if resume is not None:
                         resume()
@@ -805,6 +825,7 @@ class Connection:
                 self.send_packet(Auth(0, props))
         if held and self.state != CLOSED:
             self._handle(held)
+        self._read_again()
         self.broker.flush()
 
     def _authentication_failed(self, failure: Any) -> int:
@@ -820,6 +841,7 @@ class Connection:
         except Exception:
             log.failure("{conn!r}: internal error; disconnecting it", conn=self)
             self.disconnect(_R.IMPLEMENTATION_SPECIFIC_ERROR)
+        self._read_again()
         self.broker.flush()
 
     def _authenticated(self, result: Any) -> None:
