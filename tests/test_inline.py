@@ -33,6 +33,8 @@ from tests.spec import check_cited_labels
 from twisted_mqtt.inline import InlineClient, InlineMessage
 from twisted_mqtt.interfaces import Veto
 from twisted_mqtt.packets import (
+    ConnAck,
+    Connect,
     PingReq,
     PingResp,
     PubAck,
@@ -365,6 +367,24 @@ def test_inject_for_unknown_client() -> None:
     assert "away" in broker.broker.sessions
     with pytest.raises(KeyError):
         broker.broker.inject("away", PingReq())
+
+
+@pytest.mark.parametrize("level", (4, 5))
+def test_network_client_cannot_take_an_inline_subscription(level: int) -> None:
+    """A network client naming the client id of an inline subscription is refused with
+    Client Identifier not valid (v3.1.1: return code 2) [MQTT-3.2.2-6, MQTT-3.2.2-8]; the
+    subscription keeps its messages, and nothing fails."""
+    broker = hub()
+    got: List[InlineMessage] = []
+    InlineClient(broker.broker).subscribe("secret/#", got.append)
+    [inline_id] = [cid for cid in broker.broker.sessions if cid.startswith("inline/")]
+    client = broker.client(protocol_level=level)
+    client.send(Connect(inline_id, level, False))
+    [ack] = client.received()
+    assert isinstance(ack, ConnAck) and ack.reason_code == (0x85 if level == 5 else 2)
+    assert client.closed
+    join(broker, "p").send(Publish("secret/x", b"s", 0))
+    assert [m.payload for m in got] == [b"s"]
 
 
 def test_cited_labels() -> None:

@@ -960,6 +960,12 @@ class Connection:
                 self._refuse(_R.PACKET_TOO_LARGE)
                 return
             ack_props = fitting
+        taken = broker.sessions.get(packet.client_id)
+        if taken is not None and getattr(taken.connection, "acl_exempt", False):
+            log.info("{conn!r}: client id {client_id} is an inline subscription's",
+                     conn=self, client_id=packet.client_id)
+            self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)
+            return
         hooks = broker.hooks
         if hooks.on_session_establish:
             hooks.notify(hooks.on_session_establish, self.client, packet)
