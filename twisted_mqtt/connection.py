@@ -7,9 +7,9 @@ per batch of input however many packets the batch produced.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
@@ -138,7 +138,7 @@ class Connection:
         "_limit", "overflowed", "_resending",
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
-        "_held_by", "_retained_lookups", "_lookup_limit", "_input_held",
+        "_held_by", "_retained_lookups", "_lookup_limit", "_input_held", "_replay",
     )
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
@@ -174,6 +174,10 @@ class Connection:
         """The filters whose retained messages are still to be sent, in order, a turn at a
         time (see ``_send_retained``)."""
         self._lookup_limit: Optional[int] = None
+        self._replay: Optional[Tuple[str, Deque[str]]] = None
+        """A filter whose retained messages were being sent when the connection blocked, and
+        the topics left: the rest goes out when it unblocks, so that a client that reads them
+        all loses none, however large the retained set."""
         """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
         self._out: List[bytes] = []
         """Bytes queued for the client and not yet handed to the transport."""
@@ -688,6 +692,8 @@ class Connection:
             if resending:
                 self._resend(session, resending)
             self.broker.pump(session)
+            if not self.blocked and (self._replay is not None or self._retained_lookups):
+                self._send_retained(session)
         if not self.blocked:
             self.release_held()
 
@@ -1468,40 +1474,65 @@ class Connection:
         have visited ``retained_lookup_per_turn`` levels of the retained index, the rest on the
         next turn (so one connection's lookups cost the others at most that much per turn)."""
         lookups = self._retained_lookups
-        if not lookups or self.state == CLOSED or self.session is not session:
+        if self.state == CLOSED or self.session is not session:
+            self._retained_lookups = self._replay = None
+            return
+        if self._replay is not None:
+            self._replay_rest(session)
+        if not lookups:
             self._retained_lookups = None
             return
         broker = self.broker
         index = broker.retained
-        hooks = broker.hooks
-        client = self.client
-        assert client is not None
         limit = self._lookup_limit
         if limit is None:
             limit = self._lookup_limit = (index.visited
                                           + broker.capabilities.retained_lookup_per_turn)
             broker.clock.callLater(0, self._later, session, self._next_lookup_turn)
-        while lookups and index.visited < limit:
+        while lookups and index.visited < limit and self._replay is None:
             topic_filter = lookups.popitem(last=False)[0]
-            entry = session.subscriptions.get(topic_filter)
-            if entry is None:
+            if topic_filter not in session.subscriptions:
                 continue  # unsubscribed meanwhile
-            granted = entry.qos
-            sub_ids: Tuple[int, ...] = (entry.sub_id,) if entry.sub_id is not None else ()
-            for message in broker.retained_for(topic_filter):
-                if hooks.may_receive and not hooks.allowed_to_receive(client, message.topic):
-                    continue
-                broker.deliver(session, message, min(message.qos, granted), True, sub_ids,
-                               replay=True)
-                if hooks.on_retain_published:
-                    hooks.notify(hooks.on_retain_published, client, message)
+            topics = deque(message.topic for message in broker.retained_for(topic_filter))
+            self._replay = (topic_filter, topics)
+            self._replay_rest(session)
         if not lookups:
             self._retained_lookups = None
+
+    def _replay_rest(self, session: Session) -> None:
+        """Send the retained messages left of the filter being replayed, as its subscription
+        now stands and as each topic's retained message now is, until the connection blocks."""
+        assert self._replay is not None
+        topic_filter, topics = self._replay
+        entry = session.subscriptions.get(topic_filter)
+        if entry is None:  # unsubscribed meanwhile
+            self._replay = None
+            return
+        broker = self.broker
+        retained = broker.retained
+        hooks = broker.hooks
+        client = self.client
+        assert client is not None
+        now = broker.now
+        granted = entry.qos
+        sub_ids: Tuple[int, ...] = (entry.sub_id,) if entry.sub_id is not None else ()
+        while topics and not self.blocked:
+            message = retained.get(topics.popleft())
+            if message is None or message.expired(now):
+                continue  # cleared or expired meanwhile
+            if hooks.may_receive and not hooks.allowed_to_receive(client, message.topic):
+                continue
+            broker.deliver(session, message, min(message.qos, granted), True, sub_ids,
+                           replay=True)
+            if hooks.on_retain_published:
+                hooks.notify(hooks.on_retain_published, client, message)
+        if not topics:
+            self._replay = None
 
     def _next_lookup_turn(self, session: Session) -> None:
         """A new turn: a new bound for the retained lookups, and those left waiting."""
         self._lookup_limit = None
-        if self._retained_lookups:
+        if self._retained_lookups or self._replay is not None:
             self._send_retained(session)
 
     def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
