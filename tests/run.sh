@@ -8,8 +8,8 @@
 #   through sudo; the system services they come with are stopped, since the tests start private
 #   servers on loopback ephemeral ports.
 # - MQTT.js for the browser tests comes from tests/js/package-lock.json (npm ci).
-# - Python packages go into a virtual environment beside the checkout (.venv, or .venv-pypy3 for
-#   --python pypy3), never into the interpreter's own site-packages.
+# - Python packages go into a virtual environment beside the checkout (.venv, or .venv-pypy3.9 for
+#   --python pypy3, and so on), never into the interpreter's own site-packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,10 +48,12 @@ if [ ! -d tests/js/node_modules ]; then
 fi
 
 venv=".venv"
+if [ "$PYTHON" != python3 ]; then  # one environment per interpreter: .venv-pypy3.9, ...
+    venv=".venv-$("$PYTHON" -c 'import platform, sys; print(platform.python_implementation().lower().replace("cpython", "python") + "%d.%d" % sys.version_info[:2])')"
+fi
 pip_options=()
 case "$PYTHON" in
     pypy*)
-        venv=".venv-$(basename "$PYTHON")"
         # PyPy: the binary wheels of cryptography and bcrypt work; their sources need Rust.
         pip_options=(--only-binary cryptography,bcrypt)
         ;;
