@@ -316,6 +316,7 @@ def test_real_broker_traces_a_paho_client(start_broker: StartBroker,
     assert client.subscribe("demo/#", 1) == [1]
     client.publish("demo/x", b"hello", qos=1)
     assert client.expect(1)[0].payload == b"hello"
+    broker.wait_for_log(r"paho-1 -> PUBACK\(packet_id=1\)")  # paho may answer after the next
     other.publish("demo/y", b"q", qos=0)
     client.expect(1)
     client.disconnect()
