@@ -1969,3 +1969,21 @@ def test_one_encoding_for_many_v3_qos0_subscribers_from_the_wire() -> None:
 def test_cited_labels_exist() -> None:
     """Each label cited in this module names a normative statement of the specification."""
     check_cited_labels(sys.modules[__name__])
+
+
+@pytest.mark.parametrize("level, refused", [(V5, 0x97), (V311, 0x80)])
+def test_subscriptions_per_session_bounded(level: int, refused: int) -> None:
+    """``maximum_subscriptions``: a new filter beyond it is refused for that filter with the
+    SUBACK reason code 0x97 Quota exceeded (MQTT 3.1.1: 0x80 Failure) [MQTT-3.9.3-1,
+    MQTT-3.9.3-2 (3.1.1)]; a filter already held may be subscribed to again, and one freed by
+    UNSUBSCRIBE makes room."""
+    hub = make_hub(maximum_subscriptions=3)
+    client = connect(hub, "many", level=level)
+    ack = subscribe(client, *(Subscription(f"t/{i}", 1) for i in range(4)))
+    assert ack.reason_codes == (1, 1, 1, refused)
+    assert sorted(session_of(hub, "many").subscriptions) == ["t/0", "t/1", "t/2"]
+    assert subscribe(client, Subscription("t/1", 0), packet_id=2).reason_codes == (0,)
+    client.send(Unsubscribe(3, ("t/0",)))
+    client.received()
+    assert subscribe(client, Subscription("t/3", 1), Subscription("t/4", 1),
+                     packet_id=4).reason_codes == (1, refused)

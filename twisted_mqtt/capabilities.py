@@ -45,6 +45,9 @@ class Capabilities:
     """Topic and payload bytes of the messages held per session beyond the inflight window; a
     message that would pass it is dropped (and counted), like one past
     ``maximum_queued_messages``."""
+    maximum_subscriptions: int = 100_000
+    """Subscriptions one session may hold; a SUBSCRIBE for a new filter beyond it is refused
+    for that filter with SUBACK 0x97 Quota exceeded (MQTT 3: 0x80)."""
     maximum_retained_messages: int = 1_000_000
     """Retained messages kept; a new retained topic beyond this is not stored (and counted)."""
     retained_lookup_per_turn: int = 10_000

@@ -872,6 +872,9 @@ KEYS: Tuple[Key, ...] = (
     _capability("maximum_queued_bytes", Integer(0),
                 "topic and payload bytes of the messages held per session beyond the inflight "
                 "window", "max-queued-bytes"),
+    _capability("maximum_subscriptions", Integer(0),
+                "subscriptions one session may hold; a new filter beyond it is refused with "
+                "SUBACK 0x97 (MQTT 3: 0x80)"),
     _capability("maximum_retained_messages", Integer(0), "retained messages kept"),
     _capability("retained_lookup_per_turn", Integer(1),
                 "levels of the retained index the lookups of one SUBSCRIBE may visit in one "

@@ -1449,6 +1449,10 @@ class Connection:
             if not allowed:
                 codes.append(_R.NOT_AUTHORIZED if self.v5 else 0x80)
                 continue
+            if (len(session.subscriptions) >= caps.maximum_subscriptions
+                    and subscription.topic_filter not in session.subscriptions):
+                codes.append(_R.QUOTA_EXCEEDED if self.v5 else 0x80)
+                continue
             granted = min(subscription.qos, caps.maximum_qos)
             if granted != subscription.qos:
                 subscription = replace(subscription, qos=granted)
