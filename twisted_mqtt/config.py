@@ -1125,9 +1125,11 @@ def _log_output(options: usage.Options) -> LogOutput:
 
 def _twistd_options(options: usage.Options) -> Optional[usage.Options]:
     """twistd's own options, when ``options`` are those of its ``mqtt`` subcommand."""
+    parent = getattr(options, "parent", None)
+    if parent is None:  # ``python -m twisted_mqtt``: no need to import twistd's machinery
+        return None
     from twisted.application.app import ServerOptions
 
-    parent = getattr(options, "parent", None)
     return parent if isinstance(parent, ServerOptions) else None
 
 

@@ -29,7 +29,6 @@ from twisted_mqtt.config import (
     websocket_listeners,
 )
 from twisted_mqtt.service import BrokerService
-from twisted_mqtt.websocket import parse_network
 
 log = Logger()
 
@@ -189,6 +188,8 @@ class Options(usage.Options, AuthOptionMixin):
             except Exception as error:
                 raise ConfigError(f"bad listener {endpoint!r}: {error}") from None
         for proxy in self["ws-trusted-proxy"]:
+            from twisted_mqtt.websocket import parse_network  # Autobahn: only with --ws
+
             try:
                 parse_network(proxy)
             except ValueError as error:
