@@ -818,7 +818,7 @@ def test_packet_ids_exhausted() -> None:
     session = memory.broker.sessions["s"]
     assert session.send_quota == 65535
     old = Delivery(Message("t", b"old", 1, False), 1, False, ())
-    session.inflight.update(dict.fromkeys(range(1, 65536), old))
+    session.open_inflight().update(dict.fromkeys(range(1, 65536), old))
     new = Delivery(Message("t", b"new", 1, False), 1, False, ())
     sub.connection.send_delivery(new)
     memory.broker.flush()

@@ -460,7 +460,7 @@ class Broker:
                   sub_id: Optional[int]) -> bool:
         """Add or replace a subscription of ``session``; True if it is new."""
         entry = SubscriptionEntry(subscription, sub_id, session.client_id)
-        session.subscriptions[subscription.topic_filter] = entry
+        session.open_subscriptions()[subscription.topic_filter] = entry
         new = self.tree.add(subscription.topic_filter, session.client_id, entry)
         self._routes.clear()
         return new
@@ -671,7 +671,7 @@ class Broker:
                 for message in messages:
                     self.deliver(session, message, qos and 1, False, sub_ids)
                 continue
-            inflight = session.inflight
+            inflight = session.open_inflight()
             quota = session.send_quota
             out = []
             for index, message in enumerate(messages):

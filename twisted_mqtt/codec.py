@@ -8,7 +8,7 @@ Neither touches sockets, clocks or threads.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, cast
 
 from twisted_mqtt.errors import (
     CodecError,
@@ -592,6 +592,11 @@ class PublishRun(Run):
         return out
 
 
+_NO_PENDING = cast(List[bytes], ())
+"""A decoder's pending pieces when no packet is incomplete: an idle connection's decoder holds
+no list."""
+
+
 class Decoder:
     """Incremental decoder of one direction of one connection.
 
@@ -615,7 +620,8 @@ class Decoder:
         self.protocol_level = protocol_level
         self.max_packet_size = max_packet_size
         self.raw_publish = raw_publish
-        self._pending: List[bytes] = []
+        self._pending: List[bytes] = _NO_PENDING
+        """The start of an incomplete packet, in pieces (``_NO_PENDING`` when none)."""
         self._pending_len = 0
         self._need = 0
         self._connected = False  # a CONNECT has been decoded
@@ -641,7 +647,7 @@ class Decoder:
             if self._pending_len < self._need:
                 return
             data = b"".join(self._pending)
-            self._pending = []
+            self._pending = _NO_PENDING
         append = out.append
         buf = data
         size = len(buf)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
@@ -52,7 +52,7 @@ from twisted_mqtt.packets import (
     version_name,
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
-from twisted_mqtt.session import Delivery, Message, Session
+from twisted_mqtt.session import NO_INFLIGHT, Delivery, Message, Session
 from twisted_mqtt.topics import levels_within, split_shared
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ WRITE_CHUNK = 256 * 1024
 """A larger output goes to the transport in pieces of about this size, each only while the
 transport takes more (is not paused), so that what it buffers stays small; the rest waits in
 the connection's own queue, counted against ``maximum_pending_bytes``."""
+_NO_OUTPUT = cast(List[bytes], ())
+"""The output queue of a connection with nothing queued: an idle connection holds no list
+(``write`` starts one)."""
 _R = ReasonCode
 
 # v5 CONNACK reason code -> v3 return code [MQTT-3.2.2-5 (3.1.1)].
@@ -179,7 +182,7 @@ class Connection:
         the topics left: the rest goes out when it unblocks, so that a client that reads them
         all loses none, however large the retained set."""
         """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
-        self._out: List[bytes] = []
+        self._out: List[bytes] = _NO_OUTPUT
         """Bytes queued for the client and not yet handed to the transport."""
         self._queued = 0
         """Their total size, which ``maximum_pending_bytes`` bounds."""
@@ -356,7 +359,7 @@ class Connection:
         if self.state == CONNECTED:
             log.info("{conn!r}: connection lost", conn=self)
         self.state = CLOSED
-        self._out = []  # nothing more can be sent: free it now
+        self._out = _NO_OUTPUT  # nothing more can be sent: free it now
         self._queued = 0
         self.release_held()
         self._detach()
@@ -374,7 +377,11 @@ class Connection:
             data = self._observe_output(data)
             if not data:
                 return
-        self._out.append(data)
+        out = self._out
+        if out:
+            out.append(data)
+        else:
+            self._out = [data]
         self._queued += len(data)
         if self._queued > self._limit:
             self._over_limit()
@@ -413,7 +420,7 @@ class Connection:
             queued = self._queued
             if queued <= WRITE_CHUNK:
                 data = out[0] if len(out) == 1 else b"".join(out)
-                self._out = []
+                self._out = _NO_OUTPUT
                 self._queued = 0
                 self.broker.stats.bytes_sent += queued
                 self.transport.write(data)
@@ -448,7 +455,7 @@ class Connection:
         Past twice that, drop the connection and free what it had queued; the transport is
         aborted, so what it held is freed too."""
         if self.overflowed:
-            self._out = []
+            self._out = _NO_OUTPUT
             self._queued = 0
             return
         limit = self.broker.capabilities.maximum_pending_bytes
@@ -461,7 +468,7 @@ class Connection:
         log.warn("{conn!r}: {size} bytes queued that it does not read (maximum_pending_bytes "
                  "{limit}); dropping it", conn=self, size=self._queued, limit=limit)
         self.overflowed = self.blocked = True
-        self._out = []
+        self._out = _NO_OUTPUT
         self._queued = 0
         self._limit = -1  # from now on every write is discarded here
         self._resending = None
@@ -512,7 +519,10 @@ class Connection:
             if hooks.on_qos_dropped:
                 hooks.notify(hooks.on_qos_dropped, session.client_id, None, delivery)
             return
-        session.inflight[packet_id] = delivery
+        inflight = session.inflight
+        if inflight is NO_INFLIGHT:
+            inflight = session.open_inflight()
+        inflight[packet_id] = delivery
         stats = broker.stats
         stats.messages_sent += 1
         stats.messages_sent_by_qos[delivery.qos] += 1
@@ -620,7 +630,7 @@ class Connection:
         self._detach()
         out = self._out
         if out:  # all of it, the last packet (DISCONNECT) included, even if paused
-            self._out = []
+            self._out = _NO_OUTPUT
             self.broker.stats.bytes_sent += self._queued
             self._queued = 0
             self.transport.write(b"".join(out))
@@ -1152,7 +1162,7 @@ class Connection:
             else:
                 ack = encode(PubAck(packet_id, _R.NO_MATCHING_SUBSCRIBERS), V5)
         else:
-            session.inbound_qos2.add(packet_id)
+            session.open_inbound_qos2().add(packet_id)
             if hooks.on_inbound_qos2:
                 hooks.notify(hooks.on_inbound_qos2, session.client_id, packet_id, True)
             code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
@@ -1287,7 +1297,7 @@ class Connection:
         elif qos == 2:
             if not self.v5:
                 assert self.session is not None and packet_id is not None
-                self.session.inbound_qos2.add(packet_id)
+                self.session.open_inbound_qos2().add(packet_id)
                 hooks = self.broker.hooks
                 if hooks.on_inbound_qos2:
                     hooks.notify(hooks.on_inbound_qos2, self.session.client_id, packet_id, True)

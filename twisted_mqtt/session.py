@@ -244,6 +244,34 @@ class _NoQueue(MessageQueue):
 _NO_QUEUE: MessageQueue = _NoQueue()
 
 
+class _NoEntries(dict):  # type: ignore[type-arg]
+    """The empty subscriptions or in-flight table shared by every session that has none yet
+    (an empty dict is 64 bytes); ``Session.open_subscriptions``/``open_inflight`` replace it
+    before anything is added."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("add through Session.open_subscriptions() or open_inflight()")
+
+    __setitem__ = setdefault = update = _refuse  # type: ignore[assignment]
+
+
+class _NoIds(set):  # type: ignore[type-arg]
+    """The empty set of QoS 2 packet ids shared by every session that has received none yet
+    (an empty set is 216 bytes); ``Session.open_inbound_qos2`` replaces it before an id is
+    added."""
+
+    def _refuse(self, *args: Any) -> None:
+        raise TypeError("add through Session.open_inbound_qos2()")
+
+    add = update = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+
+NO_SUBSCRIPTIONS: Dict[str, SubscriptionEntry] = _NoEntries()
+NO_INFLIGHT: Dict[int, Delivery] = _NoEntries()
+NO_IDS: Set[int] = _NoIds()
+
+
 class Session:
     """State of one client id: subscriptions, messages in flight and queued, expiry and will."""
 
@@ -253,10 +281,15 @@ class Session:
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
-        self.subscriptions: Dict[str, SubscriptionEntry] = {}
-        self.inflight: Dict[int, Delivery] = {}
+        self.subscriptions: Dict[str, SubscriptionEntry] = NO_SUBSCRIPTIONS
+        """Read freely; add through ``open_subscriptions()``."""
+        self.inflight: Dict[int, Delivery] = NO_INFLIGHT
+        """Messages sent and not yet acknowledged, by packet id: read freely; add through
+        ``open_inflight()``."""
         self.queue: MessageQueue = _NO_QUEUE
-        self.inbound_qos2: Set[int] = set()
+        self.inbound_qos2: Set[int] = NO_IDS
+        """QoS 2 packet ids received and not yet released: read freely; add through
+        ``open_inbound_qos2()``."""
         self.next_id = 1
         self.expiry_interval = 0
         self.connection: Optional[Connection] = None
@@ -276,6 +309,27 @@ class Session:
         if queue is _NO_QUEUE:
             queue = self.queue = MessageQueue()
         return queue
+
+    def open_subscriptions(self) -> Dict[str, SubscriptionEntry]:
+        """The subscriptions, to add to (created on first use)."""
+        subscriptions = self.subscriptions
+        if subscriptions is NO_SUBSCRIPTIONS:
+            subscriptions = self.subscriptions = {}
+        return subscriptions
+
+    def open_inflight(self) -> Dict[int, Delivery]:
+        """The messages in flight, to add to (created on first use)."""
+        inflight = self.inflight
+        if inflight is NO_INFLIGHT:
+            inflight = self.inflight = {}
+        return inflight
+
+    def open_inbound_qos2(self) -> Set[int]:
+        """The QoS 2 packet ids awaiting PUBREL, to add to (created on first use)."""
+        ids = self.inbound_qos2
+        if ids is NO_IDS:
+            ids = self.inbound_qos2 = set()
+        return ids
 
     def keep_queued(self, kept: List[Delivery]) -> None:
         """Leave only ``kept`` (in that order) in the queue, if anything else was in it."""

@@ -142,9 +142,10 @@ def restore(broker: Any, state: StoredState) -> Restored:
                 session.pending().append(delivery)
             else:
                 delivery.state = record.state
-                session.inflight[record.packet_id] = delivery
+                session.open_inflight()[record.packet_id] = delivery
             restored.deliveries += 1
-        session.inbound_qos2.update(stored.inbound_qos2)
+        if stored.inbound_qos2:
+            session.open_inbound_qos2().update(stored.inbound_qos2)
         if expiry != NEVER:
             session.expiry_timer = clock.callLater(since + expiry - now, broker._expire_session,
                                                    session)
