@@ -776,4 +776,4 @@ def test_one_megabyte_publish_in_1k_chunks_is_joined_once() -> None:
         assert len(decoder._pending) == count
         assert decoder._pending_len == count * 1024
     assert decoder.feed(chunks[-1]) == [packet]
-    assert decoder._pending == []
+    assert not decoder._pending
