@@ -4,15 +4,17 @@ An idle connection is one that sent CONNECT (clean start, keep alive 60) and not
 holds its ``Connection``, decoder, ``ClientInfo`` and ``Session`` and its entries in the
 broker's tables, but no empty containers (those are created on first use).  The bytes are
 counted with ``tracemalloc`` in this process, so the figure is exact and does not depend on
-timing.
+timing.  CPython only: PyPy has no ``tracemalloc`` (its objects are sized by its own
+collector).
 """
 
 from __future__ import annotations
 
 import gc
-import tracemalloc
+import platform
 from typing import Any, List, Optional
 
+import pytest
 from twisted.internet.task import Clock
 
 from twisted_mqtt.auth import AllowAll
@@ -21,6 +23,11 @@ from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.codec import encode
 from twisted_mqtt.connection import CONNECTED, Connection
 from twisted_mqtt.packets import Connect, ProtocolLevel
+
+if platform.python_implementation() != "CPython":
+    pytest.skip("tracemalloc measures CPython's allocations", allow_module_level=True)
+
+import tracemalloc  # noqa: E402  (CPython only)
 
 COUNT = 1000
 BOUND = 1000
