@@ -754,15 +754,12 @@ class Broker:
         return True
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
-                sub_ids: Tuple[int, ...], share: Optional[SharedGroup] = None,
-                replay: bool = False) -> None:
-        """Send or queue one message to one session.  For a ``replay`` (a retained message
-        sent on SUBSCRIBE) a blocked connection does not hold back the message's publisher:
-        a QoS 0 one is dropped, a QoS 1/2 one queued."""
+                sub_ids: Tuple[int, ...], share: Optional[SharedGroup] = None) -> None:
+        """Send or queue one message to one session."""
         conn = session.connection
         if qos == 0:
             if conn is not None:
-                if conn.blocked and (replay or not self.hold_back(message.origin, conn)):
+                if conn.blocked and not self.hold_back(message.origin, conn):
                     self.dropped(session.client_id, message, "slow consumer")
                 else:
                     conn.send_qos0(message, retain, sub_ids)
@@ -776,7 +773,7 @@ class Broker:
                 and len(session.inflight) < session.send_quota):
             conn.send_delivery(delivery)
         else:
-            if conn is not None and conn.blocked and not replay:
+            if conn is not None and conn.blocked:
                 self.hold_back(message.origin, conn)  # so that its queue does not overflow
             self._enqueue(session, delivery)
 

@@ -177,11 +177,11 @@ class Connection:
         """The filters whose retained messages are still to be sent, in order, a turn at a
         time (see ``_send_retained``)."""
         self._lookup_limit: Optional[int] = None
+        """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
         self._replay: Optional[Tuple[str, Deque[str]]] = None
         """A filter whose retained messages were being sent when the connection blocked, and
         the topics left: the rest goes out when it unblocks, so that a client that reads them
         all loses none, however large the retained set."""
-        """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
         self._out: List[bytes] = _NO_OUTPUT
         """Bytes queued for the client and not yet handed to the transport."""
         self._queued = 0
@@ -1536,8 +1536,7 @@ class Connection:
                 continue  # cleared or expired meanwhile
             if hooks.may_receive and not hooks.allowed_to_receive(client, message.topic):
                 continue
-            broker.deliver(session, message, min(message.qos, granted), True, sub_ids,
-                           replay=True)
+            broker.deliver(session, message, min(message.qos, granted), True, sub_ids)
             if hooks.on_retain_published:
                 hooks.notify(hooks.on_retain_published, client, message)
         if not topics:
