@@ -1,7 +1,8 @@
 """Private servers for tests: a ``redis-server`` on a free loopback port in a temporary
 directory, started once per test session (``redis_server``); PostgreSQL (``postgres_server``)
 and MariaDB (``mariadb_server``) likewise, for the auth backends; a Redis a test may kill and
-start again (``KillableRedis``).
+start again (``KillableRedis``); Debian's Mosquitto as a peer broker (``MosquittoServer``,
+fixture ``start_mosquitto``).
 
 Use it with ``from tests.servers import redis_server  # noqa: F401`` in a test module.  A missing
 ``redis-server`` fails the tests that need it (``.ci/run`` installs it), rather than skipping.
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -374,3 +375,98 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
     server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
     yield server
     server.stop()
+
+
+# -- Mosquitto, the peer broker of the MQTT client and bridge tests --------------------------------
+
+
+class MosquittoServer(ServerProcess):
+    """A private ``mosquitto`` on a free loopback port, its configuration, persistence file and
+    log in ``directory``.  ``config`` lines are appended to the configuration (say a TLS or Unix
+    socket ``listener``; pick their ports with ``free_port()``).  Anonymous clients are allowed;
+    persistence is on, so a ``restart()`` (SIGTERM, then start again on the same port) keeps
+    sessions and queued QoS 1/2 messages, as a restarted production broker would."""
+
+    def __init__(self, directory: Path, config: Sequence[str] = ()) -> None:
+        executable = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+        if executable is None:
+            _missing("mosquitto", "mosquitto")
+        assert executable is not None
+        self.executable = executable
+        self.host = "127.0.0.1"
+        self.directory = directory
+        self.log_path = directory / "mosquitto.log"
+        self.config_path = directory / "mosquitto.conf"
+        self.proc: Optional[subprocess.Popen] = None
+        for _attempt in range(5):  # another process may take the port between the two steps
+            self.port = free_port()
+            lines = [
+                "per_listener_settings false", "allow_anonymous true",
+                "persistence true", f"persistence_location {directory}/",
+                "autosave_interval 0", "log_dest stdout", "log_type all",
+                "max_queued_messages 100000", f"listener {self.port} {self.host}", *config]
+            if os.geteuid() == 0:
+                lines.insert(0, "user root")  # else it drops to a user that cannot read here
+            self.config_path.write_text("\n".join(lines) + "\n")
+            self.start()
+            if self._wait_ready():
+                return
+            self.stop()
+        pytest.fail(f"mosquitto did not accept connections within {START_TIMEOUT}s:\n"
+                    f"{self.log()}", pytrace=False)
+
+    def start(self) -> None:
+        """Start it (again), appending to the log."""
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [self.executable, "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(signal.SIGTERM))
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                socket.create_connection((self.host, self.port), timeout=2.0).close()
+                return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM (Mosquitto saves its persistence file), waiting for the exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port with the saved sessions."""
+        self.stop()
+        self.start()
+        if not self._wait_ready():
+            pytest.fail(f"mosquitto did not start again:\n{self.log()}", pytrace=False)
+
+
+StartMosquitto = Callable[..., MosquittoServer]
+
+
+@pytest.fixture
+def start_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartMosquitto]:
+    """``start_mosquitto(*config_lines)`` starts a private Mosquitto (see ``MosquittoServer``);
+    every one started is stopped at the end of the test."""
+    started: List[MosquittoServer] = []
+
+    def start(*config: str) -> MosquittoServer:
+        server = MosquittoServer(tmp_path_factory.mktemp("mosquitto"), config)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
