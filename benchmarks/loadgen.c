@@ -20,6 +20,9 @@
  *   reqresp  50 devices: device i publishes QoS 1 on req/i and waits for the answer on resp/i
  *            (one request in flight each); one responder subscribed to req/+ answers on resp/i.
  *            Latency is the round trip; delivered counts both deliveries (2 per round trip).
+ *   reqresp-pairs  as reqresp, but device i has its own responder, subscribed to req/i only:
+ *            every connection carries one request or one answer at a time, so the broker's
+ *            reads hold one packet (the responder's PUBACK and answer go out in one write).
  *   (--persistent: the subscribers of stream, qos1 and fanout connect with a persistent
  *   session, clean session 0 / clean start 0 with a session expiry of an hour, so that a broker
  *   with a store writes their messages.)
@@ -852,20 +855,26 @@ static int run_pubsub(void) {
 }
 
 /* ---------------------------------------------------------------- reqresp */
-static int run_reqresp(void) {
+static int run_reqresp(int pairs) {
     int nd = o_devices;
+    int nr = pairs ? nd : 1; /* responders: one per device, or one for all */
     conn_t *devs = calloc((size_t)nd, sizeof(conn_t));
-    conn_t *resp = calloc(1, sizeof(conn_t));
+    conn_t *resps = calloc((size_t)nr, sizeof(conn_t));
     loop_t *L = calloc(1, sizeof(loop_t));
     L->ep = epoll_create1(EPOLL_CLOEXEC);
     g_npubs = nd;
     char cid[64], filter[64];
     pid_t me = getpid();
-    alloc_pubsub(resp, R_RESP, 0);
-    snprintf(cid, sizeof cid, "lg%d-responder", me);
-    setup_conn(resp, cid, 600);
-    setup_subscribe(resp, "req/+", 1);
-    loop_add(L, resp);
+    for (int i = 0; i < nr; i++) {
+        conn_t *resp = &resps[i];
+        alloc_pubsub(resp, R_RESP, i);
+        snprintf(cid, sizeof cid, "lg%d-responder%d", me, i);
+        setup_conn(resp, cid, 600);
+        if (pairs) snprintf(filter, sizeof filter, "req/%d", i);
+        else snprintf(filter, sizeof filter, "req/+");
+        setup_subscribe(resp, filter, 1);
+        loop_add(L, resp);
+    }
     for (int i = 0; i < nd; i++) {
         conn_t *c = &devs[i];
         alloc_pubsub(c, R_DEV, i);
@@ -891,7 +900,8 @@ static int run_reqresp(void) {
         }
         int running_now = t < g_deadline;
         if (!running_now && !stop_at) stop_at = t;
-        if (!resp->closed) respond_pump(L, resp);
+        for (int i = 0; i < nr; i++)
+            if (!resps[i].closed) respond_pump(L, &resps[i]);
         int outstanding = 0;
         for (int i = 0; i < nd; i++) {
             conn_t *c = &devs[i];
@@ -900,21 +910,25 @@ static int run_reqresp(void) {
             if (c->waiting) outstanding++;
             if (c->w.len) want_out(L, c, !flush(L, c));
         }
-        if (resp->w.len && !resp->closed) want_out(L, resp, !flush(L, resp));
+        for (int i = 0; i < nr; i++) {
+            conn_t *resp = &resps[i];
+            if (resp->w.len && !resp->closed) want_out(L, resp, !flush(L, resp));
+        }
         if (stop_at && (!outstanding || t - stop_at > (uint64_t)(o_drain * 1e9))) break;
     }
     uint64_t end = L->last_recv ? L->last_recv : now_ns();
     double wall = (double)(end - g_t_start) / 1e9;
-    uint64_t sent = 0, got = 0, dup = 0;
+    uint64_t sent = 0, got = 0, dup = 0, answered = 0;
     for (int i = 0; i < nd; i++) { sent += devs[i].sent; got += devs[i].recv; dup += devs[i].dup; }
+    for (int i = 0; i < nr; i++) answered += resps[i].recv;
     disconnect_all(devs, nd);
-    disconnect_all(resp, 1);
+    disconnect_all(resps, nr);
     printf("{");
-    print_common("reqresp", wall, cpu0, &L->hist);
-    printf(",\"devices\":%d,\"think_us\":%d,\"requests\":%lu,\"responses\":%lu,"
+    print_common(pairs ? "reqresp-pairs" : "reqresp", wall, cpu0, &L->hist);
+    printf(",\"devices\":%d,\"responders\":%d,\"think_us\":%d,\"requests\":%lu,\"responses\":%lu,"
            "\"responder_received\":%lu,\"delivered\":%lu,\"expected\":%lu,\"lost\":%lu,"
            "\"dup\":%lu,\"quickack\":%d,\"round_trips_per_s\":%.1f,\"msgs_per_s\":%.1f}\n",
-           nd, o_think_us, (unsigned long)sent, (unsigned long)got, (unsigned long)resp->recv,
+           nd, nr, o_think_us, (unsigned long)sent, (unsigned long)got, (unsigned long)answered,
            (unsigned long)L->delivered, (unsigned long)(2 * sent),
            (unsigned long)(sent > got ? sent - got : 0), (unsigned long)dup, o_quickack,
            wall > 0 ? (double)got / wall : 0.0, wall > 0 ? (double)L->delivered / wall : 0.0);
@@ -1009,7 +1023,8 @@ static int run_idle(void) {
 /* ---------------------------------------------------------------- main */
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --port P [--host H] --scenario stream|qos1|fanout|reqresp|idle\n"
+            "usage: loadgen --port P [--host H] --scenario stream|qos1|fanout|reqresp|\n"
+            "  reqresp-pairs|idle\n"
             "  [--protocol 4|5] [--duration S] [--messages M] [--payload BYTES]\n"
             "  [--window N (qos1)] [--qos0-window N] [--pubs N] [--subs N] [--devices N]\n"
             "  [--think-us US] [--conns N] [--keepalive S] [--broker-pid PID] [--hold S]\n"
@@ -1065,7 +1080,8 @@ int main(int argc, char **argv) {
     if (!strcmp(o_scenario, "stream") || !strcmp(o_scenario, "qos1") ||
         !strcmp(o_scenario, "fanout"))
         return run_pubsub();
-    if (!strcmp(o_scenario, "reqresp")) return run_reqresp();
+    if (!strcmp(o_scenario, "reqresp")) return run_reqresp(0);
+    if (!strcmp(o_scenario, "reqresp-pairs")) return run_reqresp(1);
     if (!strcmp(o_scenario, "idle")) return run_idle();
     usage();
     return 2;

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOADGEN = HERE / "build" / "loadgen"
-SCENARIOS = ("stream", "qos1", "fanout", "reqresp", "idle")
+SCENARIOS = ("stream", "qos1", "fanout", "reqresp", "reqresp-pairs", "idle")
 BROKERS = ("twisted_mqtt", "mosquitto")
 KNOWN_BROKERS = ("twisted_mqtt", "twisted_mqtt+acl", "mosquitto")
 SHORT = {"twisted_mqtt": "tm", "twisted_mqtt+acl": "tm+acl", "mosquitto": "mq"}
@@ -155,7 +155,7 @@ def loadgen_argv(args: argparse.Namespace, scenario: str, proto: int, port: int,
         argv += ["--qos0-window", str(args.fanout_window)]
     if scenario == "stream" and args.stream_window:
         argv += ["--qos0-window", str(args.stream_window)]
-    if scenario == "reqresp" and not args.no_quickack:
+    if scenario.startswith("reqresp") and not args.no_quickack:
         argv += ["--quickack"]
     if scenario == "idle":
         argv += ["--conns", str(args.conns), "--broker-pid", str(pid)]
@@ -297,7 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stream-window", type=int, default=0,
                         help="stream: as --fanout-window (default 0: socket back-pressure only)")
     parser.add_argument("--no-quickack", action="store_true",
-                        help="reqresp: do not set TCP_QUICKACK on the devices' sockets")
+                        help="reqresp, reqresp-pairs: do not set TCP_QUICKACK on the "
+                             "devices' sockets")
     parser.add_argument("--conns", type=int, default=10000, help="idle: connections")
     parser.add_argument("--profile", help="directory: py-spy raw profiles of twisted_mqtt")
     parser.add_argument("--json", help="append every run's result (JSON lines) to this file")
