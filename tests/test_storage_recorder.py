@@ -374,7 +374,7 @@ def test_durable_acknowledges_after_commit() -> None:
     messages arriving meanwhile go into the next batch (one commit at a time)."""
     store = HeldStore()
     hub, recorder = start(store, durable=True)
-    assert hub.broker.ack_barrier == recorder.barrier
+    assert hub.broker.ack_barriers == [recorder.barrier]
     sub = persistent(hub, "sub")
     sub.send(Subscribe(1, (Subscription("t", 2),)))
     sub.send(Disconnect())

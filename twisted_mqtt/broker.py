@@ -12,10 +12,11 @@ from dataclasses import replace
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from twisted_mqtt import __version__
+from twisted_mqtt.bans import Ban, Bans, BanError
 from twisted_mqtt.capabilities import (
     DEFAULT_CAPABILITIES,
     DEFAULT_COMPATIBILITIES,
@@ -45,6 +46,9 @@ Route = Tuple[Session, int, bool, Tuple[int, ...], Optional[Tuple[int, bool, Tup
 Routes = Tuple[List[Route], List[SharedGroup]]
 
 NEVER = 0xFFFFFFFF
+
+AckBarrier = Callable[[Optional[Message]], "Optional[Deferred[Any]]"]
+"""Called when a QoS 1/2 acknowledgement is due: None to let it go, or a Deferred to hold it."""
 
 
 def _aggregate(entries: List[SubscriptionEntry]) -> Tuple[int, bool, Tuple[int, ...]]:
@@ -76,10 +80,14 @@ class Broker:
             if hook is not None:
                 self.hooks.add(hook)
         self.enhanced_authenticator = enhanced_authenticator
-        self.ack_barrier: Optional[Callable[[], Any]] = None
-        """When set (by a durable store), called after a QoS 1/2 PUBLISH is routed: its
-        acknowledgement is sent when the Deferred it returns fires."""
+        self.ack_barriers: List[AckBarrier] = []
+        """What QoS 1/2 acknowledgements wait for (a durable store's commit, a bridge's
+        delivery): each is called with the routed PUBLISH's ``Message`` (None for a PUBREL or
+        PUBCOMP, or a message a hook dropped) and returns None (nothing to wait for) or a
+        Deferred; the acknowledgement is sent once all of them fired.  See ``ack_held``."""
         self.sessions: Dict[str, Session] = {}
+        self.bans = Bans(capabilities.maximum_bans)
+        """Client ids, user names and addresses refused at CONNECT (see ``ban``)."""
         self.tree = SubscriptionTree()
         self.retained: RetainedIndex[Message] = RetainedIndex(attrgetter("expires_at"))
         """Retained messages by topic (a mapping), indexed by level for ``retained_for``."""
@@ -101,6 +109,19 @@ class Broker:
         self.coalesce_writes = False
         """Set by the service on a real reactor: see ``flush_soon``."""
         self._flush_call: Any = None
+
+    def ack_held(self, message: Optional[Message]) -> Optional[Deferred[Any]]:
+        """What an acknowledgement due for ``message`` (None: a PUBREL or PUBCOMP) waits for:
+        None to send it now, else a Deferred firing once every ``ack_barriers`` entry that holds
+        it fired."""
+        if not self.ack_barriers:
+            return None
+        held = [d for d in (barrier(message) for barrier in self.ack_barriers) if d is not None]
+        if not held:
+            return None
+        if len(held) == 1:
+            return held[0]
+        return gatherResults(held, consumeErrors=True)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -183,6 +204,54 @@ class Broker:
             current.limit(clients, topics)
         log.info("packet trace on: {filters}", filters=current.describe_filters())
         return current
+
+    # -- administration -------------------------------------------------------------------------
+
+    def ban(self, kind: str, value: str, duration: Optional[float] = None, reason: str = "",
+            by: str = "") -> Ban:
+        """Refuse at CONNECT (v5: CONNACK 0x8A Banned; v3: return code 5) the clients named by
+        ``kind`` (``client_id``, ``username`` or ``address``, an address or CIDR network)
+        ``value`` for ``duration`` seconds (None: until lifted), and disconnect those connected
+        now (``kick``).  ``by`` names who did it, for the log.  ``BanError`` names a bad
+        field."""
+        if duration is not None and not duration > 0:
+            raise BanError("duration", "must be a positive number of seconds")
+        now = self.tick()
+        ban = self.bans.add(kind, value, None if duration is None else now + duration, reason,
+                            by, now)
+        log.info("{kind} {value} banned{until}{who}{why}", kind=kind, value=ban.value,
+                 until="" if duration is None else f" for {duration:g}s",
+                 who=f" by {by}" if by else "", why=f": {reason}" if reason else "")
+        for conn in list(self.connections):
+            client = conn.client
+            if (conn.session is not None and client is not None
+                    and self.bans.matches_client(ban, client.client_id, client.username,
+                                                 conn.address)):
+                conn.disconnect(ReasonCode.ADMINISTRATIVE_ACTION, "banned")
+        self.flush()
+        return ban
+
+    def unban(self, kind: str, value: str, by: str = "") -> bool:
+        """Lift a ban; False if there was none."""
+        lifted = self.bans.remove(kind, value)
+        if lifted:
+            log.info("{kind} {value} no longer banned{who}", kind=kind, value=value,
+                     who=f" (by {by})" if by else "")
+        return lifted
+
+    def kick(self, client_id: str, by: str = "") -> bool:
+        """Disconnect the connected client ``client_id`` (v5: DISCONNECT 0x98 Administrative
+        action; v3: the connection is closed); its session stays as its expiry says.  False if
+        no network client with that id is connected."""
+        session = self.sessions.get(client_id)
+        conn = session.connection if session is not None else None
+        if conn is None or conn not in self.connections:
+            return False
+        self.tick()
+        log.info("{client_id} kicked{who}", client_id=client_id, who=f" by {by}" if by else "")
+        conn.disconnect(ReasonCode.ADMINISTRATIVE_ACTION)
+        self.flush()
+        return True
 
     def _hooks_changed(self) -> None:
         """Connections leave their fast paths while a packet hook is installed, and take them

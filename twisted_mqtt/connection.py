@@ -11,8 +11,9 @@ from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, cast
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_mqtt.codec import (
     AckedRun,
@@ -24,7 +25,7 @@ from twisted_mqtt.codec import (
     encode_publish,
     encode_within,
 )
-from twisted_mqtt.errors import CodecError, UnsupportedProtocolVersion
+from twisted_mqtt.errors import AckRefused, CodecError, UnsupportedProtocolVersion
 from twisted_mqtt.exchange import AuthExchange
 from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest, Veto
 from twisted_mqtt.packets import (
@@ -780,6 +781,10 @@ class Connection:
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
                                  self.certificate_subject, self.certificate_common_name)
+        if broker.bans and broker.bans.match(client_id, packet.username, self.address,
+                                             broker.now) is not None:
+            self._refuse(_R.BANNED)
+            return
         hooks = broker.hooks
         for on_connect in hooks.on_connect:
             try:
@@ -1167,7 +1172,7 @@ class Connection:
                 hooks.notify(hooks.on_inbound_qos2, session.client_id, packet_id, True)
             code = 0 if count or not self.v5 else _R.NO_MATCHING_SUBSCRIBERS
             ack = encode(PubRec(packet_id, code), self.protocol_level)
-        self._after_commit(ack)
+        self._after_commit(ack, message if count >= 0 else None)
 
     def _acknowledge(self, _: Any, ack: bytes) -> None:
         """Queue an acknowledgement held until the store committed what it acknowledges (the
@@ -1176,14 +1181,27 @@ class Connection:
             self.broker.stats.packets_sent += 1
             self.write(ack)
 
-    def _after_commit(self, ack: bytes) -> None:
-        """Send ``ack`` now, or once the store committed what it answers (durable mode)."""
-        barrier = self.broker.ack_barrier
-        if barrier is None:
+    def _after_commit(self, ack: bytes, message: Optional[Message] = None) -> None:
+        """Send ``ack`` now, or once what it answers is safe (``Broker.ack_held``: a durable
+        store's commit, a bridge's delivery of ``message``)."""
+        held = self.broker.ack_held(message) if self.broker.ack_barriers else None
+        if held is None:
             self.broker.stats.packets_sent += 1
             self.write(ack)
         else:
-            barrier().addCallback(self._acknowledge, ack)
+            held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
+
+    def _ack_refused(self, failure: Failure) -> None:
+        """A barrier failed to make a message safe: disconnect its publisher unacknowledged."""
+        error = failure.value
+        if isinstance(error, FirstError):
+            error = error.subFailure.value
+        if isinstance(error, AckRefused):
+            self.disconnect(error.reason_code, error.reason)
+        else:
+            log.failure("{conn!r}: acknowledgement barrier failed", failure, conn=self)
+            self.disconnect(_R.UNSPECIFIED_ERROR)
+        self.broker.flush()
 
     def _on_publish_run(self, run: PublishRun) -> None:
         """Plain QoS 0 PUBLISH packets to one topic: forwarded as one slice when every subscriber
@@ -1221,7 +1239,7 @@ class Connection:
         caps = broker.capabilities
         if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
                 and not hooks.on_publish and not hooks.on_published
-                and broker.ack_barrier is None and caps.maximum_qos
+                and not broker.ack_barriers and caps.maximum_qos
                 and levels_within(run.topic, caps.maximum_topic_levels)):
             if hooks.authorizers:
                 answer = hooks.may_publish(client, run.topic)

@@ -63,3 +63,14 @@ class TopicFilterInvalid(CodecError):
     """A topic filter that breaks the wildcard rules (0x8F)."""
 
     reason_code = ReasonCode.TOPIC_FILTER_INVALID
+
+
+class AckRefused(Exception):
+    """An acknowledgement barrier (``Broker.ack_barriers``) could not make a message safe: the
+    publisher is disconnected (a v5 one with ``reason_code``) and not acknowledged, so that a
+    client that keeps its session sends the message again."""
+
+    def __init__(self, reason: str, reason_code: int = ReasonCode.QUOTA_EXCEEDED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reason_code = reason_code

@@ -7,8 +7,8 @@ so that what happens within a turn coalesces (a delivery queued and acknowledged
 turn writes nothing).  One batch is committed at a time; changes made meanwhile wait for the
 next one, which groups commits under load.
 
-In durable mode the recorder is the broker's ``ack_barrier``: a QoS 1/2 PUBLISH is acknowledged
-only once the batch holding everything recorded until then is committed.
+In durable mode the recorder is one of the broker's ``ack_barriers``: a QoS 1/2 PUBLISH is
+acknowledged only once the batch holding everything recorded until then is committed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from twisted_mqtt.storage import (
     SessionHead,
     StoredDelivery,
     StoredMessage,
+    StoredSession,
     StoredState,
     StoredSubscription,
     StoreError,
@@ -91,6 +92,63 @@ class Restored:
         self.max_key = 0
 
 
+def restore_session(broker: Any, stored: StoredSession, now: float,
+                    restored: Restored) -> Optional[Session]:
+    """Rebuild one persistent session of ``broker`` from ``stored`` at ``now`` (see
+    ``restore``), noting in ``restored`` what was rebuilt, dropped or fell due; None (and
+    nothing rebuilt) if it expired or ``broker`` already has a session with its client id."""
+    head = stored.head
+    client_id = head.client_id
+    owner = ClientInfo(client_id, head.username, protocol_level=head.protocol_level)
+    for record in stored.deliveries:
+        restored.max_key = max(restored.max_key, record.key)
+    expiry = head.expiry_interval
+    since = head.disconnected_at if head.disconnected_at is not None else now
+    if expiry == 0 or (expiry != NEVER and since + expiry <= now) or (
+            client_id in broker.sessions):
+        if head.will is not None and client_id not in broker.sessions:
+            restored.due_wills.append((owner, head.will))
+        restored.dropped_sessions.append(client_id)
+        return None
+    session = Session(client_id)
+    session.client = owner
+    session.expiry_interval = expiry
+    session.protocol_level = head.protocol_level
+    session.next_id = head.next_id if 1 <= head.next_id <= 65535 else 1
+    broker.sessions[client_id] = session
+    for subscription in stored.subscriptions:
+        broker.subscribe(session, subscription.subscription, subscription.sub_id)
+    for record in stored.deliveries:
+        message = record.message
+        if message.expires_at is not None and message.expires_at <= now:
+            restored.dropped_deliveries[record.key] = client_id
+            continue
+        delivery = Delivery(live_message(message), record.qos, record.retain, record.sub_ids)
+        delivery.key = record.key
+        if record.packet_id is None:
+            session.pending().append(delivery)
+        else:
+            delivery.state = record.state
+            session.open_inflight()[record.packet_id] = delivery
+        restored.deliveries += 1
+    if stored.inbound_qos2:
+        session.open_inbound_qos2().update(stored.inbound_qos2)
+    if expiry != NEVER:
+        session.expiry_timer = broker.clock.callLater(since + expiry - now,
+                                                      broker._expire_session, session)
+    if head.will is not None:
+        due = since + will_wait(head.will, expiry)
+        if due <= now:
+            restored.due_wills.append((owner, head.will))
+        else:
+            session.will = head.will
+            session.will_timer = broker.clock.callLater(due - now, broker._fire_will, session)
+    restored.sessions[client_id] = since
+    if head.disconnected_at is None:
+        restored.reconnected.add(client_id)
+    return session
+
+
 def restore(broker: Any, state: StoredState) -> Restored:
     """Rebuild ``broker``'s persistent sessions (offline, with their subscriptions, queued and
     in-flight messages under the same packet ids, inbound QoS 2 ids, expiry and will timers
@@ -101,64 +159,13 @@ def restore(broker: Any, state: StoredState) -> Restored:
     with ``publish_due_wills`` once whatever observes the broker is ready.  A session or
     retained message with a bad row (``state.bad_rows``, skipped) is not restored at all."""
     now = broker.tick()
-    clock = broker.clock
     restored = Restored()
     bad = {row.client_id for row in state.bad_rows if row.client_id is not None}
     restored.bad_sessions = sorted(bad.difference(broker.sessions))
     restored.dropped_retained = [row.topic for row in state.bad_rows if row.topic is not None]
     for stored in state.sessions:
-        head = stored.head
-        client_id = head.client_id
-        if client_id in bad:
-            continue
-        owner = ClientInfo(client_id, head.username, protocol_level=head.protocol_level)
-        for record in stored.deliveries:
-            restored.max_key = max(restored.max_key, record.key)
-        expiry = head.expiry_interval
-        since = head.disconnected_at if head.disconnected_at is not None else now
-        if expiry == 0 or (expiry != NEVER and since + expiry <= now) or (
-                client_id in broker.sessions):
-            if head.will is not None and client_id not in broker.sessions:
-                restored.due_wills.append((owner, head.will))
-            restored.dropped_sessions.append(client_id)
-            continue
-        session = Session(client_id)
-        session.client = owner
-        session.expiry_interval = expiry
-        session.protocol_level = head.protocol_level
-        session.next_id = head.next_id if 1 <= head.next_id <= 65535 else 1
-        broker.sessions[client_id] = session
-        for subscription in stored.subscriptions:
-            broker.subscribe(session, subscription.subscription, subscription.sub_id)
-        for record in stored.deliveries:
-            message = record.message
-            if message.expires_at is not None and message.expires_at <= now:
-                restored.dropped_deliveries[record.key] = client_id
-                continue
-            delivery = Delivery(live_message(message), record.qos, record.retain,
-                                record.sub_ids)
-            delivery.key = record.key
-            if record.packet_id is None:
-                session.pending().append(delivery)
-            else:
-                delivery.state = record.state
-                session.open_inflight()[record.packet_id] = delivery
-            restored.deliveries += 1
-        if stored.inbound_qos2:
-            session.open_inbound_qos2().update(stored.inbound_qos2)
-        if expiry != NEVER:
-            session.expiry_timer = clock.callLater(since + expiry - now, broker._expire_session,
-                                                   session)
-        if head.will is not None:
-            due = since + will_wait(head.will, expiry)
-            if due <= now:
-                restored.due_wills.append((owner, head.will))
-            else:
-                session.will = head.will
-                session.will_timer = clock.callLater(due - now, broker._fire_will, session)
-        restored.sessions[client_id] = since
-        if head.disconnected_at is None:
-            restored.reconnected.add(client_id)
+        if stored.head.client_id not in bad:
+            restore_session(broker, stored, now, restored)
     for message in state.retained:
         if message.expires_at is not None and message.expires_at <= now:
             restored.dropped_retained.append(message.topic)
@@ -275,8 +282,8 @@ class Recorder(Hook):
         self._heads.update(restored.reconnected)
         if broker.hooks is not None and self not in list(broker.hooks):
             broker.hooks.add(self)
-        if self.durable:
-            broker.ack_barrier = self.barrier
+        if self.durable and self.barrier not in broker.ack_barriers:
+            broker.ack_barriers.append(self.barrier)
         publish_due_wills(broker, restored)
         if (self._cleared or self._deleted or self._retained or self._heads):
             self._touch()
@@ -291,8 +298,8 @@ class Recorder(Hook):
         """Commit what is left (once: a failure is logged, not retried), then close the
         store."""
         self._closing = True
-        if self.broker.ack_barrier == self.barrier:
-            self.broker.ack_barrier = None
+        if self.barrier in self.broker.ack_barriers:
+            self.broker.ack_barriers.remove(self.barrier)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
             self._retry = None
@@ -319,8 +326,9 @@ class Recorder(Hook):
 
     # -- batching -------------------------------------------------------------------------------
 
-    def barrier(self) -> Deferred[None]:
-        """A Deferred firing once everything recorded so far is committed."""
+    def barrier(self, _message: Optional[Message] = None) -> Deferred[None]:
+        """A Deferred firing once everything recorded so far is committed (in durable mode, one
+        of the broker's ``ack_barriers``)."""
         if self._pending:
             d: Deferred[None] = Deferred()
             self._waiters.append(d)
