@@ -1,0 +1,145 @@
+"""The broker core's cost of one QoS 1 request/response round trip, without sockets.
+
+The ``reqresp-pairs`` scenario of ``run.py`` in one process: 50 devices, each with its own
+responder.  A round trip is: the device's QoS 1 PUBLISH on ``req/i`` (one read), the broker's
+PUBACK to it and PUBLISH to responder *i*; the responder's PUBACK and QoS 1 answer on
+``resp/i`` (one read); the broker's PUBACK to it and PUBLISH to the device; the device's PUBACK
+(one read).  Every read goes through ``Connection.data_received`` and every write out through
+``Connection.flush``, as on a socket; the harness itself only slices packet ids out of bytes.
+
+    python3 benchmarks/roundtrip.py                  # wall clock: µs per round trip
+    python3 benchmarks/roundtrip.py --instructions   # CPU instructions per round trip
+    python3 benchmarks/roundtrip.py --profile        # cProfile of the rounds
+
+``--instructions`` runs the workload under ``valgrind --tool=callgrind`` twice (``--rounds``
+and twice as many) and divides the difference of the instruction counts by the difference of
+the round trips, so start-up and set-up cancel out: a figure that other load on the machine
+does not move, for A/B comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from twisted.internet.task import Clock  # noqa: E402
+
+from twisted_mqtt.auth import AllowAll  # noqa: E402
+from twisted_mqtt.broker import Broker  # noqa: E402
+from twisted_mqtt.capabilities import Capabilities  # noqa: E402
+from twisted_mqtt.codec import encode, encode_publish  # noqa: E402
+from twisted_mqtt.connection import Connection  # noqa: E402
+from twisted_mqtt.packets import Connect, Subscribe, Subscription  # noqa: E402
+
+
+class Sink:
+    """A transport that keeps the last bytes written."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data = data
+
+    def loseConnection(self) -> None:
+        raise AssertionError("the broker closed a connection")
+
+    abortConnection = loseConnection
+
+
+def client(broker: Broker, client_id: str, level: int, topic_filter: str) -> Connection:
+    """A connected client subscribed to ``topic_filter`` at QoS 1."""
+    conn = Connection(broker, Sink(), "127.0.0.1")
+    conn.data_received(encode(Connect(client_id, level, True, 600), level) +
+                       encode(Subscribe(1, (Subscription(topic_filter, 1),)), level))
+    return conn
+
+
+def packet_id(data: bytes, level: int) -> bytes:
+    """The packet identifier of the QoS 1 PUBLISH ``data`` begins with (lengths under 128)."""
+    at = 4 + ((data[2] << 8) | data[3])
+    return data[at:at + 2]
+
+
+def run(rounds: int, level: int, devices: int) -> float:
+    """Make ``rounds`` round trips per device; return the seconds they took."""
+    broker = Broker(Clock(), Capabilities(sys_interval=0), authenticator=AllowAll())
+    broker.start()
+    props = b"\x00" if level == 5 else None
+    pairs: List[Any] = []
+    for i in range(devices):
+        device = client(broker, f"d{i}", level, f"resp/{i}")
+        responder = client(broker, f"r{i}", level, f"req/{i}")
+        pairs.append((device, device.transport, responder, responder.transport,
+                      b"req/%d" % i, b"resp/%d" % i))
+    payload = bytes(40)  # the load generator's 64-byte payloads are 24-byte headers + padding
+    puback = b"\x40\x02"
+    start = time.perf_counter()
+    for n in range(rounds):
+        pid = n % 65535 + 1
+        for device, dev_out, responder, resp_out, req, resp in pairs:
+            device.data_received(encode_publish(req, payload, 1, False, False, pid, props))
+            request_id = packet_id(resp_out.data, level)
+            responder.data_received(puback + request_id +
+                                    encode_publish(resp, payload, 1, False, False, pid, props))
+            device.data_received(puback + packet_id(dev_out.data, level))
+    return time.perf_counter() - start
+
+
+def instructions(args: argparse.Namespace, rounds: int) -> int:
+    """Instructions executed by this script with ``rounds`` rounds, under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        sys.executable, __file__, "--rounds", str(rounds), "--protocol",
+                        str(args.protocol), "--devices", str(args.devices)],
+                       check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONHASHSEED="0"))
+        with open(out) as f:
+            found = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+        assert found is not None
+        return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2000, help="round trips per device")
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--protocol", type=int, default=4, choices=(4, 5))
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per round trip, under callgrind")
+    parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by self time")
+    args = parser.parse_args()
+    if args.instructions:
+        low = instructions(args, args.rounds)
+        high = instructions(args, 2 * args.rounds)
+        per = (high - low) / (args.rounds * args.devices)
+        print(f"protocol {args.protocol}: {per:,.0f} instructions per round trip")
+        return
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(run, args.rounds, args.protocol, args.devices)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        return
+    seconds = run(args.rounds, args.protocol, args.devices)
+    print(f"protocol {args.protocol}: {1e6 * seconds / (args.rounds * args.devices):.2f} µs "
+          "per round trip")
+
+
+if __name__ == "__main__":
+    main()
