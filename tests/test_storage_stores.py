@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from tests.conftest import log_problems, run_twistd
 from tests.servers import RedisServer, redis_server  # noqa: F401
+from twisted_mqtt.bans import Ban
 from twisted_mqtt.packets import Subscription, Will
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.storage import (
@@ -68,6 +69,8 @@ def first_batch() -> Batch:
     batch.retained["r/2"] = StoredMessage("r/2", b"x", 2, True, Properties(content_type="a"),
                                           1e10, "o")
     batch.sys_info = {"messages_received": 5, "messages_received_by_qos": [1, 2, 3]}
+    batch.bans = (Ban("address", "10.0.0.0/8", 2e9, "scan", "admin", 100.0),
+                  Ban("client_id", "ç:é"))
     return batch
 
 
@@ -82,6 +85,7 @@ def second_batch() -> Batch:
     batch.retained["r/1"] = None
     batch.sessions["c1"] = SessionHead("c1", 3600, 5, None, None, 9)
     batch.sys_info = {"messages_received": 6}
+    batch.bans = (Ban("username", "mallory"),)
     return batch
 
 
@@ -107,6 +111,8 @@ def test_reference_states() -> None:
     assert [s.client_id for s in after_second.sessions] == ["c1", "ç/é"]
     assert [m.topic for m in after_second.retained] == ["r/2"]
     assert after_second.sys_info == {"messages_received": 6}
+    assert [b.value for b in after_first.bans] == ["10.0.0.0/8", "ç:é"]
+    assert after_second.bans == (Ban("username", "mallory"),)
     assert after_first.sessions[0].expires_at == 3700.5
     assert after_first.sessions[0].will_at == 105.5
     assert after_first.sessions[1].expires_at is None

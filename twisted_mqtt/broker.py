@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from twisted_mqtt import __version__
-from twisted_mqtt.bans import Ban, Bans, BanError
+from twisted_mqtt.bans import Ban, BanError, Bans
 from twisted_mqtt.capabilities import (
     DEFAULT_CAPABILITIES,
     DEFAULT_COMPATIBILITIES,

@@ -53,6 +53,8 @@ class Capabilities:
     retained_lookup_per_turn: int = 10_000
     """Levels of the retained index the lookups of one SUBSCRIBE may visit in one reactor turn;
     the retained messages of its further filters are sent on the following turns."""
+    maximum_bans: int = 10_000
+    """Bans (client ids, user names, addresses) in force at once; adding one more is refused."""
     maximum_client_id_length: int = 65535
     maximum_topic_levels: int = 128
     refused_filters: Tuple[str, ...] = ()

@@ -879,6 +879,8 @@ KEYS: Tuple[Key, ...] = (
     _capability("retained_lookup_per_turn", Integer(1),
                 "levels of the retained index the lookups of one SUBSCRIBE may visit in one "
                 "reactor turn; further filters get their retained messages on later turns"),
+    _capability("maximum_bans", Integer(0),
+                "bans (client ids, user names, addresses) in force at once"),
     _capability("maximum_client_id_length", Integer(1, 65535),
                 "longest client identifier accepted"),
     _capability("maximum_topic_levels", Integer(1), "most levels in a topic name or filter"),

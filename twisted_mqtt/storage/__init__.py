@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 from zope.interface import Attribute, Interface
 
 from twisted_mqtt._value import value
+from twisted_mqtt.bans import Ban
 from twisted_mqtt.packets import Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
@@ -208,15 +209,18 @@ class StoredState:
     sessions they belong to are listed without them, incomplete: the ``Recorder`` refuses the
     state, or (skipping bad rows) restores neither those sessions nor those retained
     messages."""
+    bans: Tuple[Ban, ...] = ()
+    """The bans in force when last saved (``twisted_mqtt.bans``); a store written by an
+    older broker has none."""
 
 
 class Batch:
     """The changes of one or more reactor turns, applied by a store in one transaction, in
     this order: ``cleared``, ``sessions``, ``subscriptions``, ``deleted``, ``deliveries``,
-    ``moves``, ``inbound``, ``retained``, ``sys_info``."""
+    ``moves``, ``inbound``, ``retained``, ``sys_info``, ``bans``."""
 
     __slots__ = ("cleared", "sessions", "subscriptions", "deliveries", "moves", "deleted",
-                 "inbound", "retained", "sys_info")
+                 "inbound", "retained", "sys_info", "bans")
 
     def __init__(self) -> None:
         self.cleared: Set[str] = set()
@@ -238,16 +242,19 @@ class Batch:
         """Topic -> the retained message to write, or None to delete it."""
         self.sys_info: Optional[Dict[str, Any]] = None
         """The counters to save, if they are to be saved."""
+        self.bans: Optional[Tuple[Ban, ...]] = None
+        """If not None, every ban in force: the stored bans are replaced by these."""
 
     def __bool__(self) -> bool:
         return bool(self.cleared or self.sessions or self.subscriptions or self.deliveries
                     or self.moves or self.deleted or self.inbound or self.retained
-                    or self.sys_info is not None)
+                    or self.sys_info is not None or self.bans is not None)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(getattr(self, name))}" for name in self.__slots__
-                          if name != "sys_info" and getattr(self, name))
-        return f"<Batch {sizes}{' sys_info' if self.sys_info is not None else ''}>"
+                          if name not in ("sys_info", "bans") and getattr(self, name))
+        return (f"<Batch {sizes}{' sys_info' if self.sys_info is not None else ''}"
+                f"{' bans' if self.bans is not None else ''}>")
 
 
 class IStore(Interface):

@@ -9,9 +9,11 @@ A function that builds a record raises ``BadField``; ``Rows.read`` turns that in
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from twisted_mqtt.bans import Ban, BanError
 from twisted_mqtt.codec import _properties
 from twisted_mqtt.errors import CodecError
 from twisted_mqtt.packets import Subscription, Will
@@ -321,3 +323,17 @@ class Rows:
 def owner(client_id: Any, key: Any = None) -> str:
     """How a message names the session row of ``client_id`` (delivery ``key``)."""
     return f"client {show(client_id)}" if key is None else f"id {key}, client {show(client_id)}"
+
+
+def ban(text: Any) -> Ban:
+    """A ban from its stored JSON fields."""
+    try:
+        fields = json.loads(text)
+    except (TypeError, ValueError):
+        raise BadField("ban", "not JSON") from None
+    if not isinstance(fields, dict):
+        raise BadField("ban", "not a JSON object")
+    try:
+        return Ban.from_dict(fields)
+    except BanError as error:
+        raise BadField(error.field, error.problem) from None

@@ -6,11 +6,12 @@ lets tests "restart" a broker by restoring a new one from the same ``MemoryStore
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from twisted_mqtt.bans import Ban
 from twisted_mqtt.storage import (
     Batch,
     IStore,
@@ -36,6 +37,7 @@ class MemoryStore:
         self.inbound: Dict[str, Set[int]] = {}
         self.retained: Dict[str, StoredMessage] = {}
         self.sys_info: Optional[Dict[str, Any]] = None
+        self.bans: Tuple[Ban, ...] = ()
         self.commits = 0
         self.batches: List[Batch] = []
         """Every batch committed, in order (for tests)."""
@@ -58,7 +60,8 @@ class MemoryStore:
                           tuple(sorted(self.inbound.get(client_id, ()))))
             for client_id, head in sorted(self.heads.items()))
         return StoredState(sessions, tuple(self.retained[t] for t in sorted(self.retained)),
-                           dict(self.sys_info) if self.sys_info is not None else None)
+                           dict(self.sys_info) if self.sys_info is not None else None,
+                           bans=self.bans)
 
     def commit(self, batch: Batch) -> Deferred[None]:
         """Apply ``batch`` at once."""
@@ -93,6 +96,8 @@ class MemoryStore:
                 self.retained[topic] = message
         if batch.sys_info is not None:
             self.sys_info = dict(batch.sys_info)
+        if batch.bans is not None:
+            self.bans = batch.bans
         self.commits += 1
         self.batches.append(batch)
         return succeed(None)

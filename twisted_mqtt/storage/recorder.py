@@ -172,6 +172,7 @@ def restore(broker: Any, state: StoredState) -> Restored:
             continue
         broker.retained[message.topic] = live_message(message)
         restored.retained += 1
+    broker.bans.load(state.bans, now)
     if state.sys_info:
         stats = broker.stats
         for name, figure in state.sys_info.items():
@@ -234,6 +235,7 @@ class Recorder(Hook):
         self._inbound: Dict[Tuple[str, int], bool] = {}
         self._retained: Dict[str, Optional[Message]] = {}
         self._sys: Optional[Dict[str, Any]] = None
+        self._bans = False
 
     # -- opening and closing --------------------------------------------------------------------
 
@@ -282,6 +284,8 @@ class Recorder(Hook):
         self._heads.update(restored.reconnected)
         if broker.hooks is not None and self not in list(broker.hooks):
             broker.hooks.add(self)
+        if self._bans_changed not in broker.bans.changed:
+            broker.bans.changed.append(self._bans_changed)
         if self.durable and self.barrier not in broker.ack_barriers:
             broker.ack_barriers.append(self.barrier)
         publish_due_wills(broker, restored)
@@ -298,6 +302,8 @@ class Recorder(Hook):
         """Commit what is left (once: a failure is logged, not retried), then close the
         store."""
         self._closing = True
+        if self._bans_changed in self.broker.bans.changed:
+            self.broker.bans.changed.remove(self._bans_changed)
         if self.barrier in self.broker.ack_barriers:
             self.broker.ack_barriers.remove(self.barrier)
         if self._retry is not None and self._retry.active():
@@ -441,6 +447,8 @@ class Recorder(Hook):
         for topic, retained in self._retained.items():
             batch.retained[topic] = None if retained is None else stored_message(retained)
         batch.sys_info = self._sys
+        if self._bans:
+            batch.bans = tuple(self.broker.bans)
         self._reset()
         return batch
 
@@ -633,6 +641,11 @@ class Recorder(Hook):
     def on_retained_expired(self, topic: str) -> None:
         """A retained message expired."""
         self._retained[topic] = None
+        self._touch()
+
+    def _bans_changed(self) -> None:
+        """A ban was added, lifted or expired: the bans are written with the next batch."""
+        self._bans = True
         self._touch()
 
     def on_sys_info_tick(self, figures: Dict[str, Any]) -> None:

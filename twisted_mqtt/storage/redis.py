@@ -135,6 +135,41 @@ def _counters(raw: bytes) -> Dict[str, Any]:
     return dict(_rows.counter(name, figure) for name, figure in figures.items())
 
 
+def read_session(rows: _rows.Rows, client_id: str, head_raw: bytes, subs: Dict[bytes, bytes],
+                 msgs: Dict[bytes, bytes], flight: Dict[bytes, bytes],
+                 qos2: Any) -> Optional[StoredSession]:
+    """A session from its records (its head, and the ``subs``, ``msgs``, ``flight`` hashes and
+    ``qos2`` set as Redis returns them), or None if its head is bad; bad records are noted in
+    ``rows`` and left out."""
+    head = rows.read("sessions", _rows.owner(client_id), unpack_head, client_id, head_raw,
+                     client_id=client_id)
+    if head is None:
+        return None
+    subscriptions = []
+    for raw in sorted(subs):
+        topic_filter = _rows.decode_text(raw)
+        subscription = rows.read("subscriptions", f"{_rows.owner(client_id)}, filter "
+                                 f"{_rows.show(topic_filter)}", unpack_subscription,
+                                 client_id, topic_filter, subs[raw],
+                                 client_id=client_id)
+        if subscription is not None:
+            subscriptions.append(subscription)
+    deliveries: List[StoredDelivery] = []
+    for field in sorted(msgs, key=_in_order):
+        delivery = rows.read("deliveries", _rows.owner(client_id, _text(field)),
+                             _delivery, client_id, field, msgs[field],
+                             flight.get(field), client_id=client_id)
+        if delivery is not None:
+            deliveries.append(delivery)
+    inbound = []
+    for raw in sorted(qos2 or (), key=_in_order):
+        packet_id = rows.read("inbound_qos2", _rows.owner(client_id), _rows.packet_id,
+                              "packet_id", _number(raw), client_id=client_id)
+        if packet_id is not None:
+            inbound.append(packet_id)
+    return rows.session(head, subscriptions, deliveries, inbound)
+
+
 @implementer(IStore)
 class RedisStore:
     """Sessions, messages and retained messages in a Redis database."""
@@ -225,39 +260,17 @@ class RedisStore:
                       redis.hgetall(self._key("msgs", client_id)),
                       redis.hgetall(self._key("flight", client_id)),
                       redis.smembers(self._key("qos2", client_id))]
-        reads += [redis.hgetall(self._key("retained")), redis.get(self._key("counters"))]
+        reads += [redis.hgetall(self._key("retained")), redis.get(self._key("counters")),
+                  redis.hgetall(self._key("bans"))]
         results = yield gatherResults(reads, consumeErrors=True)
         sessions: List[StoredSession] = []
         for index, client_id in enumerate(client_ids):
             subs, msgs, flight, qos2 = results[4 * index:4 * index + 4]
-            head = rows.read("sessions", _rows.owner(client_id), unpack_head, client_id,
-                             heads[client_id.encode("utf-8")], client_id=client_id)
-            if head is None:
-                continue
-            subscriptions = []
-            for raw in sorted(subs):
-                topic_filter = _rows.decode_text(raw)
-                subscription = rows.read("subscriptions", f"{_rows.owner(client_id)}, filter "
-                                         f"{_rows.show(topic_filter)}", unpack_subscription,
-                                         client_id, topic_filter, subs[raw],
-                                         client_id=client_id)
-                if subscription is not None:
-                    subscriptions.append(subscription)
-            deliveries: List[StoredDelivery] = []
-            for field in sorted(msgs, key=_in_order):
-                delivery = rows.read("deliveries", _rows.owner(client_id, _text(field)),
-                                     _delivery, client_id, field, msgs[field],
-                                     flight.get(field), client_id=client_id)
-                if delivery is not None:
-                    deliveries.append(delivery)
-            inbound = []
-            for raw in sorted(qos2 or (), key=_in_order):
-                packet_id = rows.read("inbound_qos2", _rows.owner(client_id), _rows.packet_id,
-                                      "packet_id", _number(raw), client_id=client_id)
-                if packet_id is not None:
-                    inbound.append(packet_id)
-            sessions.append(rows.session(head, subscriptions, deliveries, inbound))
-        retained_hash, counters = results[-2], results[-1]
+            session = read_session(rows, client_id, heads[client_id.encode("utf-8")], subs,
+                                   msgs, flight, qos2)
+            if session is not None:
+                sessions.append(session)
+        retained_hash, counters, bans_hash = results[-3], results[-2], results[-1]
         retained = []
         for raw in sorted(retained_hash):
             topic = _rows.decode_text(raw)
@@ -268,7 +281,14 @@ class RedisStore:
         sys_info: Optional[Dict[str, Any]] = None
         if counters:
             sys_info = rows.read("counters", "all counters", _counters, counters)
-        return StoredState(tuple(sessions), tuple(retained), sys_info, tuple(rows.bad))
+        bans = []
+        for raw in sorted(bans_hash or ()):
+            ban = rows.read("bans", f"ban {_rows.show(_rows.decode_text(raw))}", _rows.ban,
+                            bans_hash[raw])
+            if ban is not None:
+                bans.append(ban)
+        return StoredState(tuple(sessions), tuple(retained), sys_info, tuple(rows.bad),
+                           tuple(bans))
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -329,6 +349,13 @@ class RedisStore:
             out.append((command, name, *args))
         if batch.sys_info is not None:
             out.append(("SET", key("counters"), json.dumps(batch.sys_info)))
+        if batch.bans is not None:
+            out.append(("DEL", key("bans")))
+            if batch.bans:
+                fields: List[Any] = []
+                for ban in batch.bans:
+                    fields += [f"{ban.kind}:{ban.value}", json.dumps(ban.as_dict())]
+                out.append(("HSET", key("bans"), *fields))
         return out
 
     @inlineCallbacks

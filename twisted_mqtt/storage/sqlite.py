@@ -101,6 +101,17 @@ def _create_v1(db: sqlite3.Connection) -> None:
     """)
 
 
+BANS_TABLE = """
+    CREATE TABLE IF NOT EXISTS bans (
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID"""
+"""Bans (one JSON object each): a table a store of schema version 1 gains when opened, which
+a broker that does not know it ignores."""
+
+
 def _execute_script(db: sqlite3.Connection, script: str) -> None:
     """Run ``;``-separated statements inside the current transaction (``executescript``
     would commit it first)."""
@@ -322,6 +333,7 @@ class SQLiteStore:
             self.created = "a new file" if size is None else (
                 "an empty file (0 bytes)" if size == 0 else "a database without tables")
         self._migrate(db, version, "meta" in tables)
+        db.execute(BANS_TABLE)
         return db
 
     def _migrate(self, db: sqlite3.Connection, version: int, has_meta: bool) -> None:
@@ -396,7 +408,14 @@ class SQLiteStore:
             if found is not None:
                 counters = counters or {}
                 counters[found[0]] = found[1]
-        return StoredState(tuple(sessions), tuple(retained), counters, tuple(rows.bad))
+        bans = []
+        for kind, text, fields in db.execute("SELECT kind, value, fields FROM bans "
+                                             "ORDER BY kind, value"):
+            ban = read("bans", f"ban {_rows.show(kind)} {_rows.show(text)}", _rows.ban, fields)
+            if ban is not None:
+                bans.append(ban)
+        return StoredState(tuple(sessions), tuple(retained), counters, tuple(rows.bad),
+                           tuple(bans))
 
     def _apply(self, batch: Batch) -> None:
         db = self._db
@@ -472,6 +491,10 @@ class SQLiteStore:
             db.execute("DELETE FROM counters")
             db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)",
                            [(name, json.dumps(v)) for name, v in batch.sys_info.items()])
+        if batch.bans is not None:
+            db.execute("DELETE FROM bans")
+            db.executemany("INSERT INTO bans VALUES (?, ?, ?)",
+                           [(b.kind, b.value, json.dumps(b.as_dict())) for b in batch.bans])
 
     def _close(self) -> None:
         db, self._db = self._db, None
