@@ -25,8 +25,9 @@ def main(argv: Optional[List[str]] = None,
         install()
     from twisted.logger import globalLogBeginner
 
-    from twisted_mqtt.config import log_output, option_error
+    from twisted_mqtt.config import CONFIG_ERROR_EXIT, log_output, option_error
     from twisted_mqtt.tap import Options, makeService
+    from twisted_mqtt.workers import Supervisor
 
     options = Options()
     options.synopsis = f"Usage: {PROGRAM} [options]"
@@ -41,6 +42,11 @@ def main(argv: Optional[List[str]] = None,
 
     service = makeService(options, reactor)
     if configure is not None:
+        if isinstance(service, Supervisor):  # the workers would run without it
+            print(f"{PROGRAM}: configuration error: --workers starts `python -m twisted_mqtt` "
+                  "processes, which this program's configuration of the broker would not "
+                  "reach", file=sys.stderr)
+            return CONFIG_ERROR_EXIT
         configure(service)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -597,6 +597,17 @@ class WebSocketListeners(Check):
                                  tuple(values["trusted_proxies"]))
 
 
+class BridgeList(Check):
+    """``bridges:``, the MQTT bridges (checked by ``twisted_mqtt.bridges.mqtt.Bridges``)."""
+
+    expected = "a list of bridges, each a mapping of name, address, topics..."
+
+    def __call__(self, value: Any) -> List[Any]:
+        from twisted_mqtt.bridges.mqtt import Bridges
+
+        return Bridges()(value)
+
+
 class LedgerFile(Text):
     """An auth ledger file that can be read and used."""
 
@@ -914,6 +925,9 @@ KEYS: Tuple[Key, ...] = (
     Key("shutdown_timeout", Number(0.0, strict=True), DEFAULT_SHUTDOWN_TIMEOUT,
         "seconds a graceful stop (SIGTERM) may take before the broker stops anyway",
         "shutdown-timeout"),
+    Key("workers", Integer(0, 256), 0,
+        "broker processes sharing the listeners, each a cluster node joined through "
+        "cluster (which it needs); 0: one process is the broker", "workers"),
     # authentication
     Key("auth.allow_anonymous", Boolean(), False,
         "accept clients without credentials from any address (default: from loopback and Unix "
@@ -939,6 +953,11 @@ KEYS: Tuple[Key, ...] = (
         "start even if the store holds rows of bad data, skipping each (logged) and the session "
         "or retained message it belongs to (default: refuse to start)", "store-skip-bad-rows",
         apply=_flag("store-skip-bad-rows")),
+    # bridges
+    Key("bridges", BridgeList(), [],
+        "MQTT bridges to other brokers, each a mapping of name, address, topics and the "
+        "connection's settings (docs/bridges.md); --bridge, --bridge-topic and --bridge-option "
+        "replace the whole list", "bridges", cli=("bridge", "bridge-topic", "bridge-option")),
     # logging
     Key("logging.level", Level(), "info",
         "log events at this level and above: debug, info, warn, error, critical",

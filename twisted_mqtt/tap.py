@@ -7,7 +7,7 @@ import os
 import select
 import sys
 from functools import partial
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
@@ -29,6 +29,9 @@ from twisted_mqtt.config import (
     websocket_listeners,
 )
 from twisted_mqtt.service import BrokerService
+
+if TYPE_CHECKING:
+    from twisted_mqtt.workers import Supervisor
 
 log = Logger()
 
@@ -88,6 +91,10 @@ class Options(usage.Options, AuthOptionMixin):
         ["auth-ledger", None, None,
          "Authenticate clients and authorise topics by the rules of this YAML or JSON ledger "
          "file (Mochi MQTT's format; reloaded on SIGHUP)."],
+        ["workers", None, 0,
+         "Run this many broker processes sharing the listeners, each a cluster node named "
+         "NODE-NAME-1..N joined through --cluster (which it needs); 0: this process is the "
+         "broker", OptionValue("workers")],
     ]
     optParameters += OPTION_PARAMETERS  # --config, --log-*, --shutdown-timeout: config.py
 
@@ -102,6 +109,10 @@ class Options(usage.Options, AuthOptionMixin):
         self["auth-backend"] = []
         self["trace-client"] = []
         self["trace-topic"] = []
+        self["bridges"] = []
+        self["bridge"] = []
+        self["bridge-topic"] = []
+        self["bridge-option"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
@@ -151,6 +162,21 @@ class Options(usage.Options, AuthOptionMixin):
             self["trace-topic"].append(TopicFilter()(topic_filter))
         except Invalid as error:
             raise ConfigError(error.problem, path="--trace-topic") from None
+
+    def opt_bridge(self, name_address: str) -> None:
+        """Bridge to another MQTT broker (repeatable): NAME=ADDRESS, ADDRESS a Twisted client
+        endpoint string, e.g. cloud=tcp:host=broker.example:port=1883 (docs/bridges.md)."""
+        self["bridge"].append(name_address)
+
+    def opt_bridge_topic(self, name_rule: str) -> None:
+        """A topic rule of a --bridge (repeatable): NAME=PATTERN [out|in|both [QOS
+        [LOCAL_PREFIX REMOTE_PREFIX]]], Mosquitto's topic rule ("" an empty prefix)."""
+        self["bridge-topic"].append(name_rule)
+
+    def opt_bridge_option(self, setting: str) -> None:
+        """A setting of a --bridge (repeatable): NAME.KEY=VALUE, KEY one of the keys of a
+        bridges: entry, e.g. cloud.protocol=3.1.1 or cloud.queue_messages=50000."""
+        self["bridge-option"].append(setting)
 
     def opt_version(self) -> None:
         """Print the versions of twisted_mqtt, Twisted and Python, and the reactor, and exit."""
@@ -202,6 +228,15 @@ class Options(usage.Options, AuthOptionMixin):
             raise ConfigError(str(error), path="--store") from None
         if self["ws-path"] is not None and not self["ws-path"].startswith("/"):
             raise ConfigError(f"must start with /, not {self['ws-path']!r}", path="--ws-path")
+        if self["bridge"] or self["bridge-topic"] or self["bridge-option"]:
+            from twisted_mqtt.bridges.mqtt import bridges_from_options
+
+            self["bridges"] = bridges_from_options(self["bridge"], self["bridge-topic"],
+                                                   self["bridge-option"])
+        if self["workers"] and not self.get("cluster"):
+            raise ConfigError(f"{self['workers']} workers are cluster nodes: they need "
+                              "--cluster redis://HOST:PORT/DB (the Redis that joins them)",
+                              path="--workers")
         if self["auth-ledger"] is not None:
             from twisted_mqtt.auth.ledger import LedgerError, read_ledger
 
@@ -224,8 +259,14 @@ class Options(usage.Options, AuthOptionMixin):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> BrokerService:
-    """Build the broker service with its listeners from parsed options."""
+def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, Supervisor]:
+    """Build the broker service with its listeners from parsed options; with ``--workers``, the
+    supervisor of the worker processes (``twisted_mqtt.workers``)."""
+    from twisted_mqtt.workers import worker_settings
+
+    worker = worker_settings()
+    if options["workers"] and worker is None:
+        return make_supervisor(options, reactor)
     hooks = auth_hooks(options, reactor)
     if hooks:
         if options["allow-anonymous"]:
@@ -260,8 +301,46 @@ def makeService(options: Options, reactor: Any = None) -> BrokerService:
         service.add_websocket_listener(endpoint, path, origins, proxies)
     for endpoint in options["stats"]:
         service.add_stats_listener(endpoint)
+    if worker is not None:
+        from twisted_mqtt.workers import adopt_listeners
+
+        adopt_listeners(service, reactor, worker)
+    if options["bridges"]:
+        from twisted_mqtt.bridges.mqtt import add_bridges
+
+        add_bridges(service, options["bridges"])
     _configure_store(service, options, reactor)
     return service
+
+
+def make_supervisor(options: Options, reactor: Any = None) -> Supervisor:
+    """The supervisor of ``--workers`` processes, each ``python -m twisted_mqtt`` with these
+    options (and twistd's ``--logfile`` as ``--log-file``)."""
+    import socket
+
+    from twisted_mqtt.workers import Supervisor, install_forwarding
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    argv = list(getattr(options, "argv", []))
+    twistd = getattr(options, "parent", None)
+    logfile = twistd.get("logfile") if twistd is not None else None
+    if logfile and logfile != "-" and not options["log-file"]:
+        argv += ["--log-file", os.path.abspath(logfile)]
+    listeners = [("MQTT", endpoint) for endpoint in options["listen"]]
+    listeners += [("WebSocket", endpoint) for endpoint, *_ in websocket_listeners(options)]
+    listeners += [("stats", endpoint) for endpoint in options["stats"]]
+    name = options.get("node-name") or socket.gethostname()
+    supervisor = Supervisor(reactor, options["workers"], name, argv, listeners)
+    supervisor.kill_after = float(options["shutdown-timeout"]) + 5.0
+    running = process_reactor(reactor)
+    if running is not None:
+        install_forwarding(supervisor, running)
+    log.info("{count} workers {name}-1..{count}, cluster {cluster}", count=options["workers"],
+             name=name, cluster=options.get("cluster"))
+    return supervisor
 
 
 def _configure_trace(service: BrokerService, options: Options) -> None:
