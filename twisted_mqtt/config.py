@@ -926,8 +926,8 @@ KEYS: Tuple[Key, ...] = (
         "seconds a graceful stop (SIGTERM) may take before the broker stops anyway",
         "shutdown-timeout"),
     Key("workers", Integer(0, 256), 0,
-        "broker processes sharing the listeners, each a cluster node joined through "
-        "cluster (which it needs); 0: one process is the broker", "workers"),
+        "broker processes sharing the listeners, each a cluster node joined through the "
+        "cluster's Redis, which it needs; 0: one process is the broker", "workers"),
     # authentication
     Key("auth.allow_anonymous", Boolean(), False,
         "accept clients without credentials from any address (default: from loopback and Unix "
