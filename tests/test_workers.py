@@ -1,0 +1,285 @@
+"""``--workers N``: the option (command line and file), the supervisor's listeners, restarts with
+back-off, signals and stopping, on a ``task.Clock`` with a recording ``spawnProcess`` and real
+loopback sockets.  The end-to-end tests with real worker processes are in
+tests/test_workers_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+from twisted.internet import task
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
+
+from twisted_mqtt.config import ConfigError
+from twisted_mqtt.listeners import ListenError
+from twisted_mqtt.tap import Options
+from twisted_mqtt.workers import (
+    FIRST_INHERITED_FD,
+    MAXIMUM_RESTART_DELAY,
+    RESTART_DELAY,
+    STABLE_AFTER,
+    WORKER_ENVIRONMENT,
+    Supervisor,
+    describe_exit,
+    worker_settings,
+)
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+class FakeTransport:
+    """The transport of a process started by ``FakeReactor.spawnProcess``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: List[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class FakeReactor(task.Clock):
+    """A clock whose ``spawnProcess`` records what it would start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: List[Dict[str, Any]] = []
+        self.triggers: List[Any] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: List[str], env: Dict[str, str],
+                     path: Optional[str] = None, childFDs: Optional[Dict[int, Any]] = None
+                     ) -> FakeTransport:
+        transport = FakeTransport(1000 + len(self.spawned))
+        self.spawned.append({"protocol": protocol, "args": args, "env": env,
+                             "fds": childFDs, "transport": transport})
+        protocol.makeConnection(transport)
+        return transport
+
+    def addSystemEventTrigger(self, *args: Any) -> None:
+        self.triggers.append(args)
+
+    def callWhenRunning(self, *args: Any) -> None:
+        self.triggers.append(args)
+
+
+def killed(number: int = signal.SIGKILL) -> Failure:
+    return Failure(ProcessTerminated(signal=number))
+
+
+def exited(status: int) -> Failure:
+    return Failure(ProcessDone(0) if status == 0 else ProcessTerminated(exitCode=status))
+
+
+@pytest.fixture
+def supervisor() -> Any:
+    reactor = FakeReactor()
+    made = Supervisor(reactor, 3, "node", ["--listen", LOOPBACK, "--cluster", "redis://x/0"],
+                      [("MQTT", LOOPBACK), ("stats", LOOPBACK)], environment={"HOME": "/"})
+    statuses: List[int] = []
+    made.stopped = statuses.append
+    made.statuses = statuses
+    yield made
+    made.close()
+
+
+def ended(supervisor: Supervisor, index: int, reason: Failure) -> None:
+    """The latest process of worker ``index`` exits with ``reason``."""
+    process = [p for p in supervisor.reactor.spawned
+               if p["protocol"] is supervisor.workers[index]][-1]
+    process["protocol"].processEnded(reason)
+
+
+# -- the option --------------------------------------------------------------------------------
+
+
+def test_workers_without_cluster_is_a_configuration_error() -> None:
+    """``--workers`` needs ``--cluster``: one line naming what is missing."""
+    with pytest.raises(ConfigError) as raised:
+        Options().parseOptions(["--workers", "3"])
+    assert str(raised.value) == ("--workers: 3 workers are cluster nodes: they need --cluster "
+                                 "redis://HOST:PORT/DB (the Redis that joins them)")
+
+
+def test_workers_from_the_file_without_cluster(tmp_path: Path) -> None:
+    """The YAML key ``workers`` sets it, with the same check."""
+    config = tmp_path / "broker.yaml"
+    config.write_text("workers: 2\n")
+    with pytest.raises(ConfigError, match="2 workers are cluster nodes: they need --cluster"):
+        Options().parseOptions(["--config", str(config)])
+
+
+@pytest.mark.parametrize("value", ["-1", "257", "two"])
+def test_workers_bound(value: str) -> None:
+    """0 to 256 workers."""
+    with pytest.raises(ConfigError, match="--workers: .*an integer from 0 to 256"):
+        Options().parseOptions(["--workers", value])
+
+
+def test_no_workers_by_default() -> None:
+    options = Options()
+    options.parseOptions([])
+    assert options["workers"] == 0
+
+
+# -- listeners -----------------------------------------------------------------------------------
+
+
+def test_tcp_listener_one_socket_per_worker_on_one_port(supervisor: Supervisor) -> None:
+    """Port 0 becomes one port, bound by each worker's own SO_REUSEPORT socket."""
+    supervisor.bind()
+    for listener in supervisor.listeners:
+        assert len(listener.sockets) == 3
+        ports = {sock.getsockname()[1] for sock in listener.sockets}
+        assert len(ports) == 1 and ports != {0}
+        assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+                   for sock in listener.sockets)
+    assert supervisor.listeners[0].address != supervisor.listeners[1].address
+
+
+def test_unix_listener_is_shared(tmp_path: Path) -> None:
+    """A Unix socket is bound once; every worker accepts on it."""
+    path = tmp_path / "mqtt.sock"
+    made = Supervisor(FakeReactor(), 2, "node", [], [("MQTT", f"unix:{path}")])
+    made.bind()
+    listener = made.listeners[0]
+    assert len(listener.sockets) == 1
+    assert listener.socket_for(0) is listener.socket_for(1)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+    made.close()
+    assert not path.exists()
+
+
+def test_port_in_use_is_a_listen_error() -> None:
+    """A port another process holds (without SO_REUSEPORT) fails the start once, naming it."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        endpoint = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
+        made = Supervisor(FakeReactor(), 2, "node", [], [("MQTT", LOOPBACK), ("MQTT", endpoint)])
+        with pytest.raises(ListenError) as raised:
+            made.bind()
+        assert str(raised.value) == (f"cannot listen for MQTT on {endpoint}: Address already "
+                                     "in use")
+        assert made.listeners[0].sockets == []  # what was bound before is closed
+
+
+def test_systemd_listener_is_refused() -> None:
+    made = Supervisor(FakeReactor(), 2, "node", [], [("MQTT", "systemd:domain=INET:index=0")])
+    with pytest.raises(ListenError, match="systemd socket activation cannot be shared"):
+        made.bind()
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+
+def test_workers_started_with_their_names_and_sockets(supervisor: Supervisor) -> None:
+    """Each worker runs ``python -m twisted_mqtt`` with the options and ``--node-name NAME-i``;
+    its sockets are descriptors 3.. in listener order, named in its environment."""
+    supervisor.startService()
+    spawned = supervisor.reactor.spawned
+    assert len(spawned) == 3
+    for index, process in enumerate(spawned):
+        args = process["args"]
+        assert args[1:] == ["-m", "twisted_mqtt", "--listen", LOOPBACK, "--cluster",
+                            "redis://x/0", "--node-name", f"node-{index + 1}"]
+        settings = worker_settings(process["env"])
+        assert settings == {"name": f"node-{index + 1}",
+                            "ports": [[LOOPBACK, FIRST_INHERITED_FD],
+                                      [LOOPBACK, FIRST_INHERITED_FD + 1]]}
+        fds = process["fds"]
+        assert [fds[FIRST_INHERITED_FD], fds[FIRST_INHERITED_FD + 1]] == [
+            listener.sockets[index].fileno() for listener in supervisor.listeners]
+        assert fds[1] == 1 and fds[2] == 2
+        assert process["env"]["HOME"] == "/"
+    assert worker_settings({}) is None
+    assert json.loads(spawned[0]["env"][WORKER_ENVIRONMENT])["name"] == "node-1"
+
+
+def test_dead_worker_restarted_with_back_off(supervisor: Supervisor) -> None:
+    """A worker that dies is started again after RESTART_DELAY, doubled while it keeps dying
+    soon after starting, up to MAXIMUM_RESTART_DELAY; one that ran STABLE_AFTER seconds starts
+    from RESTART_DELAY again.  The others are not touched."""
+    supervisor.startService()
+    reactor = supervisor.reactor
+    delays = []
+    for _ in range(8):
+        before = len(reactor.spawned)
+        ended(supervisor, 1, killed())
+        started_at = reactor.seconds()
+        while len(reactor.spawned) == before:
+            reactor.advance(0.25)
+        delays.append(reactor.seconds() - started_at)
+        assert reactor.spawned[-1]["protocol"] is supervisor.workers[1]
+    assert delays == [RESTART_DELAY * 2 ** n for n in range(6)] + [MAXIMUM_RESTART_DELAY] * 2
+    reactor.advance(STABLE_AFTER)
+    ended(supervisor, 1, exited(1))
+    reactor.advance(RESTART_DELAY)
+    assert reactor.spawned[-1]["protocol"] is supervisor.workers[1]
+    assert [p["transport"].signals for p in reactor.spawned[:3]] == [[], [], []]
+
+
+def test_restarted_worker_gets_fresh_sockets_on_the_same_port(supervisor: Supervisor) -> None:
+    """The dead worker's own sockets are replaced (its queued connections are reset, not left
+    waiting for the restart); the port stays the same."""
+    supervisor.startService()
+    listener = supervisor.listeners[0]
+    port = listener.sockets[0].getsockname()[1]
+    old = listener.sockets[2]
+    ended(supervisor, 2, killed())
+    assert old.fileno() == -1
+    assert listener.sockets[2] is not old
+    assert listener.sockets[2].getsockname()[1] == port
+    supervisor.reactor.advance(RESTART_DELAY)
+    assert supervisor.reactor.spawned[-1]["fds"][FIRST_INHERITED_FD] == \
+        listener.sockets[2].fileno()
+
+
+@pytest.mark.parametrize("status", [64, 78])
+def test_configuration_error_stops_the_supervisor(supervisor: Supervisor, status: int) -> None:
+    """A worker that exits because of its configuration is not restarted: every worker has the
+    same configuration, so the supervisor stops with that status."""
+    supervisor.startService()
+    ended(supervisor, 0, exited(status))
+    supervisor.reactor.advance(MAXIMUM_RESTART_DELAY)
+    assert len(supervisor.reactor.spawned) == 3
+    assert supervisor.statuses == [status]
+
+
+def test_sighup_forwarded(supervisor: Supervisor) -> None:
+    supervisor.startService()
+    supervisor.forward("HUP")
+    assert [p["transport"].signals for p in supervisor.reactor.spawned] == [["HUP"]] * 3
+
+
+def test_stop_terminates_workers_then_kills_the_late(supervisor: Supervisor) -> None:
+    """Stopping sends SIGTERM to each worker and fires once all have exited; one still running
+    ``kill_after`` seconds later gets SIGKILL; a pending restart is cancelled."""
+    supervisor.startService()
+    reactor = supervisor.reactor
+    ended(supervisor, 2, killed())  # its restart is pending
+    stopped = supervisor.stopService()
+    processes = reactor.spawned[:2]
+    assert [p["transport"].signals for p in processes] == [["TERM"], ["TERM"]]
+    ended(supervisor, 0, exited(0))
+    assert not stopped.called
+    reactor.advance(supervisor.kill_after)
+    assert processes[1]["transport"].signals == ["TERM", "KILL"]
+    ended(supervisor, 1, killed())
+    assert stopped.called
+    reactor.advance(MAXIMUM_RESTART_DELAY)
+    assert len(reactor.spawned) == 3
+    assert all(listener.sockets == [] for listener in supervisor.listeners)
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(exited(0)) == ("exited with status 0", 0)
+    assert describe_exit(exited(3)) == ("exited with status 3", 3)
+    assert describe_exit(killed()) == ("was killed by SIGKILL", None)
+
