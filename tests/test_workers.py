@@ -76,14 +76,19 @@ def exited(status: int) -> Failure:
     return Failure(ProcessDone(0) if status == 0 else ProcessTerminated(exitCode=status))
 
 
+class Recorded(Supervisor):
+    """A supervisor that records the status it would exit with instead of exiting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statuses: List[int] = []
+        self.stopped = self.statuses.append
+
+
 @pytest.fixture
 def supervisor() -> Any:
-    reactor = FakeReactor()
-    made = Supervisor(reactor, 3, "node", ["--listen", LOOPBACK, "--cluster", "redis://x/0"],
-                      [("MQTT", LOOPBACK), ("stats", LOOPBACK)], environment={"HOME": "/"})
-    statuses: List[int] = []
-    made.stopped = statuses.append
-    made.statuses = statuses
+    made = Recorded(FakeReactor(), 3, "node", ["--listen", LOOPBACK, "--cluster", "redis://x/0"],
+                    [("MQTT", LOOPBACK), ("stats", LOOPBACK)], environment={"HOME": "/"})
     yield made
     made.close()
 
@@ -242,7 +247,7 @@ def test_restarted_worker_gets_fresh_sockets_on_the_same_port(supervisor: Superv
 
 
 @pytest.mark.parametrize("status", [64, 78])
-def test_configuration_error_stops_the_supervisor(supervisor: Supervisor, status: int) -> None:
+def test_configuration_error_stops_the_supervisor(supervisor: Recorded, status: int) -> None:
     """A worker that exits because of its configuration is not restarted: every worker has the
     same configuration, so the supervisor stops with that status."""
     supervisor.startService()
