@@ -53,6 +53,10 @@ class InlineMessage:
     """True when it is a retained message sent because of the subscription."""
     properties: Properties
     subscription_id: Optional[int]
+    origin: Optional[str] = None
+    """The client id that published it (None: the broker itself, e.g. a will or $SYS)."""
+    expires_at: Optional[float] = None
+    """When it expires, in seconds of the broker's clock (None: never)."""
 
 
 Callback = Callable[[InlineMessage], object]
@@ -83,7 +87,8 @@ class _Receiver:
 
     def _call(self, message: Message, qos: int, retain: bool) -> None:
         self.callback(InlineMessage(message.topic, message.payload, qos, retain,
-                                    message.properties, self.subscription_id))
+                                    message.properties, self.subscription_id, message.origin,
+                                    message.expires_at))
 
 
 class InlineClient:
@@ -141,10 +146,12 @@ class InlineClient:
         return count
 
     def subscribe(self, topic_filter: str, callback: Callback,
-                  subscription_id: Optional[int] = None, qos: int = 2) -> None:
+                  subscription_id: Optional[int] = None, qos: int = 2,
+                  retain_as_published: bool = False) -> None:
         """Call ``callback`` with every message matching ``topic_filter`` from now on, after
-        the retained ones.  Subscribing again with the same filter and ``subscription_id``
-        replaces the callback.  Raises ``ValueError`` for a bad filter."""
+        the retained ones (``retain_as_published``: with the RETAIN flag each was published
+        with, as a bridge forwards them).  Subscribing again with the same filter and
+        ``subscription_id`` replaces the callback.  Raises ``ValueError`` for a bad filter."""
         if "\x00" in topic_filter:
             raise ValueError("topic filter must not contain U+0000")  # [MQTT-1.5.4-2]
         try:
@@ -161,7 +168,9 @@ class InlineClient:
         broker = self.broker
         broker.sessions[session.client_id] = session
         self._subscriptions[(topic_filter, subscription_id)] = session
-        broker.subscribe(session, Subscription(topic_filter, qos), subscription_id)
+        broker.subscribe(session, Subscription(topic_filter, qos,
+                                               retain_as_published=retain_as_published),
+                         subscription_id)
         if not topic_filter.startswith("$share/"):
             for message in broker.retained_for(topic_filter):
                 receiver._call(message, min(message.qos, qos), True)

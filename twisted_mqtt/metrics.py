@@ -8,7 +8,7 @@ prometheus-client from ``BrokerCollector``, which reads the broker at each scrap
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, List
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -80,6 +80,18 @@ class BrokerCollector(Collector):
              stats.wills_denied),
         ):
             yield CounterMetricFamily(name, help_text, value=count)
+        yield from part_metrics(self.service)
+
+
+def part_metrics(service: BrokerService) -> Iterator[Metric]:
+    """The metrics of the service's optional parts (bridges): each kind of child service with a
+    ``collect_metrics(children)`` class method gives the families of all its children."""
+    kinds: Dict[type, List[object]] = {}
+    for child in service:
+        if hasattr(type(child), "collect_metrics"):
+            kinds.setdefault(type(child), []).append(child)
+    for kind, children in kinds.items():
+        yield from kind.collect_metrics(children)  # type: ignore[attr-defined]
 
 
 class FiguresResource(Resource):
