@@ -264,6 +264,7 @@ class MQTTClient:
         # The connection going on.
         self._protocol: Optional[MQTTClientProtocol] = None
         self._connected = False
+        self._clean_sent = True
         self._running = False
         self._attempt = 0
         self._pending_connect: Optional[Deferred] = None
@@ -435,6 +436,7 @@ class MQTTClient:
                 maximum_packet_size=self.maximum_packet_size,
                 topic_alias_maximum=self.topic_alias_maximum or None)
             props = NO_PROPERTIES if props == NO_PROPERTIES else props
+        self._clean_sent = clean
         self._send(Connect(self.client_id, self.protocol_level, clean, self.keep_alive,
                            self.username, self.password, self.will, props))
         self._timer("connack", self.connect_timeout, self._connack_missing)
@@ -455,6 +457,10 @@ class MQTTClient:
                 self._fail_connect(refused)
             if self._protocol is not None:
                 self._protocol.transport.loseConnection()
+            return
+        if ack.session_present and self._clean_sent:
+            self._protocol_error(self._protocol, ReasonCode.PROTOCOL_ERROR,
+                                 "Session Present 1 in answer to a clean start")
             return
         props = ack.properties
         self._connected = True
