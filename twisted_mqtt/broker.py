@@ -97,6 +97,9 @@ class Broker:
         """How many connections have completed CONNECT and not yet ended."""
         self.dirty: List[Connection] = []
         self.stats = Stats()
+        self.figure_sources: List[Callable[[], Dict[str, Any]]] = []
+        """Optional parts' own $SYS figures (a bridge's), by topic suffix, added to
+        ``sys_figures``."""
         self.load = LoadAverages()
         """The $SYS load figures, updated at each $SYS publication."""
         self.now: float = clock.seconds()
@@ -935,6 +938,8 @@ class Broker:
             "packets/received": stats.packets_received,
             "packets/sent": stats.packets_sent,
             **self.load.figures(),
+            **{name: figure for source in self.figure_sources
+               for name, figure in source().items()},
         }
 
     def _publish_sys(self) -> None:

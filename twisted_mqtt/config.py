@@ -608,6 +608,18 @@ class BridgeList(Check):
         return Bridges()(value)
 
 
+class KafkaBridgeList(Check):
+    """``kafka_bridges:``, the Kafka bridges (checked by
+    ``twisted_mqtt.bridges.kafka.KafkaBridges``; confluent-kafka must be installed)."""
+
+    expected = "a list of Kafka bridges, each a mapping of name, servers, egress, ingress..."
+
+    def __call__(self, value: Any) -> List[Any]:
+        from twisted_mqtt.bridges.kafka import KafkaBridges
+
+        return KafkaBridges()(value)
+
+
 class LedgerFile(Text):
     """An auth ledger file that can be read and used."""
 
@@ -958,6 +970,20 @@ KEYS: Tuple[Key, ...] = (
         "MQTT bridges to other brokers, each a mapping of name, address, topics and the "
         "connection's settings (docs/bridges.md); --bridge, --bridge-topic and --bridge-option "
         "replace the whole list", "bridges", cli=("bridge", "bridge-topic", "bridge-option")),
+    Key("kafka_bridges", KafkaBridgeList(), [],
+        "Kafka bridges, each a mapping of name, servers, egress and ingress rules and delivery "
+        "settings (docs/bridges.md); needs the kafka extra (confluent-kafka)",
+        apply=_set("kafka-bridges")),
+    # cluster
+    Key("cluster.url", Maybe(ClusterUrl()), None,
+        "join the cluster of brokers sharing this Redis database (docs/cluster.md); null: a "
+        "single node", "cluster"),
+    Key("cluster.node_name", Maybe(NodeName()), None,
+        "this node's name in the cluster, unique among its nodes; null: HOSTNAME-PID",
+        "node-name"),
+    Key("cluster.lease", Number(0.5), 3.0,
+        "seconds a node's lease lasts unrenewed: a dead node is detected within it, and a node "
+        "that cannot renew it stops serving", "cluster-lease"),
     # logging
     Key("logging.level", Level(), "info",
         "log events at this level and above: debug, info, warn, error, critical",

@@ -113,6 +113,7 @@ class Options(usage.Options, AuthOptionMixin):
         self["bridge"] = []
         self["bridge-topic"] = []
         self["bridge-option"] = []
+        self["kafka-bridges"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen for MQTT on a Twisted endpoint string (repeatable), e.g. tcp:1883."""
@@ -309,7 +310,13 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
         from twisted_mqtt.bridges.mqtt import add_bridges
 
         add_bridges(service, options["bridges"])
+    if options["kafka-bridges"]:
+        from twisted_mqtt.bridges.kafka import KafkaBridge
+
+        for settings in options["kafka-bridges"]:
+            KafkaBridge(service.broker, settings, reactor).setServiceParent(service)
     _configure_store(service, options, reactor)
+    _configure_cluster(service, options, reactor)
     return service
 
 

@@ -1,1 +1,2 @@
-"""Bridges from the broker to other messaging systems (optional parts, each importing its client lazily)."""
+"""Bridges from the broker to other messaging systems: optional parts, each importing its
+client lazily."""

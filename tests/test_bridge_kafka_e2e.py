@@ -1,0 +1,169 @@
+"""The Kafka bridge end to end: a real ``twistd mqtt`` broker configured with ``kafka_bridges``,
+a private Tansu (a Kafka-compatible server) and real clients on both sides: confluent-kafka
+reading what the bridge produced and producing what it reads, MQTT clients over sockets."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import pytest
+
+from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
+from tests.servers import TansuServer, free_port, tansu  # noqa: F401
+from tests.test_stats import scrape, value
+from twisted_mqtt.codec import Decoder, encode
+from twisted_mqtt.packets import Connect, Disconnect, PubAck, Publish
+
+if platform.python_implementation() != "CPython":
+    pytest.skip("confluent-kafka (the Kafka bridge's client) has no build for "
+                f"{platform.python_implementation()}: it binds librdkafka through the CPython "
+                "C API", allow_module_level=True)
+
+import confluent_kafka  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 60.0
+V5_LEVEL = 5
+
+
+def bridge_config(tmp_path: Path, servers: str, *lines: str) -> str:
+    """A configuration file with one Kafka bridge named ``k`` to ``servers`` (its other keys
+    are ``lines``, YAML at the bridge's indentation); its path."""
+    path = tmp_path / "broker.yaml"
+    body = "\n".join("    " + line for line in lines)
+    path.write_text(f"kafka_bridges:\n  - name: k\n    servers: [{servers}]\n{body}\n")
+    return str(path)
+
+
+def start(start_broker: StartBroker, tmp_path: Path, servers: str,
+          *lines: str) -> BrokerProcess:
+    """A broker with a stats listener and the bridge of ``bridge_config``."""
+    return start_broker("--config", bridge_config(tmp_path, servers, *lines), "--stats",
+                        LOOPBACK, "--sys-interval", "0", "--allow-anonymous")
+
+
+class RawClient:
+    """An MQTT 5 client over a plain socket, which pipelines its PUBLISH packets."""
+
+    def __init__(self, port: int, client_id: str, clean: bool = True) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.decoder = Decoder(V5_LEVEL)
+        self.sock.sendall(encode(Connect(client_id, V5_LEVEL, clean, 0), V5_LEVEL))
+        assert self.read(1)[0].reason_code == 0
+
+    def read(self, count: int, timeout: float = TIMEOUT) -> List[Any]:
+        """The next ``count`` packets; fails if they do not come within ``timeout``."""
+        packets: List[Any] = []
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        while len(packets) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"got {len(packets)} of {count} packets")
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError(f"connection closed after {len(packets)} packets")
+            packets.extend(self.decoder.feed(data))
+        return packets
+
+    def nothing_within(self, seconds: float) -> None:
+        """Check that nothing arrives for ``seconds``."""
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return
+        raise AssertionError(f"unexpected {self.decoder.feed(data)}")
+
+    def publish(self, packets: Sequence[Publish], batch: int = 500) -> None:
+        """Send the PUBLISH packets in batches, reading the acknowledgements as they come."""
+        for first in range(0, len(packets), batch):
+            chunk = packets[first:first + batch]
+            self.sock.sendall(b"".join(encode(p, V5_LEVEL) for p in chunk))
+            acks = self.read(sum(1 for p in chunk if p.qos))
+            assert all(isinstance(a, PubAck) for a in acks), acks[:3]
+
+    def close(self) -> None:
+        """DISCONNECT and close."""
+        self.sock.sendall(encode(Disconnect(0), V5_LEVEL))
+        self.sock.close()
+
+
+def read_kafka(servers: str, topics: Sequence[str], count: int,
+               timeout: float = TIMEOUT) -> List[Any]:
+    """``count`` records of ``topics`` (every partition, from the beginning), as confluent-kafka
+    messages; fails if fewer arrive in time."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": servers, "group.id": "tests",
+                                         "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: List[Any] = []
+        for topic in topics:
+            while True:
+                found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if found is not None and found.error is None and found.partitions:
+                    break
+                assert time.monotonic() < deadline, f"no Kafka topic {topic}"
+                time.sleep(0.1)
+            partitions += [confluent_kafka.TopicPartition(topic, p,
+                                                          confluent_kafka.OFFSET_BEGINNING)
+                           for p in found.partitions]
+        consumer.assign(partitions)
+        records: List[Any] = []
+        while len(records) < count:
+            assert time.monotonic() < deadline, f"read {len(records)} of {count} records"
+            for record in consumer.consume(1000, 0.5):
+                assert record.error() is None, record.error()
+                records.append(record)
+        return records
+    finally:
+        consumer.close()
+
+
+def produce(servers: str, records: Sequence[Tuple[str, bytes, bytes, List[Tuple[str, bytes]]]]
+            ) -> None:
+    """Produce (topic, key, value, headers) records and wait for Kafka's acknowledgements."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": servers, "acks": "all"})
+    failed: List[Any] = []
+    for topic, key, data, headers in records:
+        producer.produce(topic, data, key, headers=headers,
+                         on_delivery=lambda error, _: error and failed.append(error))
+    assert producer.flush(TIMEOUT) == 0 and not failed, failed
+
+
+def test_egress_ten_thousand(start_broker: StartBroker, tansu: TansuServer,  # noqa: F811
+                             tmp_path: Path) -> None:
+    """10,000 QoS 1 messages from four publishers all reach Kafka once: on the topic of the
+    template, keyed by client id, the payload as the value, the MQTT metadata as headers, and
+    in order per key."""
+    broker = start(start_broker, tmp_path, tansu.servers,
+                   "egress:", "  - filters: [load/#]", "    topic: mqtt.{topic}",
+                   "    key: '{clientid}'")
+    publishers = [RawClient(broker.port, f"pub{i}") for i in range(4)]
+    per_client = 2500
+    for index, client in enumerate(publishers):
+        client.publish([Publish(f"load/{index}", b"%d" % n, 1, packet_id=n % 65535 + 1)
+                        for n in range(per_client)])
+    for client in publishers:
+        client.close()
+    records = read_kafka(tansu.servers, [f"mqtt.load.{i}" for i in range(4)], 4 * per_client)
+    assert len(records) == 4 * per_client
+    seen: Dict[bytes, List[int]] = {}
+    for record in records:
+        headers = dict(record.headers())
+        index = int(record.topic().rsplit(".", 1)[1])
+        assert record.key() == f"pub{index}".encode()
+        assert headers["mqtt.topic"] == f"load/{index}".encode()
+        assert headers["mqtt.qos"] == b"1" and headers["mqtt.retain"] == b"0"
+        assert headers["mqtt.clientid"] == record.key()
+        seen.setdefault(record.key(), []).append(int(record.value()))
+    assert sorted(seen) == [b"pub0", b"pub1", b"pub2", b"pub3"]
+    for numbers in seen.values():
+        assert numbers == list(range(per_client))  # once each, in order per key
+    samples = scrape(broker.port_of("stats"))
+    assert value(samples, "mqtt_kafka_bridge_produced_total", bridge="k") == 4 * per_client
+    assert value(samples, "mqtt_kafka_bridge_connected", bridge="k") == 1
