@@ -29,6 +29,7 @@ from twisted_mqtt.packets import ReasonCode, Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Delivery, Message, Session, SubscriptionEntry, delivery_size
 from twisted_mqtt.stats import LoadAverages, Stats
+from twisted_mqtt.targets import is_remote
 from twisted_mqtt.topics import RetainedIndex, SharedGroup, SubscriptionTree
 
 if TYPE_CHECKING:
@@ -109,6 +110,15 @@ class Broker:
         self._sweep_call: Any = None
         self._sys_call: Any = None
         self._inline: Optional[InlineClient] = None
+        self.interest_watchers: List[Callable[[str, bool], None]] = []
+        """Called with (filter, True) when the first local subscription to a filter appears
+        (a network client's, an offline session's or an inline one; not another node's), and
+        (filter, False) when the last one is gone: a cluster publishes this node's interest."""
+        self._interest: Dict[str, int] = {}
+        self.session_claim: Optional[Callable[[str, bool], Optional[Deferred[int]]]] = None
+        """When set (by a cluster), called with (client id, clean start) when a client is about
+        to be accepted: None to accept it now, or a Deferred firing with 0 once its session is
+        this broker's to open (a CONNACK reason code to refuse it)."""
         self.coalesce_writes = False
         """Set by the service on a real reactor: see ``flush_soon``."""
         self._flush_call: Any = None
@@ -368,6 +378,19 @@ class Broker:
                     self._recheck_pending(session)
         return session, present
 
+    def release_session(self, client_id: str) -> Optional[Session]:
+        """Forget the offline session of ``client_id`` without ending it (no will, nothing
+        counted as dropped): it goes on elsewhere, on another node of a cluster.  None when
+        there is no such offline session."""
+        session = self.sessions.get(client_id)
+        if session is None or session.connection is not None:
+            return None
+        self._cancel_timers(session)
+        for topic_filter in list(session.subscriptions):
+            self.unsubscribe(session, topic_filter)
+        del self.sessions[client_id]
+        return session
+
     def _recheck_pending(self, session: Session) -> None:
         """Drop (and count) the queued messages, and those in flight and not yet received,
         that the authorizers no longer let ``session``'s client be sent."""
@@ -450,7 +473,8 @@ class Broker:
         if will is not None and session.connection is None:
             self._send_will(session.client_id, will, session.client)
         for topic_filter in list(session.subscriptions):
-            self.tree.remove(topic_filter, session.client_id)
+            if self.tree.remove(topic_filter, session.client_id) and self.interest_watchers:
+                self._interest_changed(session, topic_filter, -1)
         if session.subscriptions:
             self._routes.clear()
         session.subscriptions.clear()
@@ -535,20 +559,53 @@ class Broker:
         session.open_subscriptions()[subscription.topic_filter] = entry
         new = self.tree.add(subscription.topic_filter, session.client_id, entry)
         self._routes.clear()
+        if new and self.interest_watchers:
+            self._interest_changed(session, subscription.topic_filter, 1)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         """Remove a subscription; True if it existed [MQTT-3.10.4-1]."""
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
-        self.tree.remove(topic_filter, session.client_id)
+        if self.tree.remove(topic_filter, session.client_id) and self.interest_watchers:
+            self._interest_changed(session, topic_filter, -1)
         self._routes.clear()
         return True
+
+    def _interest_changed(self, session: Session, topic_filter: str, change: int) -> None:
+        if is_remote(session.connection):
+            return
+        interest = self._interest
+        count = interest.get(topic_filter, 0) + change
+        if count > 0:
+            interest[topic_filter] = count
+        else:
+            interest.pop(topic_filter, None)
+        if count == (1 if change > 0 else 0):
+            for watcher in list(self.interest_watchers):
+                try:
+                    watcher(topic_filter, change > 0)
+                except Exception:
+                    log.failure("interest watcher {watcher!r} failed", watcher=watcher)
+
+    def local_filters(self) -> List[str]:
+        """The filters that local subscriptions hold (with ``interest_watchers`` installed)."""
+        return list(self._interest)
 
     def retained_for(self, topic_filter: str) -> List[Message]:
         """Retained messages matching a (non-shared) filter, oldest expiry first dropped."""
         now = self.now
         return [m for m in self.retained.match(topic_filter) if not m.expired(now)]
+
+    def delete_retained(self, topic: str) -> bool:
+        """Delete the retained message of ``topic`` (nothing is sent to subscribers); False if
+        there is none."""
+        message = self.retained.pop(topic, None)
+        if message is None:
+            return False
+        if self.hooks.on_retain_message:
+            self.hooks.notify(self.hooks.on_retain_message, message, -1)
+        return True
 
     def _expire_retained(self, now: float) -> None:
         for topic in self.retained.pop_expired(now):
@@ -586,17 +643,22 @@ class Broker:
         return self.hooks.allowed_to_receive(session.client or ClientInfo(session.client_id),
                                              topic)
 
-    def publish(self, message: Message) -> int:
-        """Route a message to every matching subscription; return how many sessions get it."""
+    def publish(self, message: Message, local_only: bool = False) -> int:
+        """Route a message to every matching subscription; return how many sessions get it.
+
+        ``local_only``: a message another node of a cluster routed here: only this node's
+        sessions get it, and it is not retained here (retained messages are replicated)."""
         stats = self.stats
         stats.messages_received += 1
         stats.messages_received_by_qos[message.qos] += 1
-        if message.retain:
+        if message.retain and not local_only:
             self._retain(message)
         routes = self._routes.get(message.topic)
         if routes is None:
             routes = self._compute_routes(message.topic)
         normal, shared = routes
+        if local_only:
+            normal = [route for route in normal if not is_remote(route[0].connection)]
         if self.hooks.on_select_subscribers:
             normal = self._select(message, normal)
         origin = message.origin
@@ -619,9 +681,15 @@ class Broker:
             else:
                 deliver(session, message, 0, retain and rap, sub_ids)
         for group in shared:
-            if self._deliver_shared(group, message, None):
+            if self._deliver_shared(group, message, None, local_only):
                 count += 1
         return count
+
+    def publish_shared(self, message: Message, topic_filter: str) -> bool:
+        """Deliver a message another node routed here for the shared subscription
+        ``topic_filter`` (``$share/GROUP/FILTER``) to one local member; False if there is none."""
+        group = self.tree.group(topic_filter)
+        return group is not None and self._deliver_shared(group, message, None, True)
 
     def _select(self, message: Message, routes: List[Route]) -> List[Route]:
         """The routes whose client ids the ``on_select_subscribers`` hooks keep."""
@@ -721,13 +789,12 @@ class Broker:
         stats.messages_received += count
         stats.messages_received_by_qos[1] += count
         v5 = run.v5
-        key = (v5, 1, False, ())
         heads = run.heads
         tails = run.tails
         messages = []
         for payload, head, tail in zip(run.payloads, heads, tails):
             message = Message(topic, payload, 1, False, NO_PROPERTIES, None, origin)
-            message._cache = {key: (head, tail)}
+            message.template(v5, (head, tail))
             messages.append(message)
         reached = 0
         for session, qos, _rap, sub_ids, local in normal:
@@ -790,7 +857,7 @@ class Broker:
             hooks.notify(hooks.on_retain_message, stored, 1)
 
     def _pick_member(self, group: SharedGroup, exclude: Optional[str],
-                     topic: str) -> Optional[Session]:
+                     topic: str, local_only: bool = False) -> Optional[Session]:
         members = list(group.members)
         count = len(members)
         fallback = None
@@ -800,7 +867,7 @@ class Broker:
             if client_id == exclude:
                 continue
             session = self.sessions.get(client_id)
-            if session is None:
+            if session is None or local_only and is_remote(session.connection):
                 continue
             if hooks.may_receive and not self._may_receive(session, topic):
                 continue
@@ -814,8 +881,8 @@ class Broker:
         return fallback
 
     def _deliver_shared(self, group: SharedGroup, message: Message,
-                        exclude: Optional[str]) -> bool:
-        session = self._pick_member(group, exclude, message.topic)
+                        exclude: Optional[str], local_only: bool = False) -> bool:
+        session = self._pick_member(group, exclude, message.topic, local_only)
         if session is None:
             return False
         entry = group.members[session.client_id]

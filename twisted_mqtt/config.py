@@ -724,6 +724,37 @@ class Store(Text):
         return text
 
 
+class ClusterUrl(Text):
+    """The Redis database of a cluster: redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=P]."""
+
+    expected = "redis://HOST:PORT/DB"
+
+    def __call__(self, value: Any) -> str:
+        from twisted_mqtt.storage.redis import parse_redis_url
+
+        text = super().__call__(value)
+        try:
+            parse_redis_url(text)
+        except ValueError as error:
+            raise Invalid(str(error)) from None
+        return text
+
+
+class NodeName(Text):
+    """The name of a cluster node."""
+
+    expected = "1 to 128 printable characters without spaces, ':' or '/'"
+
+    def __call__(self, value: Any) -> str:
+        from twisted_mqtt.cluster.membership import check_node_name
+
+        text = super().__call__(value)
+        try:
+            return check_node_name(text)
+        except ValueError as error:
+            raise Invalid(str(error)) from None
+
+
 class WritableFile(Text):
     """A file the broker can append to (created if missing)."""
 
@@ -860,6 +891,15 @@ KEYS: Tuple[Key, ...] = (
         apply=_websocket),
     Key("listeners.stats", ListOf(Endpoint(), ENDPOINTS), [],
         "HTTP listeners serving /, /healthcheck and /metrics", "stats"),
+    Key("listeners.dashboard", ListOf(Endpoint(), ENDPOINTS), [],
+        "HTTP listeners serving the dashboard and the admin API (a bare port or a tcp: "
+        "endpoint without interface= listens on 127.0.0.1 only)", "dashboard"),
+    Key("dashboard.users_file", Maybe(Text()), None,
+        "the dashboard users: a password file of user:hash lines (python -m "
+        "twisted_mqtt.passwd, or bcrypt hashes)", "dashboard-users"),
+    Key("dashboard.api_keys_file", Maybe(Text()), None,
+        "the admin API keys: a file of name:key lines, each key of 24 characters or more",
+        "dashboard-api-keys"),
     # capabilities (limits, advertised in CONNACK)
     _capability("maximum_packet_size", Integer(1, 268435460),
                 "largest packet accepted from a client, bytes", "max-packet-size"),
@@ -1012,8 +1052,8 @@ KEYS: Tuple[Key, ...] = (
 """The configuration file's schema: every key, in the order docs and examples list them."""
 
 KEYS_BY_PATH: Dict[str, Key] = {key.path: key for key in KEYS}
-SECTIONS = ("listeners", "capabilities", "compatibilities", "auth", "store", "logging",
-            "trace")
+SECTIONS = ("listeners", "capabilities", "compatibilities", "auth", "store", "cluster",
+            "logging", "trace")
 
 
 # -- reading a file ----------------------------------------------------------------------------
@@ -1262,6 +1302,12 @@ def configure_service(service: BrokerService, options: usage.Options,
     if config is not None or (output is not None and output.path is not None):
         service.broker.hooks.add(ConfigReloader(options, in_thread, service.broker),
                                  first=True)
+
+
+def options_in_force(options: usage.Options) -> Dict[str, Any]:
+    """The value of every configuration key that has an option, as the options hold it (from
+    the command line, the file, or the default), by key."""
+    return {key.path: options.get(key.option) for key in KEYS if key.option is not None}
 
 
 def _shown_value(value: Any) -> str:

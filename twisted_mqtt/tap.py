@@ -26,6 +26,7 @@ from twisted_mqtt.config import (
     capability_settings,
     compatibilities,
     configure_service,
+    options_in_force,
     websocket_listeners,
 )
 from twisted_mqtt.service import BrokerService
@@ -88,6 +89,21 @@ class Options(usage.Options, AuthOptionMixin):
         ["store", None, "memory",
          "Where sessions, undelivered messages and retained messages are kept: memory "
          "(nothing survives a restart), sqlite:PATH or redis://HOST:PORT/DB[?prefix=P]."],
+        ["cluster", None, None,
+         "Join the cluster of brokers sharing this Redis database (docs/cluster.md).",
+         OptionValue("cluster")],
+        ["node-name", None, None,
+         "This node's name in the cluster, unique among its nodes (default: HOSTNAME-PID).",
+         OptionValue("node-name")],
+        ["cluster-lease", None, 3.0,
+         "Seconds a node's lease lasts unrenewed: the bound on detecting a dead node.",
+         OptionValue("cluster-lease")],
+        ["dashboard-users", None, None,
+         "The dashboard users: a password file of user:hash lines (python -m "
+         "twisted_mqtt.passwd FILE USER writes one)."],
+        ["dashboard-api-keys", None, None,
+         "The admin API keys: a file of name:key lines (also TWISTED_MQTT_DASHBOARD_API_KEY="
+         "NAME:KEY); scripts send the key in the X-API-Key header."],
         ["auth-ledger", None, None,
          "Authenticate clients and authorise topics by the rules of this YAML or JSON ledger "
          "file (Mochi MQTT's format; reloaded on SIGHUP)."],
@@ -106,6 +122,7 @@ class Options(usage.Options, AuthOptionMixin):
         self["ws-origin"] = []
         self["ws-trusted-proxy"] = []
         self["stats"] = []
+        self["dashboard"] = []
         self["auth-backend"] = []
         self["trace-client"] = []
         self["trace-topic"] = []
@@ -140,6 +157,11 @@ class Options(usage.Options, AuthOptionMixin):
     def opt_stats(self, endpoint: str) -> None:
         """Serve /, /healthcheck and /metrics over HTTP on this endpoint (repeatable)."""
         self["stats"].append(endpoint)
+
+    def opt_dashboard(self, endpoint: str) -> None:
+        """Serve the dashboard and the admin API over HTTP on this endpoint (repeatable); a
+        bare port or a tcp: endpoint without interface= listens on 127.0.0.1 only."""
+        self["dashboard"].append(endpoint)
 
     def opt_auth_backend(self, url: str) -> None:
         """Authenticate and authorise through a backend (repeatable): redis://HOST:PORT/DB,
@@ -209,7 +231,11 @@ class Options(usage.Options, AuthOptionMixin):
             self["listen"].append("tcp:1883")
         from twisted.internet import endpoints, reactor
 
-        for endpoint in self["listen"] + self["ws"] + self["stats"]:
+        if self["dashboard"]:
+            from twisted_mqtt.listeners import loopback_endpoint
+
+            self["dashboard"] = [loopback_endpoint(e) for e in self["dashboard"]]
+        for endpoint in self["listen"] + self["ws"] + self["stats"] + self["dashboard"]:
             try:  # a bad endpoint string is a usage error, not a traceback from makeService
                 endpoints.serverFromString(reactor, endpoint)
             except Exception as error:
@@ -238,6 +264,7 @@ class Options(usage.Options, AuthOptionMixin):
             raise ConfigError(f"{self['workers']} workers are cluster nodes: they need "
                               "--cluster redis://HOST:PORT/DB (the Redis that joins them)",
                               path="--workers")
+        self._check_dashboard()
         if self["auth-ledger"] is not None:
             from twisted_mqtt.auth.ledger import LedgerError, read_ledger
 
@@ -245,6 +272,24 @@ class Options(usage.Options, AuthOptionMixin):
                 read_ledger(self["auth-ledger"])
             except LedgerError as error:
                 raise ConfigError(str(error), path="--auth-ledger") from None
+
+    def _check_dashboard(self) -> None:
+        """Read the dashboard's users and API keys (a file that cannot be used is a usage
+        error)."""
+        self["dashboard-settings"] = ({}, {})
+        if not self["dashboard"]:
+            return
+        from twisted_mqtt.web.auth import DashboardConfigError, read_api_keys, read_users
+
+        try:
+            users = read_users(self["dashboard-users"]) if self["dashboard-users"] else {}
+        except DashboardConfigError as error:
+            raise ConfigError(str(error), path="--dashboard-users") from None
+        try:
+            keys = read_api_keys(self["dashboard-api-keys"])
+        except DashboardConfigError as error:
+            raise ConfigError(str(error), path="--dashboard-api-keys") from None
+        self["dashboard-settings"] = (users, keys)
 
     def capabilities(self) -> Capabilities:
         """The limits these options set."""
@@ -302,6 +347,9 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
         service.add_websocket_listener(endpoint, path, origins, proxies)
     for endpoint in options["stats"]:
         service.add_stats_listener(endpoint)
+    for endpoint in options["dashboard"]:
+        users, keys = options["dashboard-settings"]
+        service.add_dashboard_listener(endpoint, users, keys, options_in_force(options))
     if worker is not None:
         from twisted_mqtt.workers import adopt_listeners
 
@@ -318,6 +366,18 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
     _configure_store(service, options, reactor)
     _configure_cluster(service, options, reactor)
     return service
+
+
+def _configure_cluster(service: BrokerService, options: Options, reactor: Any) -> None:
+    """Join the cluster of ``--cluster``, if given."""
+    if options["cluster"] is None:
+        if options["node-name"] is not None:
+            log.warn("--node-name has no effect without --cluster")
+        return
+    from twisted_mqtt.cluster import Cluster
+
+    Cluster(service.broker, options["cluster"], options["node-name"],
+            options["cluster-lease"], reactor).setServiceParent(service)
 
 
 def make_supervisor(options: Options, reactor: Any = None) -> Supervisor:

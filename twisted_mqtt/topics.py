@@ -177,6 +177,15 @@ class SubscriptionTree:
             del path[depth - 1].children[levels[depth - 1]]
         return True
 
+    def group(self, topic_filter: str) -> Optional[SharedGroup]:
+        """The members of the shared subscription ``topic_filter`` (``$share/GROUP/FILTER``),
+        or None when it has none."""
+        group, plain = split_shared(topic_filter)
+        node: Optional[_Node] = self._root
+        for level in plain.split("/"):
+            node = node.children.get(level) if node is not None else None
+        return node.shared.get(group) if node is not None and group is not None else None
+
     def match(self, topic: str) -> Match:
         """Entries of the subscriptions matching ``topic``: ``(normal, shared)``."""
         found = self._cache.get(topic)

@@ -1,0 +1,494 @@
+"""Routing between nodes: each node's interest in Redis, the cluster's table in memory, and the
+message hand-off (QoS 0 over pub/sub, QoS 1/2 through a stream per node).
+
+Each node owns ``{prefix}routes:{node}``, a hash whose fields are the filters its local
+subscriptions hold; only the first local subscriber to a filter and the last one leaving
+change it, and each change is announced on ``{prefix}routes``.  Every node mirrors the others'
+filters in its own broker: another node is a session (``\\0NODE``, and ``\\0NODE\\0$share/G/F``
+per shared subscription) whose delivery target is a ``RemoteTarget``, subscribed to that
+node's filters with QoS 2 and Retain As Published, so the broker's one routing step (wildcards,
+its topic cache, shared-group round robin) sends each message once to each interested node.
+The receiving node routes it to its own sessions with their own subscription options.
+
+What is routed during a reactor turn leaves in one script call, fenced by this node's epoch:
+QoS 0 records batched into one ``PUBLISH`` per node on ``{prefix}node:{node}``, QoS 1/2 records
+batched into one ``XADD`` per node on the stream ``{prefix}stream:{node}`` (consumer group
+``nodes``).  A QoS 1/2 publisher is acknowledged only once its message is in the streams
+(``Broker.ack_barriers``).  The receiving node acknowledges (``XACK``) a stream entry once its
+messages are in its sessions; the entries of a dead node are claimed by the survivor that
+removed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from twisted_mqtt.cluster.engine import RedisEngine
+from twisted_mqtt.cluster.membership import Membership
+from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
+from twisted_mqtt.errors import AckRefused
+from twisted_mqtt.packets import ReasonCode, Subscription
+from twisted_mqtt.session import Delivery, Message, Session
+from twisted_mqtt.targets import ApplicationTarget
+
+log = Logger()
+
+NEVER = 0xFFFFFFFF
+GROUP = "nodes"
+"""The consumer group of every node's stream."""
+READ_COUNT = 200
+"""Stream entries read per command."""
+MAX_HELD_RECORDS = 100_000
+"""QoS 1/2 records held while the engine is unreachable; beyond it publishers are refused."""
+
+SEND = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 3 do
+  if ARGV[i + 1] == '' then
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 2])
+  else
+    redis.call('XADD', ARGV[i + 1], '*', 'b', ARGV[i + 2])
+    redis.call('PUBLISH', ARGV[i], '')
+  end
+end
+return 1
+"""
+"""Send a turn's batches (channel, stream or '' for pub/sub, batch)... if this node's epoch is
+still the member's: 0 (nothing sent) for a fenced, stale node."""
+
+ROUTES = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+for i = 4, #ARGV do
+  local op = string.sub(ARGV[i], 1, 1)
+  local f = string.sub(ARGV[i], 2)
+  if op == '+' then redis.call('HSET', KEYS[2], f, '1') else redis.call('HDEL', KEYS[2], f) end
+end
+redis.call('PUBLISH', KEYS[3], ARGV[1] .. '\\n' .. ARGV[3] .. '\\n' ..
+           table.concat(ARGV, '\\n', 4))
+return 1
+"""
+"""Change this node's routes (``ARGV[3]`` 1: replace them all), fenced by its epoch, and
+announce the change."""
+
+
+class RemoteTarget(ApplicationTarget):
+    """Another node as the delivery target of the session that stands for its subscriptions
+    (``share``: the one shared subscription it stands for, "" for its plain ones)."""
+
+    remote = True
+
+    def __init__(self, router: Router, node: str, share: str) -> None:
+        self.router = router
+        self.node = node
+        self.share = share
+
+    def send_qos0(self, message: Message, retain: bool, sub_ids: Tuple[int, ...]) -> None:
+        """Hand a QoS 0 message to the node (pub/sub, batched per turn)."""
+        self.router.send(self.node, message, retain, self.share, 0)
+
+    def send_delivery(self, delivery: Delivery) -> None:
+        """Hand a QoS 1/2 message to the node (its stream, batched per turn)."""
+        self.router.send(self.node, delivery.message, delivery.retain, self.share,
+                         delivery.qos)
+
+    def __repr__(self) -> str:
+        return f"<node {self.node}{' ' + self.share if self.share else ''}>"
+
+
+class _Peer:
+    """What this node mirrors of another: the sessions standing for its filters."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.filters: Set[str] = set()
+        self.sessions: Dict[str, Session] = {}
+        """By shared filter ("" for the session of its plain filters)."""
+
+
+class Router:
+    """This node's part of cluster routing (see the module's docstring)."""
+
+    def __init__(self, broker: Any, engine: RedisEngine, members: Membership) -> None:
+        self.broker = broker
+        self.engine = engine
+        self.members = members
+        self.node = members.node
+        self.peers: Dict[str, _Peer] = {}
+        self.claim_handler: Optional[Callable[[str, Message, str], None]] = None
+        """Called with (dead node, message, shared filter) for each message claimed from a dead
+        node's stream; by default the message goes to the current subscribers of its topic."""
+        self.stats: Dict[str, int] = {"sent": 0, "received": 0, "dropped": 0, "batches": 0,
+                                      "claimed": 0}
+        """Messages sent to and received from other nodes, QoS 0 messages dropped while the
+        engine was unreachable, batches sent."""
+        self._qos0: Dict[str, List[bytes]] = {}
+        self._qos12: Dict[str, List[bytes]] = {}
+        self._held: Dict[int, Deferred[Any]] = {}
+        self._turn: List[Deferred[Any]] = []
+        self._waiting: List[Deferred[Any]] = []
+        self._pending_changes: List[str] = []
+        self._full = False
+        self._flush_call: Any = None
+        self._reading = False
+        self.routes_channel = engine.key("routes")
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def channel(self, node: str) -> str:
+        """The pub/sub channel of ``node``."""
+        return self.engine.key("node", node)
+
+    def stream(self, node: str) -> str:
+        """The stream of QoS 1/2 messages for ``node``."""
+        return self.engine.key("stream", node)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch the broker's interest, the members and the channels."""
+        broker = self.broker
+        broker.interest_watchers.append(self._interest)
+        broker.ack_barriers.append(self._barrier)
+        self.members.watch(self._member)
+        self.members.watch_serving(self._serving)
+        self.engine.watch(self._engine)
+        self.engine.subscribe(self.routes_channel, self._routes_changed)
+        self.engine.subscribe(self.channel(self.node.name), self._inbox)
+
+    def stop(self) -> None:
+        """Stop watching the broker."""
+        broker = self.broker
+        if self._interest in broker.interest_watchers:
+            broker.interest_watchers.remove(self._interest)
+        if self._barrier in broker.ack_barriers:
+            broker.ack_barriers.remove(self._barrier)
+        for name in list(self.peers):
+            self._forget(name)
+
+    def _serving(self, serving: bool) -> None:
+        if not serving:
+            for name in list(self.peers):
+                self._forget(name)
+            self._fail_held("this node is not part of the cluster")
+            return
+        engine = self.engine
+        engine.command("XGROUP", "CREATE", self.stream(self.node.name), GROUP, "0",
+                       "MKSTREAM").addErrback(lambda _: None).addCallback(
+            lambda _: self._read_stream(self.node.name, "0"))
+        self._pending_changes = ["+" + f for f in self.broker.local_filters()]
+        self._full = True
+        self._schedule()
+        for name in self.members.members:
+            if name != self.node.name:
+                self._load(name)
+
+    def _engine(self, up: bool) -> None:
+        if up and (self._qos12 or self._pending_changes):
+            self._schedule()
+
+    # -- this node's interest -------------------------------------------------------------------
+
+    def _interest(self, topic_filter: str, present: bool) -> None:
+        self._pending_changes.append(("+" if present else "-") + topic_filter)
+        self._schedule()
+
+    # -- the other nodes' interest --------------------------------------------------------------
+
+    def _member(self, event: str, name: str) -> None:
+        if name == self.node.name:
+            if event == "claimed":
+                self._claim(name)
+            return
+        if event == "up":
+            self._load(name)
+        elif event == "down":
+            self._forget(name)
+        elif event == "claimed":
+            self._claim(name)
+
+    def _load(self, name: str) -> None:
+        self.engine.command("HKEYS", self.members.route_key(name)).addCallbacks(
+            self._loaded, lambda _: None, callbackArgs=(name,))
+
+    def _loaded(self, filters: List[bytes], name: str) -> None:
+        if name in self.members.members:
+            self._replace(name, {f.decode("utf-8") for f in filters})
+
+    def _routes_changed(self, message: bytes) -> None:
+        name, full, *ops = message.decode("utf-8").split("\n")
+        if name == self.node.name or name not in self.members.members:
+            return
+        if full == "1":
+            self._replace(name, {op[1:] for op in ops if op[:1] == "+"})
+            return
+        for op in ops:
+            if op[:1] == "+":
+                self._add(name, op[1:])
+            elif op[:1] == "-":
+                self._remove(name, op[1:])
+
+    def _replace(self, name: str, filters: Set[str]) -> None:
+        peer = self.peers.get(name)
+        current = set(peer.filters) if peer is not None else set()
+        for topic_filter in current - filters:
+            self._remove(name, topic_filter)
+        for topic_filter in filters - current:
+            self._add(name, topic_filter)
+
+    def _add(self, name: str, topic_filter: str) -> None:
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = self.peers[name] = _Peer(name)
+        if topic_filter in peer.filters:
+            return
+        peer.filters.add(topic_filter)
+        share = topic_filter if topic_filter.startswith("$share/") else ""
+        session = peer.sessions.get(share)
+        if session is None:
+            session = Session(f"\x00{name}\x00{share}" if share else f"\x00{name}")
+            session.expiry_interval = NEVER
+            session.connection = RemoteTarget(self, name, share)  # type: ignore[assignment]
+            peer.sessions[share] = session
+            self.broker.sessions[session.client_id] = session
+        self.broker.subscribe(session, Subscription(topic_filter, 2, retain_as_published=True),
+                              None)
+
+    def _remove(self, name: str, topic_filter: str) -> None:
+        peer = self.peers.get(name)
+        if peer is None or topic_filter not in peer.filters:
+            return
+        peer.filters.discard(topic_filter)
+        share = topic_filter if topic_filter.startswith("$share/") else ""
+        session = peer.sessions[share]
+        self.broker.unsubscribe(session, topic_filter)
+        if not session.subscriptions:
+            del peer.sessions[share]
+            self.broker.sessions.pop(session.client_id, None)
+        if not peer.filters:
+            del self.peers[name]
+
+    def _forget(self, name: str) -> None:
+        peer = self.peers.get(name)
+        if peer is not None:
+            for topic_filter in list(peer.filters):
+                self._remove(name, topic_filter)
+
+    def remote_filters(self, name: str) -> Set[str]:
+        """The filters this node knows ``name`` holds."""
+        peer = self.peers.get(name)
+        return set(peer.filters) if peer is not None else set()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, node: str, message: Message, retain: bool, share: str, qos: int) -> None:
+        """Queue ``message`` for ``node`` (sent at the end of this reactor turn)."""
+        record = encode_record(message, retain, share, self.broker.now)
+        if record is None:
+            return
+        if qos == 0:
+            if not self.engine.up:
+                self.stats["dropped"] += 1
+                return
+            self._qos0.setdefault(node, []).append(record)
+        else:
+            self._qos12.setdefault(node, []).append(record)
+            if id(message) not in self._held:
+                waiter: Deferred[Any] = Deferred()
+                self._held[id(message)] = waiter
+                self._turn.append(waiter)
+        self.stats["sent"] += 1
+        self._schedule()
+
+    def _barrier(self, message: Optional[Message]) -> Optional[Deferred[Any]]:
+        """Hold the acknowledgement of a QoS 1/2 message routed to other nodes until it is in
+        their streams."""
+        if message is None:
+            return None
+        waiter = self._held.pop(id(message), None)
+        if waiter is None:
+            return None
+        held: Deferred[Any] = Deferred()
+        waiter.chainDeferred(held)
+        return held
+
+    def _schedule(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.members.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn routed to other nodes, and this node's route changes."""
+        self._flush_call = None
+        self._held.clear()
+        engine = self.engine
+        if self._pending_changes and engine.up and self.node.serving:
+            self._send_routes()
+        qos0, self._qos0 = self._qos0, {}
+        if not (qos0 or self._qos12):
+            return
+        if not engine.up or not self.members.check():
+            self.stats["dropped"] += sum(len(records) for records in qos0.values())
+            if len(self._qos12) and sum(map(len, self._qos12.values())) > MAX_HELD_RECORDS:
+                self._fail_held("too many messages held while the cluster engine is down")
+            self._waiting.extend(self._turn)
+            self._turn = []
+            return
+        qos12, self._qos12 = self._qos12, {}
+        waiters = self._waiting + self._turn
+        self._waiting, self._turn = [], []
+        args: List[Any] = [self.node.name, self.node.epoch]
+        for node, records in qos0.items():
+            args += [self.channel(node), "", pack(records)]
+        for node, records in qos12.items():
+            args += [self.channel(node), self.stream(node), pack(records)]
+        self.stats["batches"] += 1
+        engine.script(SEND, [engine.key("nodes")], args).addCallbacks(
+            self._sent, self._not_sent, callbackArgs=(waiters,), errbackArgs=(qos12, waiters))
+
+    def _sent(self, reply: Any, waiters: List[Deferred[Any]]) -> None:
+        if int(reply) == 1:
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        log.warn("cluster node {name}: messages refused, epoch {epoch} is no longer a member",
+                 name=self.node.name, epoch=self.node.epoch)
+        refused = AckRefused("this node was fenced off the cluster",
+                             ReasonCode.SERVER_UNAVAILABLE)
+        for waiter in waiters:
+            waiter.errback(refused)
+        self.members.fenced()
+
+    def _not_sent(self, failure: Any, qos12: Dict[str, List[bytes]],
+                  waiters: List[Deferred[Any]]) -> None:
+        for node, records in qos12.items():
+            self._qos12.setdefault(node, [])[:0] = records
+        self._waiting[:0] = waiters
+        log.debug("cluster: batch not sent ({error}); held until the engine is back",
+                  error=failure.value)
+
+    def _fail_held(self, reason: str) -> None:
+        waiters = self._waiting + self._turn
+        self._waiting, self._turn, self._qos12 = [], [], {}
+        self._held.clear()
+        refused = AckRefused(reason, ReasonCode.SERVER_UNAVAILABLE)
+        for waiter in waiters:
+            waiter.errback(refused)
+
+    def _send_routes(self) -> None:
+        changes, self._pending_changes = self._pending_changes, []
+        full, self._full = self._full, False
+        engine = self.engine
+        engine.script(ROUTES, [engine.key("nodes"), self.members.route_key(self.node.name),
+                               self.routes_channel],
+                      [self.node.name, self.node.epoch, "1" if full else "0", *changes]
+                      ).addErrback(self._routes_not_sent, changes, full)
+
+    def _routes_not_sent(self, failure: Any, changes: List[str], full: bool) -> None:
+        if full:
+            self._full = True
+            self._pending_changes = ["+" + f for f in self.broker.local_filters()]
+        else:
+            self._pending_changes[:0] = changes
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _inbox(self, batch: bytes) -> None:
+        if not batch:
+            self._read_stream(self.node.name, ">")
+            return
+        if not self.node.serving:
+            return
+        self._deliver(batch)
+        self.broker.flush()
+
+    def _deliver(self, batch: bytes) -> None:
+        broker = self.broker
+        now = broker.tick()
+        for record in unpack(batch):
+            try:
+                message, share = decode_record(record, now)
+            except Exception as error:
+                log.warn("cluster: bad record dropped ({error})", error=error)
+                continue
+            self.stats["received"] += 1
+            if share:
+                if not broker.publish_shared(message, share):
+                    broker.dropped(share, message, "no member of the shared group here")
+            else:
+                broker.publish(message, local_only=True)
+
+    def _read_stream(self, node: str, start: str) -> None:
+        if self._reading or not self.node.serving:
+            return
+        self._reading = True
+        stream = self.stream(node)
+        self.engine.command("XREADGROUP", "GROUP", GROUP, self.node.name, "COUNT", READ_COUNT,
+                            "STREAMS", stream, start).addCallbacks(
+            self._stream_read, self._stream_failed, callbackArgs=(node, stream, start))
+
+    def _stream_failed(self, failure: Any) -> None:
+        self._reading = False
+
+    def _stream_read(self, reply: Any, node: str, stream: str, start: str) -> None:
+        self._reading = False
+        entries = reply[0][1] if reply else []
+        if not entries:
+            if start == "0":
+                self._read_stream(node, ">")
+            return
+        ids = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            if fields:
+                self._deliver(fields[1])
+        self.broker.flush()
+        self.engine.command("XACK", stream, GROUP, *ids).addErrback(lambda _: None)
+        self.engine.command("XDEL", stream, *ids).addErrback(lambda _: None)
+        self._read_stream(node, start if start == "0" else ">")
+
+    def _claim(self, dead: str) -> None:
+        """Take over the stream of a dead node: its entries not yet acknowledged."""
+        stream = self.stream(dead)
+        engine = self.engine
+        engine.command("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM").addErrback(
+            lambda _: None).addCallback(lambda _: engine.command(
+                "XAUTOCLAIM", stream, GROUP, self.node.name, 0, "0", "COUNT", 10_000)).addCallbacks(
+            lambda reply: self._claimed_pending(reply, dead, stream), lambda _: None)
+
+    def _claimed_pending(self, reply: Any, dead: str, stream: str) -> None:
+        entries = [entry for entry in reply[1] if entry] if reply else []
+        self._hand_over(dead, stream, entries)
+        self.engine.command("XREADGROUP", "GROUP", GROUP, self.node.name, "COUNT", 10_000,
+                            "STREAMS", stream, ">").addCallbacks(
+            lambda unread: self._claimed_unread(unread, dead, stream), lambda _: None)
+
+    def _claimed_unread(self, reply: Any, dead: str, stream: str) -> None:
+        self._hand_over(dead, stream, reply[0][1] if reply else [])
+        self.engine.command("DEL", stream).addErrback(lambda _: None)
+
+    def _hand_over(self, dead: str, stream: str, entries: List[Any]) -> None:
+        if not entries:
+            return
+        broker = self.broker
+        now = broker.tick()
+        handler = self.claim_handler
+        count = 0
+        for _entry_id, fields in entries:
+            if not fields:
+                continue
+            for record in unpack(fields[1]):
+                message, share = decode_record(record, now)
+                count += 1
+                if handler is not None:
+                    handler(dead, message, share)
+                else:
+                    broker.publish(Message(message.topic, message.payload, message.qos, False,
+                                           message.properties, message.expires_at,
+                                           message.origin))
+        self.stats["claimed"] += count
+        log.info("cluster: {count} messages of dead node {dead} claimed", count=count,
+                 dead=dead)
+        broker.flush()

@@ -1,0 +1,78 @@
+"""How messages travel between nodes: records packed many to a Redis command (sans-IO).
+
+A record is one message for one node: flags (QoS, RETAIN), the origin client id (for No
+Local on the receiving node), the shared subscription it is for (empty: the node's plain
+subscriptions), the time it has left to live in milliseconds (0xFFFFFFFF: no expiry), the
+topic, the v5 property block and the payload.  A batch is records one after another, each
+prefixed with its length.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Tuple
+
+from twisted_mqtt.codec import _properties, encode_properties
+from twisted_mqtt.session import Message
+
+NO_EXPIRY = 0xFFFFFFFF
+
+
+def encode_record(message: Message, retain: bool, share: str, now: float) -> Optional[bytes]:
+    """One record for ``message`` (None when it has expired)."""
+    expires_at = message.expires_at
+    if expires_at is None:
+        left = NO_EXPIRY
+    else:
+        left = int((expires_at - now) * 1000)
+        if left <= 0:
+            return None
+        left = min(left, NO_EXPIRY - 1)
+    origin = (message.origin or "").encode("utf-8")
+    shared = share.encode("utf-8")
+    topic = message.topic.encode("utf-8")
+    return b"".join((
+        bytes(((message.qos << 1) | retain,)),
+        len(origin).to_bytes(2, "big"), origin,
+        len(shared).to_bytes(2, "big"), shared,
+        left.to_bytes(4, "big"),
+        len(topic).to_bytes(2, "big"), topic,
+        encode_properties(message.properties),
+        message.payload,
+    ))
+
+
+def pack(records: List[bytes]) -> bytes:
+    """A batch of records."""
+    return b"".join(len(record).to_bytes(4, "big") + record for record in records)
+
+
+def _text(data: bytes, pos: int) -> Tuple[str, int]:
+    stop = pos + 2 + int.from_bytes(data[pos:pos + 2], "big")
+    return data[pos + 2:stop].decode("utf-8"), stop
+
+
+def decode_record(record: bytes, now: float) -> Tuple[Message, str]:
+    """The message of a record (its expiry counted from ``now``) and its shared
+    subscription ("" for none); ValueError (or a codec error) for a bad record."""
+    flags = record[0]
+    origin, pos = _text(record, 1)
+    share, pos = _text(record, pos)
+    left = int.from_bytes(record[pos:pos + 4], "big")
+    topic, pos = _text(record, pos + 4)
+    props, pos = _properties(record, pos, len(record), "PUBLISH")
+    expires_at = None if left == NO_EXPIRY else now + left / 1000
+    message = Message(topic, record[pos:], (flags >> 1) & 3, bool(flags & 1), props, expires_at,
+                      origin or None)
+    return message, share
+
+
+def unpack(batch: bytes) -> Iterator[bytes]:
+    """The records of a batch."""
+    pos = 0
+    end = len(batch)
+    while pos + 4 <= end:
+        stop = pos + 4 + int.from_bytes(batch[pos:pos + 4], "big")
+        if stop > end:
+            raise ValueError("truncated cluster batch")
+        yield batch[pos + 4:stop]
+        pos = stop
