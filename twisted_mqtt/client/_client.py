@@ -481,11 +481,11 @@ class MQTTClient:
         result = self.connect_result = ConnectResult(ack.session_present, ack.reason_code, props)
         self._resume(ack.session_present)
         self._schedule_ping()
+        if self.on_connected is not None:
+            self.on_connected(result)
         pending, self._pending_connect = self._pending_connect, None
         if pending is not None:
             pending.callback(result)
-        if self.on_connected is not None:
-            self.on_connected(result)
 
     def _resume(self, session_present: bool) -> None:
         """After an accepted CONNACK: subscribe again (unless the server kept the session), send
