@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 
-from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
+from tests.conftest import LOOPBACK, BrokerProcess, MakeClient, StartBroker
+from tests.paho import V5
 from tests.servers import TansuServer, free_port, tansu  # noqa: F401
-from tests.test_stats import scrape, value
+from tests.test_stats import Samples, scrape, value
 from twisted_mqtt.codec import Decoder, encode
 from twisted_mqtt.packets import Connect, Disconnect, PubAck, Publish
 
@@ -124,6 +125,18 @@ def read_kafka(servers: str, topics: Sequence[str], count: int,
         consumer.close()
 
 
+def wait_for_sample(broker: BrokerProcess, name: str, expected: float,
+                    timeout: float = TIMEOUT) -> Samples:
+    """Scrape /metrics until bridge ``k``'s ``name`` is ``expected``; the samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(broker.port_of("stats"))
+        if value(samples, name, bridge="k") == expected:
+            return samples
+        assert time.monotonic() < deadline, f"{name} is {value(samples, name, bridge='k')}"
+        time.sleep(0.1)
+
+
 def produce(servers: str, records: Sequence[Tuple[str, bytes, bytes, List[Tuple[str, bytes]]]]
             ) -> None:
     """Produce (topic, key, value, headers) records and wait for Kafka's acknowledgements."""
@@ -167,3 +180,84 @@ def test_egress_ten_thousand(start_broker: StartBroker, tansu: TansuServer,  # n
     samples = scrape(broker.port_of("stats"))
     assert value(samples, "mqtt_kafka_bridge_produced_total", bridge="k") == 4 * per_client
     assert value(samples, "mqtt_kafka_bridge_connected", bridge="k") == 1
+
+
+def test_ack_kafka_holds_publishers_while_kafka_is_down(
+        start_broker: StartBroker, tansu: TansuServer, tmp_path: Path) -> None:  # noqa: F811
+    """With ``ack: kafka`` a matching QoS 1/2 PUBLISH is acknowledged only once Kafka has the
+    record: with Kafka killed, publishers get no PUBACK/PUBREC (messages on other topics are
+    acknowledged at once); when it returns, every held message reaches Kafka and its publisher
+    is released."""
+    broker = start(start_broker, tmp_path, tansu.servers, "ack: kafka",
+                   "egress:", "  - filters: [acked/#]", "    topic: acked")
+    first = RawClient(broker.port, "first")
+    first.publish([Publish("acked/0", b"before", 1, packet_id=1)])
+    assert [r.value() for r in read_kafka(tansu.servers, ["acked"], 1)] == [b"before"]
+    tansu.kill()
+    broker.wait_for_log("Kafka bridge k: Kafka unavailable")
+    second = RawClient(broker.port, "second")
+    first.sock.sendall(b"".join(encode(Publish("acked/1", b"%d" % n, 1, packet_id=n), V5_LEVEL)
+                                for n in range(2, 12)))
+    second.sock.sendall(encode(Publish("acked/2", b"qos2", 2, packet_id=7), V5_LEVEL))
+    first.nothing_within(3.0)
+    second.nothing_within(0.1)
+    second.publish([Publish("elsewhere", b"x", 1, packet_id=8)])  # not bridged: not held
+    samples = scrape(broker.port_of("stats"))
+    assert value(samples, "mqtt_kafka_bridge_connected", bridge="k") == 0
+    assert value(samples, "mqtt_kafka_bridge_buffered_messages", bridge="k") == 11
+    tansu.restart()
+    acks = first.read(10)
+    assert [a.packet_id for a in acks] == list(range(2, 12))
+    assert second.read(1)[0].packet_id == 7  # PUBREC
+    values = sorted(r.value() for r in read_kafka(tansu.servers, ["acked"], 11))
+    assert values == sorted([b"%d" % n for n in range(2, 12)] + [b"qos2"])
+    broker.wait_for_log("Kafka bridge k: connected to Kafka", count=2)
+    assert len(broker.wait_for_log("Kafka bridge k: Kafka unavailable")) == 1
+    first.close()
+    second.close()
+
+
+def test_kafka_down_at_start(start_broker: StartBroker, tansu: TansuServer,  # noqa: F811
+                             tmp_path: Path) -> None:
+    """A broker whose Kafka is not there when it starts serves MQTT clients anyway, holds what
+    it is to produce in its buffer (counted in /metrics and $SYS), says so once, and delivers
+    it once Kafka comes."""
+    tansu.kill()
+    broker = start(start_broker, tmp_path, tansu.servers,
+                   "egress:", "  - filters: [early/#]", "    topic: early", "    key: null")
+    client = RawClient(broker.port, "early")
+    client.publish([Publish("early/x", b"%d" % n, 0) for n in range(5)])
+    broker.wait_for_log("Kafka bridge k: Kafka unavailable")
+    samples = scrape(broker.port_of("stats"))
+    assert value(samples, "mqtt_kafka_bridge_buffered_messages", bridge="k") == 5
+    assert value(samples, "mqtt_kafka_bridge_connected", bridge="k") == 0
+    tansu.restart()
+    records = read_kafka(tansu.servers, ["early"], 5)
+    assert sorted(r.value() for r in records) == [b"%d" % n for n in range(5)]
+    assert all(r.key() is None for r in records)
+    broker.wait_for_log("Kafka bridge k: connected to Kafka")
+    assert len(broker.wait_for_log("Kafka bridge k: Kafka unavailable")) == 1
+    client.close()
+
+
+def test_ingress(start_broker: StartBroker, tansu: TansuServer, tmp_path: Path,  # noqa: F811
+                 clients: MakeClient) -> None:
+    """Records of an assigned Kafka topic are published into MQTT under the topic of the
+    template (Kafka topic, key, a header), with the rule's QoS; a record whose topic would not
+    be a valid MQTT topic name is counted and skipped."""
+    produce(tansu.servers, [("commands", b"k", b"old", [])])  # the topic exists, read from its end
+    broker = start(start_broker, tmp_path, tansu.servers,
+                   "ingress:", "  - topics: [commands]",
+                   "    mqtt_topic: 'kafka/{kafka_topic}/{key}/{header:room}'", "    qos: 1")
+    broker.wait_for_log("Kafka bridge k: reading 4 partitions of commands")
+    subscriber = clients(broker.port, V5, "sub")
+    subscriber.connect()
+    subscriber.subscribe("kafka/#", 1)
+    produce(tansu.servers, [("commands", b"lamp", b"on", [("room", b"hall")]),
+                            ("commands", b"bad+key", b"x", []),
+                            ("commands", b"lamp", b"off", [("room", b"hall")])])
+    got = subscriber.expect(2)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("kafka/commands/lamp/hall", b"on", 1), ("kafka/commands/lamp/hall", b"off", 1)]
+    samples = wait_for_sample(broker, "mqtt_kafka_bridge_invalid_total", 1)
+    assert value(samples, "mqtt_kafka_bridge_consumed_total", bridge="k") == 2

@@ -51,10 +51,14 @@ from twisted_mqtt.errors import AckRefused
 from twisted_mqtt.hooks import Hook
 from twisted_mqtt.inline import InlineClient
 from twisted_mqtt.interfaces import ClientInfo
+from twisted_mqtt.packets import ReasonCode
 from twisted_mqtt.session import Message
 from twisted_mqtt.topics import matches
 
 log = Logger()
+
+STOP_DRAIN = 2.0
+"""Seconds a stopping bridge waits for Kafka to acknowledge what it holds."""
 
 KAFKA_MODULE = "confluent_kafka"
 MISSING = ("the Kafka bridge needs confluent-kafka: pip install 'twisted_mqtt[kafka]' "
@@ -66,7 +70,6 @@ _KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 EGRESS_FIELDS = ("topic", "clientid", "username")
 INGRESS_FIELDS = ("kafka_topic", "key", "partition", "header")
-HEADER_PREFIX = "mqtt."
 
 
 def load_kafka() -> Any:
@@ -534,6 +537,8 @@ class KafkaBridge(Service, Hook):
         self._assigning: Optional[Deferred[Any]] = None
         self._retry: Any = None
         self._known = False
+        self._failing = 0
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"<KafkaBridge {self.settings.name} {','.join(self.settings.servers)}>"
@@ -590,8 +595,9 @@ class KafkaBridge(Service, Hook):
         broker.figure_sources.append(self.figures)
 
     def stopService(self) -> Deferred[None]:
-        """Stop taking messages; give the producer a moment to deliver what it holds (in a
-        thread), then close the clients."""
+        """Stop taking messages and reading records; let the producer deliver what it holds for
+        up to ``STOP_DRAIN`` seconds (polled on the reactor, which runs the delivery callbacks),
+        then drop what is left (logged)."""
         super().stopService()
         broker = self.broker
         if self in list(broker.hooks):
@@ -602,21 +608,35 @@ class KafkaBridge(Service, Hook):
             broker.figure_sources.remove(self.figures)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        producer, consumer = self.producer, self.consumer
+        if self.consumer is not None:
+            self.consumer.close()  # no consumer group to leave: it does not wait
+            self.consumer = None
+        stopped: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + STOP_DRAIN
 
-        def close() -> None:
-            if producer is not None:
-                producer.flush(2.0)
-            if consumer is not None:
-                consumer.close()
-
-        def done(_: Any) -> None:
+        def drain() -> None:
+            self.poll()
+            if self.buffer.messages and self.reactor.seconds() < deadline:
+                self.reactor.callLater(0.01, drain)
+                return
             if self._poll is not None and self._poll.running:
                 self._poll.stop()
-            self.poll()
-            self.producer = self.consumer = None
+            if self.buffer.messages:
+                log.warn("Kafka bridge {name}: stopped with {count} records not delivered",
+                         name=self.settings.name, count=self.buffer.messages)
+                self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+                self.poll()
+            self.producer = None
+            stopped.callback(None)
 
-        return self._in_thread(close).addBoth(done)
+        if self.producer is None:
+            if self._poll is not None and self._poll.running:
+                self._poll.stop()
+            stopped.callback(None)
+        else:
+            self._stopping = True
+            drain()
+        return stopped
 
     def _in_thread(self, work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
@@ -684,17 +704,31 @@ class KafkaBridge(Service, Hook):
         return held[1]
 
     def _delivered(self, error: Any, size: int, done: Optional[Deferred[Any]]) -> None:
+        """Kafka acknowledged a record (``error`` None) or gave it up: free its place and
+        answer its publisher (``ack: kafka``).  The first failure of a run is logged, and the
+        run's length when a record goes through again."""
         self.buffer.release(size)
         if error is None:
             self.produced += 1
             if not self.up:
                 self._state(True)
+            if self._failing:
+                log.info("Kafka bridge {name}: records go through again ({count} failed)",
+                         name=self.settings.name, count=self._failing)
+                self._failing = 0
         else:
             self.failed += 1
-            log.warn("Kafka bridge {name}: a record failed: {error}", name=self.settings.name,
-                     error=error.str())
-        if done is not None:
-            done.callback(None)  # a refused record is not retried: the publisher is released
+            if not self._failing and not self._stopping:
+                log.warn("Kafka bridge {name}: Kafka refused a record: {error}",
+                         name=self.settings.name, error=error.str())
+            self._failing += 1
+        if done is None:
+            return
+        if error is None:
+            done.callback(None)
+        else:  # never acknowledged: the publisher is told (v5) and disconnected
+            done.errback(AckRefused(f"Kafka refused the message: {error.str()}",
+                                    ReasonCode.UNSPECIFIED_ERROR))
 
     # -- ingress --------------------------------------------------------------------------------
 
