@@ -350,10 +350,6 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
     for endpoint in options["dashboard"]:
         users, keys = options["dashboard-settings"]
         service.add_dashboard_listener(endpoint, users, keys, options_in_force(options))
-    if worker is not None:
-        from twisted_mqtt.workers import adopt_listeners
-
-        adopt_listeners(service, reactor, worker)
     if options["bridges"]:
         from twisted_mqtt.bridges.mqtt import add_bridges
 
@@ -365,6 +361,10 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
             KafkaBridge(service.broker, settings, reactor).setServiceParent(service)
     _configure_store(service, options, reactor)
     _configure_cluster(service, options, reactor)
+    if worker is not None:
+        from twisted_mqtt.workers import adopt_listeners
+
+        adopt_listeners(service, reactor, worker)
     return service
 
 
@@ -399,6 +399,7 @@ def make_supervisor(options: Options, reactor: Any = None) -> Supervisor:
     listeners = [("MQTT", endpoint) for endpoint in options["listen"]]
     listeners += [("WebSocket", endpoint) for endpoint, *_ in websocket_listeners(options)]
     listeners += [("stats", endpoint) for endpoint in options["stats"]]
+    listeners += [("dashboard", endpoint) for endpoint in options["dashboard"]]
     name = options.get("node-name") or socket.gethostname()
     supervisor = Supervisor(reactor, options["workers"], name, argv, listeners)
     supervisor.kill_after = float(options["shutdown-timeout"]) + 5.0

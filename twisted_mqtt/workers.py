@@ -459,17 +459,47 @@ def worker_settings(environment: Optional[Dict[str, str]] = None) -> Optional[Di
     return None if not text else dict(json.loads(text))
 
 
+class _WhenServing:
+    """An endpoint that listens once this worker's cluster node serves: until then the
+    connections wait in the kernel's queue of the inherited socket instead of being refused
+    while the node joins (as after a restart)."""
+
+    def __init__(self, endpoint: Any, members: Any) -> None:
+        self.endpoint = endpoint
+        self.members = members
+        self._waiting: List[Tuple[Deferred[Any], Any]] = []
+        members.watch_serving(self._serving)
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        """``endpoint.listen(factory)`` now if the node serves, else once it does."""
+        if self.members.node.serving:
+            return self.endpoint.listen(factory)
+        waiting: Deferred[Any] = Deferred(lambda d: self._waiting.remove((d, factory)))
+        self._waiting.append((waiting, factory))
+        return waiting
+
+    def _serving(self, serving: bool) -> None:
+        if not serving:
+            return
+        waiting, self._waiting = self._waiting, []
+        for deferred, factory in waiting:
+            self.endpoint.listen(factory).chainDeferred(deferred)
+
+
 def adopt_listeners(service: Any, reactor: Any, settings: Dict[str, Any]) -> None:
-    """Make each listener of ``service`` (a ``BrokerService``) accept on the socket the
-    supervisor bound for it rather than bind its own; end this process with the supervisor."""
+    """Make each listener of ``service`` (a ``BrokerService`` with its cluster) accept on the
+    socket the supervisor bound for it rather than bind its own, from the time its node
+    serves; end this process with the supervisor."""
     listeners = [child for child in service if isinstance(child, ListenerService)]
     ports = settings["ports"]
     own = [listener.description for listener in listeners]
     if own != [port[0] for port in ports]:
         raise ValueError(f"the worker's listeners {own} are not those of its supervisor "
                          f"{[port[0] for port in ports]}")
+    members = next((child.members for child in service if hasattr(child, "members")), None)
     for listener, (endpoint, fd) in zip(listeners, ports):
-        listener.endpoint = serverFromString(_Inherited(reactor, fd), endpoint)
+        adopted = serverFromString(_Inherited(reactor, fd), endpoint)
+        listener.endpoint = adopted if members is None else _WhenServing(adopted, members)
     _die_with_parent()
 
 
