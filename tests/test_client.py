@@ -51,9 +51,9 @@ class Peer:
     """The server's side of one connection the client made through the memory reactor."""
 
     def __init__(self, reactor: MemoryReactorClock, level: int, index: int = -1) -> None:
-        _host, _port, factory, _timeout, _bind = reactor.tcpClients[index]
+        factory: Any = reactor.tcpClients[index][2]
         self.level = level
-        self.protocol: Any = factory.buildProtocol(None)
+        self.protocol = factory.buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.decoder = Decoder()
@@ -644,6 +644,36 @@ def test_events() -> None:
     Peer(reactor, V5).accept()
     client._protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[union-attr]
     assert events == ["up False", "down"]
+
+
+def test_on_connected_set_when_connect_fires_is_not_called_for_that_connection() -> None:
+    """on_connected runs before connect()'s Deferred fires: a handler installed by connect()'s
+    callback sees the reconnections only."""
+    events: List[bool] = []
+    reactor, client = make(V311, clean_start=False)
+
+    def install(result: ConnectResult) -> None:
+        client.on_connected = lambda again: events.append(again.session_present)
+
+    client.connect().addCallback(install)
+    peer = Peer(reactor, V311)
+    peer.accept()
+    assert events == []
+    peer.lose()
+    reactor.advance(1.0)
+    Peer(reactor, V311).accept(session_present=True)
+    assert events == [True]
+
+
+def test_incoming_packet_above_maximum_packet_size() -> None:
+    """The client states its Maximum Packet Size, and a larger packet from the server is
+    answered with DISCONNECT 0x95 [MQTT-3.1.2-24]."""
+    reactor, client = make(V5, maximum_packet_size=64)
+    client.connect()
+    peer = Peer(reactor, V5)
+    assert peer.accept().properties.maximum_packet_size == 64
+    peer.send(Publish("t", b"x" * 64))
+    assert peer.received() == [Disconnect(0x95)] and peer.closed
 
 
 def test_cited_labels() -> None:
