@@ -14,11 +14,12 @@ from typing import Any, Dict, List, Optional
 import pytest
 from twisted.internet import task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from twisted_mqtt.config import ConfigError
-from twisted_mqtt.listeners import ListenError
-from twisted_mqtt.tap import Options
+from twisted_mqtt.listeners import ListenError, ListenerService
+from twisted_mqtt.tap import Options, makeService
 from twisted_mqtt.workers import (
     FIRST_INHERITED_FD,
     MAXIMUM_RESTART_DELAY,
@@ -288,3 +289,22 @@ def test_describe_exit() -> None:
     assert describe_exit(exited(3)) == ("exited with status 3", 3)
     assert describe_exit(killed()) == ("was killed by SIGKILL", None)
 
+
+
+def test_supervisor_binds_every_listener_a_worker_has() -> None:
+    """The supervisor binds the listeners a worker creates from the same options, in the same
+    order (a worker adopts them by position)."""
+    options = Options()
+    options.parseOptions(["--workers", "2", "--cluster", "redis://127.0.0.1:1/0",
+                          "--listen", LOOPBACK, "--ws", LOOPBACK, "--stats", LOOPBACK,
+                          "--dashboard", LOOPBACK, "--listen", "unix:/tmp/no.sock"])
+    reactor = MemoryReactorClock()
+    supervisor = makeService(options, reactor)
+    assert isinstance(supervisor, Supervisor)
+    options["workers"] = 0
+    single = makeService(options, reactor)
+    assert [(listener.kind, listener.endpoint) for listener in supervisor.listeners] == [
+        (child.kind, child.description) for child in single
+        if isinstance(child, ListenerService)]
+    assert [listener.kind for listener in supervisor.listeners] == [
+        "MQTT", "MQTT", "WebSocket", "stats", "dashboard"]
