@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from twisted_mqtt.config import ConfigError
 from twisted_mqtt.listeners import ListenError, ListenerService
+from twisted_mqtt.service import BrokerService
 from twisted_mqtt.tap import Options, makeService
 from twisted_mqtt.workers import (
     FIRST_INHERITED_FD,
@@ -303,6 +304,7 @@ def test_supervisor_binds_every_listener_a_worker_has() -> None:
     assert isinstance(supervisor, Supervisor)
     options["workers"] = 0
     single = makeService(options, reactor)
+    assert isinstance(single, BrokerService)
     assert [(listener.kind, listener.endpoint) for listener in supervisor.listeners] == [
         (child.kind, child.description) for child in single
         if isinstance(child, ListenerService)]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -58,7 +58,8 @@ class Workers:
 
     def serving_pid(self, client: Client) -> int:
         """The worker process holding the server side of ``client``'s connection."""
-        local_port = client.paho.socket().getsockname()[1]
+        sock: Any = client.paho.socket()
+        local_port = sock.getsockname()[1]
         inode = _server_inode(self.broker.port, local_port)
         for pid in self.pids().values():
             if _holds(pid, inode):
