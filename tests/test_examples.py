@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -115,6 +116,21 @@ def test_rewrite_hook(run_example, clients: MakeClient) -> None:
     clients(broker.port, V5, "old").connect().publish("legacy/meter", b"42", 2)
     (message,) = subscriber.expect()
     assert (message.topic, message.payload, message.qos) == ("v2/meter", b"42", 1)
+
+
+@pytest.mark.parametrize("version", ["5", "4"])
+def test_client_pubsub(broker: BrokerProcess, version: str) -> None:
+    """The client example, against a broker, gets its three messages back at QoS 0, 1 and 2
+    with their acknowledgements, then disconnects."""
+    done = subprocess.run(_script("client_pubsub.py", f"tcp:127.0.0.1:{broker.port}", version),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["connected, session present: False", "subscribed, granted QoS 2"]
+    assert sorted(lines[2:8]) == sorted([
+        "published at QoS 0: sent", "published at QoS 1: PubAck", "published at QoS 2: PubComp",
+        *(f"received greetings/world hello {qos} qos {qos}" for qos in (0, 1, 2))])
+    assert lines[8:] == ["disconnected"]
 
 
 def test_web_publish(run_example, clients: MakeClient) -> None:
