@@ -30,7 +30,7 @@ from tests.paho import Client, MakeClient
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 READY_LINE = re.compile(r"listening for (\S+) on (\S+) at (\S+)")
-LISTENER_OPTIONS = ("--listen", "--tcp", "--ws", "--stats")
+LISTENER_OPTIONS = ("--listen", "--tcp", "--ws", "--stats", "--dashboard")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LOG_ERRORS = ("Traceback", "Unhandled Error", "Unhandled error")

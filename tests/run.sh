@@ -22,7 +22,7 @@ fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-packages=(mosquitto mosquitto-clients chromium redis-server postgresql mariadb-server)
+packages=(mosquitto mosquitto-clients chromium chromium-driver redis-server postgresql mariadb-server)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     packages+=(nodejs npm)
 fi

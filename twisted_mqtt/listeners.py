@@ -7,6 +7,7 @@ clients with DISCONNECT 0x8B); its Deferred fires once they are all gone.
 from __future__ import annotations
 
 import errno
+import re
 from typing import TYPE_CHECKING, Any, List, Optional, Set
 
 from twisted.application.service import Service
@@ -185,3 +186,13 @@ class ListenerService(Service):
             waits.append(self.tracker.disconnect_all())
         stopped: Deferred[Any] = gatherResults(waits)
         return stopped.addCallback(lambda _: None)
+
+
+def loopback_endpoint(endpoint: str) -> str:
+    """A bare port or a ``tcp:``/``ssl:`` endpoint without ``interface=`` listens on loopback
+    only (127.0.0.1); other endpoints are left as they are."""
+    if endpoint.isdigit():
+        return f"tcp:{endpoint}:interface=127.0.0.1"
+    if re.match(r"^(tcp|ssl):", endpoint) and "interface=" not in endpoint:
+        return endpoint + ":interface=127.0.0.1"
+    return endpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -101,6 +101,24 @@ class BrokerService(MultiService):
 
         listener = ListenerService(self.reactor, endpoint, stats_site(self), "stats")
         return self._adopt(listener, f"stats {endpoint}")
+
+    def add_dashboard_listener(self, endpoint: str, users: Optional[Dict[str, str]] = None,
+                               api_keys: Optional[Dict[str, str]] = None,
+                               config: Optional[Dict[str, Any]] = None) -> ListenerService:
+        """Serve the dashboard and the admin API (``twisted_mqtt.web``) over HTTP (HTTPS with
+        an ``ssl:`` endpoint) to the dashboard ``users`` (name -> password hash) and the
+        holders of ``api_keys`` (name -> key); ``config`` is the configuration it shows."""
+        from twisted_mqtt.web import DashboardListener, dashboard_site
+        from twisted_mqtt.web.auth import DashboardAuth
+
+        auth = DashboardAuth(users or {}, api_keys or {}, clock=self.reactor)
+        if not auth.configured:
+            log.warn("dashboard {endpoint}: no dashboard users or API keys; every API request "
+                     "will be refused (--dashboard-users, --dashboard-api-keys)",
+                     endpoint=endpoint)
+        site = dashboard_site(self, auth, config or {}, endpoint.startswith(("ssl:", "mqtts:")))
+        listener = DashboardListener(self.reactor, endpoint, site, site.api)  # type: ignore
+        return self._adopt(listener, f"dashboard {endpoint}")
 
     def _adopt(self, listener: ListenerService, name: str) -> ListenerService:
         """Make ``listener`` a child (starting it if this service runs), named ``name`` unless

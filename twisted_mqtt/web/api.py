@@ -1,0 +1,594 @@
+"""The admin REST API under ``/api/v1/``: one table of routes (method, path, handler, what it
+takes), from which the requests are dispatched and the OpenAPI document is written.
+
+Every answer is JSON; bad input is a 4xx whose ``error.field`` names the parameter or body
+field, an unexpected failure a 500 with one log line and no traceback in the answer.  Every
+write is logged with who made it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Pattern, Tuple
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from twisted_mqtt.bans import KINDS, BanError
+from twisted_mqtt.errors import CodecError
+from twisted_mqtt.properties import Properties
+from twisted_mqtt.topics import validate_topic_filter
+from twisted_mqtt.web import views
+from twisted_mqtt.web.auth import API_KEY_HEADER, COOKIE, CSRF_HEADER, DashboardAuth, Identity
+from twisted_mqtt.web.views import InputError
+
+log = Logger()
+
+MAX_BODY = 256 * 1024
+"""The largest request body accepted, bytes (a published payload is at most this, less its
+JSON and base64 overhead)."""
+MAX_STREAMS = 32
+"""Server-Sent Events streams open at once."""
+HISTORY = 600
+"""Seconds of per-second figures kept for the charts."""
+PREFIX = "/api/v1/"
+
+Handler = Callable[..., Any]
+
+
+class Route:
+    """One operation: ``pattern`` is the path after ``/api/v1/`` with ``{name}`` segments."""
+
+    def __init__(self, method: str, pattern: str, handler: str, summary: str,
+                 query: Tuple[Tuple[str, str, str], ...] = (),
+                 body: Optional[Dict[str, Any]] = None, public: bool = False,
+                 status: int = 200) -> None:
+        self.method = method
+        self.pattern = pattern
+        self.handler = handler
+        self.summary = summary
+        self.query = query
+        """(name, JSON type, description) of each query parameter."""
+        self.body = body
+        """The JSON schema of the request body, if it takes one."""
+        self.public = public
+        self.status = status
+        self.names = re.findall(r"{(\w+)}", pattern)
+        self.regex: Pattern[str] = re.compile(
+            "^" + re.sub(r"{\w+}", "([^/]+)", pattern) + "$")
+
+    @property
+    def write(self) -> bool:
+        """Whether the operation changes anything (it needs the CSRF token in a browser)."""
+        return self.method in ("POST", "DELETE")
+
+
+PAGE = (("limit", "integer", f"items per page, 1 to {views.MAX_LIMIT} (default "
+         f"{views.DEFAULT_LIMIT})"),
+        ("offset", "integer", "items skipped (default 0)"))
+BAN_SCHEMA = {"type": "object", "required": ["kind", "value"], "properties": {
+    "kind": {"type": "string", "enum": list(KINDS)},
+    "value": {"type": "string", "description": "client id, user name, address or CIDR network"},
+    "duration": {"type": "number", "description": "seconds; absent: until lifted"},
+    "reason": {"type": "string"}}}
+PUBLISH_SCHEMA = {"type": "object", "required": ["topic"], "properties": {
+    "topic": {"type": "string"},
+    "payload": {"type": "string", "description": "the payload, encoded as `encoding` says"},
+    "encoding": {"type": "string", "enum": ["text", "base64", "hex"], "default": "text"},
+    "qos": {"type": "integer", "enum": [0, 1, 2], "default": 0},
+    "retain": {"type": "boolean", "default": False},
+    "properties": {"type": "object", "description": "MQTT 5 message properties",
+                   "properties": {
+                       "content_type": {"type": "string"},
+                       "response_topic": {"type": "string"},
+                       "correlation_data": {"type": "string"},
+                       "message_expiry_interval": {"type": "integer"},
+                       "payload_format_indicator": {"type": "integer", "enum": [0, 1]},
+                       "user_properties": {"type": "array", "items": {
+                           "type": "array", "items": {"type": "string"},
+                           "minItems": 2, "maxItems": 2}}}}}}
+LOGIN_SCHEMA = {"type": "object", "required": ["username", "password"], "properties": {
+    "username": {"type": "string"}, "password": {"type": "string"}}}
+
+ROUTES: Tuple[Route, ...] = (
+    Route("POST", "login", "login", "Sign in as a dashboard user: sets the session cookie and "
+          "returns the CSRF token to send as X-CSRF-Token with every write", body=LOGIN_SCHEMA,
+          public=True),
+    Route("POST", "logout", "logout", "End the browser session"),
+    Route("GET", "session", "whoami", "Who is signed in, and the session's CSRF token"),
+    Route("GET", "openapi.json", "openapi", "This document", public=True),
+    Route("GET", "stats", "stats", "This node's figures and the per-second rates of the last "
+          "minutes"),
+    Route("GET", "nodes", "nodes", "The nodes (this node only until the broker is a cluster)"),
+    Route("GET", "events", "events", "Server-Sent Events: a `stats` event every second"),
+    Route("GET", "clients", "clients", "Sessions and their clients, by client id",
+          (("search", "string", "part of the client id, user name or address"),) + PAGE),
+    Route("GET", "clients/{client_id}", "client", "A client with its subscriptions"),
+    Route("POST", "clients/{client_id}/kick", "kick", "Disconnect a client (MQTT 5: "
+          "DISCONNECT 0x98 Administrative action)"),
+    Route("GET", "bans", "bans", "The bans in force"),
+    Route("POST", "bans", "add_ban", "Ban a client id, user name or address/CIDR network; "
+          "connected clients it names are disconnected", body=BAN_SCHEMA, status=201),
+    Route("DELETE", "bans/{kind}/{value}", "remove_ban", "Lift a ban (a CIDR network's / "
+          "written %2F)"),
+    Route("GET", "subscriptions", "subscriptions", "Every subscription, by filter",
+          (("search", "string", "part of the filter or client id"),) + PAGE),
+    Route("GET", "subscriptions/shared", "shared", "Shared subscription groups and members"),
+    Route("GET", "retained", "retained", "Retained messages whose topic matches a filter",
+          (("filter", "string", "a topic filter (default #)"),) + PAGE),
+    Route("GET", "retained/message", "retained_message", "One retained message, its payload "
+          "as text, pretty-printed JSON, hex and base64",
+          (("topic", "string", "the topic (required)"),)),
+    Route("DELETE", "retained/message", "delete_retained", "Delete a retained message",
+          (("topic", "string", "the topic (required)"),)),
+    Route("POST", "publish", "publish", "Publish a message through the broker's inline client",
+          body=PUBLISH_SCHEMA),
+    Route("GET", "listeners", "listeners", "The listeners"),
+    Route("GET", "config", "config", "The configuration in force, secrets masked"),
+    Route("GET", "auth", "auth", "The auth ledgers' users and rules (read-only, passwords "
+          "masked)"),
+)
+
+
+class Sampler:
+    """The broker's counters read every second, for the per-second rates of the charts."""
+
+    def __init__(self, broker: Any, clock: Any) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.samples: Deque[Dict[str, Any]] = deque(maxlen=HISTORY)
+        self._last: Optional[Tuple[float, Tuple[int, ...]]] = None
+        self._call: Any = None
+        self.listeners: List[Callable[[Dict[str, Any]], None]] = []
+
+    def start(self) -> None:
+        """Sample now and every second."""
+        if self._call is None:
+            self._sample()
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _sample(self) -> None:
+        self._call = self.clock.callLater(1.0, self._sample)
+        broker = self.broker
+        now = broker.tick()
+        stats = broker.stats
+        counters = (stats.messages_received, stats.messages_sent, stats.bytes_received,
+                    stats.bytes_sent)
+        last, self._last = self._last, (now, counters)
+        if last is None or now <= last[0]:
+            return
+        elapsed = now - last[0]
+        rates = [max(0, b - a) / elapsed for a, b in zip(last[1], counters)]
+        sample = {"t": now, "messages_in": rates[0], "messages_out": rates[1],
+                  "bytes_in": rates[2], "bytes_out": rates[3],
+                  "clients": broker.connected, "node": views.NODE}
+        self.samples.append(sample)
+        for listener in list(self.listeners):
+            listener(sample)
+
+
+def _query(request: Request) -> Dict[str, str]:
+    args: Dict[str, str] = {}
+    for raw, values in (request.args or {}).items():
+        try:
+            args[raw.decode("utf-8")] = values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(raw.decode("utf-8", "replace"), "not UTF-8") from None
+    return args
+
+
+def _body(request: Request) -> Dict[str, Any]:
+    kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if kind != b"application/json":
+        raise InputError("content-type", "must be application/json", 415)
+    assert request.content is not None
+    request.content.seek(0)
+    raw = request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise InputError("body", f"larger than {MAX_BODY} bytes", 413)
+    try:
+        found = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InputError("body", "not JSON") from None
+    if not isinstance(found, dict):
+        raise InputError("body", "must be a JSON object")
+    return found
+
+
+def _boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InputError(name, "must be true or false")
+    return value
+
+
+def _properties(raw: Any) -> Optional[Properties]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError("properties", "must be an object")
+    known = {"content_type", "response_topic", "correlation_data", "message_expiry_interval",
+             "payload_format_indicator", "user_properties"}
+    for name in raw:
+        if name not in known:
+            raise InputError(f"properties.{name}", "not a message property")
+    fields: Dict[str, Any] = {}
+    for name in ("content_type", "response_topic"):
+        if raw.get(name) is not None:
+            fields[name] = views.text(raw, name, longest=65535)
+    if raw.get("correlation_data") is not None:
+        fields["correlation_data"] = views.text(raw, "correlation_data").encode("utf-8")
+    if raw.get("message_expiry_interval") is not None:
+        fields["message_expiry_interval"] = views.integer(raw, "message_expiry_interval", None,
+                                                          0, 0xFFFFFFFF)
+    if raw.get("payload_format_indicator") is not None:
+        fields["payload_format_indicator"] = views.integer(raw, "payload_format_indicator",
+                                                           None, 0, 1)
+    pairs = raw.get("user_properties")
+    if pairs is not None:
+        if not isinstance(pairs, list) or len(pairs) > 100 or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
+                for p in pairs):
+            raise InputError("properties.user_properties",
+                             "must be a list of at most 100 [name, value] string pairs")
+        fields["user_properties"] = tuple((k, v) for k, v in pairs)
+    return Properties(**fields) if fields else None
+
+
+def _payload(body: Mapping[str, Any]) -> bytes:
+    raw = views.text(body, "payload", "", MAX_BODY)
+    encoding = views.text(body, "encoding", "text", 10)
+    if encoding == "text":
+        return str(raw).encode("utf-8")
+    try:
+        if encoding == "base64":
+            return base64.b64decode(raw, validate=True)
+        if encoding == "hex":
+            return binascii.unhexlify(raw)
+    except (ValueError, binascii.Error):
+        raise InputError("payload", f"not {encoding}") from None
+    raise InputError("encoding", "must be text, base64 or hex")
+
+
+class ApiResource(Resource):
+    """``/api/v1/``: dispatches to the routes; ``service`` is the ``BrokerService``."""
+
+    isLeaf = True
+
+    def __init__(self, service: Any, auth: DashboardAuth, sampler: Sampler,
+                 config: Mapping[str, Any], secure: bool = False) -> None:
+        super().__init__()
+        self.service = service
+        self.broker = service.broker
+        self.auth = auth
+        self.sampler = sampler
+        self.config = dict(config)
+        self.secure = secure
+        """Whether the cookie is marked Secure (the listener is TLS)."""
+        self.streams: List[Request] = []
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def render(self, request: Request) -> Any:
+        """Answer one request."""
+        request.setHeader(b"cache-control", b"no-store")
+        try:
+            return self._dispatch(request)
+        except InputError as error:
+            return self._error(request, error.status, error.problem, error.field)
+        except Exception:
+            log.failure("dashboard: {method} {path} failed", method=request.method,
+                        path=request.path)
+            return self._error(request, 500, "internal error")
+
+    def _dispatch(self, request: Request) -> Any:
+        path = request.path.decode("latin-1")
+        if not path.startswith(PREFIX):
+            return self._error(request, 404, "not found", "path")
+        rest = path[len(PREFIX):]
+        method = request.method.decode("latin-1")
+        allowed = []
+        for route in ROUTES:
+            found = route.regex.match(rest)
+            if found is None:
+                continue
+            if route.method != method:
+                allowed.append(route.method)
+                continue
+            identity = None
+            if not route.public:
+                identity = self._identify(request)
+                if identity is None:
+                    return self._error(request, 401, "sign in or send an API key (X-API-Key)")
+                if route.write and identity.kind == "user" and not hmac.compare_digest(
+                        (request.getHeader(CSRF_HEADER) or b"").decode("latin-1"),
+                        identity.csrf or ""):
+                    return self._error(request, 403, "missing or wrong CSRF token",
+                                       "x-csrf-token")
+            params = {name: unquote(value) for name, value in zip(route.names, found.groups())}
+            result = getattr(self, "do_" + route.handler)(request, identity, **params)
+            if isinstance(result, Deferred):
+                result.addCallback(self._finish, request, route.status)
+                result.addErrback(self._failed, request)
+                return NOT_DONE_YET
+            if result is NOT_DONE_YET:
+                return result
+            return self._json(request, result, route.status)
+        if allowed:
+            request.setHeader(b"allow", ", ".join(sorted(set(allowed))).encode())
+            return self._error(request, 405, "method not allowed", "method")
+        return self._error(request, 404, "not found", "path")
+
+    def _identify(self, request: Request) -> Optional[Identity]:
+        key = request.getHeader(API_KEY_HEADER)
+        if key:
+            return self.auth.api_key(key)
+        cookie = request.getCookie(COOKIE)
+        return self.auth.session(cookie) if cookie else None
+
+    def _json(self, request: Request, result: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
+
+    def _error(self, request: Request, status: int, message: str,
+               field: Optional[str] = None) -> bytes:
+        error: Dict[str, Any] = {"status": status, "message": message}
+        if field is not None:
+            error["field"] = field
+        return self._json(request, {"error": error}, status)
+
+    def _finish(self, result: Any, request: Request, status: int) -> None:
+        if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+            request.write(self._json(request, result, status))
+            request.finish()
+
+    def _failed(self, failure: Any, request: Request) -> None:
+        if failure.check(InputError):
+            error = failure.value
+            body = self._error(request, error.status, error.problem, error.field)
+        else:
+            log.failure("dashboard: {path} failed", failure, path=request.path)
+            body = self._error(request, 500, "internal error")
+        if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+            request.write(body)
+            request.finish()
+
+    def _who(self, identity: Optional[Identity]) -> str:
+        return str(identity) if identity is not None else "anonymous"
+
+    # -- session --------------------------------------------------------------------------------
+
+    def do_login(self, request: Request, identity: None) -> Deferred[Any]:
+        """Check the password; set the cookie."""
+        body = _body(request)
+        user = views.text(body, "username", longest=65535)
+        password = views.text(body, "password", longest=65535)
+        d = self.auth.login(user, password)
+
+        def done(opened: Any) -> Any:
+            if opened is None:
+                log.info("dashboard: sign-in refused for {user!r} from {address}", user=user,
+                         address=request.getClientAddress().host
+                         if hasattr(request.getClientAddress(), "host") else None)
+                raise InputError("password", "wrong user name or password", 401)
+            token, who = opened
+            request.addCookie(COOKIE, token.encode(), path=b"/", httpOnly=True,
+                              sameSite="strict", secure=self.secure)
+            log.info("dashboard: {who} signed in", who=who)
+            return {"user": who.name, "csrf": who.csrf}
+
+        return d.addCallback(done)
+
+    def do_logout(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Forget the session."""
+        cookie = request.getCookie(COOKIE)
+        if cookie:
+            self.auth.logout(cookie)
+        request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict",
+                          secure=self.secure, max_age="0")
+        return {"signed_out": identity.name}
+
+    def do_whoami(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Who is signed in."""
+        return {"user": identity.name, "kind": identity.kind, "csrf": identity.csrf}
+
+    def do_openapi(self, request: Request, identity: None) -> Dict[str, Any]:
+        """The OpenAPI document."""
+        from twisted_mqtt.web.openapi import document
+
+        return document(ROUTES)
+
+    # -- figures --------------------------------------------------------------------------------
+
+    def do_stats(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Figures now and the last samples."""
+        self.broker.tick()
+        return {"node": views.NODE, "figures": self.broker.sys_figures(),
+                "summary": views.node_view(self.broker), "samples": list(self.sampler.samples)}
+
+    def do_nodes(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """This node."""
+        self.broker.tick()
+        return {"nodes": [views.node_view(self.broker)]}
+
+    def do_events(self, request: Request, identity: Identity) -> Any:
+        """Open a Server-Sent Events stream."""
+        if len(self.streams) >= MAX_STREAMS:
+            raise InputError("events", f"{MAX_STREAMS} event streams already open", 503)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.write(b"retry: 2000\n\n")
+        self.streams.append(request)
+
+        def send(sample: Dict[str, Any]) -> None:
+            event = {"sample": sample, "summary": views.node_view(self.broker)}
+            request.write(b"event: stats\ndata: " + json.dumps(event).encode() + b"\n\n")
+
+        self.sampler.listeners.append(send)
+
+        def closed(_: Any) -> None:
+            self.sampler.listeners.remove(send)
+            self.streams.remove(request)
+
+        request.notifyFinish().addBoth(closed)
+        return NOT_DONE_YET
+
+    def close_streams(self) -> None:
+        """End the event streams (the listener stops)."""
+        for request in list(self.streams):
+            request.finish()
+
+    # -- clients and bans -----------------------------------------------------------------------
+
+    def do_clients(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """A page of clients."""
+        args = _query(request)
+        limit, offset = views.page(args)
+        search = views.text(args, "search", "", views.MAX_SEARCH)
+        found = views.find_clients(self.broker, search)
+        return views.paged(found, limit, offset,
+                           lambda session: views.client_summary(self.broker, session))
+
+    def _session(self, client_id: str) -> Any:
+        session = self.broker.sessions.get(client_id)
+        if session is None or getattr(session.connection, "acl_exempt", False):
+            raise InputError("client_id", f"no session {client_id!r}", 404)
+        return session
+
+    def do_client(self, request: Request, identity: Identity, client_id: str) -> Dict[str, Any]:
+        """One client."""
+        return views.client_detail(self.broker, self._session(client_id))
+
+    def do_kick(self, request: Request, identity: Identity, client_id: str) -> Dict[str, Any]:
+        """Disconnect a client."""
+        if not self.broker.kick(client_id, by=f"dashboard {identity}"):
+            raise InputError("client_id", f"no connected client {client_id!r}", 404)
+        return {"kicked": client_id}
+
+    def do_bans(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """The bans."""
+        now = self.broker.tick()
+        return {"bans": [ban.as_dict() for ban in self.broker.bans.list(now)]}
+
+    def do_add_ban(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Ban."""
+        body = _body(request)
+        kind = views.text(body, "kind", longest=20)
+        value = views.text(body, "value")
+        duration = body.get("duration")
+        if duration is not None and (isinstance(duration, bool)
+                                     or not isinstance(duration, (int, float))):
+            raise InputError("duration", "must be a number of seconds")
+        reason = views.text(body, "reason", "", 1024)
+        try:
+            ban = self.broker.ban(kind, value, duration, reason, by=f"dashboard {identity}")
+        except BanError as error:
+            raise InputError(error.field, error.problem) from None
+        return ban.as_dict()
+
+    def do_remove_ban(self, request: Request, identity: Identity, kind: str,
+                      value: str) -> Dict[str, Any]:
+        """Lift a ban."""
+        if kind not in KINDS:
+            raise InputError("kind", f"must be one of {', '.join(KINDS)}")
+        if not self.broker.unban(kind, value, by=f"dashboard {identity}"):
+            raise InputError("value", f"no {kind} ban {value!r}", 404)
+        return {"lifted": {"kind": kind, "value": value}}
+
+    # -- subscriptions and retained messages ----------------------------------------------------
+
+    def do_subscriptions(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """A page of subscriptions."""
+        args = _query(request)
+        limit, offset = views.page(args)
+        search = views.text(args, "search", "", views.MAX_SEARCH)
+        found = views.all_subscriptions(self.broker, search)
+        return views.paged(found, limit, offset, lambda pair: views.subscription_view(*pair))
+
+    def do_shared(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """The shared groups."""
+        return {"groups": views.shared_groups(self.broker)}
+
+    def do_retained(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """A page of retained messages."""
+        args = _query(request)
+        limit, offset = views.page(args)
+        topic_filter = views.text(args, "filter", "#", 65535)
+        try:
+            validate_topic_filter(topic_filter, self.broker.capabilities.maximum_topic_levels)
+        except CodecError as error:
+            raise InputError("filter", str(error)) from None
+        if topic_filter.startswith("$share/"):
+            raise InputError("filter", "a shared filter matches no retained message")
+        found = views.retained_matching(self.broker, topic_filter)
+        return views.paged(found, limit, offset, views.retained_summary)
+
+    def _retained(self, request: Request) -> Tuple[str, Any]:
+        topic = views.text(_query(request), "topic", longest=65535)
+        message = self.broker.retained.get(topic)
+        if message is None or message.expired(self.broker.tick()):
+            raise InputError("topic", f"no retained message on {topic!r}", 404)
+        return topic, message
+
+    def do_retained_message(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """One retained message."""
+        return views.retained_detail(self._retained(request)[1])
+
+    def do_delete_retained(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Delete a retained message."""
+        topic, _ = self._retained(request)
+        self.broker.delete_retained(topic)
+        log.info("dashboard: {who} deleted the retained message of {topic}",
+                 who=identity, topic=topic)
+        return {"deleted": topic}
+
+    def do_publish(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """Publish."""
+        body = _body(request)
+        topic = views.text(body, "topic", longest=65535)
+        payload = _payload(body)
+        qos = views.integer(body, "qos", 0, 0, 2)
+        retain = _boolean(body, "retain", False)
+        properties = _properties(body.get("properties"))
+        try:
+            routed = self.broker.inline.publish(topic, payload, qos, retain, properties)
+        except ValueError as error:
+            text = str(error)
+            raise InputError("properties" if "propert" in text or "payload format" in text
+                             else "qos" if "QoS" in text else "topic", text) from None
+        log.info("dashboard: {who} published {size} bytes to {topic} (QoS {qos}{retained})",
+                 who=identity, size=len(payload), topic=topic, qos=qos,
+                 retained=", retained" if retain else "")
+        return {"topic": topic, "routed": routed}
+
+    # -- listeners, configuration, auth ---------------------------------------------------------
+
+    def do_listeners(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """The listeners."""
+        from twisted_mqtt.listeners import ListenerService
+
+        return {"listeners": [views.listener_view(child) for child in self.service
+                              if isinstance(child, ListenerService)]}
+
+    def do_config(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """The configuration."""
+        caps = self.broker.capabilities
+        return {"options": views.config_view(self.config),
+                "capabilities": views.plain(caps),
+                "compatibilities": views.plain(self.broker.compatibilities)}
+
+    def do_auth(self, request: Request, identity: Identity) -> Dict[str, Any]:
+        """The auth rules."""
+        return views.auth_view(self.broker.hooks)
