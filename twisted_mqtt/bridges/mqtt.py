@@ -803,7 +803,8 @@ class ClientLink:
             # No Local: the remote does not send back what the bridge publishes there.
             self.client.subscribe(topic_filter, self._message, qos, no_local=v5,
                                   retain_as_published=v5).addCallbacks(
-                self._subscribed, self._not_subscribed, (topic_filter,), None, (topic_filter,))
+                self._subscribed, self._not_subscribed, callbackArgs=(topic_filter,),
+                errbackArgs=(topic_filter,))
         self._retry: Any = None
         self._running = False
 
