@@ -592,9 +592,39 @@ def test_resend_after_reconnect_without_session() -> None:
     assert connect.properties.session_expiry_interval == 300
     assert two == [None]
     assert peer.received() == [Subscribe(4, (Subscription("s/#", 1),)),
-                               Publish("a", b"1", 1, packet_id=2)]
-    peer.send(SubAck(4, (1,)), PubAck(2), Publish("s/x", b"back"))
-    assert one == [PubAck(2)] and got == [Message("s/x", b"back")]
+                               Publish("a", b"1", 1, packet_id=5)]
+    peer.send(SubAck(4, (1,)), PubAck(5), Publish("s/x", b"back"))
+    assert one == [PubAck(5)] and got == [Message("s/x", b"back")]
+
+
+def test_new_session_republishes_within_the_new_quota() -> None:
+    """Messages published again in a new session obey that session's Receive Maximum, in their
+    order, before the messages that were waiting [MQTT-3.3.4-7, MQTT-4.6.0-1]."""
+    reactor, client, peer = connected(V5, session_expiry_interval=60)
+    for n in range(3):
+        client.publish("a", b"%d" % n, 1)
+    peer.received()
+    peer.lose()
+    client.publish("a", b"3", 1)
+    reactor.advance(1.0)
+    peer = Peer(reactor, V5)
+    peer.accept(properties=Properties(receive_maximum=1))
+    (first,) = peer.received()
+    assert (first.payload, first.dup) == (b"0", False)
+    peer.send(PubAck(first.packet_id))
+    (second,) = peer.received()
+    assert second.payload == b"1"
+
+
+def test_subscribe_too_large_fails() -> None:
+    """A SUBSCRIBE that cannot fit the server's Maximum Packet Size is not sent and its Deferred
+    fails [MQTT-3.2.2-15]."""
+    _reactor, client, peer = connected(V5, {"properties": Properties(maximum_packet_size=30)})
+    result = outcome(client.subscribe("x" * 40))
+    assert peer.raw() == b""
+    assert "SUBSCRIBE larger than the server's Maximum Packet Size" in str(result[0].value)
+    assert outcome(client.subscribe("short")) == []
+    assert isinstance(peer.received()[0], Subscribe)
 
 
 def test_unacknowledged_subscribe_sent_again() -> None:

@@ -23,6 +23,7 @@ from twisted_mqtt._value import value
 from twisted_mqtt.client._errors import (
     ClientStopped,
     ConnectionRefused,
+    MQTTClientError,
     PublishFailed,
     QueueFull,
 )
@@ -348,8 +349,7 @@ class MQTTClient:
             raise ValueError("topic aliases are chosen by the client (use_topic_aliases)")
         message = _Outgoing(Publish(topic, payload, qos, retain, properties=properties),
                             Deferred())
-        if self._connected and not self._queued and (
-                qos == 0 or len(self._inflight) < self._server_receive_maximum):
+        if self._connected and not self._queued and (qos == 0 or self._room()):
             self._send_publish(message)
         elif len(self._queued) >= self.max_queued:
             return fail(QueueFull(f"{len(self._queued)} messages are already waiting"))
@@ -499,15 +499,24 @@ class MQTTClient:
                     packet_id = self._new_id()
                     self._requests[packet_id] = _Request(
                         Subscribe(packet_id, (sub.entry,), sub.properties), None)
-        for request in self._requests.values():
-            self._send(request.packet)
-        for packet_id, message in list(self._inflight.items()):
-            if not message.released:
-                self._write_publish(message, dup=session_present)
-            elif session_present:
-                self._send(PubRel(packet_id))
-            else:  # the server took the message (PUBREC) and forgot it with the session
-                del self._inflight[packet_id]
+        for request in list(self._requests.values()):
+            self._request(request.packet, request.deferred)
+        if session_present:
+            for packet_id, message in list(self._inflight.items()):
+                if message.released:
+                    self._send(PubRel(packet_id))
+                else:
+                    self._write_publish(message, dup=True)
+        else:
+            # A new session: what was in flight is published again as new messages, within the
+            # new quota; a QoS 2 message the server took (PUBREC) is complete.
+            again = [m for m in self._inflight.values() if not m.released]
+            taken = [m for m in self._inflight.values() if m.released]
+            self._inflight.clear()
+            for message in again:
+                message.packet_id = None
+            self._queued.extendleft(reversed(again))
+            for message in taken:
                 message.deferred.callback(None)
         self._flush_queue()
 
@@ -536,10 +545,26 @@ class MQTTClient:
         self._last_sent = self.clock.seconds()
         return True
 
-    def _request(self, packet: Union[Subscribe, Unsubscribe], deferred: Deferred) -> None:
+    def _request(self, packet: Union[Subscribe, Unsubscribe],
+                 deferred: Optional[Deferred]) -> None:
+        """Send a SUBSCRIBE or UNSUBSCRIBE now if connected, and keep it until acknowledged."""
         self._requests[packet.packet_id] = _Request(packet, deferred)
-        if self._connected:
-            self._send(packet)
+        if self._connected and not self._send(packet):
+            del self._requests[packet.packet_id]
+            kind = type(packet).__name__.upper()
+            error = MQTTClientError(f"{kind} larger than the server's Maximum Packet Size "
+                                    f"({self._server_maximum_packet_size} bytes) not sent")
+            if deferred is not None:
+                deferred.errback(error)
+            else:
+                self.log.warn("MQTT client {client_id}: {error}", client_id=self.client_id,
+                              error=str(error))
+
+    def _room(self) -> bool:
+        """Whether one more QoS 1/2 message may go in flight: within the server's Receive
+        Maximum [MQTT-3.3.4-7], and a packet identifier free."""
+        inflight = len(self._inflight)
+        return inflight < self._server_receive_maximum and inflight + len(self._requests) < 65535
 
     def _send_publish(self, message: _Outgoing) -> None:
         packet = message.packet
@@ -576,7 +601,7 @@ class MQTTClient:
     def _flush_queue(self) -> None:
         queued = self._queued
         while queued and self._connected:
-            if queued[0].packet.qos and len(self._inflight) >= self._server_receive_maximum:
+            if queued[0].packet.qos and not self._room():
                 return
             self._send_publish(queued.popleft())
 
