@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import platform
 import re
 import string
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ STOP_DRAIN = 2.0
 """Seconds a stopping bridge waits for Kafka to acknowledge what it holds."""
 
 KAFKA_MODULE = "confluent_kafka"
-MISSING = ("the Kafka bridge needs confluent-kafka: pip install 'twisted_mqtt[kafka]' "
-           "(it has no PyPy build)")
+MISSING = ("the Kafka bridge needs confluent-kafka: pip install 'twisted-mqtt-broker[kafka]'"
+           + (" (it has no build for PyPy: run the broker on CPython)"
+              if platform.python_implementation() == "PyPy" else ""))
 
 MAX_KAFKA_TOPIC = 249
 _KAFKA_TOPIC_CHAR = re.compile(r"[^A-Za-z0-9._-]")
@@ -455,8 +457,11 @@ def ingress_topic(rule: IngressRule, kafka_topic: str, partition: int, key: Opti
 
 class Buffer:
     """Records produced and not yet acknowledged by Kafka, bounded in messages and bytes.  A
-    record that does not fit is refused and counted; the log says once when the buffer becomes
-    full and once when it has room again."""
+    record that does not fit is refused and counted.  The log says once when the buffer
+    becomes full, and once when it has drained below ``ROOM`` of both bounds again (so that a
+    buffer at its bound does not log each record)."""
+
+    ROOM = 0.9
 
     def __init__(self, name: str, max_messages: int, max_bytes: int) -> None:
         self.name = name
@@ -479,8 +484,6 @@ class Buffer:
                          "awaiting Kafka): refusing messages", name=self.name,
                          messages=self.messages, bytes=self.bytes)
             return False
-        if self.full:
-            self._room()
         self.messages += 1
         self.bytes += size
         return True
@@ -489,13 +492,12 @@ class Buffer:
         """A held record was acknowledged by Kafka, or failed."""
         self.messages -= 1
         self.bytes -= size
-        if self.full and self.messages < self.max_messages:
-            self._room()
-
-    def _room(self) -> None:
-        self.full = False
-        log.info("Kafka bridge {name}: buffer has room again ({dropped} messages refused while "
-                 "it was full)", name=self.name, dropped=self.dropped - self._dropped_at_full)
+        if (self.full and self.messages <= self.max_messages * self.ROOM
+                and self.bytes <= self.max_bytes * self.ROOM):
+            self.full = False
+            log.info("Kafka bridge {name}: buffer has room again ({dropped} messages refused "
+                     "while it was full)", name=self.name,
+                     dropped=self.dropped - self._dropped_at_full)
 
 
 # -- the bridge ------------------------------------------------------------------------------------
@@ -550,26 +552,8 @@ class KafkaBridge(Service, Hook):
         kafka = load_kafka()
         super().startService()
         settings = self.settings
-        common = {"bootstrap.servers": ",".join(settings.servers),
-                  "client.id": f"twisted_mqtt-{settings.name}",
-                  "error_cb": self._on_error, "logger": _KafkaLog(settings.name),
-                  "statistics.interval.ms": 1000, "stats_cb": self._on_stats}
-        producer = consumer = None
-        if settings.egress:
-            producer = kafka.Producer({
-                **common, "acks": "all", "linger.ms": 5, "message.timeout.ms": 0,
-                "queue.buffering.max.messages": min(settings.max_buffered_messages + 1,
-                                                    2_147_483_647),
-                "queue.buffering.max.kbytes": min(settings.max_buffered_bytes // 1024 + 1024,
-                                                  2_147_483_647),
-                **settings.client})
-        if settings.ingress:
-            if producer is not None:  # the producer's statistics tell the state
-                del common["statistics.interval.ms"], common["stats_cb"]
-            consumer = kafka.Consumer({
-                **common, "group.id": f"twisted_mqtt-{settings.name}",
-                "enable.auto.commit": False, "enable.auto.offset.store": False,
-                **settings.client})
+        producer = kafka.Producer(self.client_settings("producer")) if settings.egress else None
+        consumer = kafka.Consumer(self.client_settings("consumer")) if settings.ingress else None
         self.attach(producer, consumer)
         self._poll = LoopingCall(self.poll)
         self._poll.clock = self.reactor
@@ -577,6 +561,30 @@ class KafkaBridge(Service, Hook):
         log.info("Kafka bridge {name}: {servers}, {egress} egress and {ingress} ingress rules, "
                  "ack: {ack}", name=settings.name, servers=",".join(settings.servers),
                  egress=len(settings.egress), ingress=len(settings.ingress), ack=settings.ack)
+
+    def client_settings(self, kind: str) -> Dict[str, Any]:
+        """The librdkafka settings of the ``producer`` or ``consumer``: its callbacks into this
+        bridge; acks from all replicas, no time limit on a delivery (the buffer bounds what
+        waits), librdkafka's queue bounded a little above the buffer; no consumer group, no
+        commits; the ``client`` settings last."""
+        settings = self.settings
+        common = {"bootstrap.servers": ",".join(settings.servers),
+                  "client.id": f"twisted_mqtt-{settings.name}",
+                  "error_cb": self._on_error, "logger": _KafkaLog(settings.name)}
+        if kind == "producer":
+            specific = {
+                "acks": "all", "linger.ms": 5, "message.timeout.ms": 0,
+                "queue.buffering.max.messages": min(settings.max_buffered_messages + 1,
+                                                    2_147_483_647),
+                "queue.buffering.max.kbytes": min(settings.max_buffered_bytes // 1024 + 1024,
+                                                  2_147_483_647),
+                "statistics.interval.ms": 1000, "stats_cb": self._on_stats}
+        else:
+            specific = {"group.id": f"twisted_mqtt-{settings.name}", "enable.auto.commit": False,
+                        "enable.auto.offset.store": False}
+            if not settings.egress:  # else the producer's statistics tell the state
+                specific.update({"statistics.interval.ms": 1000, "stats_cb": self._on_stats})
+        return {**common, **specific, **settings.client}
 
     def attach(self, producer: Any, consumer: Any = None) -> None:
         """Bridge through these confluent-kafka clients (a Producer for egress, a Consumer for
