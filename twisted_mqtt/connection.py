@@ -887,7 +887,7 @@ class Connection:
         packet = self._connect
         assert packet is not None and self.client is not None
         if packet.will is None:
-            self._accept(auth)
+            self._claim(auth)
             return
         allowed = self.broker.will_allowed(self.client, packet.will)
         if isinstance(allowed, Deferred):
@@ -903,7 +903,7 @@ class Connection:
             return
         held, self._held = self._held, None
         if allowed:
-            self._accept(auth)
+            self._claim(auth)
             if held:
                 self._handle(held)
             return
@@ -913,6 +913,32 @@ class Connection:
                  address=self.address, client_id=packet.client_id, topic=packet.will.topic)
         self._connect = None  # the password is not kept
         self._refuse(_R.NOT_AUTHORIZED)
+
+    def _claim(self, auth: Properties) -> None:
+        """The client may connect: accept it once the broker's ``session_claim`` (a
+        cluster's) has made its session this broker's to open; the packets that follow wait."""
+        claim = self.broker.session_claim
+        packet = self._connect
+        assert packet is not None
+        waiting = None if claim is None else claim(packet.client_id, packet.clean_start)
+        if waiting is None:
+            self._accept(auth)
+            return
+        if self._held is None:
+            self._held = []
+        waiting.addCallback(self._later, self._claimed, auth)
+
+    def _claimed(self, code: int, auth: Properties) -> None:
+        """The session is this broker's to open (``code`` 0), or the client is refused."""
+        if self.state == CLOSED:
+            return
+        held, self._held = self._held, None
+        if code:
+            self._refuse(code)
+            return
+        self._accept(auth)
+        if held:
+            self._handle(held)
 
     def _refuse(self, code: int) -> None:
         """Answer CONNECT with a failure and close [MQTT-3.2.2-6]."""

@@ -1,0 +1,360 @@
+"""Cluster-wide sessions on a private ``redis-server``: brokers on ``task.Clock``
+(``InMemoryBroker``), each a node with its own ``RedisEngine`` and a membership whose view the
+test sets.
+
+A session moves whole between nodes (subscriptions with their options, messages in flight
+under their packet ids and QoS 2 state, queued messages in order, inbound QoS 2 ids, expiry,
+will, user name); the directory's scripts let only the owner's token write; a dead node's
+sessions are adopted by exactly one node, which publishes its clients' wills once.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from tests.servers import RedisServer, redis_server  # noqa: F401
+from tests.spec import check_cited_labels
+from twisted_mqtt.cluster.engine import RedisEngine
+from twisted_mqtt.cluster.membership import Node
+from twisted_mqtt.cluster.sessions import MAX_SCRIPT_ARGS, ClusterSessions, token_owner
+from twisted_mqtt.interfaces import IAuthorizer
+from twisted_mqtt.packets import (
+    ConnAck,
+    Disconnect,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Subscribe,
+    Subscription,
+    Will,
+)
+from twisted_mqtt.properties import Properties
+from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
+
+V5 = 5
+HOUR = 3600
+
+
+class Members:
+    """A membership whose view of the other nodes the test sets."""
+
+    def __init__(self, name: str, epoch: int) -> None:
+        self.node = Node(name)
+        self.node.epoch = epoch
+        self.node.serving = True
+        self.members: Dict[str, int] = {name: epoch}
+        self.watchers: List[Callable[[str, str], None]] = []
+
+    def check(self) -> bool:
+        return self.node.serving
+
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        self.watchers.append(callback)
+
+    def watch_serving(self, callback: Callable[[bool], None]) -> None:
+        pass
+
+
+class NodeUnderTest:
+    """A broker on a ``task.Clock`` joined to the cluster's Redis."""
+
+    def __init__(self, url: str, name: str, epoch: int, timeout: float = 2.0,
+                 **hooks: Any) -> None:
+        self.hub = InMemoryBroker(**hooks)
+        self.broker = self.hub.broker
+        self.engine = RedisEngine(url, reactor, retry_delay=0.1)
+        self.members = Members(name, epoch)
+        self.sessions = ClusterSessions(self.broker, self.engine, self.members,
+                                        self.hub.clock, timeout)
+        self.sessions.start()
+        self.engine.start()
+
+    def client(self) -> InMemoryClient:
+        return self.hub.client(V5)
+
+
+class Cluster:
+    """Nodes sharing one Redis database under a fresh prefix."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.nodes: List[NodeUnderTest] = []
+
+    def node(self, name: str, epoch: int, **kwargs: Any) -> NodeUnderTest:
+        node = NodeUnderTest(self.url, name, epoch, **kwargs)
+        self.nodes.append(node)
+        for other in self.nodes:  # every node sees every other alive
+            for peer in self.nodes:
+                other.members.members[peer.members.node.name] = peer.members.node.epoch
+        return node
+
+    @inlineCallbacks
+    def settle(self, done: Callable[[], Any] = lambda: False, turns: int = 400,
+               step: float = 0.0) -> Any:
+        """Run the reactor, and the nodes' clocks ``step`` seconds a turn, until ``done()``
+        (or, with no condition, a while)."""
+        for _ in range(turns):
+            for node in self.nodes:
+                node.hub.clock.advance(step)
+            if done():
+                return True
+            yield deferLater(reactor, 0.005, lambda: None)
+        return False
+
+    @inlineCallbacks
+    def up(self) -> Any:
+        ready = yield self.settle(lambda: all(n.engine.up for n in self.nodes), 2000)
+        assert ready, "the engines did not connect"
+
+    def stop(self) -> Any:
+        return [node.engine.stop() for node in self.nodes]
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer) -> Iterator[Cluster]:  # noqa: F811
+    made = Cluster(redis_server.url(0, f"unit-{uuid.uuid4().hex[:8]}:"))
+    yield made
+    made.stop()
+
+
+def connect(node: NodeUnderTest, cluster: Cluster, client_id: str, username: Optional[str] = None,
+            clean_start: bool = False, expiry: int = HOUR, will: Optional[Will] = None,
+            step: float = 0.0) -> Any:
+    """Send CONNECT and settle until its CONNACK comes: (client, CONNACK, what followed)."""
+    from twisted_mqtt.packets import Connect
+
+    client = node.client()
+    client.send(Connect(client_id, V5, clean_start, 0, will=will, username=username,
+                        properties=Properties(session_expiry_interval=expiry)))
+    got: List[Any] = []
+
+    def answered() -> bool:
+        got.extend(client.received())
+        return any(isinstance(p, ConnAck) for p in got)
+
+    return cluster.settle(answered, step=step).addCallback(lambda ok: (client, got, ok))
+
+
+def split(got: List[Any]) -> Any:
+    index = next(i for i, p in enumerate(got) if isinstance(p, ConnAck))
+    return got[index], got[index + 1:]
+
+
+@pytest_twisted.inlineCallbacks
+def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
+    """A persistent session resumed on another node has its subscriptions (options,
+    subscription identifier), the messages in flight under the same packet ids, resent with
+    DUP (a QoS 2 message in its PUBREL phase gets PUBREL) [MQTT-4.4.0-1], then its queued
+    messages in order, and its inbound QoS 2 state: a PUBREL for a packet id received on the
+    first node is answered with PUBCOMP Success on the second; Session Present is 1
+    [MQTT-3.2.2-2], the delayed will is cancelled [MQTT-3.1.3-9]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    will = Will("wills/mover", b"gone", 1, False, Properties(will_delay_interval=60))
+    mover, got, ok = yield connect(a, cluster, "mover", "alice", will=will)
+    assert ok and split(got)[0].session_present is False
+    mover.send(Subscribe(1, (Subscription("t/#", 2), Subscription("n/x", 1, no_local=True,
+                                                                     retain_as_published=True)),
+                         Properties(subscription_identifiers=(7,))))
+    publisher, _got, _ok = yield connect(a, cluster, "publisher-a", clean_start=True, expiry=0)
+    publisher.send(Publish("t/1", b"one", 1, packet_id=1), Publish("t/2", b"two", 2, packet_id=2))
+    sent = [p for p in mover.received() if isinstance(p, Publish)]
+    assert [(p.topic, p.packet_id, p.qos) for p in sent] == [("t/1", 1, 1), ("t/2", 2, 2)]
+    mover.send(PubRec(2))  # QoS 2 to PUBREL phase; t/1 stays unacknowledged
+    mover.send(Publish("in/q2", b"x", 2, packet_id=9))  # inbound QoS 2, not released
+    assert [type(p) for p in mover.received()] == [PubRel, PubRec]
+    mover.drop()
+    for n in range(3, 6):
+        publisher.send(Publish(f"t/{n}", str(n).encode(), 1, packet_id=n))
+    yield cluster.settle()
+    assert not a.sessions.recorder._pending and not a.sessions.recorder._committing
+
+    again, got, ok = yield connect(b, cluster, "mover", "alice")
+    assert ok, "no CONNACK on node b"
+    ack, after = split(got)
+    assert ack.reason_code == 0 and ack.session_present is True
+    yield cluster.settle(lambda: "mover" not in a.broker.sessions)
+    assert "mover" not in a.broker.sessions
+    kinds = [(type(p).__name__, getattr(p, "topic", None), p.packet_id,
+              getattr(p, "dup", None)) for p in after]
+    assert kinds == [("Publish", "t/1", 1, True), ("PubRel", None, 2, None),
+                     ("Publish", "t/3", 3, False), ("Publish", "t/4", 4, False),
+                     ("Publish", "t/5", 5, False)]
+    assert after[0].properties.subscription_identifiers == (7,)
+    session = b.broker.sessions["mover"]
+    assert session.client is not None and session.client.username == "alice"
+    entry = session.subscriptions["n/x"]
+    assert (entry.qos, entry.no_local, entry.retain_as_published, entry.sub_id) == (
+        1, True, True, 7)
+    assert session.will is None and session.expiry_interval == HOUR
+    again.send(PubRel(9))
+    assert again.received() == [PubComp(9)]
+    again.send(PubAck(1), PubComp(2), PubAck(3), PubAck(4), PubAck(5))
+    assert not session.inflight and not session.queue
+    assert token_owner(b.sessions.tokens["mover"]) == (2, "b")
+    assert b.broker.stats.wills_sent == a.broker.stats.wills_sent == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_another_user_gets_a_fresh_session_cluster_wide(cluster: Cluster) -> Any:
+    """The session of user alice, moved to another node for a client of user mallory naming
+    its client id, is not resumed: mallory gets a new session (Session Present 0
+    [MQTT-3.2.2-2]) and alice's session ends, its delayed will published."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    watcher, _got, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
+    watcher.send(Subscribe(1, (Subscription("wills/#", 0),)))
+    will = Will("wills/id", b"alice gone", 0, False, Properties(will_delay_interval=60))
+    alice, _got, ok = yield connect(a, cluster, "id", "alice", will=will)
+    alice.send(Subscribe(1, (Subscription("secret/#", 1),)))
+    alice.drop()
+    yield cluster.settle()
+    _mallory, got, ok = yield connect(b, cluster, "id", "mallory")
+    assert ok and split(got)[0].session_present is False
+    assert not b.broker.sessions["id"].subscriptions
+    wills = [p for p in watcher.received() if isinstance(p, Publish)]
+    assert [(p.topic, p.payload) for p in wills] == [("wills/id", b"alice gone")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_takeover_of_a_connected_client_on_another_node(cluster: Cluster) -> Any:
+    """A client id connected on node a connecting on node b: a's connection gets DISCONNECT
+    0x8E Session taken over [MQTT-3.1.4-3] before b answers CONNACK."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    first, _got, _ok = yield connect(a, cluster, "twice", clean_start=True, expiry=0)
+    _second, got, ok = yield connect(b, cluster, "twice", clean_start=True, expiry=0)
+    assert ok and split(got)[0].reason_code == 0
+    assert Disconnect(0x8E) in first.received()
+    assert "twice" not in a.broker.sessions and "twice" in b.broker.sessions
+
+
+@pytest_twisted.inlineCallbacks
+def test_owner_that_does_not_answer_is_fenced(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """Node a, owner of a session, does not answer the hand-over (its requests are lost):
+    node b takes the session at the timeout, and a's later writes of it are refused; a drops
+    its copy and ends its connection with DISCONNECT 0x8E [MQTT-3.1.4-3]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2, timeout=0.2)
+    yield cluster.up()
+    stale, _got, _ok = yield connect(a, cluster, "stale")
+    stale.send(Subscribe(1, (Subscription("before", 1),)))
+    yield cluster.settle()
+    a.sessions._hand_over = lambda *args: None  # type: ignore[method-assign]
+    _fresh, got, ok = yield connect(b, cluster, "stale", step=0.01)
+    assert ok and split(got)[0].session_present is True
+    assert "stale" in a.broker.sessions  # a still believes it owns it
+    stale.send(Subscribe(2, (Subscription("after", 1),)))
+    yield cluster.settle(lambda: "stale" not in a.broker.sessions)
+    assert "stale" not in a.broker.sessions
+    assert Disconnect(0x8E) in stale.received()
+    prefix = cluster.url.split("prefix=")[1]
+    subs = redis_server.command("HEXISTS", f"{prefix}cluster:session:subs:stale", "after")
+    assert subs == b":0"
+    assert redis_server.command("HEXISTS", f"{prefix}cluster:session:subs:stale",
+                                "before") == b":1"
+
+
+@pytest_twisted.inlineCallbacks
+def test_dead_node_sessions_adopted_once(cluster: Cluster) -> Any:
+    """Node a dies: its persistent session is adopted by exactly one of b and c (which both
+    try) and goes on collecting its messages; the will of its clean client is published once,
+    and only if the client's identity may still publish to the will's topic [MQTT-3.1.2-8]."""
+
+    @implementer(IAuthorizer)
+    class NoWillsOfMallory:
+        def may_publish(self, client: Any, topic: str) -> bool:
+            return client.username != "mallory"
+
+        def may_subscribe(self, client: Any, topic_filter: str) -> bool:
+            return True
+
+        def may_receive(self, client: Any, topic: str) -> bool:
+            return True
+
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2, authorizer=NoWillsOfMallory())
+    c = cluster.node("c", 3, authorizer=NoWillsOfMallory())
+    yield cluster.up()
+    watchers = []
+    for node in (b, c):
+        watcher, _got, _ok = yield connect(node, cluster, f"watcher-{node.members.node.name}",
+                                           clean_start=True, expiry=0)
+        watcher.send(Subscribe(1, (Subscription("wills/#", 0),)))
+        watchers.append(watcher)
+    keeper, _got, _ok = yield connect(a, cluster, "keeper")
+    keeper.send(Subscribe(1, (Subscription("keep/#", 1),)))
+    yield connect(a, cluster, "clean", "bob", clean_start=True, expiry=0,
+                  will=Will("wills/clean", b"bob gone", 0, False))
+    yield connect(a, cluster, "denied", "mallory", clean_start=True, expiry=0,
+                  will=Will("wills/denied", b"mallory gone", 0, False))
+    yield cluster.settle()
+    yield a.engine.stop()  # a dies: nothing more from it
+    cluster.nodes.remove(a)
+    for node in (b, c):
+        del node.members.members["a"]
+    yield b.sessions.adopt("a")
+    yield c.sessions.adopt("a")
+    yield cluster.settle()
+    owners = [node for node in (b, c) if "keeper" in node.broker.sessions]
+    assert len(owners) == 1
+    wills = [(p.topic, p.payload) for w in watchers for p in w.received()
+             if isinstance(p, Publish)]
+    assert wills == [("wills/clean", b"bob gone")]  # on the adopter (no routes here)
+    assert sum(node.broker.stats.wills_sent for node in (b, c)) == 1
+    assert sum(node.broker.stats.wills_denied for node in (b, c)) == 1
+    owner = owners[0]
+    sender, _got, _ok = yield connect(owner, cluster, "sender", clean_start=True, expiry=0)
+    sender.send(Publish("keep/1", b"kept", 1, packet_id=1))
+    yield cluster.settle(lambda: owner.broker.sessions["keeper"].queue)
+    assert [d.message.payload for d in owner.broker.sessions["keeper"].queue] == [b"kept"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_large_session_moves_in_split_commands(cluster: Cluster) -> Any:
+    """A session with more queued messages than one scripted command carries (Lua's stack
+    holds about 8,000 values) moves whole and in order: every message is sent once after the
+    session resumes [MQTT-4.4.0-1]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    big, _got, _ok = yield connect(a, cluster, "big")
+    big.send(Subscribe(1, (Subscription("big/t", 1),)))
+    big.drop()
+    publisher, _got, _ok = yield connect(a, cluster, "publisher", clean_start=True, expiry=0)
+    count = 4500
+    assert count * 2 > 8000 > MAX_SCRIPT_ARGS
+    for n in range(count):
+        publisher.send(Publish("big/t", str(n).encode(), 1, packet_id=n % 65535 + 1))
+    yield cluster.settle()
+    again, got, ok = yield connect(b, cluster, "big")
+    assert ok
+    _ack, after = split(got)
+    payloads: List[bytes] = []
+    while len(payloads) < count:
+        sent = [p for p in after if isinstance(p, Publish)]
+        assert sent, f"{len(payloads)} of {count} messages came"
+        payloads += [p.payload for p in sent]
+        again.send(*(PubAck(p.packet_id) for p in sent if p.packet_id is not None))
+        after = again.received()
+    assert payloads == [str(n).encode() for n in range(count)]
+
+
+def test_cited_labels() -> None:
+    """Every test cites a normative label that exists."""
+    check_cited_labels(sys.modules[__name__], every_test=True)
