@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
@@ -38,9 +39,9 @@ IDLE_TIMEOUT = 120
 class StaticFiles(File):
     """The dashboard's files, without directory listings."""
 
-    def directoryListing(self) -> Resource:
+    def directoryListing(self) -> IResource:
         """Not found."""
-        return NoResource()
+        return notFound()
 
 
 class DashboardRequest(Request):
@@ -110,6 +111,7 @@ def dashboard_site(service: Any, auth: DashboardAuth, config: Mapping[str, Any],
     api = ApiResource(service, auth, Sampler(service.broker, service.reactor), config, secure)
     root = Resource()
     static = StaticFiles(str(STATIC))
+    static.indexNames = []
     root.putChild(b"", File(str(STATIC / "index.html"), defaultType="text/html"))
     root.putChild(b"static", static)
     root.putChild(b"api", api)

@@ -232,10 +232,10 @@ def _properties(raw: Any) -> Optional[Properties]:
         fields["correlation_data"] = views.text(raw, "correlation_data").encode("utf-8")
     if raw.get("message_expiry_interval") is not None:
         fields["message_expiry_interval"] = views.integer(raw, "message_expiry_interval", None,
-                                                          0, 0xFFFFFFFF)
+                                                          0, 0xFFFFFFFF, False)
     if raw.get("payload_format_indicator") is not None:
         fields["payload_format_indicator"] = views.integer(raw, "payload_format_indicator",
-                                                           None, 0, 1)
+                                                           None, 0, 1, False)
     pairs = raw.get("user_properties")
     if pairs is not None:
         if not isinstance(pairs, list) or len(pairs) > 100 or not all(
@@ -559,7 +559,7 @@ class ApiResource(Resource):
         body = _body(request)
         topic = views.text(body, "topic", longest=65535)
         payload = _payload(body)
-        qos = views.integer(body, "qos", 0, 0, 2)
+        qos = views.integer(body, "qos", 0, 0, 2, digits=False)
         retain = _boolean(body, "retain", False)
         properties = _properties(body.get("properties"))
         try:

@@ -56,14 +56,15 @@ def page(args: Mapping[str, str]) -> Tuple[int, int]:
 
 
 def integer(args: Mapping[str, Any], name: str, default: Optional[int], low: int,
-            high: int) -> Any:
-    """An integer argument between ``low`` and ``high``; ``default`` if absent."""
+            high: int, digits: bool = True) -> Any:
+    """An integer argument between ``low`` and ``high``; ``default`` if absent.  ``digits``:
+    a string of digits is taken too (query parameters); else only a JSON number."""
     raw = args.get(name)
     if raw is None:
         if default is None:
             raise InputError(name, "required")
         return default
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+    if isinstance(raw, bool) or not isinstance(raw, (int, str) if digits else int):
         raise InputError(name, "must be an integer")
     try:
         number = int(raw)
