@@ -78,6 +78,11 @@ static double o_hold = 2.0;
 static double o_drain = 3.0;
 static int o_quickack = 0;
 static int o_persistent = 0;    /* stream/qos1/fanout: subscribers keep a persistent session */
+static int o_sub_ports[16];     /* --sub-port P[,P...]: subscribers and responders connect to */
+static int o_nsub_ports = 0;    /* these ports in turn (other nodes of a cluster) */
+static int o_sources = 0;       /* --sources N: connections from 127.0.0.1 .. 127.0.0.N in turn */
+static double o_settle = 0.0;   /* --settle S: pause between subscribing and publishing */
+static unsigned g_connects = 0;
 static int g_persist_next = 0;  /* the next CONNECT asks for a persistent session */
 
 /* ---------------------------------------------------------------- utilities */
@@ -215,7 +220,19 @@ static void set_nonblock(int fd) {
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-static int tcp_connect(void) {
+static void bind_source(int fd) {
+    /* --sources: a loopback source address per connection in turn, so that more connections
+     * than one address has ephemeral ports can reach one broker port */
+    if (!o_sources) return;
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    struct sockaddr_in src = {0};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000001u + (g_connects++ % (unsigned)o_sources));
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0) die("bind: %s", strerror(errno));
+}
+
+static int tcp_connect_to(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket: %s", strerror(errno));
     int one = 1;
@@ -223,9 +240,10 @@ static int tcp_connect(void) {
     struct timeval tv = {30, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    bind_source(fd);
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)o_port);
+    sa.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, o_host, &sa.sin_addr) != 1) die("bad host %s", o_host);
     for (int attempt = 0;; attempt++) {
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
@@ -236,8 +254,11 @@ static int tcp_connect(void) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        bind_source(fd);
     }
 }
+
+static int tcp_connect(void) { return tcp_connect_to(o_port); }
 
 /* ---- encoders (append to c->w) */
 static void enc_connect(conn_t *c, const char *cid, uint16_t keepalive) {
@@ -392,7 +413,8 @@ static void parse_connack(conn_t *c, const uint8_t *b, uint32_t len) {
 }
 
 static void setup_conn(conn_t *c, const char *cid, uint16_t keepalive) {
-    c->fd = tcp_connect();
+    int other = o_nsub_ports && (c->role == R_SUB || c->role == R_RESP);
+    c->fd = other ? tcp_connect_to(o_sub_ports[c->idx % o_nsub_ports]) : tcp_connect();
     enc_connect(c, cid, keepalive);
     flush_blocking(c);
     const uint8_t *b; uint32_t len; size_t consumed = 0;
@@ -824,6 +846,7 @@ static int run_pubsub(void) {
                                 qos ? i : 0);
         loop_add(&TP->L, c);
     }
+    if (o_settle > 0) usleep((useconds_t)(o_settle * 1e6));
     double cpu0 = cpu_seconds();
     g_t_start = now_ns();
     g_deadline = g_t_start + (uint64_t)(o_duration * 1e9);
@@ -1005,6 +1028,8 @@ static int run_idle(void) {
         if (now_ns() - t0 > 300ull * 1000000000ull) die("idle: timed out with %d/%d", acked, n);
     }
     double connect_s = (double)(now_ns() - t0) / 1e9;
+    fprintf(stderr, "connected %d in %.3f s\n", n, connect_s);
+    fflush(stderr);
     usleep((useconds_t)(o_hold * 1e6));
     long rss1 = o_broker_pid ? proc_status_kb(o_broker_pid, "VmRSS") : -1;
     double wall = (double)(now_ns() - t0) / 1e9;
@@ -1028,7 +1053,8 @@ static void usage(void) {
             "  [--protocol 4|5] [--duration S] [--messages M] [--payload BYTES]\n"
             "  [--window N (qos1)] [--qos0-window N] [--pubs N] [--subs N] [--devices N]\n"
             "  [--think-us US] [--conns N] [--keepalive S] [--broker-pid PID] [--hold S]\n"
-            "  [--drain S] [--quickack] [--persistent]\n");
+            "  [--drain S] [--quickack] [--persistent] [--sub-port P[,P...]] [--sources N]\n"
+            "  [--settle S]\n");
     exit(2);
 }
 
@@ -1040,7 +1066,8 @@ int main(int argc, char **argv) {
         {"pubs", 1, 0, 'a'}, {"subs", 1, 0, 'b'}, {"devices", 1, 0, 'D'},
         {"think-us", 1, 0, 't'}, {"conns", 1, 0, 'c'}, {"keepalive", 1, 0, 'k'},
         {"broker-pid", 1, 0, 'B'}, {"hold", 1, 0, 'H'}, {"drain", 1, 0, 'r'},
-        {"quickack", 0, 0, 'q'}, {"persistent", 0, 0, 'S'}, {0, 0, 0, 0}};
+        {"quickack", 0, 0, 'q'}, {"persistent", 0, 0, 'S'}, {"sub-port", 1, 0, 'O'},
+        {"sources", 1, 0, 'A'}, {"settle", 1, 0, 'e'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -1064,6 +1091,12 @@ int main(int argc, char **argv) {
         case 'r': o_drain = atof(optarg); break;
         case 'q': o_quickack = 1; break;
         case 'S': o_persistent = 1; break;
+        case 'O':
+            for (char *p = optarg; *p && o_nsub_ports < 16; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+                o_sub_ports[o_nsub_ports++] = atoi(p);
+            break;
+        case 'A': o_sources = atoi(optarg); break;
+        case 'e': o_settle = atof(optarg); break;
         default: usage();
         }
     }

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -87,7 +87,9 @@ def wait_accepting(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> 
 class Broker:
     """One broker process with its log in a file."""
 
-    def __init__(self, name: str, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, workdir: Path,
+                 extra: Sequence[str] = ()) -> None:
+        """``extra``: more options for twisted_mqtt (benchmarks/cluster.py: cluster nodes)."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
         env = dict(os.environ)
@@ -98,7 +100,7 @@ class Broker:
             program = ["-m", "twisted_mqtt"] if name == "twisted_mqtt" else [
                 str(HERE / "acl_broker.py")]
             argv = [args.python, *program, "--listen", "tcp:0:interface=127.0.0.1",
-                    "--allow-anonymous"]
+                    "--allow-anonymous", *extra]
         else:
             port = free_port()
             conf = workdir / "mosquitto.conf"
