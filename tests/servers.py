@@ -38,6 +38,20 @@ class ServerProcess:
     """A server run by the tests, writing its log to ``log_path``."""
 
     log_path: Path
+    proc: Any = None
+    """The server's ``subprocess.Popen``, once started."""
+    stop_timeout = 10.0
+    """Seconds ``stop()`` waits after SIGTERM before SIGKILL."""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``stop_timeout``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def log(self) -> str:
         """What the server logged."""
@@ -106,16 +120,6 @@ class RedisServer(ServerProcess):
                     break
                 data += chunk
         return data.split(b"\r\n", 1)[0]
-
-    def stop(self) -> None:
-        """Terminate it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -387,6 +391,8 @@ class MosquittoServer(ServerProcess):
     persistence is on, so a ``restart()`` (SIGTERM, then start again on the same port) keeps
     sessions and queued QoS 1/2 messages, as a restarted production broker would."""
 
+    stop_timeout = 30.0  # SIGTERM makes Mosquitto save its persistence file first
+
     def __init__(self, directory: Path, config: Sequence[str] = ()) -> None:
         executable = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
         if executable is None:
@@ -434,16 +440,6 @@ class MosquittoServer(ServerProcess):
             except OSError:
                 time.sleep(0.02)
         return False
-
-    def stop(self) -> None:
-        """SIGTERM (Mosquitto saves its persistence file), waiting for the exit."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def restart(self) -> None:
         """Stop, then start again on the same port with the saved sessions."""

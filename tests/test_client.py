@@ -94,6 +94,15 @@ def fail_attempt(reactor: MemoryReactorClock) -> None:
     factory.clientConnectionFailed(None, Failure(ConnectError("down")))
 
 
+def reconnected(reactor: MemoryReactorClock, peer: Peer, **connack: Any) -> tuple[Peer, Connect]:
+    """The connection of ``peer`` is lost; after the first back-off delay the client connects
+    again and is answered with CONNACK(``connack``)."""
+    peer.lose()
+    reactor.advance(1.0)
+    again = Peer(reactor, peer.level)
+    return again, again.accept(**connack)
+
+
 def make(level: int = V5, **kwargs: Any) -> tuple[MemoryReactorClock, MQTTClient]:
     reactor = MemoryReactorClock()
     kwargs.setdefault("random", lambda: 0.0)
@@ -559,10 +568,7 @@ def test_resend_after_reconnect_with_session() -> None:
     peer.received()
     peer.send(PubRec(3))
     peer.received()
-    peer.lose()
-    reactor.advance(1.0)
-    peer = Peer(reactor, V311)
-    connect = peer.accept(session_present=True)
+    peer, connect = reconnected(reactor, peer, session_present=True)
     assert connect.clean_start is False
     assert peer.received() == [Publish("a", b"1", 1, dup=True, packet_id=2), PubRel(3),
                                Publish("a", b"3", 2, dup=True, packet_id=4)]
@@ -584,10 +590,7 @@ def test_resend_after_reconnect_without_session() -> None:
     peer.received()
     peer.send(PubRec(3))
     peer.received()
-    peer.lose()
-    reactor.advance(1.0)
-    peer = Peer(reactor, V5)
-    connect = peer.accept(session_present=False)
+    peer, connect = reconnected(reactor, peer, session_present=False)
     assert connect.clean_start is False  # the session expiry interval keeps the session
     assert connect.properties.session_expiry_interval == 300
     assert two == [None]
@@ -633,10 +636,7 @@ def test_unacknowledged_subscribe_sent_again() -> None:
     reactor, client, peer = connected(V5)
     result = outcome(client.subscribe("s", qos=1))
     peer.received()
-    peer.lose()
-    reactor.advance(1.0)
-    peer = Peer(reactor, V5)
-    peer.accept()
+    peer, _connect = reconnected(reactor, peer)
     assert peer.received() == [Subscribe(1, (Subscription("s", 1),))]
     peer.send(SubAck(1, (1,)))
     assert result == [(1,)]

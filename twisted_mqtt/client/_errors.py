@@ -11,6 +11,10 @@ from twisted_mqtt.packets import (
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
 
+def _with_reason_string(text: str, properties: Properties) -> str:
+    return f"{text}: {properties.reason_string}" if properties.reason_string else text
+
+
 class MQTTClientError(Exception):
     """Something the client could not do."""
 
@@ -25,9 +29,7 @@ class ConnectionRefused(MQTTClientError):
             text = f"{reason_name(reason_code, PacketType.CONNACK)} (0x{reason_code:02X})"
         else:
             text = f"{connect_return_code_name(reason_code)} (return code {reason_code})"
-        if properties.reason_string:
-            text += f": {properties.reason_string}"
-        super().__init__(text)
+        super().__init__(_with_reason_string(text, properties))
         self.reason_code = reason_code
         self.protocol_level = protocol_level
         self.properties = properties
@@ -39,10 +41,8 @@ class PublishFailed(MQTTClientError):
 
     def __init__(self, reason_code: int, packet: str,
                  properties: Properties = NO_PROPERTIES) -> None:
-        text = f"{packet}: {reason_name(reason_code)} (0x{reason_code:02X})"
-        if properties.reason_string:
-            text += f": {properties.reason_string}"
-        super().__init__(text)
+        super().__init__(_with_reason_string(
+            f"{packet}: {reason_name(reason_code)} (0x{reason_code:02X})", properties))
         self.reason_code = reason_code
         self.properties = properties
 
