@@ -491,6 +491,28 @@ def test_unexpected_packet_from_server() -> None:
     assert peer.received() == [Disconnect(0x82)]
 
 
+def test_server_disconnect_then_reconnect() -> None:
+    """A v5 server's DISCONNECT closes the connection; the client connects again after the
+    back-off and its subscriptions are made again."""
+    reactor, client, peer = connected(V5)
+    client.subscribe("s", qos=1)
+    peer.send(SubAck(1, (1,)))
+    peer.received()
+    peer.send(Disconnect(0x8B, Properties(reason_string="maintenance")))
+    assert peer.closed
+    peer, _connect = reconnected(reactor, peer)
+    assert peer.received() == [Subscribe(2, (Subscription("s", 1),))]
+
+
+def test_auth_without_method_is_a_protocol_error() -> None:
+    """AUTH when no authentication method was given: DISCONNECT 0x82."""
+    from twisted_mqtt.packets import Auth
+
+    _reactor, client, peer = connected(V5)
+    peer.send(Auth(0x18))
+    assert peer.received() == [Disconnect(0x82)] and peer.closed
+
+
 # -- keep alive --------------------------------------------------------------------------------
 
 

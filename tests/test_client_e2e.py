@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
+from twisted.internet.error import ConnectionLost
 
 from tests.certs import make_pki
 from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
@@ -195,6 +196,16 @@ def test_websocket(start_broker: StartBroker, make_client: Callable[..., MQTTCli
     broker = start_broker("--ws", LOOPBACK, listen=[])
     yield exchange(make_client, f"ws://127.0.0.1:{broker.port_of('WebSocket')}/mqtt", V5,
                    "ws")
+
+
+@pytest_twisted.inlineCallbacks
+def test_websocket_handshake_refused(broker: BrokerProcess,
+                                     make_client: Callable[..., MQTTClient]) -> Any:
+    """A ``ws://`` URL pointing at a port that does not speak WebSocket: connect() fails with
+    the reason, it does not hang."""
+    client = make_client(f"ws://127.0.0.1:{broker.port}/mqtt", "not-websocket")
+    with pytest.raises(ConnectionLost, match="WebSocket closed"):
+        yield client.connect()
 
 
 @pytest_twisted.inlineCallbacks
