@@ -1,0 +1,262 @@
+"""The dashboard in real headless Chromium (Debian ``chromium`` and ``chromium-driver``, driven by
+Selenium; nothing is downloaded): sign in, see a paho client appear, kick it (it gets MQTT 5
+DISCONNECT 0x98 [MQTT-3.14.2-1]), ban it (its reconnect gets CONNACK 0x8A, then the close
+[MQTT-3.2.2-7]), publish from the form, delete a retained message, watch the overview chart
+move under load.
+
+A screenshot of each page is saved in the directory ``DASHBOARD_SCREENSHOTS`` names (default: a
+temporary directory), as an artifact of the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+from tests.conftest import StartBroker
+from tests.paho import Client
+from tests.spec import check_cited_labels
+from tests.web_helpers import PASSWORD, USER, Dashboard, Http, start_dashboard, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 15.0
+"""Seconds to wait for the page to show something (the machine is shared)."""
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+if not (shutil.which(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip("Debian chromium and chromium-driver are not installed",
+                allow_module_level=True)
+
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dashboard(module_brokers: StartBroker, tmp_path_factory: pytest.TempPathFactory
+              ) -> Dashboard:
+    """A broker with a dashboard for the module."""
+    return start_dashboard(module_brokers, tmp_path_factory.mktemp("dashboard"))
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go."""
+    given = os.environ.get("DASHBOARD_SCREENSHOTS")
+    directory = Path(given) if given else tmp_path_factory.mktemp("screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard: Dashboard) -> Iterator[Any]:
+    """Headless Chromium, signed in to the dashboard."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--window-size=1280,900", "--disable-gpu"):
+        options.add_argument(argument)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def clients(dashboard: Dashboard) -> Iterator[Any]:
+    made: List[Client] = []
+
+    def make(client_id: str = "") -> Client:
+        client = Client(dashboard.mqtt_port, client_id=client_id or f"b-{uuid.uuid4().hex[:8]}")
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_cited_labels() -> None:
+    check_cited_labels(sys.modules[__name__])
+
+
+def visible(driver: Any, element_id: str) -> Any:
+    """The element, once it is displayed."""
+    return wait_for(lambda: (lambda e: e if e and e[0].is_displayed() else None)(
+        driver.find_elements(By.ID, element_id)), WAIT, f"#{element_id} shown")[0]
+
+
+def page(driver: Any, dashboard: Dashboard, name: str) -> None:
+    """Go to a page and wait until it shows."""
+    driver.get(f"{dashboard.base}/#/{name}")
+    visible(driver, f"page-{name.split('/')[0] if '/' not in name else 'client'}")
+
+
+def shoot(driver: Any, shots: Path, name: str) -> None:
+    """Save a screenshot of the whole page."""
+    driver.save_screenshot(str(shots / f"{name}.png"))
+
+
+def test_sign_in(browser: Any, dashboard: Dashboard, shots: Path) -> None:
+    """The sign-in form; a wrong password is refused on the page; the right one opens the
+    overview [MQTT-3.14.2-1]."""
+    browser.get(dashboard.base + "/")
+    visible(browser, "login-form")
+    shoot(browser, shots, "login")
+    browser.find_element(By.ID, "login-user").send_keys(USER)
+    browser.find_element(By.ID, "login-password").send_keys("wrong")
+    browser.find_element(By.ID, "login-submit").click()
+    wait_for(lambda: browser.find_element(By.ID, "login-error").text, WAIT, "an error")
+    password = browser.find_element(By.ID, "login-password")
+    password.clear()
+    password.send_keys(PASSWORD)
+    browser.find_element(By.ID, "login-submit").click()
+    visible(browser, "page-overview")
+    assert browser.find_element(By.ID, "who-name").text == USER
+    # Every form control has a label, and the page has its landmarks.
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('input, select, textarea')]"
+        ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))"
+        ".map(e => e.id)")
+    assert unlabelled == []
+    for tag in ("header", "nav", "main"):
+        assert browser.find_elements(By.TAG_NAME, tag)
+
+
+def test_client_appears_then_kick_and_ban(browser: Any, dashboard: Dashboard, shots: Path,
+                                          clients: Any) -> None:
+    """A paho client is in the list within 2 s of its CONNACK; Kick sends it DISCONNECT 0x98
+    [MQTT-3.14.2-1]; Ban by client id refuses its reconnect with CONNACK 0x8A
+    [MQTT-3.2.2-7]."""
+    page(browser, dashboard, "clients")
+    client_id = f"browser-{uuid.uuid4().hex[:8]}"
+    client = clients(client_id).connect()
+    client.subscribe("browser/watch", 1)
+    connected = time.monotonic()
+    selector = f"tr[data-client-id='{client_id}']"
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "the client row")
+    assert time.monotonic() - connected <= 2.0
+    shoot(browser, shots, "clients")
+    browser.find_element(By.CSS_SELECTOR, selector + " a").click()
+    visible(browser, "page-client")
+    wait_for(lambda: browser.find_element(By.ID, "client-fields").get_attribute(
+        "data-connected") == "true", WAIT, "the client's fields")
+    wait_for(lambda: "browser/watch" in browser.find_element(By.ID, "client-subs").text, WAIT,
+             "its subscription")
+    shoot(browser, shots, "client")
+    browser.find_element(By.ID, "kick").click()
+    assert client.disconnected.wait(WAIT) and client.disconnect_rc.value == 0x98
+    Select(browser.find_element(By.ID, "ban-kind")).select_by_value("client_id")
+    browser.find_element(By.ID, "ban-reason").send_keys("browser test")
+    browser.find_element(By.ID, "ban-submit").click()
+    wait_for(lambda: "Banned" in browser.find_element(By.ID, "status").text, WAIT, "banned")
+    again = clients(client_id).connect(expect_success=False)
+    assert again.connack_rc.value == 0x8A
+    page(browser, dashboard, "bans")
+    wait_for(lambda: client_id in browser.find_element(By.ID, "bans-table").text, WAIT,
+             "the ban listed")
+    shoot(browser, shots, "bans")
+
+
+def test_publish_form(browser: Any, dashboard: Dashboard, shots: Path, clients: Any) -> None:
+    """The publish form reaches a paho subscriber, properties included [MQTT-3.14.2-1]."""
+    topic = f"browser/pub/{uuid.uuid4().hex[:8]}"
+    subscriber = clients().connect()
+    subscriber.subscribe(topic, 1)
+    page(browser, dashboard, "publish")
+    browser.find_element(By.ID, "pub-topic").send_keys(topic)
+    browser.find_element(By.ID, "pub-payload").send_keys('{"from": "the dashboard"}')
+    Select(browser.find_element(By.ID, "pub-qos")).select_by_visible_text("1")
+    browser.find_element(By.ID, "pub-content-type").send_keys("application/json")
+    browser.find_element(By.ID, "pub-user-props").send_keys("origin=browser")
+    browser.find_element(By.ID, "pub-submit").click()
+    message = subscriber.expect(1, WAIT)[0]
+    assert message.payload == b'{"from": "the dashboard"}' and message.qos == 1
+    assert message.properties.ContentType == "application/json"
+    assert message.properties.UserProperty == [("origin", "browser")]
+    wait_for(lambda: "Published" in browser.find_element(By.ID, "pub-result").text, WAIT,
+             "the result")
+    shoot(browser, shots, "publish")
+
+
+def test_delete_retained(browser: Any, dashboard: Dashboard, shots: Path,
+                         clients: Any) -> None:
+    """A retained message is browsed, shown as JSON and hex, and deleted from the page
+    [MQTT-3.14.2-1]."""
+    tag = uuid.uuid4().hex[:8]
+    topic = f"browser/ret/{tag}"
+    clients().connect().publish(topic, b'{"temperature": 21.5}', 1, retain=True)
+    page(browser, dashboard, "retained")
+    field = browser.find_element(By.ID, "ret-filter")
+    field.clear()
+    field.send_keys(f"browser/ret/{tag}\n")
+    selector = f"tr[data-topic='{topic}'] a"
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "the topic row")
+    browser.find_element(By.CSS_SELECTOR, selector).click()
+    visible(browser, "ret-detail")
+    wait_for(lambda: '"temperature": 21.5' in browser.find_element(By.ID, "ret-payload").text,
+             WAIT, "the JSON view")
+    shoot(browser, shots, "retained")
+    browser.find_element(By.ID, "ret-view-hex").click()
+    assert browser.find_element(By.ID, "ret-payload").text.startswith("7b 22")
+    browser.find_element(By.ID, "ret-delete").click()
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "row gone")
+    status, _, _ = Http(dashboard.base, dashboard.key).request(
+        "GET", f"/api/v1/retained/message?topic={topic}")
+    assert status == 404
+
+
+def test_overview_chart_moves_under_load(browser: Any, dashboard: Dashboard, shots: Path,
+                                         clients: Any) -> None:
+    """Under a load of messages, the messages-per-second chart rises [MQTT-3.14.2-1]."""
+    page(browser, dashboard, "overview")
+    subscriber = clients().connect()
+    subscriber.subscribe("browser/load", 0)
+    publisher = clients().connect()
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            for _ in range(50):
+                publisher.paho.publish("browser/load", b"x" * 100, 0)
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        chart = browser.find_element(By.ID, "chart-messages")
+        wait_for(lambda: float(chart.get_attribute("data-peak-in") or 0) > 20, 30.0,
+                 "the chart rising")
+        assert int(chart.get_attribute("data-points")) >= 2
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-messages canvas")
+        shoot(browser, shots, "overview")
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("subscriptions", "browser/load"), ("config", "dashboard"), ("auth", "Authentication"),
+])
+def test_other_pages(browser: Any, dashboard: Dashboard, shots: Path, name: str, shown: str,
+                     clients: Any) -> None:
+    """Subscriptions, listeners and configuration, auth: each shows its data
+    [MQTT-3.14.2-1]."""
+    clients().connect().subscribe("browser/load", 0)
+    page(browser, dashboard, name)
+    wait_for(lambda: shown in browser.find_element(By.ID, f"page-{name}").text, WAIT,
+             f"{shown} on {name}")
+    shoot(browser, shots, name)
