@@ -132,9 +132,9 @@ class InMemoryBroker:
         routed: List[Message] = []
         original = self.broker.publish
 
-        def publish(message: Message) -> int:
+        def publish(message: Message, local_only: bool = False) -> int:
             routed.append(message)
-            return original(message)
+            return original(message, local_only)
 
         self.broker.publish = publish  # type: ignore[method-assign]
         return routed

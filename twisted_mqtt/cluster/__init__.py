@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from twisted_mqtt.cluster.engine import EngineDown, RedisEngine
 from twisted_mqtt.cluster.membership import DEFAULT_LEASE, Membership, Node, optional_name
+from twisted_mqtt.hooks import Hook
 from twisted_mqtt.interfaces import ClientInfo, Veto
 from twisted_mqtt.packets import ReasonCode
 
@@ -24,7 +25,7 @@ __all__ = ["Cluster", "EngineDown", "Membership", "Node", "RedisEngine", "DEFAUL
 log = Logger()
 
 
-class _Gate:
+class _Gate(Hook):
     """The ``on_connect`` hook that refuses clients while this node does not serve (v5 CONNACK
     0x88 Server unavailable, v3 return code 3)."""
 
@@ -56,6 +57,9 @@ class Cluster(Service):
         from twisted_mqtt.cluster.routes import Router
 
         self.router = Router(broker, self.engine, self.members)
+        from twisted_mqtt.cluster.retained import RetainedReplica
+
+        self.retained = RetainedReplica(broker, self.engine, self.members)
         from twisted_mqtt.cluster.sessions import ClusterSessions
 
         self.sessions = ClusterSessions(broker, self.engine, self.members, reactor)
@@ -74,6 +78,7 @@ class Cluster(Service):
         log.info("cluster: node {name} joining {where} (lease {lease}s)", name=self.node.name,
                  where=self.engine.location, lease=self.members.lease)
         self.router.start()
+        self.retained.start()
         self.sessions.start()
         self.engine.start()
         self.members.start()
@@ -82,6 +87,7 @@ class Cluster(Service):
         """Leave the cluster and close the engine's connections."""
         super().stopService()
         self.router.stop()
+        self.retained.stop()
         self.sessions.stop()
         leaving = maybeDeferred(self.members.stop)
         return leaving.addBoth(lambda _: self.engine.stop())

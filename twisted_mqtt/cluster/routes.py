@@ -173,7 +173,8 @@ class Router:
         if not serving:
             for name in list(self.peers):
                 self._forget(name)
-            self._fail_held("this node is not part of the cluster")
+            self._fail_held("this node is not part of the cluster",
+                            ReasonCode.SERVER_SHUTTING_DOWN)
             return
         engine = self.engine
         engine.command("XGROUP", "CREATE", self.stream(self.node.name), GROUP, "0",
@@ -332,7 +333,8 @@ class Router:
         if not engine.up or not self.members.check():
             self.stats["dropped"] += sum(len(records) for records in qos0.values())
             if len(self._qos12) and sum(map(len, self._qos12.values())) > MAX_HELD_RECORDS:
-                self._fail_held("too many messages held while the cluster engine is down")
+                self._fail_held("too many messages held while the cluster engine is down",
+                                ReasonCode.QUOTA_EXCEEDED)
             self._waiting.extend(self._turn)
             self._turn = []
             return
@@ -352,13 +354,15 @@ class Router:
         if int(reply) == 1:
             for waiter in waiters:
                 waiter.callback(None)
+            self.broker.flush()  # the acknowledgements just released
             return
         log.warn("cluster node {name}: messages refused, epoch {epoch} is no longer a member",
                  name=self.node.name, epoch=self.node.epoch)
         refused = AckRefused("this node was fenced off the cluster",
-                             ReasonCode.SERVER_UNAVAILABLE)
+                             ReasonCode.SERVER_SHUTTING_DOWN)
         for waiter in waiters:
             waiter.errback(refused)
+        self.broker.flush()
         self.members.fenced()
 
     def _not_sent(self, failure: Any, qos12: Dict[str, List[bytes]],
@@ -369,13 +373,14 @@ class Router:
         log.debug("cluster: batch not sent ({error}); held until the engine is back",
                   error=failure.value)
 
-    def _fail_held(self, reason: str) -> None:
+    def _fail_held(self, reason: str, code: int) -> None:
         waiters = self._waiting + self._turn
         self._waiting, self._turn, self._qos12 = [], [], {}
         self._held.clear()
-        refused = AckRefused(reason, ReasonCode.SERVER_UNAVAILABLE)
+        refused = AckRefused(reason, code)
         for waiter in waiters:
             waiter.errback(refused)
+        self.broker.flush()
 
     def _send_routes(self) -> None:
         changes, self._pending_changes = self._pending_changes, []

@@ -1,0 +1,90 @@
+"""Helpers of the cluster's end-to-end tests: nodes started as ``twistd mqtt --cluster`` on one
+private Redis, conditions waited for with a deadline, and paho clients on a node."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, List
+
+from tests.conftest import BrokerProcess, StartBroker, _starter
+from tests.paho import V5, Client
+
+LEASE = 2.0
+"""The lease of the test nodes (seconds): a dead node is removed within it."""
+WAIT = 30.0
+"""Seconds to wait for a condition (the machine is shared: generous)."""
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``check`` until it returns something true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def unique(name: str) -> str:
+    """``name`` made unique to this run (client ids, topics)."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+class Nodes:
+    """The nodes of one test cluster, and how to start one more."""
+
+    def __init__(self, directory: Path, url: str, *options: str) -> None:
+        self.started: List[BrokerProcess] = []
+        self.start_broker: StartBroker = _starter(directory, self.started)
+        self.url = url
+        self.options = options
+        self.nodes: List[BrokerProcess] = []
+
+    def start(self, name: str, *options: str) -> BrokerProcess:
+        """Start node ``name`` and wait until it serves."""
+        node = self.start_broker("--cluster", self.url, "--node-name", name,
+                                 "--cluster-lease", str(LEASE), *self.options, *options)
+        node.wait_for_log(r"cluster: node \S+ serving", timeout=WAIT)
+        self.nodes.append(node)
+        return node
+
+    def __getitem__(self, index: int) -> BrokerProcess:
+        return self.nodes[index]
+
+    def running(self) -> List[BrokerProcess]:
+        """The nodes whose process still runs."""
+        return [node for node in self.started if node.proc.poll() is None]
+
+
+def connect(node: BrokerProcess, version: int = V5, client_id: str = "",
+            clean: bool = True) -> Client:
+    """A paho client connected to ``node``."""
+    client = Client(node.port, version, client_id or unique("c"), clean=clean)
+    return client.connect(clean_start=clean) if version == V5 else client.connect()
+
+
+PROBE = b"probe"
+
+
+def routed(publisher: Client, subscriber: Client, topic: str) -> None:
+    """Publish probes (payload ``PROBE``) on ``topic`` until ``subscriber`` gets one: the route
+    from the publisher's node to the subscriber's is in place.  ``collect`` skips probes."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        publisher.publish(topic, PROBE, 0)
+        try:
+            subscriber.expect(1, timeout=0.5)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no route to {topic} within {WAIT}s") from None
+
+
+def collect(client: Client, until: str, timeout: float = WAIT) -> List[Any]:
+    """The messages ``client`` gets before the first one on topic ``until`` (a barrier
+    published after the messages waited for), probes left out."""
+    return [m for m in client.expect_until(until, timeout) if m.payload != PROBE]

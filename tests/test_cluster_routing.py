@@ -1,0 +1,279 @@
+"""Routing between cluster nodes, in memory: two brokers on ``task.Clock``, each with its
+``Router``; what one router would send through Redis is carried to the other by hand
+(``carry``), so the routing rules are checked without a network: interest per node, one copy
+per interested node, the receiving node applying its own subscription options (QoS downgrade,
+Retain As Published, No Local, subscription identifiers, message expiry), shared subscriptions
+across nodes, and QoS 1/2 acknowledgements held until the hand-off is written.
+
+Docstrings cite ``[MQTT-x.y.z-n]`` (MQTT 5.0) labels a test also proves across nodes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Tuple
+
+from twisted.internet.defer import Deferred, succeed
+
+from tests.hook_helpers import hub, join, payloads, publishes, subscribe
+from tests.spec import check_cited_labels
+from twisted_mqtt.cluster.engine import RedisEngine
+from twisted_mqtt.cluster.membership import Membership
+from twisted_mqtt.cluster.routes import Router
+from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
+from twisted_mqtt.packets import PubAck, Publish, SubAck, Subscribe, Subscription
+from twisted_mqtt.properties import Properties
+from twisted_mqtt.session import Message
+from twisted_mqtt.testing import InMemoryBroker
+
+NAMES = ("a", "b")
+
+
+class Node:
+    """One broker with its router, its engine never connected (sends are carried by hand)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hub: InMemoryBroker = hub()
+        self.broker = self.hub.broker
+        self.engine = RedisEngine("redis://127.0.0.1:1/0", self.hub.clock)
+        self.members = Membership(self.engine, name, self.hub.clock)
+        self.members.node.serving = True
+        self.members.node.epoch = 1
+        self.members._proven_until = float("inf")  # the lease never lapses here
+        self.engine.up = True  # but nothing is sent before ``engine_up``: no turn passes
+        self.members.members = {n: 1 for n in NAMES}
+        self.router = Router(self.broker, self.engine, self.members)
+        self.router.start()
+        self.scripts: List[Tuple[str, List[Any]]] = []
+
+    def engine_up(self) -> None:
+        """Let the engine answer every script with success, recording each call."""
+        def script(source: str, keys: List[str], args: List[Any]) -> Deferred[Any]:
+            self.scripts.append((source, args))
+            return succeed(1)
+
+        self.engine.script = script  # type: ignore[method-assign]
+
+
+def pair() -> Tuple[Node, Node]:
+    """Nodes a and b, each knowing the other's routes as they change."""
+    return Node("a"), Node("b")
+
+
+def sync_routes(*nodes: Node) -> None:
+    """Hand each node's pending route changes to the others, as the routes channel would."""
+    for node in nodes:
+        changes, node.router._pending_changes = node.router._pending_changes, []
+        if not changes:
+            continue
+        text = "\n".join([node.name, "0", *changes]).encode("utf-8")
+        for other in nodes:
+            if other is not node:
+                other.router._routes_changed(text)
+
+
+def carry(source: Node, target: Node) -> int:
+    """Hand what ``source`` queued for ``target`` to it; return how many records."""
+    records = (source.router._qos0.pop(target.name, [])
+               + source.router._qos12.pop(target.name, []))
+    if records:
+        target.router._deliver(pack(records))
+        target.broker.flush()
+    return len(records)
+
+
+def test_first_local_subscriber_and_last_leaving_change_the_interest() -> None:
+    """Only the first local subscription to a filter and the last one leaving are announced;
+    a filter mirrored from another node is not this node's interest."""
+    a, b = pair()
+    seen: List[Tuple[str, bool]] = []
+    a.broker.interest_watchers.append(lambda f, present: seen.append((f, present)))
+    one = join(a.hub, "one")
+    two = join(a.hub, "two")
+    subscribe(one, "x/#")
+    subscribe(two, "x/#")
+    subscribe(two, "y")
+    assert seen == [("x/#", True), ("y", True)]
+    assert sorted(a.broker.local_filters()) == ["x/#", "y"]
+    one.send_bytes(b"\xe0\x00")  # DISCONNECT: a clean session ends
+    assert seen == [("x/#", True), ("y", True)]
+    two.drop()
+    assert seen[2:] == [("x/#", False), ("y", False)] or seen[2:] == [("y", False),
+                                                                        ("x/#", False)]
+    b.router._routes_changed(b"a\n0\n+z/#")  # b mirrors a's filter: not b's own interest
+    assert b.router.remote_filters("a") == {"z/#"}
+    assert b.broker.local_filters() == []
+
+
+def test_a_message_goes_once_to_each_interested_node_only() -> None:
+    """Two subscribers on b whose filters both match get one copy carried to b; a node with
+    no matching filter gets nothing; the last unsubscribe on b stops the forwarding."""
+    a, b = pair()
+    first = join(b.hub, "first")
+    second = join(b.hub, "second")
+    subscribe(first, "sensors/#", 0)
+    subscribe(second, "sensors/+/t", 0)
+    sync_routes(a, b)
+    publisher = join(a.hub, "publisher")
+    publisher.send(Publish("sensors/k/t", b"21", 0), Publish("other", b"x", 0))
+    assert carry(a, b) == 1
+    assert payloads(first) == [b"21"]
+    assert payloads(second) == [b"21"]
+    first.send_bytes(b"\xe0\x00")
+    second.send_bytes(b"\xe0\x00")
+    sync_routes(a, b)
+    assert a.router.remote_filters("b") == set()
+    publisher.send(Publish("sensors/k/t", b"22", 0))
+    assert carry(a, b) == 0
+
+
+def test_receiving_node_applies_its_subscription_options() -> None:
+    """The QoS is the lower of the published and granted [MQTT-3.8.4-8], RETAIN is cleared
+    without Retain As Published [MQTT-3.3.1-12] and kept with it [MQTT-3.3.1-13], each
+    subscription identifier is sent [MQTT-3.3.4-3], all on the node of the subscriber."""
+    a, b = pair()
+    plain = join(b.hub, "plain")
+    plain.send(Subscribe(1, (Subscription("t/#", 1),), Properties(subscription_identifiers=(7,))))
+    assert isinstance(plain.received()[0], SubAck)
+    kept = join(b.hub, "kept")
+    subscribe(kept, "t/#", 2, retain_as_published=True)
+    sync_routes(a, b)
+    publisher = join(a.hub, "publisher")
+    publisher.send(Publish("t/1", b"v", 2, retain=True, packet_id=1))
+    assert carry(a, b) == 1
+    (got,) = publishes(plain)
+    assert (got.qos, got.retain, got.properties.subscription_identifiers) == (1, False, (7,))
+    (got,) = publishes(kept)
+    assert (got.qos, got.retain) == (2, True)
+
+
+def test_no_local_holds_for_the_publisher_on_another_node() -> None:
+    """A session kept on b with a No Local subscription does not get what its own client
+    publishes once connected to a [MQTT-3.8.3-3]; another client's message it does."""
+    a, b = pair()
+    kept = join(b.hub, "c", clean=False, expiry=3600)
+    subscribe(kept, "n/#", 1, no_local=True)
+    kept.send_bytes(b"\xe0\x00")
+    sync_routes(a, b)
+    same = join(a.hub, "c")
+    same.send(Publish("n/1", b"mine", 1, packet_id=1))
+    other = join(a.hub, "other")
+    other.send(Publish("n/1", b"theirs", 1, packet_id=1))
+    assert carry(a, b) == 2
+    session = b.broker.sessions["c"]
+    assert [d.message.payload for d in session.queue] == [b"theirs"]
+
+
+def test_message_expiry_counts_the_time_spent_on_the_way() -> None:
+    """A record carries the time the message has left, so the node that sends it on
+    subtracts the time it waited on every node [MQTT-3.3.2-6]; an expired one is not sent."""
+    message = Message("e", b"p", 1, False, Properties(message_expiry_interval=10), 110.0, "o")
+    record = encode_record(message, False, "", 104.0)
+    assert record is not None
+    got, share = decode_record(record, 500.0)
+    assert (got.topic, got.payload, got.qos, got.origin, share) == ("e", b"p", 1, "o", "")
+    assert got.expires_at == 506.0
+    assert encode_record(message, False, "", 110.0) is None
+    batch = pack([record, encode_record(message, True, "$share/g/e", 100.0) or b""])
+    assert [decode_record(r, 0.0)[1] for r in unpack(batch)] == ["", "$share/g/e"]
+    a, b = pair()
+    subscriber = join(b.hub, "s")
+    subscribe(subscriber, "e", 1)
+    sync_routes(a, b)
+    publisher = join(a.hub, "p")
+    publisher.send(Publish("e", b"x", 1, packet_id=1,
+                           properties=Properties(message_expiry_interval=10)))
+    b.hub.clock.advance(0)
+    a.hub.clock.advance(0)
+    records = a.router._qos12["b"]
+    assert decode_record(records[0], 0.0)[0].expires_at == 10.0
+    carry(a, b)
+    (got_packet,) = publishes(subscriber)
+    assert got_packet.properties.message_expiry_interval == 10
+
+
+def test_shared_subscription_gets_each_message_once_across_nodes() -> None:
+    """Members of one shared group on two nodes: each message goes to exactly one member,
+    the nodes taking turns, and the receiving node picks one of its own members
+    [MQTT-4.8.2-2]."""
+    a, b = pair()
+    here = join(a.hub, "here")
+    subscribe(here, "$share/g/job", 1)
+    there = [join(b.hub, f"there{i}") for i in range(2)]
+    for client in there:
+        subscribe(client, "$share/g/job", 1)
+    sync_routes(a, b)
+    publisher = join(a.hub, "p")
+    for index in range(6):
+        publisher.send(Publish("job", b"%d" % index, 1, packet_id=index + 1))
+    carry(a, b)
+    got_here = payloads(here)
+    got_there = [payloads(client) for client in there]
+    every = sorted(got_here + got_there[0] + got_there[1])
+    assert every == [b"%d" % i for i in range(6)]
+    assert len(got_here) == 3
+    assert [len(got) for got in got_there] == [2, 1] or [len(g) for g in got_there] == [1, 2]
+
+
+def test_messages_from_another_node_are_not_sent_back() -> None:
+    """A message b receives from a goes to b's sessions only, never to the nodes b mirrors
+    (a's own subscriber got it on a), and is not retained by b's routing."""
+    a, b = pair()
+    on_a = join(a.hub, "on-a")
+    subscribe(on_a, "loop/#", 0)
+    on_b = join(b.hub, "on-b")
+    subscribe(on_b, "loop/#", 0)
+    sync_routes(a, b)
+    publisher = join(a.hub, "p")
+    publisher.send(Publish("loop/1", b"once", 0, retain=True))
+    assert carry(a, b) == 1
+    assert carry(b, a) == 0
+    assert payloads(on_a) == [b"once"]
+    assert payloads(on_b) == [b"once"]
+    assert "loop/1" not in b.broker.retained
+
+
+def test_acknowledgement_waits_until_the_hand_off_is_written() -> None:
+    """A QoS 1 message routed to another node is acknowledged to its publisher only once
+    the batch holding it is written (the turn's script answered); one script carries the
+    turn's messages for every node."""
+    a, b = pair()
+    subscriber = join(b.hub, "s")
+    subscribe(subscriber, "q", 1)
+    sync_routes(a, b)
+    publisher = join(a.hub, "p")
+    publisher.send(Publish("q", b"1", 1, packet_id=1), Publish("q", b"2", 1, packet_id=2))
+    assert publisher.received() == []
+    a.engine_up()
+    a.hub.clock.advance(0)
+    assert publisher.received() == [PubAck(1), PubAck(2)]
+    ((_source, args),) = a.scripts
+    assert args[:2] == ["a", 1]
+    assert args[2:4] == [a.router.channel("b"), a.router.stream("b")]
+    assert [decode_record(r, 0)[0].payload for r in unpack(args[4])] == [b"1", b"2"]
+
+
+def test_subscription_to_remote_filters_survives_route_reload() -> None:
+    """A full announcement of a node's routes replaces what this node mirrored of it."""
+    a, b = pair()
+    b.router._routes_changed(b"a\n0\n+x\n+y")
+    b.router._routes_changed(b"a\n1\n+y\n+z")
+    assert b.router.remote_filters("a") == {"y", "z"}
+    b.router._member("down", "a")
+    assert b.router.remote_filters("a") == set()
+    assert not [cid for cid in b.broker.sessions if cid.startswith("\x00")]
+
+
+def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:
+    """The sessions standing for other nodes have ids no client may use (U+0000)."""
+    a, b = pair()
+    b.router._routes_changed(b"a\n0\n+x\n+$share/g/x")
+    assert sorted(cid for cid in b.broker.sessions) == ["\x00a", "\x00a\x00$share/g/x"]
+    assert b.broker.tree.group("$share/g/x") is not None
+    assert Subscription("x").topic_filter == "x"
+
+
+def test_cited_labels() -> None:
+    """Every label cited in this module exists in the specification it names."""
+    check_cited_labels(sys.modules[__name__])
