@@ -12,6 +12,7 @@ from twisted_mqtt.interfaces import ClientInfo, Veto
 from twisted_mqtt.packets import Subscription
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.session import Delivery, Message, Session
+from twisted_mqtt.targets import ApplicationTarget
 from twisted_mqtt.topics import validate_topic_filter, validate_topic_name
 
 if TYPE_CHECKING:
@@ -62,16 +63,9 @@ class InlineMessage:
 Callback = Callable[[InlineMessage], object]
 
 
-class _Receiver:
+class _Receiver(ApplicationTarget):
     """Stands where a network connection would for one inline subscription: the broker sends
     to it, and it calls the subscriber's callback at once (nothing is ever in flight)."""
-
-    blocked = False
-    paused = False
-    acl_exempt = True  # the broker does not ask ``may_receive`` about it
-    v5: Optional[bool] = None  # never the protocol family of a forwarded run of packets
-    alias_max_out = 0
-    max_packet_out: Optional[int] = None
 
     def __init__(self, callback: Callback, subscription_id: Optional[int]) -> None:
         self.callback = callback
