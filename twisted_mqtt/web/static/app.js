@@ -292,7 +292,7 @@
       } else if (state.series) {
         addSample(data.sample, false);
       }
-      if (state.page !== "overview" && state.page !== "publish") refresh(false);
+      if (state.page !== "publish") refresh(false); // the overview: its nodes table
     });
     state.events = source;
   }
