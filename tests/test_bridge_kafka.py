@@ -221,8 +221,9 @@ def test_missing_client_stops_start_up(program: str, tmp_path: Path) -> None:
                       "    egress: [{filters: ['#']}]\n")
     result = run(program, "--config", str(config), env=without("confluent_kafka", tmp_path))
     assert one_line(result) == (f"{program}: configuration error: {config}, line 2: "
-                                "kafka_bridges: the Kafka bridge needs confluent-kafka: pip "
-                                "install 'twisted-mqtt-broker[kafka]'")
+                                f"kafka_bridges: {MISSING}")
+    assert MISSING.startswith("the Kafka bridge needs confluent-kafka: pip install "
+                              "'twisted-mqtt-broker[kafka]'")
     assert result.returncode == CONFIG_ERROR_EXIT
 
 

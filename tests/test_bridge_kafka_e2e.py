@@ -4,18 +4,19 @@ reading what the bridge produced and producing what it reads, MQTT clients over 
 
 from __future__ import annotations
 
+import json
 import platform
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import pytest
 
 from tests.conftest import LOOPBACK, BrokerProcess, MakeClient, StartBroker
 from tests.paho import V5
 from tests.servers import TansuServer, free_port, tansu  # noqa: F401
-from tests.test_stats import Samples, scrape, value
+from tests.test_stats import Samples, get, scrape, value
 from twisted_mqtt.codec import Decoder, encode
 from twisted_mqtt.packets import Connect, Disconnect, PubAck, Publish
 
@@ -137,14 +138,20 @@ def wait_for_sample(broker: BrokerProcess, name: str, expected: float,
         time.sleep(0.1)
 
 
-def produce(servers: str, records: Sequence[Tuple[str, bytes, bytes, List[Tuple[str, bytes]]]]
-            ) -> None:
+Headers = List[Tuple[str, Union[str, bytes, None]]]
+
+
+def produce(servers: str, records: Sequence[Tuple[str, bytes, bytes, Headers]]) -> None:
     """Produce (topic, key, value, headers) records and wait for Kafka's acknowledgements."""
     producer = confluent_kafka.Producer({"bootstrap.servers": servers, "acks": "all"})
     failed: List[Any] = []
+
+    def delivered(error: Any, _: Any) -> None:
+        if error is not None:
+            failed.append(error)
+
     for topic, key, data, headers in records:
-        producer.produce(topic, data, key, headers=headers,
-                         on_delivery=lambda error, _: error and failed.append(error))
+        producer.produce(topic, data, key, headers=headers, on_delivery=delivered)
     assert producer.flush(TIMEOUT) == 0 and not failed, failed
 
 
@@ -177,9 +184,11 @@ def test_egress_ten_thousand(start_broker: StartBroker, tansu: TansuServer,  # n
     assert sorted(seen) == [b"pub0", b"pub1", b"pub2", b"pub3"]
     for numbers in seen.values():
         assert numbers == list(range(per_client))  # once each, in order per key
-    samples = scrape(broker.port_of("stats"))
-    assert value(samples, "mqtt_kafka_bridge_produced_total", bridge="k") == 4 * per_client
+    samples = wait_for_sample(broker, "mqtt_kafka_bridge_produced_total", 4 * per_client)
     assert value(samples, "mqtt_kafka_bridge_connected", bridge="k") == 1
+    figures = json.loads(get(broker.port_of("stats"), "/")[2])
+    assert figures["bridges/kafka/k/produced"] == 4 * per_client
+    assert figures["bridges/kafka/k/buffered/messages"] == 0
 
 
 def test_ack_kafka_holds_publishers_while_kafka_is_down(
