@@ -728,6 +728,20 @@ def test_incoming_packet_above_maximum_packet_size() -> None:
     assert peer.received() == [Disconnect(0x95)] and peer.closed
 
 
+def test_autobahn_imported_only_for_websocket() -> None:
+    """Importing the client does not import Autobahn; ``WebSocketEndpoint`` does, and is an
+    ``IStreamClientEndpoint``."""
+    import subprocess
+
+    code = ("import sys, twisted_mqtt.client as c; assert 'autobahn' not in sys.modules; "
+            "from zope.interface.verify import verifyObject; "
+            "from twisted.internet.interfaces import IStreamClientEndpoint; "
+            "from twisted.internet.testing import MemoryReactor; "
+            "verifyObject(IStreamClientEndpoint, c.WebSocketEndpoint(MemoryReactor(), "
+            "'ws://127.0.0.1:1/mqtt')); assert 'autobahn' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""
     check_cited_labels(sys.modules[__name__])

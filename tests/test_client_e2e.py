@@ -50,7 +50,7 @@ def make_client() -> Iterator[Callable[..., MQTTClient]]:
     end of the test."""
     made: List[MQTTClient] = []
 
-    def make(endpoint: str, client_id: str, **options: Any) -> MQTTClient:
+    def make(endpoint: Any, client_id: str, **options: Any) -> MQTTClient:
         options.setdefault("reconnect", FAST)
         client = MQTTClient(_reactor(), endpoint, client_id, **options)
         made.append(client)
@@ -135,11 +135,16 @@ def test_refused_by_our_broker(start_broker: StartBroker, tmp_path: Path,
     yield right.connect()
 
 
-def _tls_endpoint(port: int, pki: Any, trust: Path) -> str:
-    trust.mkdir()
+def _trust(pki: Any, trust: Path) -> Path:
+    """A ``trustRoots`` directory holding the test root CA."""
+    trust.mkdir(exist_ok=True)
     (trust / "root.pem").write_bytes(pki.root.read_bytes())
-    return (f"tls:127.0.0.1:{port}:trustRoots={trust}:certificate={pki.client_cert}:"
-            f"privateKey={pki.client_key}")
+    return trust
+
+
+def _tls_endpoint(port: int, pki: Any, trust: Path) -> str:
+    return (f"tls:127.0.0.1:{port}:trustRoots={_trust(pki, trust)}:"
+            f"certificate={pki.client_cert}:privateKey={pki.client_key}")
 
 
 @pytest_twisted.inlineCallbacks
@@ -196,6 +201,25 @@ def test_websocket(start_broker: StartBroker, make_client: Callable[..., MQTTCli
     broker = start_broker("--ws", LOOPBACK, listen=[])
     yield exchange(make_client, f"ws://127.0.0.1:{broker.port_of('WebSocket')}/mqtt", V5,
                    "ws")
+
+
+@pytest_twisted.inlineCallbacks
+def test_secure_websocket_with_private_ca(tmp_path: Path, start_broker: StartBroker,
+                                          make_client: Callable[..., MQTTClient]) -> Any:
+    """A ``wss://`` URL through a ``WebSocketEndpoint`` whose TLS transport trusts a private
+    CA."""
+    from tests.certs import mqtts_endpoint
+    from twisted_mqtt.client import WebSocketEndpoint
+
+    pki = make_pki(tmp_path)
+    broker = start_broker("--ws", mqtts_endpoint(pki), listen=[])
+    port = broker.port_of("WebSocket")
+    trust = _trust(pki, tmp_path / "trust")
+    endpoint = WebSocketEndpoint(_reactor(), f"wss://127.0.0.1:{port}/mqtt",
+                                 transport=f"tls:127.0.0.1:{port}:trustRoots={trust}")
+    client = make_client(endpoint, "wss")
+    yield client.connect()
+    assert (yield client.publish("wss/t", b"x", 1)).reason_code in (0, 0x10)
 
 
 @pytest_twisted.inlineCallbacks

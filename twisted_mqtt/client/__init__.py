@@ -5,6 +5,8 @@
 reconnections and honours the server's flow-control limits.  See docs/client.md.
 """
 
+from typing import Any
+
 from twisted_mqtt.client._client import (
     ConnectResult,
     Message,
@@ -35,6 +37,16 @@ __all__ = [
     "PublishFailed",
     "QueueFull",
     "ReconnectPolicy",
+    "WebSocketEndpoint",
     "Will",
     "client_endpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``WebSocketEndpoint``, imported (with Autobahn) only when asked for."""
+    if name == "WebSocketEndpoint":
+        from twisted_mqtt.client._websocket import WebSocketEndpoint
+
+        return WebSocketEndpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
