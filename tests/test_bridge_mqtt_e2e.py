@@ -9,6 +9,7 @@ of a QoS 1 stream (nothing acknowledged is lost), and the queue bound while the 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -161,6 +162,37 @@ def test_tls_with_a_client_certificate(tmp_path: Path, start_broker: StartBroker
     clients(broker.port, V5).connect().publish("secure/a", b"over tls", 1)
     got = remote_sub.expect(1, TIMEOUT)[0]
     assert (got.topic, got.payload) == ("remote/a", b"over tls")
+
+
+def test_credentials_and_a_refused_connection(tmp_path: Path, start_broker: StartBroker,
+                                              start_mosquitto: StartMosquitto,  # noqa: F811
+                                              clients: MakeClient) -> None:
+    """The bridge logs in with its user name and password; a remote refusing it (a wrong
+    password) gets one error line naming the reason, the state stays 0, and the broker serves
+    on and stops cleanly."""
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "site1", "s3cret"],
+                   check=True, capture_output=True)
+    mosquitto = start_mosquitto("allow_anonymous false", f"password_file {passwords}")
+    good = start_bridged(start_broker, tcp(mosquitto), "# out 1 a/ b/",
+                         options=["username=site1", "password=s3cret", "client_id=good"])
+    bad = start_broker("--bridge", f"m={tcp(mosquitto)}", "--bridge-topic", "m=# out 1",
+                       "--bridge-option", "m.username=site1", "--bridge-option",
+                       "m.password=wrong", "--bridge-option", "m.client_id=bad")
+    bad.wait_for_log(r"bridge m: \S+ refused the connection: Not authorized", timeout=TIMEOUT)
+    state = clients(bad.port, V5).connect()
+    state.subscribe("$SYS/broker/connection/m/state", 1)
+    assert state.expect(1, TIMEOUT)[0].payload == b"0"
+    assert clients(mosquitto.port, V5).connect(expect_success=False).connack_rc.is_failure
+    sub = Client(mosquitto.port, V5)
+    sub.paho.username_pw_set("site1", "s3cret")
+    sub.connect()
+    try:
+        sub.subscribe("b/#", 1)
+        clients(good.port, V5).connect().publish("a/x", b"logged in", 1)
+        assert sub.expect(1, TIMEOUT)[0].payload == b"logged in"
+    finally:
+        sub.close()
 
 
 def collect(port: int, client_id: str) -> Client:
