@@ -137,7 +137,8 @@ def test_connect_v5_bytes_and_connack_result() -> None:
     reactor, client = make(V5, topic_alias_maximum=10, keep_alive=30)
     result = outcome(client.connect())
     peer = Peer(reactor, V5)
-    assert peer.raw() == (b"\x10\x12\x00\x04MQTT\x05\x02\x00\x1e\x03\x22\x00\x0a\x00\x02c1")
+    assert peer.raw() == (b"\x10\x17\x00\x04MQTT\x05\x02\x00\x1e\x08\x22\x00\x0a"
+                          b"\x27\x00\x10\x00\x00\x00\x02c1")
     peer.send(ConnAck(0, False, Properties(receive_maximum=5)))
     assert result == [ConnectResult(False, 0, Properties(receive_maximum=5))]
     assert client.connected
@@ -740,6 +741,17 @@ def test_autobahn_imported_only_for_websocket() -> None:
             "verifyObject(IStreamClientEndpoint, c.WebSocketEndpoint(MemoryReactor(), "
             "'ws://127.0.0.1:1/mqtt')); assert 'autobahn' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_default_maximum_packet_size_is_bounded() -> None:
+    """By default the client accepts packets of up to 1 MiB (the broker's default), says so to a
+    v5 server, and a larger packet is refused before it is buffered whole."""
+    reactor, client = make(V5)
+    client.connect()
+    peer = Peer(reactor, V5)
+    assert peer.accept().properties.maximum_packet_size == 1 << 20
+    peer.protocol.dataReceived(b"\x30\xff\xff\x7f")  # announces 2 MiB
+    assert peer.received() == [Disconnect(0x95)] and peer.closed
 
 
 def test_cited_labels() -> None:

@@ -58,6 +58,8 @@ from twisted_mqtt.topics import matches, split_shared, validate_topic_filter, va
 V5 = ProtocolLevel.MQTT_5
 RECEIVE_MAXIMUM = 65535
 """The Receive Maximum of a peer that states none."""
+MAXIMUM_PACKET_SIZE = 1 << 20
+"""The largest packet the client accepts by default (as the broker)."""
 
 
 @value
@@ -143,8 +145,7 @@ class MQTTClientProtocol(Protocol):
 
     def __init__(self, client: MQTTClient) -> None:
         self.client = client
-        self.decoder = Decoder(client.protocol_level, client.maximum_packet_size or
-                               MAX_PACKET_SIZE)
+        self.decoder = Decoder(client.protocol_level, client.maximum_packet_size)
 
     def connectionMade(self) -> None:
         self.client._transport_made(self)
@@ -213,7 +214,7 @@ class MQTTClient:
         connect_timeout: float = 30.0,
         ping_timeout: Optional[float] = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
-        maximum_packet_size: Optional[int] = None,
+        maximum_packet_size: int = MAXIMUM_PACKET_SIZE,
         topic_alias_maximum: int = 16,
         use_topic_aliases: bool = False,
         max_queued: int = 10_000,
@@ -433,7 +434,8 @@ class MQTTClient:
                 session_expiry_interval=self.session_expiry_interval or None,
                 receive_maximum=(self.receive_maximum if self.receive_maximum != RECEIVE_MAXIMUM
                                  else None),
-                maximum_packet_size=self.maximum_packet_size,
+                maximum_packet_size=(self.maximum_packet_size
+                                     if self.maximum_packet_size < MAX_PACKET_SIZE else None),
                 topic_alias_maximum=self.topic_alias_maximum or None)
             props = NO_PROPERTIES if props == NO_PROPERTIES else props
         self._clean_sent = clean
