@@ -86,6 +86,29 @@ def test_record_templates() -> None:
     assert egress_record(rule(), CLIENT, Message("a" * 250, b"", 0, False), 0) is None
 
 
+def test_user_properties_cannot_forge_the_metadata() -> None:
+    """A v5 user property named like the bridge's own headers (``mqtt.*``) is left out, so that
+    a client cannot pass for another in Kafka (consumers often read the last header of a
+    name)."""
+    props = Properties(user_properties=(("mqtt.clientid", "admin"), ("MQTT.topic", "x"),
+                                        ("mqttish", "kept")))
+    record = egress_record(rule(), CLIENT, Message("a", b"", 0, False, props), 0)
+    assert record is not None
+    assert [name for name, _ in record.headers if name.lower().startswith("mqtt")] == [
+        "mqtt.topic", "mqtt.qos", "mqtt.retain", "mqtt.clientid", "mqtt.username", "mqttish"]
+    assert dict(record.headers)["mqtt.clientid"] == b"sensor-1"
+
+
+def test_topic_template_fields_are_made_valid() -> None:
+    """Every field of a Kafka topic template is mapped to a valid name (a client id or user
+    name with characters Kafka refuses, ``/`` included)."""
+    odd = ClientInfo("dev/1 é", "a@b")
+    record = egress_record(rule(topic="in.{username}.{clientid}"), odd,
+                           Message("a", b"", 0, False), 0)
+    assert record is not None and record.topic == "in.a_b.dev.1__"
+    assert record.key == b"dev/1 \xc3\xa9"  # the key keeps the client id as it is
+
+
 def test_comqtt_envelope() -> None:
     """comqtt's JSON envelope: its field names, the payload in base64, the time in seconds."""
     record = egress_record(rule(envelope="comqtt"), CLIENT, Message("a/b", b"\x01hi", 0, False),
@@ -181,6 +204,19 @@ def test_mistakes(tmp_path: Path, text: str, message: str) -> None:
     text = str(error.value)
     assert text.startswith(f"{path}, line ") and message in text, text
     assert "\n" not in text
+
+
+def test_client_settings_are_checked(tmp_path: Path) -> None:
+    """librdkafka settings it refuses stop start-up with one line, as other mistakes do."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
+    path = tmp_path / "broker.yaml"
+    path.write_text("kafka_bridges:\n  - name: k\n    servers: [h:1]\n"
+                    "    egress: [{filters: ['#']}]\n    client:\n      compresion.type: lz4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert str(error.value) == (f"{path}, line 6: kafka_bridges[0].client: librdkafka refuses "
+                                'it: No such configuration property: "compresion.type"')
 
 
 def test_settings_from_the_file(tmp_path: Path) -> None:

@@ -369,10 +369,54 @@ class KafkaBridges(Check):
                 raise Invalid(f"a second bridge named {name!r}", f"[{index}].name")
         if bridges:
             try:
-                load_kafka()
+                kafka = load_kafka()
             except ImportError as error:
                 raise Invalid(str(error)) from None
+            for index, bridge in enumerate(bridges):
+                try:
+                    check_client_settings(kafka, bridge)
+                except Invalid as error:
+                    raise Invalid(error.problem, f"[{index}]{error.path}") from None
         return bridges
+
+
+def client_settings(settings: KafkaBridgeSettings, kind: str) -> Dict[str, Any]:
+    """The librdkafka settings of a bridge's ``producer`` or ``consumer``: acks from all
+    replicas, no time limit on a delivery (the buffer bounds what waits), librdkafka's queue
+    bounded a little above the buffer; no consumer group, no commits; the ``client`` settings
+    last."""
+    common = {"bootstrap.servers": ",".join(settings.servers),
+              "client.id": f"twisted_mqtt-{settings.name}"}
+    if kind == "producer":
+        specific: Dict[str, Any] = {
+            "acks": "all", "linger.ms": 5, "message.timeout.ms": 0,
+            "queue.buffering.max.messages": min(settings.max_buffered_messages + 1,
+                                                2_147_483_647),
+            "queue.buffering.max.kbytes": min(settings.max_buffered_bytes // 1024 + 1024,
+                                              2_147_483_647)}
+    else:
+        specific = {"group.id": f"twisted_mqtt-{settings.name}", "enable.auto.commit": False,
+                    "enable.auto.offset.store": False}
+    return {**common, **specific, **settings.client}
+
+
+def check_client_settings(kafka: Any, settings: KafkaBridgeSettings) -> None:
+    """``Invalid`` if librdkafka refuses the settings of the bridge's clients (checked by
+    making each without servers: nothing connects)."""
+    for kind, make, needed in (("producer", kafka.Producer, settings.egress),
+                               ("consumer", kafka.Consumer, settings.ingress)):
+        if not needed:
+            continue
+        values = dict(client_settings(settings, kind), logger=_KafkaLog(settings.name))
+        del values["bootstrap.servers"]
+        try:
+            client = make(values)
+        except (kafka.KafkaException, ValueError, TypeError) as error:
+            reason = error.args[0].str() if error.args and hasattr(error.args[0], "str") \
+                else str(error)
+            raise Invalid(f"librdkafka refuses it: {reason}", ".client") from None
+        if kind == "consumer":
+            client.close()
 
 
 # -- egress records ------------------------------------------------------------------------------
@@ -381,7 +425,8 @@ class KafkaBridges(Check):
 def record_headers(client: ClientInfo, message: Message) -> List[Tuple[str, bytes]]:
     """The MQTT metadata of ``message`` as Kafka headers: ``mqtt.topic``, ``mqtt.qos``,
     ``mqtt.retain``, ``mqtt.clientid``, ``mqtt.username`` (if any), ``mqtt.content_type`` (if
-    any), then each v5 user property under its own name."""
+    any), then each v5 user property under its own name, but those named ``mqtt.*`` (in any
+    case), which would let a client forge the metadata."""
     headers = [("mqtt.topic", message.topic.encode()), ("mqtt.qos", b"%d" % message.qos),
                ("mqtt.retain", b"1" if message.retain else b"0"),
                ("mqtt.clientid", client.client_id.encode())]
@@ -390,7 +435,8 @@ def record_headers(client: ClientInfo, message: Message) -> List[Tuple[str, byte
     props = message.properties
     if props.content_type is not None:
         headers.append(("mqtt.content_type", props.content_type.encode()))
-    headers.extend((name, text.encode()) for name, text in props.user_properties)
+    headers.extend((name, text.encode()) for name, text in props.user_properties
+                   if not name[:5].lower() == "mqtt.")
     return headers
 
 
@@ -421,13 +467,10 @@ class Record:
 def egress_record(rule: EgressRule, client: ClientInfo, message: Message,
                   now: float) -> Optional[Record]:
     """The Kafka record of ``message`` by ``rule``, or None if its Kafka topic would not be a
-    valid name."""
+    valid name (each field of the topic template is mapped by ``kafka_topic_name``)."""
     values = {"topic": message.topic, "clientid": client.client_id,
               "username": client.username or ""}
-    if "topic" in rule.topic.fields:
-        topic = rule.topic.render(dict(values, topic=kafka_topic_name(message.topic)))
-    else:
-        topic = rule.topic.render(values)
+    topic = rule.topic.render({name: kafka_topic_name(values[name]) for name in rule.topic.fields})
     if not valid_kafka_topic(topic):
         return None
     key = rule.key.render(values).encode() if rule.key is not None else None
@@ -563,28 +606,13 @@ class KafkaBridge(Service, Hook):
                  egress=len(settings.egress), ingress=len(settings.ingress), ack=settings.ack)
 
     def client_settings(self, kind: str) -> Dict[str, Any]:
-        """The librdkafka settings of the ``producer`` or ``consumer``: its callbacks into this
-        bridge; acks from all replicas, no time limit on a delivery (the buffer bounds what
-        waits), librdkafka's queue bounded a little above the buffer; no consumer group, no
-        commits; the ``client`` settings last."""
-        settings = self.settings
-        common = {"bootstrap.servers": ",".join(settings.servers),
-                  "client.id": f"twisted_mqtt-{settings.name}",
-                  "error_cb": self._on_error, "logger": _KafkaLog(settings.name)}
-        if kind == "producer":
-            specific = {
-                "acks": "all", "linger.ms": 5, "message.timeout.ms": 0,
-                "queue.buffering.max.messages": min(settings.max_buffered_messages + 1,
-                                                    2_147_483_647),
-                "queue.buffering.max.kbytes": min(settings.max_buffered_bytes // 1024 + 1024,
-                                                  2_147_483_647),
-                "statistics.interval.ms": 1000, "stats_cb": self._on_stats}
-        else:
-            specific = {"group.id": f"twisted_mqtt-{settings.name}", "enable.auto.commit": False,
-                        "enable.auto.offset.store": False}
-            if not settings.egress:  # else the producer's statistics tell the state
-                specific.update({"statistics.interval.ms": 1000, "stats_cb": self._on_stats})
-        return {**common, **specific, **settings.client}
+        """The librdkafka settings of the ``producer`` or ``consumer`` (``client_settings``),
+        with its callbacks into this bridge."""
+        callbacks: Dict[str, Any] = {"error_cb": self._on_error,
+                                     "logger": _KafkaLog(self.settings.name)}
+        if kind == "producer" or not self.settings.egress:  # one client tells the state
+            callbacks.update({"statistics.interval.ms": 1000, "stats_cb": self._on_stats})
+        return {**client_settings(self.settings, kind), **callbacks}
 
     def attach(self, producer: Any, consumer: Any = None) -> None:
         """Bridge through these confluent-kafka clients (a Producer for egress, a Consumer for
