@@ -207,7 +207,7 @@ def test_subscribe_receives_retained_then_live() -> None:
     publisher.send(Publish("home/kitchen", b"21", 2, packet_id=2, properties=PROPS),
                    Publish("away/y", b"1", 0))
     assert publisher.received() == [PubRec(2)]
-    assert got == [InlineMessage("home/kitchen", b"21", 1, False, PROPS, 7)]
+    assert got == [InlineMessage("home/kitchen", b"21", 1, False, PROPS, 7, origin="p")]
 
 
 def test_two_subscriptions_two_callbacks() -> None:
