@@ -247,6 +247,15 @@ def test_command_line_mistakes(argv: List[str], message: str) -> None:
     assert message in str(caught.value)
 
 
+def test_bridges_refused_with_workers() -> None:
+    """Each worker would run every bridge under the same client id, taking it over from the
+    others: bridges and ``--workers`` together are a configuration error."""
+    with pytest.raises(ConfigError) as caught:
+        Options().parseOptions(["--workers", "2", "--cluster", "redis://127.0.0.1:6379/0",
+                                "--bridge", f"c={ADDRESS}", "--bridge-topic", "c=#"])
+    assert "--workers: MQTT bridges run in one process" in str(caught.value)
+
+
 def test_bridges_from_options_keeps_the_order() -> None:
     """Bridges come in the order of their ``--bridge``, each with its own rules."""
     bridges = bridges_from_options([f"one={ADDRESS}", f"two={ADDRESS}"],

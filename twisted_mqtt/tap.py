@@ -260,6 +260,10 @@ class Options(usage.Options, AuthOptionMixin):
 
             self["bridges"] = bridges_from_options(self["bridge"], self["bridge-topic"],
                                                    self["bridge-option"])
+        if self["bridges"] and self["workers"]:
+            raise ConfigError("MQTT bridges run in one process: each worker would connect "
+                              "with the same client ids; run the bridges in a broker without "
+                              "--workers", path="--workers")
         if self["workers"] and not self.get("cluster"):
             raise ConfigError(f"{self['workers']} workers are cluster nodes: they need "
                               "--cluster redis://HOST:PORT/DB (the Redis that joins them)",
