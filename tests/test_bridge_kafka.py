@@ -221,6 +221,8 @@ def test_client_settings_are_checked(tmp_path: Path) -> None:
 
 def test_settings_from_the_file(tmp_path: Path) -> None:
     """A bridge from the file: its rules and settings, defaults for the rest."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
     path = tmp_path / "broker.yaml"
     path.write_text("kafka_bridges:\n  - name: k\n    servers: [a:1, b:2]\n    ack: kafka\n"
                     "    max_buffered_messages: 10\n    client: {compression.type: lz4}\n"

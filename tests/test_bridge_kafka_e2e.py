@@ -155,7 +155,7 @@ def produce(servers: str, records: Sequence[Tuple[str, bytes, bytes, Headers]]) 
     assert producer.flush(TIMEOUT) == 0 and not failed, failed
 
 
-def test_egress_ten_thousand(start_broker: StartBroker, tansu: TansuServer,  # noqa: F811
+def test_egress_ten_thousand(tansu: TansuServer, start_broker: StartBroker,  # noqa: F811
                              tmp_path: Path) -> None:
     """10,000 QoS 1 messages from four publishers all reach Kafka once: on the topic of the
     template, keyed by client id, the payload as the value, the MQTT metadata as headers, and
@@ -192,7 +192,7 @@ def test_egress_ten_thousand(start_broker: StartBroker, tansu: TansuServer,  # n
 
 
 def test_ack_kafka_holds_publishers_while_kafka_is_down(
-        start_broker: StartBroker, tansu: TansuServer, tmp_path: Path) -> None:  # noqa: F811
+        tansu: TansuServer, start_broker: StartBroker, tmp_path: Path) -> None:  # noqa: F811
     """With ``ack: kafka`` a matching QoS 1/2 PUBLISH is acknowledged only once Kafka has the
     record: with Kafka killed, publishers get no PUBACK/PUBREC (messages on other topics are
     acknowledged at once); when it returns, every held message reaches Kafka and its publisher
@@ -226,7 +226,7 @@ def test_ack_kafka_holds_publishers_while_kafka_is_down(
     second.close()
 
 
-def test_kafka_down_at_start(start_broker: StartBroker, tansu: TansuServer,  # noqa: F811
+def test_kafka_down_at_start(tansu: TansuServer, start_broker: StartBroker,  # noqa: F811
                              tmp_path: Path) -> None:
     """A broker whose Kafka is not there when it starts serves MQTT clients anyway, holds what
     it is to produce in its buffer (counted in /metrics and $SYS), says so once, and delivers
@@ -249,7 +249,7 @@ def test_kafka_down_at_start(start_broker: StartBroker, tansu: TansuServer,  # n
     client.close()
 
 
-def test_ingress(start_broker: StartBroker, tansu: TansuServer, tmp_path: Path,  # noqa: F811
+def test_ingress(tansu: TansuServer, start_broker: StartBroker, tmp_path: Path,  # noqa: F811
                  clients: MakeClient) -> None:
     """Records of an assigned Kafka topic are published into MQTT under the topic of the
     template (Kafka topic, key, a header), with the rule's QoS; a record whose topic would not
