@@ -355,6 +355,33 @@ def test_large_session_moves_in_split_commands(cluster: Cluster) -> Any:
     assert payloads == [str(n).encode() for n in range(count)]
 
 
+@pytest_twisted.inlineCallbacks
+def test_session_writes_wait_while_redis_is_unreachable(
+        cluster: Cluster, redis_server: RedisServer,  # noqa: F811
+        log_events: List[dict]) -> Any:
+    """While the engine is unreachable a session's changes are kept and retried, with one
+    warning line each time and no traceback; once it is back they are written, and the
+    subscription is in the stored session [MQTT-3.8.4-3]."""
+    a = cluster.node("a", 1)
+    yield cluster.up()
+    client, _got, _ok = yield connect(a, cluster, "outage")
+    yield cluster.settle()
+    yield a.engine.stop()
+    client.send(Subscribe(1, (Subscription("during/outage", 1),)))
+    yield cluster.settle(lambda: any("cannot write sessions" in str(e.get("error", ""))
+                                     for e in log_events))
+    failures = [e for e in log_events if e.get("log_failure") is not None]
+    assert failures == []
+    a.engine.start()
+    yield cluster.settle(lambda: a.engine.up, 2000)
+    a.hub.clock.advance(1)  # the recorder's retry
+    prefix = cluster.url.split("prefix=")[1]
+    key = f"{prefix}cluster:session:subs:outage"
+    written = yield cluster.settle(
+        lambda: redis_server.command("HEXISTS", key, "during/outage") == b":1", 2000)
+    assert written
+
+
 def test_cited_labels() -> None:
     """Every test cites a normative label that exists."""
     check_cited_labels(sys.modules[__name__], every_test=True)

@@ -36,6 +36,7 @@ from twisted_mqtt.storage import (
     Batch,
     StoredSession,
     StoredState,
+    StoreError,
     _rows,
 )
 from twisted_mqtt.storage._pack import pack_head
@@ -309,7 +310,11 @@ class FencedStore:
                   for client_id, changes in per_client.items() if client_id in tokens}
         if not groups:
             return succeed(None)
-        return self.directory.write(groups).addCallback(self._written, groups)
+        return self.directory.write(groups).addCallbacks(
+            self._written, self._not_written, callbackArgs=(groups,))
+
+    def _not_written(self, failure: Any) -> None:
+        raise StoreError(f"cannot write sessions ({failure.value or type(failure.value)})")
 
     def _written(self, refused: List[str], groups: Dict[str, Any]) -> None:
         if refused:
@@ -382,7 +387,7 @@ class ClusterSessions(Hook):
 
     def start(self) -> None:
         """Install the hooks and listen for requests from other nodes."""
-        self.recorder.restore(StoredState())
+        self.broker.hooks.add(self.recorder)
         self.broker.hooks.add(self)
         self.broker.session_claim = self.claim
         self.engine.subscribe(self._channel(self.node.name), self._received)

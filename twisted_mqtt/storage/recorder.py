@@ -405,8 +405,14 @@ class Recorder(Hook):
             return
         delay = self._retry_delay
         self._retry_delay = min(delay * 2, RETRY_MAX)
-        log.failure("store {location}: commit failed; retrying in {delay}s (acknowledgements "
-                    "in durable mode wait)", failure, location=location, delay=delay)
+        if failure.check(StoreError):  # an error the store explains: one line
+            log.warn("store {location}: commit failed ({error}); retrying in {delay}s "
+                     "(acknowledgements in durable mode wait)", location=location,
+                     error=failure.value, delay=delay)
+        else:
+            log.failure("store {location}: commit failed; retrying in {delay}s "
+                        "(acknowledgements in durable mode wait)", failure, location=location,
+                        delay=delay)
         self._retry_batch = batch
         self._retry = self.clock.callLater(delay, self._retry_commit)
 
