@@ -21,12 +21,9 @@ from twisted.python.failure import Failure
 
 from tests.hook_helpers import hub, join, subscribe
 from tests.spec import check_cited_labels
-from twisted_mqtt.bridges.mqtt import (
-    STATE_TOPIC,
-    STATUS_TOPIC,
+from twisted_mqtt.bridges.mqtt import STATE_TOPIC, STATUS_TOPIC, MqttBridge, Outgoing
+from twisted_mqtt.bridges.mqtt_settings import (
     BridgeSettings,
-    MqttBridge,
-    Outgoing,
     RuleError,
     TopicRule,
     bridges_from_options,

@@ -598,12 +598,12 @@ class WebSocketListeners(Check):
 
 
 class BridgeList(Check):
-    """``bridges:``, the MQTT bridges (checked by ``twisted_mqtt.bridges.mqtt.Bridges``)."""
+    """``bridges:``, the MQTT bridges (``twisted_mqtt.bridges.mqtt_settings.Bridges``)."""
 
     expected = "a list of bridges, each a mapping of name, address, topics..."
 
     def __call__(self, value: Any) -> List[Any]:
-        from twisted_mqtt.bridges.mqtt import Bridges
+        from twisted_mqtt.bridges.mqtt_settings import Bridges
 
         return Bridges()(value)
 

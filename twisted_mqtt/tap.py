@@ -256,7 +256,7 @@ class Options(usage.Options, AuthOptionMixin):
         if self["ws-path"] is not None and not self["ws-path"].startswith("/"):
             raise ConfigError(f"must start with /, not {self['ws-path']!r}", path="--ws-path")
         if self["bridge"] or self["bridge-topic"] or self["bridge-option"]:
-            from twisted_mqtt.bridges.mqtt import bridges_from_options
+            from twisted_mqtt.bridges.mqtt_settings import bridges_from_options
 
             self["bridges"] = bridges_from_options(self["bridge"], self["bridge-topic"],
                                                    self["bridge-option"])
