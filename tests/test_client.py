@@ -375,6 +375,23 @@ def test_subscribe_callback_and_suback_codes() -> None:
     assert others == [Message("c", b"2")]
 
 
+def test_callbacks_follow_subscription_changes() -> None:
+    """Which callbacks a topic reaches is remembered, and follows each subscribe, unsubscribe and
+    refusal."""
+    others: List[bytes] = []
+    _reactor, client, peer = connected(V5, on_message=lambda m: others.append(m.payload))
+    one: List[bytes] = []
+    every: List[bytes] = []
+    peer.send(Publish("t", b"1"))
+    client.subscribe("t", lambda m: one.append(m.payload))
+    peer.send(Publish("t", b"2"))
+    client.subscribe("#", lambda m: every.append(m.payload))
+    peer.send(Publish("t", b"3"))
+    client.unsubscribe("t")
+    peer.send(Publish("t", b"4"), SubAck(2, (0x80,)), Publish("t", b"5"))
+    assert (others, one, every) == ([b"1", b"5"], [b"2", b"3"], [b"3", b"4"])
+
+
 def test_refused_subscription_drops_its_callback() -> None:
     """A SUBACK failure code is given to the caller, and the callback is dropped."""
     _reactor, client, peer = connected(V311)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random as _random
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
@@ -27,7 +27,14 @@ from twisted_mqtt.client._errors import (
     PublishFailed,
     QueueFull,
 )
-from twisted_mqtt.codec import MAX_PACKET_SIZE, CodecError, Decoder, encode_within
+from twisted_mqtt.codec import (
+    MAX_PACKET_SIZE,
+    CodecError,
+    Decoder,
+    encode_properties,
+    encode_publish,
+    encode_within,
+)
 from twisted_mqtt.packets import (
     Auth,
     ConnAck,
@@ -58,6 +65,8 @@ from twisted_mqtt.topics import matches, split_shared, validate_topic_filter, va
 V5 = ProtocolLevel.MQTT_5
 RECEIVE_MAXIMUM = 65535
 """The Receive Maximum of a peer that states none."""
+ROUTE_CACHE_SIZE = 10_000
+"""Topics whose matching callbacks are remembered at once."""
 MAXIMUM_PACKET_SIZE = 1 << 20
 """The largest packet the client accepts by default (as the broker)."""
 
@@ -257,6 +266,8 @@ class MQTTClient:
         """The last accepted CONNACK."""
         # The session: it outlives connections.
         self._subscriptions: Dict[str, _Subscription] = {}
+        self._routes: Dict[str, Tuple[MessageCallback, ...]] = {}
+        """Topic -> the callbacks of the subscriptions it matches (cleared when they change)."""
         self._inflight: Dict[int, _Outgoing] = {}
         self._requests: Dict[int, _Request] = {}
         self._queued: Deque[_Outgoing] = deque()
@@ -323,6 +334,7 @@ class MQTTClient:
             raise ValueError("qos and retain_handling are 0, 1 or 2")
         entry = Subscription(topic_filter, qos, no_local, retain_as_published, retain_handling)
         self._subscriptions[topic_filter] = _Subscription(entry, callback, properties)
+        self._routes.clear()
         deferred: Deferred = Deferred()
         self._request(Subscribe(self._new_id(), (entry,), properties), deferred)
         return deferred
@@ -332,6 +344,7 @@ class MQTTClient:
         """Unsubscribe from ``topic_filter`` and drop its callback; the Deferred fires with the
         UNSUBACK's reason codes (v5; an empty tuple for v3.1.1)."""
         self._subscriptions.pop(topic_filter, None)
+        self._routes.clear()
         deferred: Deferred = Deferred()
         self._request(Unsubscribe(self._new_id(), (topic_filter,), properties), deferred)
         return deferred
@@ -525,8 +538,7 @@ class MQTTClient:
     # -- sending ---------------------------------------------------------------------------------
 
     def _new_id(self) -> int:
-        used = self._inflight.keys() | self._requests.keys()
-        if len(used) >= 65535:
+        if len(self._inflight) + len(self._requests) >= 65535:
             raise QueueFull("all 65,535 packet identifiers are in use")
         packet_id = self._next_id
         while packet_id in self._inflight or packet_id in self._requests:
@@ -543,9 +555,13 @@ class MQTTClient:
         data = encode_within(packet, self.protocol_level, self._server_maximum_packet_size)
         if data is None:
             return False
-        protocol.transport.write(data)
-        self._last_sent = self.clock.seconds()
+        self._write(data)
         return True
+
+    def _write(self, data: bytes) -> None:
+        if self._protocol is not None:
+            self._protocol.transport.write(data)
+            self._last_sent = self.clock.seconds()
 
     def _request(self, packet: Union[Subscribe, Unsubscribe],
                  deferred: Optional[Deferred]) -> None:
@@ -581,23 +597,33 @@ class MQTTClient:
         self._write_publish(message, dup=False)
 
     def _write_publish(self, message: _Outgoing, dup: bool) -> None:
-        packet = replace(message.packet, packet_id=message.packet_id, dup=dup)
-        alias = self._aliases_out.get(packet.topic)
+        packet = message.packet
+        topic = packet.topic
+        props = packet.properties
+        alias = self._aliases_out.get(topic)
+        new_alias = False
         if alias is not None:
-            packet = replace(packet, topic="",
-                             properties=replace(packet.properties, topic_alias=alias))
+            topic = ""
         elif len(self._aliases_out) < self._server_alias_maximum:
-            alias = self._aliases_out[packet.topic] = len(self._aliases_out) + 1
-            packet = replace(packet, properties=replace(packet.properties, topic_alias=alias))
-        if not self._send(packet):
-            if alias is not None and packet.topic:
-                del self._aliases_out[packet.topic]
+            alias = self._aliases_out[topic] = len(self._aliases_out) + 1
+            new_alias = True
+        if alias is not None:
+            props = replace(props, topic_alias=alias)
+        data = encode_publish(topic.encode("utf-8"), packet.payload, packet.qos, packet.retain,
+                              dup, message.packet_id,
+                              encode_properties(props) if self.protocol_level == V5 else None)
+        maximum = self._server_maximum_packet_size
+        if maximum is not None and len(data) > maximum:
+            if new_alias:
+                del self._aliases_out[topic]
             if message.packet_id is not None:
                 self._inflight.pop(message.packet_id, None)
             message.deferred.errback(PublishFailed(
                 ReasonCode.PACKET_TOO_LARGE, "PUBLISH larger than the server's Maximum Packet "
-                f"Size ({self._server_maximum_packet_size} bytes) not sent"))
-        elif not packet.qos:
+                f"Size ({maximum} bytes) not sent"))
+            return
+        self._write(data)
+        if not packet.qos:
             message.deferred.callback(None)
 
     def _flush_queue(self) -> None:
@@ -668,16 +694,27 @@ class MQTTClient:
             self._send(PubRec(packet_id))
 
     def _deliver(self, message: Message) -> None:
-        called: List[MessageCallback] = []
+        callbacks = self._routes.get(message.topic)
+        if callbacks is None:
+            callbacks = self._callbacks_for(message.topic)
+        for callback in callbacks:
+            self._call(callback, message)
+        if not callbacks and self.on_message is not None:
+            self._call(self.on_message, message)
+
+    def _callbacks_for(self, topic: str) -> Tuple[MessageCallback, ...]:
+        """The distinct callbacks of the subscriptions matching ``topic``, remembered until the
+        subscriptions change."""
+        found: List[MessageCallback] = []
         for topic_filter, sub in self._subscriptions.items():
             callback = sub.callback
-            if callback is None or callback in called:
-                continue
-            if matches(split_shared(topic_filter)[1], message.topic):
-                called.append(callback)
-                self._call(callback, message)
-        if not called and self.on_message is not None:
-            self._call(self.on_message, message)
+            if callback is not None and callback not in found and matches(
+                    split_shared(topic_filter)[1], topic):
+                found.append(callback)
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        callbacks = self._routes[topic] = tuple(found)
+        return callbacks
 
     def _call(self, callback: MessageCallback, message: Message) -> None:
         try:
@@ -749,6 +786,7 @@ class MQTTClient:
                     sub = self._subscriptions.get(entry.topic_filter)
                     if sub is not None and sub.entry == entry:
                         del self._subscriptions[entry.topic_filter]
+                        self._routes.clear()
         if request.deferred is not None:
             request.deferred.callback(ack.reason_codes)
 
