@@ -27,6 +27,7 @@ from twisted_mqtt.bridges.kafka import (
     kafka_topic_name,
 )
 from twisted_mqtt.config import CONFIG_ERROR_EXIT, ConfigError, load_config
+from twisted_mqtt.hooks import Hook
 from twisted_mqtt.interfaces import ClientInfo
 from twisted_mqtt.packets import Disconnect, PubAck, Publish, PubRec, ReasonCode
 from twisted_mqtt.properties import Properties
@@ -308,6 +309,29 @@ def test_ack_kafka_holds_only_matching_messages(unreachable: Any) -> None:
     assert bridge.buffer.messages == 3
     bridge.poll()
     assert pub.received() == []
+
+
+class Echo(Hook):
+    """Publishes through the inline client whenever a client publishes to ``held/trigger``."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+
+    def on_published(self, client: ClientInfo, message: Any, count: int) -> None:
+        if message.topic == "held/trigger":
+            self.broker.inline.publish("held/echo", b"echo", 1)
+
+
+def test_ack_kafka_holds_through_nested_publishes(unreachable: Any) -> None:
+    """A hook publishing (through the inline client) while a PUBLISH is being routed does not
+    release that PUBLISH's acknowledgement; the inline message is produced, not held."""
+    bridge = unreachable()
+    broker: InMemoryBroker = bridge.hub
+    broker.broker.hooks.add(Echo(broker.broker))
+    pub = join(broker, "pub")
+    pub.send(Publish("held/trigger", b"x", 1, packet_id=1))
+    assert pub.received() == []
+    assert bridge.buffer.messages == 2
 
 
 def test_ack_kafka_full_buffer_disconnects_the_publisher(unreachable: Any) -> None:

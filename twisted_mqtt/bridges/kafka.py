@@ -700,7 +700,9 @@ class KafkaBridge(Service, Hook):
         if rule is None:
             return
         record = egress_record(rule, client, message, self.broker.now)
-        hold = message.qos > 0 and self.settings.ack == "kafka"
+        # An inline client's message is never acknowledged, and may be published by a hook
+        # while a client's PUBLISH is routed: only network clients' messages are held.
+        hold = message.qos > 0 and self.settings.ack == "kafka" and client.listener != "inline"
         if record is None:
             self.invalid += 1
             log.warn("Kafka bridge {name}: topic {topic!r} makes no valid Kafka topic name; "
