@@ -152,6 +152,22 @@ def test_connect_v311_bytes() -> None:
     assert peer.raw() == (b"\x10\x14\x00\x04MQTT\x04\xc0\x00\x3c\x00\x02c1\x00\x01u\x00\x01p")
 
 
+def test_connect_carries_will_and_credentials() -> None:
+    """The will (with its v5 properties), user name, password and session expiry reach the
+    server as given."""
+    from twisted_mqtt.packets import Will
+
+    will = Will("status/c1", b"gone", 1, True, Properties(will_delay_interval=5))
+    reactor, client = make(V5, will=will, username="u", password=b"p",
+                           session_expiry_interval=30, keep_alive=0)
+    client.connect()
+    connect = Peer(reactor, V5).accept()
+    assert (connect.will, connect.username, connect.password, connect.keep_alive) == (
+        will, "u", b"p", 0)
+    assert connect.properties.session_expiry_interval == 30 and connect.clean_start
+    assert reactor.getDelayedCalls() == []  # keep alive 0: no ping timer
+
+
 def test_refused_v5_names_the_reason() -> None:
     """A refused CONNACK fails connect() with the reason code's name, closes, and the client
     does not try again [MQTT-4.13.2-1]."""
