@@ -32,6 +32,7 @@ from twisted_mqtt.interfaces import ClientInfo
 from twisted_mqtt.packets import Disconnect, PubAck, Publish, PubRec, ReasonCode
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.session import Message
+from twisted_mqtt.tap import Options
 from twisted_mqtt.testing import InMemoryBroker
 
 CPYTHON = platform.python_implementation() == "CPython"
@@ -218,6 +219,23 @@ def test_client_settings_are_checked(tmp_path: Path) -> None:
         load_config(str(path))
     assert str(error.value) == (f"{path}, line 6: kafka_bridges[0].client: librdkafka refuses "
                                 'it: No such configuration property: "compresion.type"')
+
+
+def test_ingress_refuses_workers(tmp_path: Path) -> None:
+    """Ingress in every worker would publish each record once per worker: refused, while
+    egress rules alone may run in every worker."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
+    path = tmp_path / "broker.yaml"
+    path.write_text("kafka_bridges:\n  - name: k\n    servers: [h:1]\n"
+                    "    ingress: [{topics: [t]}]\n")
+    workers = ["--workers", "2", "--cluster", "redis://127.0.0.1:1/0"]
+    with pytest.raises(ConfigError) as error:
+        Options().parseOptions(["--config", str(path), *workers])
+    assert str(error.value).startswith("--workers: Kafka ingress runs in one process")
+    path.write_text("kafka_bridges:\n  - name: k\n    servers: [h:1]\n"
+                    "    egress: [{filters: ['#']}]\n")
+    Options().parseOptions(["--config", str(path), *workers])
 
 
 def test_settings_from_the_file(tmp_path: Path) -> None:
