@@ -460,6 +460,23 @@ def test_state_notifications() -> None:
     assert json.loads(retained[STATUS_TOPIC.format(name="b")].payload)["state"] == "stopped"
 
 
+def test_status_refreshed_with_sys() -> None:
+    """The JSON status is published again at each $SYS publication, with the counters then."""
+    broker = hub(sys_interval=10)
+    bridge, link = bridge_on(broker, "a/# out 1")
+    link.up()
+    broker.broker.inline.publish("a/b", b"x", 1)
+    link.ack_all()
+    status = STATUS_TOPIC.format(name="b")
+    assert json.loads(broker.broker.retained[status].payload)["sent"] == 0
+    broker.advance(10)
+    assert json.loads(broker.broker.retained[status].payload)["sent"] == 1
+    bridge.stopService()
+    broker.broker.inline.publish("a/b", b"x", 1)
+    broker.advance(10)
+    assert json.loads(broker.broker.retained[status].payload)["state"] == "stopped"
+
+
 def test_metrics_by_bridge() -> None:
     """``/metrics`` has each bridge's figures, labelled with its name."""
     from prometheus_client.exposition import generate_latest

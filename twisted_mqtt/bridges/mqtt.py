@@ -45,6 +45,7 @@ from twisted_mqtt.bridges.mqtt_settings import (
     BridgeSettings,
     TopicRule,
 )
+from twisted_mqtt.hooks import Hook
 from twisted_mqtt.inline import MESSAGE_PROPERTIES, InlineClient, InlineMessage
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.topics import matches
@@ -149,6 +150,17 @@ class OutboundQueue:
         return message
 
 
+class StatusTicker(Hook):
+    """Publishes a bridge's status again at each $SYS publication."""
+
+    def __init__(self, bridge: MqttBridge) -> None:
+        self.bridge = bridge
+
+    def on_sys_info_tick(self, figures: Dict[str, Any]) -> None:
+        """Publish the status with the counters now."""
+        self.bridge.notify()
+
+
 class MqttBridge(Service):
     """One MQTT bridge, started and stopped with the broker service it is a child of."""
 
@@ -176,6 +188,7 @@ class MqttBridge(Service):
         """MQTT 3.1.1 (no No Local): the messages exported that the remote will send back,
         by (remote topic, payload length, payload hash), with how many are due."""
         self._echo_possible = settings.protocol_level < 5 and bool(self._importing)
+        self._ticker = StatusTicker(self)
 
     def __repr__(self) -> str:
         return f"MqttBridge({self.settings.name!r}, {self.settings.address!r})"
@@ -186,6 +199,8 @@ class MqttBridge(Service):
         """Subscribe to the ``out`` rules here and connect to the remote."""
         super().startService()
         self._change("disconnected", "connecting")
+        if self.settings.notifications:
+            self.broker.hooks.add(self._ticker)
         for index, rule in enumerate(self._exporting):
             self.local.subscribe(rule.local_filter, self._exporter(rule), index + 1, rule.qos,
                                  retain_as_published=True)
@@ -199,6 +214,8 @@ class MqttBridge(Service):
     def stopService(self) -> Deferred[None]:
         """Stop exporting, disconnect from the remote; what is queued is lost (counted)."""
         super().stopService()
+        if self._ticker in self.broker.hooks:
+            self.broker.hooks.remove(self._ticker)
         for index, rule in enumerate(self._exporting):
             self.local.unsubscribe(rule.local_filter, index + 1)
         link, self.link = self.link, None
