@@ -264,6 +264,10 @@ class Options(usage.Options, AuthOptionMixin):
             raise ConfigError("MQTT bridges run in one process: each worker would connect "
                               "with the same client ids; run the bridges in a broker without "
                               "--workers", path="--workers")
+        if self["workers"] and any(bridge.ingress for bridge in self["kafka-bridges"]):
+            raise ConfigError("Kafka ingress runs in one process: each worker would publish "
+                              "every record; read Kafka in a broker without --workers (egress "
+                              "rules alone may run in every worker)", path="--workers")
         if self["workers"] and not self.get("cluster"):
             raise ConfigError(f"{self['workers']} workers are cluster nodes: they need "
                               "--cluster redis://HOST:PORT/DB (the Redis that joins them)",
