@@ -686,6 +686,15 @@ def test_subscribe_too_large_fails() -> None:
     assert isinstance(peer.received()[0], Subscribe)
 
 
+def test_limits_of_one_connection_do_not_outlive_it() -> None:
+    """The Maximum Packet Size a server stated applies to that connection only: the CONNECT of
+    the next one is sent whole."""
+    reactor, client, peer = connected(V5, {"properties": Properties(maximum_packet_size=20)},
+                                      username="a-user-name-longer-than-the-limit")
+    peer, connect = reconnected(reactor, peer)
+    assert connect.username == "a-user-name-longer-than-the-limit"
+
+
 def test_unacknowledged_subscribe_sent_again() -> None:
     """A SUBSCRIBE not acknowledged before the connection was lost is sent again, once, and its
     Deferred fires with the SUBACK of the new connection."""

@@ -436,6 +436,7 @@ class MQTTClient:
             protocol.transport.loseConnection()
             return
         self._protocol = protocol
+        self._server_maximum_packet_size = None  # until this connection's CONNACK says
         clean = self.clean_start
         if self._connected_before and (self.session_expiry_interval if self.protocol_level == V5
                                        else not self.clean_start):
