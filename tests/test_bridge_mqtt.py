@@ -354,7 +354,7 @@ def test_v3_remote_echo_is_not_published_again() -> None:
     broker.broker.inline.publish("a/b", b"mine", 1)
     assert len(link.published) == 1 and len(got) == 1
     bridge.remote_message("a/b", b"mine", 1, False)  # the echo
-    assert len(got) == 1 and bridge.counters.echoes == 1
+    assert len(got) == 1 and bridge.status()["echoes"] == 1
     bridge.remote_message("a/b", b"mine", 1, False)  # published there again, by another client
     assert [m.payload for m in got] == [b"mine", b"mine"]
     assert len(link.published) == 1

@@ -20,7 +20,6 @@ in order once the bridge is connected again.  docs/bridges.md tells the whole st
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import (
@@ -178,7 +177,7 @@ class MqttBridge(Service):
         self.connected = False
         self.inflight = 0
         """Messages handed to the link and not yet acknowledged."""
-        self.since = time.time()
+        self.since = broker.clock.seconds()
         self.reason = "not started"
         self._dropping = False
         self._dropped_at_change = 0
@@ -385,10 +384,11 @@ class MqttBridge(Service):
                 "reason": self.reason, "queued": len(self.queue),
                 "queued_bytes": self.queue.bytes, "sent": counters.sent,
                 "received": counters.received, "dropped": counters.dropped,
-                "expired": counters.expired, "connects": counters.connects}
+                "expired": counters.expired, "echoes": counters.echoes,
+                "connects": counters.connects}
 
     def _change(self, state: str, reason: str) -> None:
-        self.since = time.time()
+        self.since = self.broker.clock.seconds()
         self.reason = reason
         if self.settings.notifications:
             self.local.publish(STATE_TOPIC.format(name=self.settings.name),
