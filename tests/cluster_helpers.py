@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List, Sequence
 
-from tests.conftest import BrokerProcess, StartBroker, _starter
+from tests.conftest import BrokerProcess, StartBroker, _starter, _stop_all
 from tests.paho import V5, Client
 
 LEASE = 2.0
@@ -61,10 +61,13 @@ class Nodes:
 
 
 def connect(node: BrokerProcess, version: int = V5, client_id: str = "",
-            clean: bool = True) -> Client:
-    """A paho client connected to ``node``."""
+            clean: bool = True, expect_success: bool = True) -> Client:
+    """A paho client connected to ``node`` (its CONNACK a success unless ``expect_success``
+    is false)."""
     client = Client(node.port, version, client_id or unique("c"), clean=clean)
-    return client.connect(clean_start=clean) if version == V5 else client.connect()
+    if version == V5:
+        return client.connect(clean_start=clean, expect_success=expect_success)
+    return client.connect(expect_success=expect_success)
 
 
 PROBE = b"probe"
@@ -88,3 +91,20 @@ def collect(client: Client, until: str, timeout: float = WAIT) -> List[Any]:
     """The messages ``client`` gets before the first one on topic ``until`` (a barrier
     published after the messages waited for), probes left out."""
     return [m for m in client.expect_until(until, timeout) if m.payload != PROBE]
+
+
+def running_cluster(directory: Path, url: str, names: Sequence[str]) -> Iterator[Nodes]:
+    """A module fixture's body: nodes ``names`` on ``url`` (no $SYS publications), each
+    stopped and checked when the module ends."""
+    nodes = Nodes(directory, url, "--sys-interval", "0")
+    for name in names:
+        nodes.start(name)
+    yield nodes
+    _stop_all(nodes.running())
+
+
+def on_db(server: Any, db: int, *args: str) -> bytes:
+    """The first line of one command's reply on database ``db`` of a ``RedisServer``."""
+    quoted = ", ".join("'" + arg.replace("'", "\\'") + "'" for arg in args)
+    return bytes(server.command(
+        "EVAL", f"redis.call('SELECT', {db}) return redis.call({quoted})", "0"))
