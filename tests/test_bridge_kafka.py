@@ -221,6 +221,22 @@ def test_client_settings_are_checked(tmp_path: Path) -> None:
                                 'it: No such configuration property: "compresion.type"')
 
 
+def test_documented_example(tmp_path: Path) -> None:
+    """The YAML example of docs/bridges.md's Kafka section is a valid configuration."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
+    text = (Path(__file__).parent.parent / "docs" / "bridges.md").read_text()
+    section = text[text.index("## Kafka bridge"):]
+    example = section[section.index("```yaml\n") + 8:section.index("\n```", section.index(
+        "```yaml"))]
+    path = tmp_path / "broker.yaml"
+    path.write_text(example + "\n")
+    settings = load_config(str(path)).values["kafka_bridges"][0]
+    assert settings.name == "analytics" and settings.ack == "kafka"
+    assert [r.topic.text for r in settings.egress] == ["mqtt.{topic}", "audit"]
+    assert settings.ingress[0].mqtt_topic.text == "devices/{key}/{header:command}"
+
+
 def test_ingress_refuses_workers(tmp_path: Path) -> None:
     """Ingress in every worker would publish each record once per worker: refused, while
     egress rules alone may run in every worker."""
