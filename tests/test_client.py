@@ -741,6 +741,23 @@ def test_events() -> None:
     assert events == ["up False", "down"]
 
 
+def test_failing_event_handlers_are_logged() -> None:
+    """An on_connected or on_disconnected that raises is logged; the client carries on."""
+    reactor, client = make(V5)
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("bug")
+
+    client.on_connected = client.on_disconnected = broken
+    result = outcome(client.connect())
+    peer = Peer(reactor, V5)
+    peer.accept()
+    assert isinstance(result[0], ConnectResult) and client.connected
+    peer.lose()
+    reactor.advance(1.0)
+    assert len(reactor.tcpClients) == 2
+
+
 def test_on_connected_set_when_connect_fires_is_not_called_for_that_connection() -> None:
     """on_connected runs before connect()'s Deferred fires: a handler installed by connect()'s
     callback sees the reconnections only."""

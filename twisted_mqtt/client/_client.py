@@ -327,7 +327,8 @@ class MQTTClient:
 
         The Deferred fires with the SUBACK's reason codes (a tuple of one; 0x80 and above is a
         refusal, and the callback is then dropped).  The subscription is made again after a
-        reconnection that lost the session.
+        reconnection that lost the session.  Subscribing again to the same filter replaces its
+        options and callback.
         """
         validate_topic_filter(topic_filter)
         if qos not in (0, 1, 2) or retain_handling not in (0, 1, 2):
@@ -498,7 +499,7 @@ class MQTTClient:
         self._resume(ack.session_present)
         self._schedule_ping()
         if self.on_connected is not None:
-            self.on_connected(result)
+            self._notify(self.on_connected, result)
         pending, self._pending_connect = self._pending_connect, None
         if pending is not None:
             pending.callback(result)
@@ -724,6 +725,13 @@ class MQTTClient:
             self.log.failure("MQTT client {client_id}: message callback failed on {topic}",
                              client_id=self.client_id, topic=message.topic)
 
+    def _notify(self, callback: Callable[[Any], Any], argument: Any) -> None:
+        try:
+            callback(argument)
+        except Exception:
+            self.log.failure("MQTT client {client_id}: {callback} failed",
+                             client_id=self.client_id, callback=callback)
+
     def _on_puback(self, ack: PubAck) -> None:
         message = self._inflight.get(ack.packet_id)
         if message is None or message.packet.qos != 1:
@@ -868,7 +876,7 @@ class MQTTClient:
             self.log.info("MQTT client {client_id}: connection lost: {reason}",
                           client_id=self.client_id, reason=reason.getErrorMessage())
             if self.on_disconnected is not None:
-                self.on_disconnected(reason)
+                self._notify(self.on_disconnected, reason)
         if self._running:
             self._retry_or_stop(reason)
 
