@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cluster_helpers import WAIT, Nodes, collect, routed, unique, wait_for
-from tests.conftest import BrokerProcess, _stop_all
+from tests.cluster_helpers import (
+    WAIT,
+    Nodes,
+    collect,
+    on_db,
+    routed,
+    running_cluster,
+    unique,
+    wait_for,
+)
+from tests.conftest import BrokerProcess
 from tests.paho import V5, V311, Client
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
@@ -40,23 +49,17 @@ def prefix() -> str:
 def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,  # noqa: F811
             prefix: str) -> Iterator[Nodes]:
     """Three nodes, s0 s1 s2, on one Redis database (tests start more nodes to kill)."""
-    nodes = Nodes(tmp_path_factory.mktemp("cluster"), redis_server.url(DB, prefix),
-                  "--sys-interval", "0")
-    for name in ("s0", "s1", "s2"):
-        nodes.start(name)
-    yield nodes
-    _stop_all(nodes.running())
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), redis_server.url(DB, prefix),
+                               ("s0", "s1", "s2"))
 
 
-def on_db(server: RedisServer, *args: str) -> bytes:
+def reply_of(server: RedisServer, *args: str) -> bytes:
     """The first line of one command's reply on the cluster's database."""
-    quoted = ", ".join("'" + arg.replace("'", "\\'") + "'" for arg in args)
-    return server.command("EVAL", f"redis.call('SELECT', {DB}) return redis.call({quoted})",
-                          "0")
+    return on_db(server, DB, *args)
 
 
 def connect(node: BrokerProcess, client_id: str, version: int = V5, clean: bool = True,
-            expiry: int = 0, will: Optional[tuple] = None,
+            expiry: int = 0, will: Optional[Tuple[str, bytes, int]] = None,
             will_delay: Optional[int] = None) -> Client:
     """A paho client connected to ``node`` (v5: ``expiry`` as Session Expiry Interval)."""
     client = Client(node.port, version, client_id, clean=clean)
@@ -65,7 +68,8 @@ def connect(node: BrokerProcess, client_id: str, version: int = V5, clean: bool 
         if will_delay is not None:
             will_props = Properties(PacketTypes.WILLMESSAGE)
             will_props.WillDelayInterval = will_delay
-        client.paho.will_set(*will, properties=will_props)
+        topic, payload, qos = will
+        client.paho.will_set(topic, payload, qos, properties=will_props)
     if version != V5:
         return client.connect()
     props = None
@@ -135,7 +139,7 @@ def test_persistent_session_resumed_on_another_node(cluster: Nodes, version: int
     publisher.publish(f"{topic}/end1", b"end", 1)
     publisher.publish(f"{topic}/end2", b"end", 2)
     msgs = f"{prefix}cluster:session:msgs:{client_id}"
-    wait_for(lambda: on_db(redis_server, "HLEN", msgs) == f":{count + 2}".encode(),
+    wait_for(lambda: reply_of(redis_server, "HLEN", msgs) == f":{count + 2}".encode(),
              "the queued messages stored")
     again = persistent(cluster[1], client_id, version)
     assert again.connack_flags.session_present
@@ -176,10 +180,12 @@ def test_killed_node_wills_once_and_sessions_adopted(cluster: Nodes, doomed: Bro
     keeper = persistent(doomed, keeper_id, V5)
     keeper.subscribe(f"{base}-keep/#", 1)
     heads = f"{prefix}cluster:session:sessions"
-    for client in (*wills, keeper):
-        wait_for(lambda c=client: on_db(redis_server, "HEXISTS", heads,
-                                        str(c.paho._client_id.decode())) == b":1",
-                 "the session heads stored")
+
+    def stored() -> bool:
+        return all(reply_of(redis_server, "HEXISTS", heads, c.paho._client_id.decode()) == b":1"
+                   for c in (*wills, keeper))
+
+    wait_for(stored, "the session heads stored")
     doomed.proc.send_signal(signal.SIGKILL)
     doomed.proc.wait()
     got = watcher.expect(3, timeout=WAIT)
@@ -215,7 +221,7 @@ def test_stopped_node_cannot_write_the_sessions_it_lost(cluster: Nodes, doomed: 
     client = persistent(doomed, client_id, V5)
     client.subscribe(f"{base}/before", 1)
     subs = f"{prefix}cluster:session:subs:{client_id}"
-    wait_for(lambda: on_db(redis_server, "HEXISTS", subs, f"{base}/before") == b":1",
+    wait_for(lambda: reply_of(redis_server, "HEXISTS", subs, f"{base}/before") == b":1",
              "the subscription stored")
     name = name_of(doomed)
     doomed.proc.send_signal(signal.SIGSTOP)
@@ -224,8 +230,8 @@ def test_stopped_node_cannot_write_the_sessions_it_lost(cluster: Nodes, doomed: 
     client.paho.subscribe(f"{base}/during", 1)  # read by the stopped node once it runs
     doomed.proc.send_signal(signal.SIGCONT)
     doomed.wait_for_log(r"serving \(epoch", count=2, timeout=WAIT)
-    assert on_db(redis_server, "HEXISTS", subs, f"{base}/during") == b":0"
-    assert on_db(redis_server, "HEXISTS", subs, f"{base}/before") == b":1"
+    assert reply_of(redis_server, "HEXISTS", subs, f"{base}/during") == b":0"
+    assert reply_of(redis_server, "HEXISTS", subs, f"{base}/before") == b":1"
     assert owner_of(redis_server, prefix, client_id) != name
     client.close()
 

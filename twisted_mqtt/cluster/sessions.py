@@ -341,13 +341,8 @@ class _Recorder(Recorder):
         """Write nothing more of ``client_id`` (another node owns it now)."""
         self._stored.discard(client_id)
         self._disconnected_at.pop(client_id, None)
-        self._heads.discard(client_id)
-        if self._subs:
-            self._subs = {k for k in self._subs if k[0] != client_id}
-        for notes in (self._new, self._moves, self._deleted):
-            for key in [k for k, v in notes.items() if v[0] == client_id]:
-                del notes[key]
         self._cleared.discard(client_id)
+        self._forget_notes(client_id)
 
 
 class ClusterSessions(Hook):

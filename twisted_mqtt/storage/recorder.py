@@ -472,6 +472,11 @@ class Recorder(Hook):
     def _clear(self, client_id: str) -> None:
         """Forget everything of ``client_id`` noted in this batch; delete its stored state."""
         self._cleared.add(client_id)
+        self._forget_notes(client_id)
+        self._touch()
+
+    def _forget_notes(self, client_id: str) -> None:
+        """Forget the changes of ``client_id`` noted in this batch."""
         self._heads.discard(client_id)
         if self._subs:
             self._subs = {k for k in self._subs if k[0] != client_id}
@@ -480,7 +485,6 @@ class Recorder(Hook):
                 del notes[key]
         if self._inbound:
             self._inbound = {k: v for k, v in self._inbound.items() if k[0] != client_id}
-        self._touch()
 
     def _snapshot(self, session: Session) -> None:
         """Note everything of a session that was not stored until now."""
