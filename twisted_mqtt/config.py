@@ -610,12 +610,13 @@ class BridgeList(Check):
 
 class KafkaBridgeList(Check):
     """``kafka_bridges:``, the Kafka bridges (checked by
-    ``twisted_mqtt.bridges.kafka.KafkaBridges``; confluent-kafka must be installed)."""
+    ``twisted_mqtt.bridges.kafka_settings.KafkaBridges``; confluent-kafka must be
+    installed)."""
 
     expected = "a list of Kafka bridges, each a mapping of name, servers, egress, ingress..."
 
     def __call__(self, value: Any) -> List[Any]:
-        from twisted_mqtt.bridges.kafka import KafkaBridges
+        from twisted_mqtt.bridges.kafka_settings import KafkaBridges
 
         return KafkaBridges()(value)
 
