@@ -12,14 +12,15 @@ import socket
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any
 
 import pytest
 
+from tests.cluster_helpers import wait_for
 from tests.conftest import StartBroker, run_twistd
-from tests.paho import V5, V311, Client
+from tests.paho import V311, MakeClient
 from tests.spec import check_cited_labels
-from tests.web_helpers import KEY_NAME, PASSWORD, USER, Dashboard, Http, start_dashboard, wait_for
+from tests.web_helpers import KEY_NAME, PASSWORD, USER, Dashboard, Http, start_dashboard
 from twisted_mqtt.listeners import loopback_endpoint
 from twisted_mqtt.web.api import MAX_BODY, ROUTES
 from twisted_mqtt.web.views import MASK, mask
@@ -53,22 +54,6 @@ def dashboard(module_brokers: StartBroker, tmp_path_factory: pytest.TempPathFact
 def api(dashboard: Dashboard) -> Http:
     """An API key holder."""
     return Http(dashboard.base, dashboard.key)
-
-
-@pytest.fixture
-def clients(dashboard: Dashboard) -> Iterator[Any]:
-    """Make paho clients of the dashboard's broker; closed at the end."""
-    made: List[Client] = []
-
-    def make(client_id: str = "", version: int = V5, **kwargs: Any) -> Client:
-        client = Client(dashboard.mqtt_port, version, client_id or f"c-{uuid.uuid4().hex[:8]}",
-                        **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def test_cited_labels() -> None:
@@ -119,11 +104,11 @@ def test_unknown_path_and_method(api: Http) -> None:
     assert status == 405 and headers["Allow"] == "GET, POST"
 
 
-def test_clients_list_detail_and_kick(api: Http, clients: Any) -> None:
+def test_clients_list_detail_and_kick(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     """A connected client is listed with its fields, found by search, shown with its
     subscriptions; kicking it sends MQTT 5 DISCONNECT 0x98 [MQTT-3.14.2-1]."""
     client_id = f"kick-{uuid.uuid4().hex[:8]}"
-    client = clients(client_id).connect(keepalive=45)
+    client = dashboard.client(clients, client_id).connect(keepalive=45)
     client.subscribe("kick/topic", 1)
     found = api.get(f"/api/v1/clients?search={client_id}")
     assert found["total"] == 1
@@ -144,26 +129,26 @@ def test_clients_list_detail_and_kick(api: Http, clients: Any) -> None:
     assert status == 404 and body["error"]["field"] == "client_id"
 
 
-def test_ban_through_the_api(api: Http, clients: Any, dashboard: Dashboard) -> None:
+def test_ban_through_the_api(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     """A ban added through the API disconnects the client and refuses its reconnect with
     CONNACK 0x8A [MQTT-3.2.2-7] (MQTT 3.1.1: return code 5 [MQTT-3.2.2-5 (3.1.1)]); it is
     listed, logged with who added it, and lifted."""
     client_id = f"ban-{uuid.uuid4().hex[:8]}"
-    client = clients(client_id).connect()
+    client = dashboard.client(clients, client_id).connect()
     status, _, ban = api.request("POST", "/api/v1/bans", {
         "kind": "client_id", "value": client_id, "duration": 600, "reason": "testing"})
     assert status == 201 and ban["value"] == client_id and ban["expires_at"]
     assert client.disconnected.wait(10) and client.disconnect_rc.value == 0x98
-    again = clients(client_id).connect(expect_success=False)
+    again = dashboard.client(clients, client_id).connect(expect_success=False)
     assert again.connack_rc.value == 0x8A
-    old = clients(client_id, V311).connect(expect_success=False)
+    old = dashboard.client(clients, client_id, V311).connect(expect_success=False)
     assert old.connack_rc.value == 0x87  # paho's name for MQTT 3 return code 5
     assert any(b["value"] == client_id for b in api.get("/api/v1/bans")["bans"])
     dashboard.broker.wait_for_log(f"client_id {client_id} banned for 600s by dashboard "
                                   f"api-key {KEY_NAME}: testing")
     status, _, _ = api.request("DELETE", f"/api/v1/bans/client_id/{client_id}")
     assert status == 200
-    clients(client_id).connect()
+    dashboard.client(clients, client_id).connect()
     status, _, body = api.request("DELETE", f"/api/v1/bans/client_id/{client_id}")
     assert status == 404 and body["error"]["field"] == "value"
 
@@ -209,11 +194,11 @@ def test_pagination_bounds(api: Http, query: str, field: str) -> None:
         assert status == 400 and body["error"]["field"] == field, (path, body)
 
 
-def test_pages(api: Http, clients: Any) -> None:
+def test_pages(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     """Pages of clients cover every client once, in order, within the limit."""
     tag = uuid.uuid4().hex[:8]
     for index in range(5):
-        clients(f"page-{tag}-{index}").connect()
+        dashboard.client(clients, f"page-{tag}-{index}").connect()
     seen = []
     for offset in (0, 2, 4):
         page = api.get(f"/api/v1/clients?search=page-{tag}&limit=2&offset={offset}")
@@ -223,10 +208,12 @@ def test_pages(api: Http, clients: Any) -> None:
     assert seen == [f"page-{tag}-{index}" for index in range(5)]
 
 
-def test_subscriptions_and_shared_groups(api: Http, clients: Any) -> None:
+def test_subscriptions_and_shared_groups(api: Http, clients: MakeClient,
+                                         dashboard: Dashboard) -> None:
     """Who is subscribed to what, and the members of shared groups."""
     tag = uuid.uuid4().hex[:8]
-    one, two = clients(f"s1-{tag}").connect(), clients(f"s2-{tag}").connect()
+    one = dashboard.client(clients, f"s1-{tag}").connect()
+    two = dashboard.client(clients, f"s2-{tag}").connect()
     one.subscribe(f"$share/g{tag}/jobs/#", 1)
     two.subscribe(f"$share/g{tag}/jobs/#", 0)
     one.subscribe(f"plain/{tag}", 2)
@@ -240,11 +227,11 @@ def test_subscriptions_and_shared_groups(api: Http, clients: Any) -> None:
             "members": [f"s1-{tag}", f"s2-{tag}"]} in groups
 
 
-def test_retained_browse_view_delete(api: Http, clients: Any) -> None:
+def test_retained_browse_view_delete(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     """Retained messages by filter; one shown as text, pretty JSON and hex; deleted, a new
     subscriber gets nothing."""
     tag = uuid.uuid4().hex[:8]
-    publisher = clients().connect()
+    publisher = dashboard.client(clients).connect()
     publisher.publish(f"ret/{tag}/json", b'{"a": [1, 2]}', 1, retain=True)
     publisher.publish(f"ret/{tag}/bin", b"\x00\xff", 1, retain=True)
     listed = api.get(f"/api/v1/retained?filter=ret/{tag}/%23")
@@ -259,7 +246,7 @@ def test_retained_browse_view_delete(api: Http, clients: Any) -> None:
     assert status == 200
     status, _, body = api.request("GET", f"/api/v1/retained/message?topic=ret/{tag}/json")
     assert status == 404 and body["error"]["field"] == "topic"
-    subscriber = clients().connect()
+    subscriber = dashboard.client(clients).connect()
     subscriber.subscribe(f"ret/{tag}/#", 1)
     assert [m.topic for m in subscriber.expect(1)] == [f"ret/{tag}/bin"]
 
@@ -276,11 +263,11 @@ def test_bad_retained_input(api: Http, query: str, status: int, field: str) -> N
     assert got == status and body["error"]["field"] == field
 
 
-def test_publish(api: Http, clients: Any, dashboard: Dashboard) -> None:
+def test_publish(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     """A message published through the API reaches a paho subscriber with its MQTT 5
     properties; the write is logged with who made it."""
     tag = uuid.uuid4().hex[:8]
-    subscriber = clients().connect()
+    subscriber = dashboard.client(clients).connect()
     subscriber.subscribe(f"pub/{tag}", 1)
     status, _, body = api.request("POST", "/api/v1/publish", {
         "topic": f"pub/{tag}", "payload": "68656c6c6f", "encoding": "hex", "qos": 1,

@@ -16,14 +16,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator
 
 import pytest
 
+from tests.cluster_helpers import wait_for
 from tests.conftest import StartBroker
-from tests.paho import Client
+from tests.paho import MakeClient
 from tests.spec import check_cited_labels
-from tests.web_helpers import PASSWORD, USER, Dashboard, Http, start_dashboard, wait_for
+from tests.web_helpers import PASSWORD, USER, Dashboard, Http, start_dashboard
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +38,10 @@ if not (shutil.which(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
     pytest.skip("Debian chromium and chromium-driver are not installed",
                 allow_module_level=True)
 
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
@@ -75,28 +80,29 @@ def browser(dashboard: Dashboard) -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture
-def clients(dashboard: Dashboard) -> Iterator[Any]:
-    made: List[Client] = []
-
-    def make(client_id: str = "") -> Client:
-        client = Client(dashboard.mqtt_port, client_id=client_id or f"b-{uuid.uuid4().hex[:8]}")
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
 def test_cited_labels() -> None:
     check_cited_labels(sys.modules[__name__])
 
 
 def visible(driver: Any, element_id: str) -> Any:
     """The element, once it is displayed."""
-    return wait_for(lambda: (lambda e: e if e and e[0].is_displayed() else None)(
-        driver.find_elements(By.ID, element_id)), WAIT, f"#{element_id} shown")[0]
+    def shown() -> Any:
+        found = driver.find_elements(By.ID, element_id)
+        return found if found and found[0].is_displayed() else None
+
+    return wait_for(shown, f"#{element_id} shown", WAIT)[0]
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the element ``selector`` finds, again if a refresh replaced it meanwhile."""
+    def attempt() -> bool:
+        try:
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    wait_for(attempt, f"a click on {selector}", WAIT)
 
 
 def page(driver: Any, dashboard: Dashboard, name: str) -> None:
@@ -119,7 +125,7 @@ def test_sign_in(browser: Any, dashboard: Dashboard, shots: Path) -> None:
     browser.find_element(By.ID, "login-user").send_keys(USER)
     browser.find_element(By.ID, "login-password").send_keys("wrong")
     browser.find_element(By.ID, "login-submit").click()
-    wait_for(lambda: browser.find_element(By.ID, "login-error").text, WAIT, "an error")
+    wait_for(lambda: browser.find_element(By.ID, "login-error").text, "an error", WAIT)
     password = browser.find_element(By.ID, "login-password")
     password.clear()
     password.send_keys(PASSWORD)
@@ -137,44 +143,45 @@ def test_sign_in(browser: Any, dashboard: Dashboard, shots: Path) -> None:
 
 
 def test_client_appears_then_kick_and_ban(browser: Any, dashboard: Dashboard, shots: Path,
-                                          clients: Any) -> None:
+                                          clients: MakeClient) -> None:
     """A paho client is in the list within 2 s of its CONNACK; Kick sends it DISCONNECT 0x98
     [MQTT-3.14.2-1]; Ban by client id refuses its reconnect with CONNACK 0x8A
     [MQTT-3.2.2-7]."""
     page(browser, dashboard, "clients")
     client_id = f"browser-{uuid.uuid4().hex[:8]}"
-    client = clients(client_id).connect()
+    client = dashboard.client(clients, client_id).connect()
     client.subscribe("browser/watch", 1)
     connected = time.monotonic()
     selector = f"tr[data-client-id='{client_id}']"
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "the client row")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), "the client row", WAIT)
     assert time.monotonic() - connected <= 2.0
     shoot(browser, shots, "clients")
-    browser.find_element(By.CSS_SELECTOR, selector + " a").click()
+    click(browser, selector + " a")
     visible(browser, "page-client")
     wait_for(lambda: browser.find_element(By.ID, "client-fields").get_attribute(
-        "data-connected") == "true", WAIT, "the client's fields")
-    wait_for(lambda: "browser/watch" in browser.find_element(By.ID, "client-subs").text, WAIT,
-             "its subscription")
+        "data-connected") == "true", "the client's fields", WAIT)
+    wait_for(lambda: "browser/watch" in browser.find_element(By.ID, "client-subs").text,
+             "its subscription", WAIT)
     shoot(browser, shots, "client")
     browser.find_element(By.ID, "kick").click()
     assert client.disconnected.wait(WAIT) and client.disconnect_rc.value == 0x98
     Select(browser.find_element(By.ID, "ban-kind")).select_by_value("client_id")
     browser.find_element(By.ID, "ban-reason").send_keys("browser test")
     browser.find_element(By.ID, "ban-submit").click()
-    wait_for(lambda: "Banned" in browser.find_element(By.ID, "status").text, WAIT, "banned")
-    again = clients(client_id).connect(expect_success=False)
+    wait_for(lambda: "Banned" in browser.find_element(By.ID, "status").text,
+             "banned: " + browser.find_element(By.ID, "status").text, WAIT)
+    again = dashboard.client(clients, client_id).connect(expect_success=False)
     assert again.connack_rc.value == 0x8A
     page(browser, dashboard, "bans")
-    wait_for(lambda: client_id in browser.find_element(By.ID, "bans-table").text, WAIT,
-             "the ban listed")
+    wait_for(lambda: client_id in browser.find_element(By.ID, "bans-table").text,
+             "the ban listed", WAIT)
     shoot(browser, shots, "bans")
 
 
-def test_publish_form(browser: Any, dashboard: Dashboard, shots: Path, clients: Any) -> None:
+def test_publish_form(browser: Any, dashboard: Dashboard, shots: Path, clients: MakeClient) -> None:
     """The publish form reaches a paho subscriber, properties included [MQTT-3.14.2-1]."""
     topic = f"browser/pub/{uuid.uuid4().hex[:8]}"
-    subscriber = clients().connect()
+    subscriber = dashboard.client(clients).connect()
     subscriber.subscribe(topic, 1)
     page(browser, dashboard, "publish")
     browser.find_element(By.ID, "pub-topic").send_keys(topic)
@@ -187,45 +194,46 @@ def test_publish_form(browser: Any, dashboard: Dashboard, shots: Path, clients: 
     assert message.payload == b'{"from": "the dashboard"}' and message.qos == 1
     assert message.properties.ContentType == "application/json"
     assert message.properties.UserProperty == [("origin", "browser")]
-    wait_for(lambda: "Published" in browser.find_element(By.ID, "pub-result").text, WAIT,
-             "the result")
+    wait_for(lambda: "Published" in browser.find_element(By.ID, "pub-result").text,
+             "the result", WAIT)
     shoot(browser, shots, "publish")
 
 
 def test_delete_retained(browser: Any, dashboard: Dashboard, shots: Path,
-                         clients: Any) -> None:
+                         clients: MakeClient) -> None:
     """A retained message is browsed, shown as JSON and hex, and deleted from the page
     [MQTT-3.14.2-1]."""
     tag = uuid.uuid4().hex[:8]
     topic = f"browser/ret/{tag}"
-    clients().connect().publish(topic, b'{"temperature": 21.5}', 1, retain=True)
+    publisher = dashboard.client(clients).connect()
+    publisher.publish(topic, b'{"temperature": 21.5}', 1, retain=True)
     page(browser, dashboard, "retained")
     field = browser.find_element(By.ID, "ret-filter")
     field.clear()
     field.send_keys(f"browser/ret/{tag}\n")
     selector = f"tr[data-topic='{topic}'] a"
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "the topic row")
-    browser.find_element(By.CSS_SELECTOR, selector).click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, selector), "the topic row", WAIT)
+    click(browser, selector)
     visible(browser, "ret-detail")
     wait_for(lambda: '"temperature": 21.5' in browser.find_element(By.ID, "ret-payload").text,
-             WAIT, "the JSON view")
+             "the JSON view", WAIT)
     shoot(browser, shots, "retained")
     browser.find_element(By.ID, "ret-view-hex").click()
     assert browser.find_element(By.ID, "ret-payload").text.startswith("7b 22")
     browser.find_element(By.ID, "ret-delete").click()
-    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, selector), WAIT, "row gone")
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, selector), "row gone", WAIT)
     status, _, _ = Http(dashboard.base, dashboard.key).request(
         "GET", f"/api/v1/retained/message?topic={topic}")
     assert status == 404
 
 
 def test_overview_chart_moves_under_load(browser: Any, dashboard: Dashboard, shots: Path,
-                                         clients: Any) -> None:
+                                         clients: MakeClient) -> None:
     """Under a load of messages, the messages-per-second chart rises [MQTT-3.14.2-1]."""
     page(browser, dashboard, "overview")
-    subscriber = clients().connect()
+    subscriber = dashboard.client(clients).connect()
     subscriber.subscribe("browser/load", 0)
-    publisher = clients().connect()
+    publisher = dashboard.client(clients).connect()
     stop = threading.Event()
 
     def load() -> None:
@@ -238,8 +246,8 @@ def test_overview_chart_moves_under_load(browser: Any, dashboard: Dashboard, sho
     worker.start()
     try:
         chart = browser.find_element(By.ID, "chart-messages")
-        wait_for(lambda: float(chart.get_attribute("data-peak-in") or 0) > 20, 30.0,
-                 "the chart rising")
+        wait_for(lambda: float(chart.get_attribute("data-peak-in") or 0) > 20,
+                 "the chart rising", 30.0)
         assert int(chart.get_attribute("data-points")) >= 2
         assert browser.find_elements(By.CSS_SELECTOR, "#chart-messages canvas")
         shoot(browser, shots, "overview")
@@ -252,11 +260,11 @@ def test_overview_chart_moves_under_load(browser: Any, dashboard: Dashboard, sho
     ("subscriptions", "browser/load"), ("config", "dashboard"), ("auth", "Authentication"),
 ])
 def test_other_pages(browser: Any, dashboard: Dashboard, shots: Path, name: str, shown: str,
-                     clients: Any) -> None:
+                     clients: MakeClient) -> None:
     """Subscriptions, listeners and configuration, auth: each shows its data
     [MQTT-3.14.2-1]."""
-    clients().connect().subscribe("browser/load", 0)
+    dashboard.client(clients).connect().subscribe("browser/load", 0)
     page(browser, dashboard, name)
-    wait_for(lambda: shown in browser.find_element(By.ID, f"page-{name}").text, WAIT,
-             f"{shown} on {name}")
+    wait_for(lambda: shown in browser.find_element(By.ID, f"page-{name}").text,
+             f"{shown} on {name}", WAIT)
     shoot(browser, shots, name)

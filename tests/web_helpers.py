@@ -6,13 +6,14 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import secrets
-import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
+from tests.paho import V5, Client, MakeClient
 from twisted_mqtt.auth.passwords import hash_password
 
 USER = "admin"
@@ -30,6 +31,12 @@ class Dashboard:
         self.mqtt_port = broker.port_of("MQTT")
         self.port = broker.port_of("dashboard")
         self.base = f"http://127.0.0.1:{self.port}"
+
+    def client(self, make: MakeClient, client_id: str = "", version: int = V5,
+               **kwargs: Any) -> Client:
+        """A paho client of this broker, made by the ``clients`` fixture's ``make``."""
+        return make(self.mqtt_port, version, client_id or f"c-{uuid.uuid4().hex[:8]}",
+                    **kwargs)
 
 
 def start_dashboard(start_broker: StartBroker, directory: Path, *options: str) -> Dashboard:
@@ -96,14 +103,3 @@ class Http:
         return status, body
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT,
-             what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something true; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)

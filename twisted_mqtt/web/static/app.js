@@ -56,7 +56,11 @@
     return node;
   }
 
-  function fill(tbody, rows) {
+  // Replace a table's rows, unless the data drawn (``key``) is what is shown already: a
+  // refresh then leaves the rows, their focus and a click on them alone.
+  function fill(tbody, rows, key) {
+    if (key !== undefined && tbody.dataset.key === key) return;
+    if (key !== undefined) tbody.dataset.key = key;
     tbody.replaceChildren(...rows);
   }
 
@@ -292,7 +296,11 @@
       } else if (state.series) {
         addSample(data.sample, false);
       }
-      if (state.page !== "publish") refresh(false); // the overview: its nodes table
+      // Live pages follow the stream (the overview: its nodes table); the others are
+      // browsed and change by hand.
+      if (["overview", "clients", "client", "subscriptions"].includes(state.page)) {
+        refresh(false);
+      }
     });
     state.events = source;
   }
@@ -307,7 +315,7 @@
       return row([link, c.connected ? "yes" : "no", c.username, c.address, c.listener,
                   c.protocol_version, c.keep_alive, when(c.connected_since), c.queued,
                   c.inflight, c.node], { "data-client-id": c.client_id });
-    }));
+    }), JSON.stringify(data));
     pager("clients", data.total, loadClients);
   }
 
@@ -318,10 +326,20 @@
   });
 
   async function loadClient() {
-    const c = await api("GET", "clients/" + encodeURIComponent(state.client));
+    let c;
+    try {
+      c = await api("GET", "clients/" + encodeURIComponent(state.client));
+    } catch (error) {
+      if (error.status !== 404 || !state.clientData ||
+          state.clientData.client_id !== state.client) throw error;
+      // The session ended (a clean session disconnected): keep what was shown, to ban it.
+      c = Object.assign({}, state.clientData, { connected: false, address: null,
+                                                subscription_list: [] });
+    }
     $("client-title").textContent = "Client " + c.client_id;
     const fields = [["Connected", c.connected ? "yes" : "no"], ["User name", c.username],
-      ["Address", c.address], ["Listener", c.listener], ["MQTT", c.protocol_version],
+      ["Address", c.address || (state.clientData && state.clientData.address)],
+      ["Listener", c.listener], ["MQTT", c.protocol_version],
       ["Keep alive", c.keep_alive], ["Connected since", when(c.connected_since)],
       ["Session expiry", c.session_expiry_interval], ["Queued", c.queued],
       ["In flight", c.inflight], ["Node", c.node]];
@@ -329,10 +347,12 @@
                                                                      el("dd", v)]));
     $("client-fields").dataset.connected = String(c.connected);
     $("kick").disabled = !c.connected;
-    state.clientData = c;
+    if (c.connected || !state.clientData || state.clientData.client_id !== c.client_id) {
+      state.clientData = c;
+    }
     fill($("client-subs").tBodies[0], c.subscription_list.map((s) => row(
       [s.topic_filter, s.share_group, s.qos, s.no_local, s.retain_as_published,
-       s.subscription_id])));
+       s.subscription_id])), JSON.stringify(c.subscription_list));
   }
 
   $("kick").addEventListener("click", async () => {
@@ -396,11 +416,11 @@
       search: $("subs-q").value, limit: PAGE, offset: state.offsets.subs || 0 }));
     fill($("subs-table").tBodies[0], data.items.map((s) => row([
       s.topic_filter, el("a", s.client_id, { href: "#/clients/" + encodeURIComponent(s.client_id) }),
-      s.share_group, s.qos])));
+      s.share_group, s.qos])), JSON.stringify(data));
     pager("subs", data.total, loadSubscriptions);
     const shared = await api("GET", "subscriptions/shared");
     fill($("shared-table").tBodies[0], shared.groups.map((g) => row(
-      [g.group, g.topic_filter, g.members.join(", ")])));
+      [g.group, g.topic_filter, g.members.join(", ")])), JSON.stringify(shared));
   }
 
   $("subs-search").addEventListener("submit", (event) => {
