@@ -7,14 +7,7 @@ reconnections and honours the server's flow-control limits.  See docs/client.md.
 
 from typing import Any
 
-from twisted_mqtt.client._client import (
-    ConnectResult,
-    Message,
-    MQTTClient,
-    MQTTClientProtocol,
-    ReconnectPolicy,
-    client_endpoint,
-)
+from twisted_mqtt.client._client import MQTTClient
 from twisted_mqtt.client._errors import (
     ClientStopped,
     ConnectionRefused,
@@ -22,6 +15,8 @@ from twisted_mqtt.client._errors import (
     PublishFailed,
     QueueFull,
 )
+from twisted_mqtt.client._protocol import MQTTClientProtocol, client_endpoint
+from twisted_mqtt.client._values import ConnectResult, Message, ReconnectPolicy
 from twisted_mqtt.packets import Will
 from twisted_mqtt.properties import Properties
 

@@ -1,8 +1,8 @@
-"""The MQTT client: a Twisted protocol over the sans-IO codec, and the session that outlives it.
+"""The MQTT client and the session that outlives its connections.
 
 ``MQTTClient`` holds what survives a reconnection (subscriptions and their callbacks, QoS 1/2
 messages not yet acknowledged, packet identifiers, messages waiting for a quota); each network
-connection is one ``MQTTClientProtocol`` that only feeds bytes to the decoder and writes bytes.
+connection is one ``MQTTClientProtocol`` (``_protocol.py``) that only feeds bytes to the decoder.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from dataclasses import replace
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_mqtt._value import value
 from twisted_mqtt.client._errors import (
     ClientStopped,
     ConnectionRefused,
@@ -27,14 +24,19 @@ from twisted_mqtt.client._errors import (
     PublishFailed,
     QueueFull,
 )
-from twisted_mqtt.codec import (
-    MAX_PACKET_SIZE,
-    CodecError,
-    Decoder,
-    encode_properties,
-    encode_publish,
-    encode_within,
+from twisted_mqtt.client._protocol import MQTTClientProtocol, ProtocolFactory, client_endpoint
+from twisted_mqtt.client._values import (
+    DEFAULT_RECONNECT,
+    MAXIMUM_PACKET_SIZE,
+    RECEIVE_MAXIMUM,
+    ROUTE_CACHE_SIZE,
+    V5,
+    ConnectResult,
+    Message,
+    MessageCallback,
+    ReconnectPolicy,
 )
+from twisted_mqtt.codec import MAX_PACKET_SIZE, encode_properties, encode_publish, encode_within
 from twisted_mqtt.packets import (
     Auth,
     ConnAck,
@@ -61,57 +63,6 @@ from twisted_mqtt.packets import (
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 from twisted_mqtt.topics import matches, split_shared, validate_topic_filter, validate_topic_name
-
-V5 = ProtocolLevel.MQTT_5
-RECEIVE_MAXIMUM = 65535
-"""The Receive Maximum of a peer that states none."""
-ROUTE_CACHE_SIZE = 10_000
-"""Topics whose matching callbacks are remembered at once."""
-MAXIMUM_PACKET_SIZE = 1 << 20
-"""The largest packet the client accepts by default (as the broker)."""
-
-
-@value
-class ReconnectPolicy:
-    """How long to wait before each new attempt to connect: ``initial`` seconds, multiplied by
-    ``factor`` after each failure up to ``maximum``, then shortened by a random fraction of up
-    to ``jitter`` (so that many clients cut off together do not return together)."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, draw: float) -> float:
-        """The wait before attempt number ``attempt`` (0 after a success), ``draw`` in [0, 1)."""
-        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
-        return base * (1.0 - self.jitter * draw)
-
-
-DEFAULT_RECONNECT = ReconnectPolicy()
-
-
-@value
-class ConnectResult:
-    """What the server's CONNACK said to an accepted connection."""
-
-    session_present: bool
-    reason_code: int = 0
-    properties: Properties = NO_PROPERTIES
-
-
-@value
-class Message:
-    """An application message received from the server (topic aliases already resolved)."""
-
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-    properties: Properties = NO_PROPERTIES
-
-
-MessageCallback = Callable[[Message], Any]
 
 
 class _Outgoing:
@@ -145,51 +96,6 @@ class _Subscription:
         self.entry = entry
         self.callback = callback
         self.properties = properties
-
-
-class MQTTClientProtocol(Protocol):
-    """One network connection of an ``MQTTClient``: bytes in to the decoder, bytes out."""
-
-    transport: Any
-
-    def __init__(self, client: MQTTClient) -> None:
-        self.client = client
-        self.decoder = Decoder(client.protocol_level, client.maximum_packet_size)
-
-    def connectionMade(self) -> None:
-        self.client._transport_made(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            packets = self.decoder.feed(data)
-        except CodecError as exc:
-            for packet in exc.decoded:
-                self.client._received(self, packet)
-            self.client._protocol_error(self, exc.reason_code, str(exc))
-            return
-        for packet in packets:
-            self.client._received(self, packet)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.client._transport_lost(self, reason)
-
-
-class _ProtocolFactory(Factory):
-    def __init__(self, client: MQTTClient) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
-        return MQTTClientProtocol(self.client)
-
-
-def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
-    """A client endpoint from a Twisted endpoint string (``tcp:``, ``tls:``, ``unix:``...) or a
-    WebSocket URL (``ws://host:port/path``, ``wss://...``)."""
-    if description.startswith(("ws://", "wss://")):
-        from twisted_mqtt.client._websocket import WebSocketEndpoint
-
-        return WebSocketEndpoint(reactor, description)
-    return clientFromString(reactor, description)
 
 
 class MQTTClient:
@@ -398,7 +304,7 @@ class MQTTClient:
 
     def _dial(self) -> None:
         self._retry_call = None
-        dialing = self._dialing = self.endpoint.connect(_ProtocolFactory(self))
+        dialing = self._dialing = self.endpoint.connect(ProtocolFactory(self))
         dialing.addErrback(self._dial_failed)
 
         def done(result: Any) -> Any:
@@ -894,5 +800,4 @@ _HANDLERS: Dict[type, Callable[[MQTTClient, Any], None]] = {
 }
 """What each packet a connected client receives does (PUBLISH and CONNACK apart)."""
 
-__all__ = ["ConnectResult", "MQTTClient", "MQTTClientProtocol", "Message", "ReconnectPolicy",
-           "client_endpoint"]
+__all__ = ["MQTTClient"]

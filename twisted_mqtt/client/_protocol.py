@@ -1,0 +1,62 @@
+"""One network connection of the client: bytes in to the decoder, packets to the client."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from twisted_mqtt.codec import CodecError, Decoder
+
+if TYPE_CHECKING:
+    from twisted_mqtt.client._client import MQTTClient
+
+
+class MQTTClientProtocol(Protocol):
+    """One network connection of an ``MQTTClient``: bytes in to the decoder, bytes out."""
+
+    transport: Any
+
+    def __init__(self, client: MQTTClient) -> None:
+        self.client = client
+        self.decoder = Decoder(client.protocol_level, client.maximum_packet_size)
+
+    def connectionMade(self) -> None:
+        self.client._transport_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            packets = self.decoder.feed(data)
+        except CodecError as exc:
+            for packet in exc.decoded:
+                self.client._received(self, packet)
+            self.client._protocol_error(self, exc.reason_code, str(exc))
+            return
+        for packet in packets:
+            self.client._received(self, packet)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.client._transport_lost(self, reason)
+
+
+class ProtocolFactory(Factory):
+    """Makes the ``MQTTClientProtocol`` of each connection of one client."""
+
+    def __init__(self, client: MQTTClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
+        return MQTTClientProtocol(self.client)
+
+
+def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """A client endpoint from a Twisted endpoint string (``tcp:``, ``tls:``, ``unix:``...) or a
+    WebSocket URL (``ws://host:port/path``, ``wss://...``)."""
+    if description.startswith(("ws://", "wss://")):
+        from twisted_mqtt.client._websocket import WebSocketEndpoint
+
+        return WebSocketEndpoint(reactor, description)
+    return clientFromString(reactor, description)
