@@ -408,6 +408,33 @@ def test_callbacks_follow_subscription_changes() -> None:
     assert (others, one, every) == ([b"1", b"5"], [b"2", b"3"], [b"3", b"4"])
 
 
+def test_shared_subscription_callback() -> None:
+    """A ``$share/group/filter`` subscription's callback gets the messages matching ``filter``;
+    a ``#`` subscription does not get ``$`` topics [MQTT-4.7.2-1]."""
+    _reactor, client, peer = connected(V5)
+    shared: List[str] = []
+    every: List[str] = []
+    client.subscribe("$share/g/a/#", lambda m: shared.append(m.topic))
+    client.subscribe("#", lambda m: every.append(m.topic))
+    peer.send(Publish("a/b", b""), Publish("$SYS/x", b""))
+    assert (shared, every) == (["a/b"], ["a/b"])
+
+
+def test_public_names() -> None:
+    """The public names of ``twisted_mqtt.client`` stay, each the object its module defines."""
+    import twisted_mqtt.client as public
+    from twisted_mqtt.client import _client, _errors, _values
+
+    assert sorted(public.__all__) == sorted([
+        "ClientStopped", "ConnectResult", "ConnectionRefused", "MQTTClient", "MQTTClientError",
+        "MQTTClientProtocol", "Message", "Properties", "PublishFailed", "QueueFull",
+        "ReconnectPolicy", "WebSocketEndpoint", "Will", "client_endpoint"])
+    assert public.MQTTClient is _client.MQTTClient
+    assert public.Message is _values.Message and public.QueueFull is _errors.QueueFull
+    with pytest.raises(AttributeError):
+        public.Nothing  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_refused_subscription_drops_its_callback() -> None:
     """A SUBACK failure code is given to the caller, and the callback is dropped."""
     _reactor, client, peer = connected(V311)
