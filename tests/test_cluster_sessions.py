@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import sys
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import pytest_twisted
+from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.python.usage import UsageError
 from zope.interface import implementer
 
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import Node
-from twisted_mqtt.cluster.sessions import MAX_SCRIPT_ARGS, ClusterSessions, token_owner
+from twisted_mqtt.cluster.sessions import (
+    HANDOVER_TIMEOUT,
+    MAX_SCRIPT_ARGS,
+    ClusterSessions,
+    token_owner,
+)
 from twisted_mqtt.interfaces import IAuthorizer
 from twisted_mqtt.packets import (
     ConnAck,
@@ -380,6 +388,29 @@ def test_session_writes_wait_while_redis_is_unreachable(
     written = yield cluster.settle(
         lambda: redis_server.command("HEXISTS", key, "during/outage") == b":1", 2000)
     assert written
+
+
+def test_handover_timeout_option(tmp_path: Path) -> None:
+    """--cluster-handover-timeout and cluster.handover_timeout set how long a CONNECT waits for
+    the session's owner (default 2 s); below 0.1 s is refused [MQTT-3.1.4-3]."""
+    from twisted_mqtt.cluster import Cluster as Node
+    from twisted_mqtt.tap import Options, makeService
+
+    def timeout_of(*args: str) -> float:
+        options = Options()
+        options.parseOptions(list(args))
+        service = makeService(options)
+        assert isinstance(service, MultiService)
+        return next(s.sessions.handover_timeout for s in service if isinstance(s, Node))
+
+    url = "redis://127.0.0.1:1/0"
+    assert timeout_of("--cluster", url) == HANDOVER_TIMEOUT == 2.0
+    assert timeout_of("--cluster", url, "--cluster-handover-timeout", "0.5") == 0.5
+    config = tmp_path / "broker.yaml"
+    config.write_text(f"cluster:\n  url: {url}\n  handover_timeout: 0.7\n")
+    assert timeout_of("--config", str(config)) == 0.7
+    with pytest.raises(UsageError, match="expected a number >= 0.1"):
+        timeout_of("--cluster", url, "--cluster-handover-timeout", "0.01")
 
 
 def test_cited_labels() -> None:

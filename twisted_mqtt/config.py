@@ -1025,6 +1025,10 @@ KEYS: Tuple[Key, ...] = (
     Key("cluster.lease", Number(0.5), 3.0,
         "seconds a node's lease lasts unrenewed: a dead node is detected within it, and a node "
         "that cannot renew it stops serving", "cluster-lease"),
+    Key("cluster.handover_timeout", Number(0.1), 2.0,
+        "seconds a node waits for another to hand over the session of a client id connecting "
+        "here before taking it (the other node's later writes of it are then refused)",
+        "cluster-handover-timeout"),
     # logging
     Key("logging.level", Level(), "info",
         "log events at this level and above: debug, info, warn, error, critical",

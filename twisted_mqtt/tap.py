@@ -98,6 +98,10 @@ class Options(usage.Options, AuthOptionMixin):
         ["cluster-lease", None, 3.0,
          "Seconds a node's lease lasts unrenewed: the bound on detecting a dead node.",
          OptionValue("cluster-lease")],
+        ["cluster-handover-timeout", None, 2.0,
+         "Seconds to wait for another node to hand over the session of a client id connecting "
+         "here before taking it (its later writes of it are then refused).",
+         OptionValue("cluster-handover-timeout")],
         ["dashboard-users", None, None,
          "The dashboard users: a password file of user:hash lines (python -m "
          "twisted_mqtt.passwd FILE USER writes one)."],
@@ -385,7 +389,8 @@ def _configure_cluster(service: BrokerService, options: Options, reactor: Any) -
     from twisted_mqtt.cluster import Cluster
 
     Cluster(service.broker, options["cluster"], options["node-name"],
-            options["cluster-lease"], reactor).setServiceParent(service)
+            options["cluster-lease"], reactor,
+            handover_timeout=options["cluster-handover-timeout"]).setServiceParent(service)
 
 
 def make_supervisor(options: Options, reactor: Any = None) -> Supervisor:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from twisted_mqtt.cluster.engine import EngineDown, RedisEngine
 from twisted_mqtt.cluster.membership import DEFAULT_LEASE, Membership, Node, optional_name
+from twisted_mqtt.cluster.sessions import HANDOVER_TIMEOUT
 from twisted_mqtt.hooks import Hook
 from twisted_mqtt.interfaces import ClientInfo, Veto
 from twisted_mqtt.packets import ReasonCode
@@ -46,7 +47,8 @@ class Cluster(Service):
     """This broker as one node of the cluster on the Redis database at ``url``."""
 
     def __init__(self, broker: Any, url: str, name: Optional[str] = None,
-                 lease: float = DEFAULT_LEASE, reactor: Any = None) -> None:
+                 lease: float = DEFAULT_LEASE, reactor: Any = None,
+                 handover_timeout: float = HANDOVER_TIMEOUT) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -62,7 +64,8 @@ class Cluster(Service):
         self.retained = RetainedReplica(broker, self.engine, self.members)
         from twisted_mqtt.cluster.sessions import ClusterSessions
 
-        self.sessions = ClusterSessions(broker, self.engine, self.members, reactor)
+        self.sessions = ClusterSessions(broker, self.engine, self.members, reactor,
+                                        handover_timeout)
         self.gate = _Gate(self.members.node)
         broker.hooks.add(self.gate)
         self.members.watch_serving(self._serving)
