@@ -68,6 +68,7 @@ STATUS_TOPIC = "$SYS/broker/bridges/{name}/status"
 class Outgoing:
     """A message waiting to go to the remote."""
 
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at")
     topic: str
     payload: bytes
     qos: int
@@ -245,7 +246,7 @@ class MqttBridge(Service):
     def forward(self, message: Outgoing) -> None:
         """Send ``message`` to the remote now, or queue it (QoS 1/2) while the remote is down or
         the in-flight window is full; QoS 0 while the remote is down is dropped."""
-        if self.connected and self.inflight < self.settings.inflight and not len(self.queue):
+        if self.connected and self.inflight < self.settings.inflight and not self.queue.messages:
             self._send(message)
         elif message.qos == 0 and not self.connected:
             self._drop(message, "remote down")
@@ -282,9 +283,9 @@ class MqttBridge(Service):
     def _pump(self) -> None:
         """Send queued messages while connected and the in-flight window has room."""
         queue = self.queue
-        while self.connected and len(queue) and self.inflight < self.settings.inflight:
+        while self.connected and queue.messages and self.inflight < self.settings.inflight:
             self._send(queue.pop())
-        if not len(queue) and self._dropping and self.connected:
+        if self._dropping and self.connected and not queue.messages:
             self._dropping = False
             log.info("bridge {name}: the queue has room again ({dropped} messages dropped "
                      "since it was full)", name=self.settings.name,
