@@ -8,6 +8,7 @@ what was acknowledged to the publisher.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -26,10 +27,11 @@ from tests.cluster_helpers import (
     unique,
     wait_for,
 )
-from tests.conftest import _stop_all
+from tests.conftest import LOOPBACK, _stop_all
 from tests.paho import V5, V311, Client
 from tests.servers import KillableRedis
 from tests.spec import check_cited_labels
+from tests.test_stats import get, scrape, value
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory,
             engine: KillableRedis) -> Iterator[Nodes]:
     """Three nodes, f0 f1 f2 (tests start more, to kill or stop)."""
     nodes = Nodes(tmp_path_factory.mktemp("cluster"), engine.url(0, PREFIX),
-                  "--sys-interval", "0")
+                  "--sys-interval", "0", "--stats", LOOPBACK)
     for name in ("f0", "f1", "f2"):
         nodes.start(name)
     yield nodes
@@ -228,7 +230,12 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
     """Redis killed while messages flow: within the lease every node stops serving (its
     clients get v5 DISCONNECT 0x8B) and refuses CONNECT (v5 0x88 Server unavailable
     [MQTT-3.2.2-7]; v3.1.1 return code 3 [MQTT-3.2.2-6 (3.1.1)]); once Redis is back every
-    node rejoins and messages cross nodes again, with no traceback in any log."""
+    node rejoins and messages cross nodes again, with no traceback in any log; the stats
+    listener's /healthcheck answers 503 meanwhile, and its figures show the cluster."""
+    stats = [node.port_of("stats") for node in cluster.nodes[:3]]
+    wait_for(lambda: all(json.loads(get(port, "/")[2])["cluster/nodes"] >= 3
+                         for port in stats), "every node sees the others")
+    assert [get(port, "/healthcheck")[0] for port in stats] == [200, 200, 200]
     topic = unique("outage")
     subscriber = connect(cluster[1], V5)
     subscriber.subscribe(topic, 1)
@@ -248,6 +255,9 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
         refused = connect(cluster[2], V311, expect_success=False)
         assert refused.connack_rc.value == 0x88  # paho's name for return code 3
         refused.close()
+        assert [get(port, "/healthcheck")[0] for port in stats] == [503, 503, 503]
+        figures = json.loads(get(stats[0], "/")[2])
+        assert (figures["cluster/serving"], figures["cluster/engine_up"]) == (0, 0)
     finally:
         engine.restart()
     for node in cluster.nodes[:3]:
@@ -256,6 +266,12 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
     subscriber.subscribe(topic, 1)
     publisher = connect(cluster[0], V5)
     routed(publisher, subscriber, topic)
+    assert [get(port, "/healthcheck")[0] for port in stats] == [200, 200, 200]
+    wait_for(lambda: json.loads(get(stats[2], "/")[2]).get("cluster/clients/connected") == 2,
+             "the cluster's clients counted on every node")
+    samples = scrape(stats[0])
+    assert value(samples, "mqtt_cluster_serving", node="f0") == 1
+    assert value(samples, "mqtt_cluster_messages_sent_total", node="f0") > 0
     for client in (subscriber, publisher):
         client.disconnect()
     for node in cluster.nodes[:3]:

@@ -136,8 +136,10 @@ class BrokerService(MultiService):
 
     @property
     def serving(self) -> bool:
-        """Whether the service runs and every client listener has its port open."""
-        return bool(self.running) and all(listener.listening for listener in self.listeners())
+        """Whether the service runs, every client listener has its port open, and every part
+        that can stop serving (a cluster node without its lease) serves."""
+        return (bool(self.running) and all(listener.listening for listener in self.listeners())
+                and all(getattr(part, "serving", True) for part in self))
 
     def reload(self) -> Deferred[List[str]]:
         """Reload what can be reloaded without dropping connections (SIGHUP does this): call
