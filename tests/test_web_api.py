@@ -276,8 +276,9 @@ def test_publish(api: Http, clients: MakeClient, dashboard: Dashboard) -> None:
     assert status == 200 and body == {"topic": f"pub/{tag}", "routed": 1}
     message = subscriber.expect(1)[0]
     assert message.payload == b"hello" and message.qos == 1
-    assert message.properties.ContentType == "text/plain"
-    assert message.properties.UserProperty == [("k", "v")]
+    properties: Any = message.properties
+    assert properties.ContentType == "text/plain"
+    assert properties.UserProperty == [("k", "v")]
     dashboard.broker.wait_for_log(f"api-key {KEY_NAME} published 5 bytes to pub/{tag}")
 
 
@@ -353,6 +354,8 @@ def test_figures_listeners_config_auth(api: Http, dashboard: Dashboard) -> None:
     ("listeners.mqtt", ["ssl:8883:privateKey=key.pem"], ["ssl:8883:privateKey=key.pem"]),
     ("cluster.password", "s3cret", MASK),
     ("dashboard.api_keys_file", "/etc/keys", "/etc/keys"),
+    ("auth.checkers", ["memory:admin:pw", "file:/etc/passwd"],
+     [f"memory:{MASK}", "file:/etc/passwd"]),
 ])
 def test_secrets_masked(name: str, value: Any, shown: Any) -> None:
     """Passwords in URLs, secret query fields and secret keys are masked; file paths are

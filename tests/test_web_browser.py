@@ -192,8 +192,9 @@ def test_publish_form(browser: Any, dashboard: Dashboard, shots: Path, clients: 
     browser.find_element(By.ID, "pub-submit").click()
     message = subscriber.expect(1, WAIT)[0]
     assert message.payload == b'{"from": "the dashboard"}' and message.qos == 1
-    assert message.properties.ContentType == "application/json"
-    assert message.properties.UserProperty == [("origin", "browser")]
+    properties: Any = message.properties
+    assert properties.ContentType == "application/json"
+    assert properties.UserProperty == [("origin", "browser")]
     wait_for(lambda: "Published" in browser.find_element(By.ID, "pub-result").text,
              "the result", WAIT)
     shoot(browser, shots, "publish")

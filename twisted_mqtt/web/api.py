@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from twisted_mqtt.auth.passwords import ServerBusy
 from twisted_mqtt.bans import KINDS, BanError
 from twisted_mqtt.errors import CodecError
 from twisted_mqtt.properties import Properties
@@ -207,6 +208,11 @@ def _body(request: Request) -> Dict[str, Any]:
     return found
 
 
+def _still_open(request: Request) -> bool:
+    """Whether an answer may still be written (the client has not gone, nothing was sent)."""
+    return not request.finished and not getattr(request, "_disconnected", False)
+
+
 def _boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
@@ -351,7 +357,7 @@ class ApiResource(Resource):
         return self._json(request, {"error": error}, status)
 
     def _finish(self, result: Any, request: Request, status: int) -> None:
-        if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+        if _still_open(request):
             request.write(self._json(request, result, status))
             request.finish()
 
@@ -362,7 +368,7 @@ class ApiResource(Resource):
         else:
             log.failure("dashboard: {path} failed", failure, path=request.path)
             body = self._error(request, 500, "internal error")
-        if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+        if _still_open(request):
             request.write(body)
             request.finish()
 
@@ -378,6 +384,10 @@ class ApiResource(Resource):
         password = views.text(body, "password", longest=65535)
         d = self.auth.login(user, password)
 
+        def busy(failure: Any) -> Any:
+            failure.trap(ServerBusy)
+            raise InputError("password", "too many sign-ins waiting; try again later", 503)
+
         def done(opened: Any) -> Any:
             if opened is None:
                 log.info("dashboard: sign-in refused for {user!r} from {address}", user=user,
@@ -390,7 +400,7 @@ class ApiResource(Resource):
             log.info("dashboard: {who} signed in", who=who)
             return {"user": who.name, "csrf": who.csrf}
 
-        return d.addCallback(done)
+        return d.addCallbacks(done, busy)
 
     def do_logout(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Forget the session."""

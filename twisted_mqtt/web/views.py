@@ -312,6 +312,8 @@ def mask(name: str, value: Any) -> Any:
         value = str(value)
     if _secret_name(name.rsplit(".", 1)[-1]) and not name.endswith(("_file", "-file")):
         return MASK
+    if value.startswith("memory:"):  # a twisted.cred checker: memory:USER:PASSWORD...
+        return "memory:" + MASK
     value = URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:{MASK}@", value)
     return QUERY_SECRET.sub(lambda m: m.group("name") + MASK, value)
 
