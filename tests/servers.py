@@ -53,6 +53,36 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def _answers(self) -> bool:
+        """Whether the server answers now (an ``OSError`` counts as no)."""
+        raise NotImplementedError
+
+    def _wait_ready(self) -> bool:
+        """Poll ``_answers`` for up to START_TIMEOUT; False at the deadline or if the server
+        exits first."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                if self._answers():
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    def _start_on_free_port(self, launch: Callable[[int], None]) -> bool:
+        """Pick a free port and ``launch(port)`` until the server is ready, five times at most
+        (another process may take the port between the two steps)."""
+        for _attempt in range(5):
+            self.port = free_port()
+            launch(self.port)
+            if self._wait_ready():
+                return True
+            self.stop()
+        return False
+
     def log(self) -> str:
         """What the server logged."""
         try:
@@ -73,32 +103,21 @@ class RedisServer(ServerProcess):
         self.directory = directory
         self.log_path = directory / "redis.log"
         self.proc: Optional[subprocess.Popen] = None
-        for _attempt in range(5):  # another process may take the port between the two steps
-            self.port = free_port()
-            argv = [executable, "--port", str(self.port), "--bind", self.host,
+        def launch(port: int) -> None:
+            argv = [executable, "--port", str(port), "--bind", self.host,
                     "--save", "", "--appendonly", "no", "--dir", str(directory),
                     "--logfile", str(self.log_path), "--daemonize", "no"]
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                          preexec_fn=die_with_parent(signal.SIGTERM))
-            if self._wait_ready():
-                return
-            self.stop()
+
+        if self._start_on_free_port(launch):
+            return
         pytest.fail(f"redis-server did not answer PING within {START_TIMEOUT}s:\n"
                     f"{self.log()}", pytrace=False)
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                return False
-            try:
-                if self.command("PING") == b"+PONG":
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.02)
-        return False
+    def _answers(self) -> bool:
+        return self.command("PING") == b"+PONG"
 
     def url(self, db: int = 0, prefix: Optional[str] = None) -> str:
         """``redis://HOST:PORT/DB`` (with ``?prefix=``)."""
@@ -404,20 +423,19 @@ class MosquittoServer(ServerProcess):
         self.log_path = directory / "mosquitto.log"
         self.config_path = directory / "mosquitto.conf"
         self.proc: Optional[subprocess.Popen] = None
-        for _attempt in range(5):  # another process may take the port between the two steps
-            self.port = free_port()
+        def launch(port: int) -> None:
             lines = [
                 "per_listener_settings false", "allow_anonymous true",
                 "persistence true", f"persistence_location {directory}/",
                 "autosave_interval 0", "log_dest stdout", "log_type all",
-                "max_queued_messages 100000", f"listener {self.port} {self.host}", *config]
+                "max_queued_messages 100000", f"listener {port} {self.host}", *config]
             if os.geteuid() == 0:
                 lines.insert(0, "user root")  # else it drops to a user that cannot read here
             self.config_path.write_text("\n".join(lines) + "\n")
             self.start()
-            if self._wait_ready():
-                return
-            self.stop()
+
+        if self._start_on_free_port(launch):
+            return
         pytest.fail(f"mosquitto did not accept connections within {START_TIMEOUT}s:\n"
                     f"{self.log()}", pytrace=False)
 
@@ -429,17 +447,9 @@ class MosquittoServer(ServerProcess):
                 stdout=log_file, stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent(signal.SIGTERM))
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                return False
-            try:
-                socket.create_connection((self.host, self.port), timeout=2.0).close()
-                return True
-            except OSError:
-                time.sleep(0.02)
-        return False
+    def _answers(self) -> bool:
+        socket.create_connection((self.host, self.port), timeout=2.0).close()
+        return True
 
     def restart(self) -> None:
         """Stop, then start again on the same port with the saved sessions."""

@@ -638,18 +638,26 @@ def test_reconnects_with_back_off() -> None:
     assert client.connected
 
 
+def in_flight(client: MQTTClient, peer: Peer, topic_filter: str,
+              callback: Any) -> List[List[Any]]:
+    """Subscribe to ``topic_filter`` (acknowledged, packet 1), publish ``1`` at QoS 1 (packet
+    2) and ``2`` at QoS 2 (packet 3, PUBREC received): the outcomes of the two messages."""
+    client.subscribe(topic_filter, callback, qos=1)
+    peer.send(SubAck(1, (1,)))
+    results = [outcome(client.publish("a", b"1", 1)), outcome(client.publish("a", b"2", 2))]
+    peer.received()
+    peer.send(PubRec(3))
+    peer.received()
+    return results
+
+
 def test_resend_after_reconnect_with_session() -> None:
     """With the session kept, unacknowledged QoS 1/2 messages go again in their order with DUP
     set and the same identifiers, PUBREL for QoS 2 past PUBREC, no SUBSCRIBE again
     [MQTT-3.3.1-1, MQTT-4.4.0-1 (3.1.1), MQTT-4.6.0-1, MQTT-4.3.3-6]."""
     reactor, client, peer = connected(V311, clean_start=False)
-    client.subscribe("s", qos=1)
-    peer.send(SubAck(1, (1,)))
-    one = outcome(client.publish("a", b"1", 1))
-    two = outcome(client.publish("a", b"2", 2))
+    one, two = in_flight(client, peer, "s", None)
     three = outcome(client.publish("a", b"3", 2))
-    peer.received()
-    peer.send(PubRec(3))
     peer.received()
     peer, connect = reconnected(reactor, peer, session_present=True)
     assert connect.clean_start is False
@@ -666,13 +674,7 @@ def test_resend_after_reconnect_without_session() -> None:
     already taken (PUBREC) is complete."""
     reactor, client, peer = connected(V5, session_expiry_interval=300)
     got: List[Message] = []
-    client.subscribe("s/#", got.append, qos=1)
-    peer.send(SubAck(1, (1,)))
-    one = outcome(client.publish("a", b"1", 1))
-    two = outcome(client.publish("a", b"2", 2))
-    peer.received()
-    peer.send(PubRec(3))
-    peer.received()
+    one, two = in_flight(client, peer, "s/#", got.append)
     peer, connect = reconnected(reactor, peer, session_present=False)
     assert connect.clean_start is False  # the session expiry interval keeps the session
     assert connect.properties.session_expiry_interval == 300
