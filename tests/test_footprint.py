@@ -22,7 +22,7 @@ OPTIONAL = ("autobahn", "prometheus_client", "yaml", "txredisapi", "treq", "psyc
             "pymysql", "sqlite3", "twisted.enterprise.adbapi", "twisted.web.server",
             "twisted_mqtt.websocket", "twisted_mqtt.metrics", "twisted_mqtt.auth.backends",
             "twisted_mqtt.auth.cred", "twisted_mqtt.auth.ledger", "twisted_mqtt.storage.sqlite",
-            "twisted_mqtt.storage.redis")
+            "twisted_mqtt.storage.redis", "twisted_mqtt.web")
 
 BUILD = f"""
 import json, select, sys
@@ -56,6 +56,7 @@ def test_plain_listener_imports_no_optional_module() -> None:
     (("--ws", "tcp:0:interface=127.0.0.1"), {"autobahn", "twisted_mqtt.websocket"}),
     (("--stats", "tcp:0:interface=127.0.0.1"),
      {"prometheus_client", "twisted.web.server", "twisted_mqtt.metrics"}),
+    (("--dashboard", "tcp:0:interface=127.0.0.1"), {"twisted.web.server", "twisted_mqtt.web"}),
     (("--store", "sqlite:{tmp}/store.db"), {"sqlite3", "twisted_mqtt.storage.sqlite"}),
     (("--config", "{tmp}/broker.yaml"), {"yaml"}),
 ])
