@@ -91,6 +91,7 @@ class Cluster(Service):
 
         self.sessions = ClusterSessions(broker, self.engine, self.members, reactor,
                                         handover_timeout)
+        self.router.claim_handler = self.sessions.claimed_message
         self.figures: Dict[str, Any] = {}
         """The whole cluster's figures, summed from every live node's report."""
         self._report_call: Any = None

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from twisted_mqtt.hooks import Hook
 from twisted_mqtt.interfaces import ClientInfo
 from twisted_mqtt.packets import ReasonCode
-from twisted_mqtt.session import Session
+from twisted_mqtt.session import Message, Session
 from twisted_mqtt.storage import (
     Batch,
     StoredSession,
@@ -364,6 +364,7 @@ class ClusterSessions(Hook):
         self._claims: Dict[str, List[Deferred[int]]] = {}
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}
+        self._adopting: Dict[str, List[Message]] = {}
         self.handovers = 0
         """Sessions handed over to other nodes."""
         self.adopted = 0
@@ -625,6 +626,18 @@ class ClusterSessions(Hook):
         if event == "claimed":
             self.adopt(name)
 
+    def claimed_message(self, dead: str, message: Message, share: str) -> None:
+        """A message taken from the stream of the dead node ``dead`` (the router's
+        ``claim_handler``): routed once the sessions adopted from ``dead`` are here, so that
+        they get it too."""
+        waiting = self._adopting.get(dead)
+        if waiting is not None:
+            waiting.append(message)
+            return
+        self.broker.tick()
+        self.broker.publish(message.evolve(retain=False))
+        self.broker.flush()
+
     @inlineCallbacks
     def adopt(self, name: str) -> Any:
         """Take the sessions of node ``name``'s dead incarnations: persistent ones go on here
@@ -632,39 +645,45 @@ class ClusterSessions(Hook):
         others, and those that fall due, are published (once: the script moves each session
         to one node)."""
         live = self.node.epoch if name == self.node.name else self.members.members.get(name, 0)
+        claimed = self._adopting.setdefault(name, [])
         try:
             taken = yield self.directory.adopt(name, live, self._me())
+            reads = yield gatherResults([
+                self.directory.read(client_id, token).addErrback(self._unread, client_id)
+                for client_id, token in taken.items()])
         except Exception as error:
             log.warn("cluster: adopting the sessions of node {node} failed ({error})",
                      node=name, error=error)
-            return None
+            taken, reads = {}, []
         broker = self.broker
         wills = kept = 0
-        for client_id, token in taken.items():
-            try:
-                stored = yield self.directory.read(client_id, token)
-            except Exception as error:
-                log.warn("cluster: reading session {client_id} failed ({error})",
-                         client_id=client_id, error=error)
-                continue
+        for (client_id, token), stored in zip(taken.items(), reads):
+            if stored is False:
+                continue  # not read: restored when its client connects
             self._fresh(client_id, token)
             session: Optional[Session] = None
             if stored is not None:
                 session, restored = install(broker, stored)
                 wills += len(restored.due_wills)
             if session is None:
-                self.tokens.pop(client_id, None)
-                self.recorder.forget(client_id)
-                yield self.directory.end(client_id, token).addErrback(lambda _: None)
+                self._ended(client_id)
                 continue
             kept += 1
             self.recorder.take(client_id, session)
         self.adopted += kept
+        del self._adopting[name]
+        for message in claimed:
+            self.claimed_message(name, message, "")
         broker.flush()
         log.info("cluster: adopted {kept} persistent sessions of node {node} ({count} client "
                  "ids; {wills} wills due at once)", kept=kept, node=name, count=len(taken),
                  wills=wills)
         return None
+
+    def _unread(self, failure: Any, client_id: str) -> bool:
+        log.warn("cluster: reading session {client_id} failed ({error}); it is read when its "
+                 "client connects", client_id=client_id, error=failure.value)
+        return False
 
     def _serving(self, serving: bool) -> None:
         if not serving:  # once the cluster has dropped this node's clients
