@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, List
 
 import pytest
+from twisted.internet.defer import maybeDeferred
 
 from tests.hook_helpers import hub, join
 from tests.test_command_line import PROGRAMS, one_line, run, without
@@ -393,3 +394,23 @@ def test_fire_and_forget_acknowledges_at_once(unreachable: Any) -> None:
     assert pub.received() == [PubAck(1, ReasonCode.NO_MATCHING_SUBSCRIBERS),
                               PubRec(2, ReasonCode.NO_MATCHING_SUBSCRIBERS)]
     assert bridge.buffer.messages == 2
+
+
+def test_ingress_look_up_failures_are_logged_once(logged: List[str]) -> None:
+    """While the partitions to read cannot be looked up (Kafka unreachable), the bridge tries
+    again every 5 s and says so once, not at each try."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
+    broker = hub()
+    settings = bridge_settings({"name": "k", "servers": ["127.0.0.1:1"],
+                                "ingress": [{"topics": ["t"]}]})
+    bridge = KafkaBridge(broker.broker, settings, broker.clock, in_thread=maybeDeferred)
+    bridge.LOOKUP_TIMEOUT = 0.05
+    bridge.startService()
+    for _ in range(3):
+        broker.clock.advance(bridge.RETRY)
+    stopped = bridge.stopService()
+    assert stopped.called
+    lines = [line for line in logged if "partitions" in line]
+    assert len(lines) == 1 and "trying again every 5 s" in lines[0], lines
+

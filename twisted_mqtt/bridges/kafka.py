@@ -187,7 +187,16 @@ class KafkaBridge(Service, Hook):
     """One Kafka bridge: a hook of the broker (egress) and a service started and stopped with
     the broker service (the Kafka client, ingress)."""
 
-    def __init__(self, broker: Any, settings: KafkaBridgeSettings, reactor: Any = None) -> None:
+    RETRY = 5.0
+    """Seconds between two look-ups of the partitions to read, while they fail."""
+    LOOKUP_TIMEOUT = 5.0
+    """Seconds a look-up of the partitions waits for Kafka."""
+
+    def __init__(self, broker: Any, settings: KafkaBridgeSettings, reactor: Any = None,
+                 in_thread: Optional[Callable[[Callable[[], Any]], Deferred[Any]]] = None
+                 ) -> None:
+        """``in_thread`` runs a blocking call and fires with its result (default: in the
+        reactor's thread pool)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -195,6 +204,7 @@ class KafkaBridge(Service, Hook):
         self.broker = broker
         self.settings = settings
         self.reactor = reactor
+        self._in_thread = in_thread or self._in_pool
         self.name = f"kafka:{settings.name}"
         self.buffer = Buffer(settings.name, settings.max_buffered_messages,
                              settings.max_buffered_bytes)
@@ -216,7 +226,7 @@ class KafkaBridge(Service, Hook):
         self._held: Optional[Tuple[Message, Deferred[Any]]] = None
         self._rules: Dict[str, Optional[EgressRule]] = {}
         self._ingress: Dict[str, IngressRule] = {}
-        self._assigning: Optional[Deferred[Any]] = None
+        self._lookups_failed = 0
         self._retry: Any = None
         self._known = False
         self._failing = 0
@@ -311,7 +321,7 @@ class KafkaBridge(Service, Hook):
             drain()
         return stopped
 
-    def _in_thread(self, work: Callable[[], Any]) -> Deferred[Any]:
+    def _in_pool(self, work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work)
 
     # -- egress ---------------------------------------------------------------------------------
@@ -409,7 +419,8 @@ class KafkaBridge(Service, Hook):
 
     def _assign(self) -> None:
         """Look the ingress topics' partitions up (in a thread: it blocks) and assign them;
-        retried every few seconds while Kafka does not answer."""
+        retried every ``RETRY`` seconds while Kafka does not answer (the first failure is
+        logged, and the success after failures)."""
         consumer = self.consumer
         kafka = load_kafka()
         topics = list(self._ingress)
@@ -417,7 +428,7 @@ class KafkaBridge(Service, Hook):
         def look_up() -> List[Any]:
             partitions: List[Any] = []
             for topic in topics:
-                metadata = consumer.list_topics(topic, timeout=5.0)
+                metadata = consumer.list_topics(topic, timeout=self.LOOKUP_TIMEOUT)
                 found = metadata.topics.get(topic)
                 if found is None or found.error is not None or not found.partitions:
                     raise LookupError(f"topic {topic}: "
@@ -431,18 +442,22 @@ class KafkaBridge(Service, Hook):
         def assign(partitions: List[Any]) -> None:
             if self.consumer is consumer and self.running:
                 consumer.assign(partitions)
-                log.info("Kafka bridge {name}: reading {count} partitions of {topics}",
+                log.info("Kafka bridge {name}: reading {count} partitions of {topics}{after}",
                          name=self.settings.name, count=len(partitions),
-                         topics=", ".join(topics))
+                         topics=", ".join(topics), after=f" (after {self._lookups_failed} "
+                         "failed look-ups)" if self._lookups_failed else "")
 
         def again(failure: Any) -> None:
             if self.consumer is consumer and self.running:
-                log.warn("Kafka bridge {name}: cannot find the partitions to read ({error}); "
-                         "trying again in 5 s", name=self.settings.name,
-                         error=failure.getErrorMessage())
-                self._retry = self.reactor.callLater(5.0, self._assign)
+                if not self._lookups_failed:
+                    log.warn("Kafka bridge {name}: cannot find the partitions to read "
+                             "({error}); trying again every {retry:g} s",
+                             name=self.settings.name, error=failure.getErrorMessage(),
+                             retry=self.RETRY)
+                self._lookups_failed += 1
+                self._retry = self.reactor.callLater(self.RETRY, self._assign)
 
-        self._assigning = self._in_thread(look_up).addCallbacks(assign, again)
+        self._in_thread(look_up).addCallbacks(assign, again)
 
     def _consume(self) -> None:
         records = self.consumer.consume(1000, 0)
