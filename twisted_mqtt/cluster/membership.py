@@ -130,7 +130,8 @@ class Membership:
         self._serving_watchers: List[Callable[[bool], None]] = []
         self._beat: Any = None
         self._proven_until = 0.0
-        self._joining = False
+        self._joining: Optional[float] = None
+        """When the join awaiting its answer was sent (None: none is)."""
         self._running = False
         self.channel = engine.key("members")
         """The channel of ``up``/``down`` announcements."""
@@ -207,10 +208,10 @@ class Membership:
         self._heartbeat()
 
     def _join(self) -> None:
-        if self._joining:
-            return
-        self._joining = True
         sent = self.clock.seconds()
+        if self._joining is not None and sent - self._joining < self.lease:
+            return  # an unanswered join is tried again after a lease
+        self._joining = sent
         name = self.node.name
         engine = self.engine
         engine.script(JOIN, [self.lease_key(name), engine.key("epoch"), engine.key("nodes"),
@@ -219,7 +220,7 @@ class Membership:
             self._joined, self._join_failed, callbackArgs=(sent,))
 
     def _joined(self, reply: List[Any], sent: float) -> None:
-        self._joining = False
+        self._joining = None
         epoch = int(reply[0])
         if epoch < 0:
             log.warn("cluster node {name}: the name is held by a live node; retrying",
@@ -239,7 +240,7 @@ class Membership:
         self._survey()
 
     def _join_failed(self, failure: Any) -> None:
-        self._joining = False
+        self._joining = None
         log.debug("cluster node {name}: join failed ({error})", name=self.node.name,
                   error=failure.value)
 
