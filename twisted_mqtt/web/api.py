@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 from collections import deque
+from operator import attrgetter
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Pattern, Tuple
 from urllib.parse import unquote
 
@@ -468,7 +469,7 @@ class ApiResource(Resource):
         limit, offset = views.page(args)
         search = views.text(args, "search", "", views.MAX_SEARCH)
         found = views.find_clients(self.broker, search)
-        return views.paged(found, limit, offset,
+        return views.paged(found, limit, offset, attrgetter("client_id"),
                            lambda session: views.client_summary(self.broker, session))
 
     def _session(self, client_id: str) -> Any:
@@ -525,7 +526,8 @@ class ApiResource(Resource):
         limit, offset = views.page(args)
         search = views.text(args, "search", "", views.MAX_SEARCH)
         found = views.all_subscriptions(self.broker, search)
-        return views.paged(found, limit, offset, lambda pair: views.subscription_view(*pair))
+        return views.paged(found, limit, offset, lambda pair: (pair[0], pair[1].client_id),
+                           lambda pair: views.subscription_view(*pair))
 
     def do_shared(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """The shared groups."""
@@ -543,7 +545,7 @@ class ApiResource(Resource):
         if topic_filter.startswith("$share/"):
             raise InputError("filter", "a shared filter matches no retained message")
         found = views.retained_matching(self.broker, topic_filter)
-        return views.paged(found, limit, offset, views.retained_summary)
+        return views.paged(found, limit, offset, attrgetter("topic"), views.retained_summary)
 
     def _retained(self, request: Request) -> Tuple[str, Any]:
         topic = views.text(_query(request), "topic", longest=65535)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from twisted_mqtt.auth.passwords import dummy_hash_for, is_hashed
+from twisted_mqtt.auth.passwords import default_verifier, dummy_hash_for, is_hashed
 from twisted_mqtt.passwd import PasswordFileError, read_password_file
 
 log = Logger()
@@ -116,15 +116,6 @@ class DashboardAuth:
         """Whether anyone at all can sign in."""
         return bool(self.users or self._keys)
 
-    @property
-    def verifier(self) -> Any:
-        """The password verifier (the process-wide one unless given)."""
-        if self._verifier is None:
-            from twisted_mqtt.auth.passwords import default_verifier
-
-            self._verifier = default_verifier()
-        return self._verifier
-
     def _now(self) -> float:
         if self.clock is None:
             from twisted.internet import reactor
@@ -150,7 +141,8 @@ class DashboardAuth:
             from twisted.internet.defer import succeed
 
             return succeed(None)
-        d: Deferred[Any] = self.verifier.verify(check, password)
+        verifier = self._verifier or default_verifier()  # the process-wide pool by default
+        d: Deferred[Any] = verifier.verify(check, password)
 
         def checked(matched: bool) -> Optional[Tuple[str, Identity]]:
             if not matched or stored is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import os
 import re
@@ -91,11 +92,14 @@ def text(args: Mapping[str, Any], name: str, default: Optional[str] = None,
     return raw
 
 
-def paged(items: Sequence[Any], limit: int, offset: int,
+def paged(items: Sequence[Any], limit: int, offset: int, order: Callable[[Any], Any],
           show: Callable[[Any], Dict[str, Any]]) -> Dict[str, Any]:
-    """One page of ``items``: the items shown, with the total and the page's bounds."""
+    """One page of ``items`` in the order of the key ``order``: the items shown, with the total
+    and the page's bounds.  Only the items up to the page's end are sorted (a heap), so an
+    early page of a large set costs one pass over it."""
+    first = heapq.nsmallest(offset + limit, items, key=order)
     return {"total": len(items), "limit": limit, "offset": offset,
-            "items": [show(item) for item in items[offset:offset + limit]]}
+            "items": [show(item) for item in first[offset:]]}
 
 
 # -- clients -------------------------------------------------------------------------------------
@@ -131,11 +135,10 @@ def client_summary(broker: Any, session: Any) -> Dict[str, Any]:
 
 def find_clients(broker: Any, search: str) -> List[Any]:
     """Sessions of network clients whose client id, user name or address contains
-    ``search`` (any case), by client id."""
+    ``search`` (any case)."""
     needle = search.lower()
     found = []
-    for client_id in sorted(broker.sessions):
-        session = broker.sessions[client_id]
+    for client_id, session in broker.sessions.items():
         if getattr(session.connection, "acl_exempt", False):
             continue  # the inline client's receivers
         if needle:
@@ -168,8 +171,7 @@ def client_detail(broker: Any, session: Any) -> Dict[str, Any]:
 
 
 def all_subscriptions(broker: Any, search: str) -> List[Tuple[str, Any]]:
-    """Every subscription whose filter or client id contains ``search``, by filter then
-    client id."""
+    """Every subscription whose filter or client id contains ``search``: (filter, entry)."""
     found = []
     for session in broker.sessions.values():
         if getattr(session.connection, "acl_exempt", False):
@@ -178,7 +180,6 @@ def all_subscriptions(broker: Any, search: str) -> List[Tuple[str, Any]]:
             if search and search not in topic_filter and search not in session.client_id:
                 continue
             found.append((topic_filter, entry))
-    found.sort(key=lambda pair: (pair[0], pair[1].client_id))
     return found
 
 
@@ -198,13 +199,13 @@ def shared_groups(broker: Any) -> List[Dict[str, Any]]:
 
 
 def retained_matching(broker: Any, topic_filter: str) -> List[Any]:
-    """Retained messages whose topic matches ``topic_filter``, by topic."""
+    """Retained messages whose topic matches ``topic_filter``."""
     if topic_filter in ("#", ""):
         now = broker.tick()
         messages = [m for m in broker.retained.values() if not m.expired(now)]
     else:
         messages = broker.retained_for(topic_filter)
-    return sorted(messages, key=lambda m: m.topic)
+    return messages
 
 
 def payload_views(payload: bytes) -> Dict[str, Any]:
