@@ -427,14 +427,39 @@ def test_expiry_counts_down_while_queued() -> None:
 
 
 def test_refused_by_the_remote_is_dropped_and_logged(logged: List[str]) -> None:
-    """A publication the remote refuses is counted as dropped and logged with its topic."""
+    """A publication the remote refuses is counted as dropped; the first is logged with its
+    topic and reason, the next ones only counted until the remote accepts one again."""
     broker = hub()
     bridge, link = bridge_on(broker, "a/# out 1")
     link.up()
-    broker.broker.inline.publish("a/b", b"x", 1)
-    link.published[0][1].errback(Failure(ValueError("NOT_AUTHORIZED")))
-    assert bridge.counters.by_reason == {"refused by the remote": 1}
-    assert any("refused a message on a/b: NOT_AUTHORIZED" in line for line in logged)
+    for _ in range(3):
+        broker.broker.inline.publish("a/b", b"x", 1)
+    for _message, done in link.published[:2]:
+        done.errback(Failure(ValueError("NOT_AUTHORIZED")))
+    link.ack_all()
+    assert bridge.counters.by_reason == {"refused": 2}
+    assert [line for line in logged if "a/b not sent to the remote: NOT_AUTHORIZED" in line]
+    assert sum("not sent to the remote" in line for line in logged) == 1
+    assert any("the remote accepts messages again (2 refused)" in line for line in logged)
+
+
+def test_a_message_the_link_cannot_take_is_dropped(logged: List[str]) -> None:
+    """A message the client refuses at once (a remote topic longer than MQTT allows, after the
+    prefix) is dropped and logged; the publisher here is not affected."""
+    broker = hub()
+    bridge, link = bridge_on(broker, "a/# out 1 \"\" " + "r" * 65530 + "/")
+
+    def refuse(message: Outgoing) -> Deferred[Any]:
+        raise ValueError("topic longer than 65,535 bytes")
+
+    link.publish = refuse  # type: ignore[method-assign]
+    link.up()
+    publisher = join(broker, "p")
+    publisher.send(Publish("a/bc", b"x", 1, False, False, 1))
+    assert publisher.received()[-1].packet_id == 1  # PUBACK: the publisher goes on
+    assert bridge.counters.by_reason == {"refused": 1}
+    assert any("topic longer than 65,535 bytes" in line for line in logged)
+    assert bridge.inflight == 0
 
 
 # -- notifications and metrics ------------------------------------------------------------------

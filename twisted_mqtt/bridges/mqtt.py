@@ -182,6 +182,8 @@ class MqttBridge(Service):
         self.reason = "not started"
         self._dropping = False
         self._dropped_at_change = 0
+        self._refusing = False
+        self._refused_at_change = 0
         self._exporting = [rule for rule in settings.topics if rule.exports]
         self._importing = [rule for rule in settings.topics if rule.imports]
         self._echoes: Dict[Tuple[str, int, int], int] = {}
@@ -266,18 +268,27 @@ class MqttBridge(Service):
         if self._echo_possible and any(matches(rule.remote_filter, message.topic)
                                        for rule in self._importing):
             self._expect_echo(message)
+        try:
+            sending = link.publish(message)
+        except ValueError as error:  # what the client cannot send at all (a topic too long)
+            self._drop(message, "refused", str(error))
+            return
         self.inflight += 1
-        link.publish(message).addCallbacks(self._acknowledged, self._refused,
-                                           errbackArgs=(message,))
+        sending.addCallbacks(self._acknowledged, self._refused, errbackArgs=(message,))
 
     def _acknowledged(self, _: Any) -> None:
         self.inflight -= 1
         self.counters.sent += 1
+        if self._refusing:
+            self._refusing = False
+            log.info("bridge {name}: the remote accepts messages again ({count} refused)",
+                     name=self.settings.name,
+                     count=self.counters.by_reason["refused"] - self._refused_at_change)
         self._pump()
 
     def _refused(self, failure: Any, message: Outgoing) -> None:
         self.inflight -= 1
-        self._drop(message, "refused by the remote", str(failure.getErrorMessage()))
+        self._drop(message, "refused", str(failure.getErrorMessage()))
         self._pump()
 
     def _pump(self) -> None:
@@ -295,9 +306,13 @@ class MqttBridge(Service):
         counters = self.counters
         counters.dropped += 1
         counters.by_reason[reason] = counters.by_reason.get(reason, 0) + 1
-        if reason == "refused by the remote":
-            log.warn("bridge {name}: the remote refused a message on {topic}: {detail}",
-                     name=self.settings.name, topic=message.topic, detail=detail)
+        if reason == "refused":
+            if not self._refusing:
+                self._refusing = True
+                self._refused_at_change = counters.by_reason[reason] - 1
+                log.warn("bridge {name}: message on {topic} not sent to the remote: {detail} "
+                         "(further refusals are counted, not logged, until one is accepted)",
+                         name=self.settings.name, topic=message.topic, detail=detail)
         elif not self._dropping:
             self._dropping = True
             self._dropped_at_change = counters.dropped - 1
