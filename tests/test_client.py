@@ -336,6 +336,22 @@ def test_receive_maximum_queues_beyond_quota() -> None:
     assert all(len(r) == 1 for r in results)
 
 
+def test_paused_transport_holds_publishes_within_the_queue_bound() -> None:
+    """When the transport's buffer is full (it pauses its producer), new messages wait in the
+    bounded queue instead of growing the buffer; they go when it resumes."""
+    _reactor, client, peer = connected(V5, max_queued=2)
+    producer = peer.transport.producer
+    assert producer is not None and peer.transport.streaming
+    producer.pauseProducing()
+    first = outcome(client.publish("a", b"1"))
+    second = outcome(client.publish("a", b"2", 1))
+    assert outcome(client.publish("a", b"3"))[0].check(QueueFull)
+    assert peer.raw() == b"" and first == []
+    producer.resumeProducing()
+    assert [(p.payload, p.qos) for p in peer.received()] == [(b"1", 0), (b"2", 1)]
+    assert first == [None] and second == []
+
+
 def test_queue_bound() -> None:
     """Beyond max_queued messages waiting for a connection, publish fails with QueueFull."""
     _reactor, client = make(V5, max_queued=2)

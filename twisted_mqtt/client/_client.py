@@ -183,6 +183,8 @@ class MQTTClient:
         # The connection going on.
         self._protocol: Optional[MQTTClientProtocol] = None
         self._connected = False
+        self._held = False
+        """The transport's buffer is full: new messages wait in the queue."""
         self._clean_sent = True
         self._running = False
         self._attempt = 0
@@ -270,7 +272,8 @@ class MQTTClient:
             raise ValueError("topic aliases are chosen by the client (use_topic_aliases)")
         message = _Outgoing(Publish(topic, payload, qos, retain, properties=properties),
                             Deferred())
-        if self._connected and not self._queued and (qos == 0 or self._room()):
+        if self._connected and not self._held and not self._queued and (
+                qos == 0 or self._room()):
             self._send_publish(message)
         elif len(self._queued) >= self.max_queued:
             return fail(QueueFull(f"{len(self._queued)} messages are already waiting"))
@@ -536,7 +539,7 @@ class MQTTClient:
 
     def _flush_queue(self) -> None:
         queued = self._queued
-        while queued and self._connected:
+        while queued and self._connected and not self._held:
             if queued[0].packet.qos and not self._room():
                 return
             self._send_publish(queued.popleft())
@@ -767,12 +770,19 @@ class MQTTClient:
         if self._protocol is not None:
             self._protocol.transport.abortConnection()
 
+    def _paused(self, protocol: MQTTClientProtocol, paused: bool) -> None:
+        if protocol is self._protocol:
+            self._held = paused
+            if not paused:
+                self._flush_queue()
+
     def _transport_lost(self, protocol: MQTTClientProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
             return
         was_connected = self._connected
         self._protocol = None
         self._connected = False
+        self._held = False
         for name in list(self._timers):
             self._cancel_timer(name)
         stopping, self._stopping = self._stopping, []

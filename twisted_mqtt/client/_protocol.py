@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_mqtt.codec import CodecError, Decoder
 
@@ -15,8 +16,10 @@ if TYPE_CHECKING:
     from twisted_mqtt.client._client import MQTTClient
 
 
+@implementer(IPushProducer)
 class MQTTClientProtocol(Protocol):
-    """One network connection of an ``MQTTClient``: bytes in to the decoder, bytes out."""
+    """One network connection of an ``MQTTClient``: bytes in to the decoder, bytes out; the
+    producer of its transport, so that a full buffer holds back new messages."""
 
     transport: Any
 
@@ -25,7 +28,21 @@ class MQTTClientProtocol(Protocol):
         self.decoder = Decoder(client.protocol_level, client.maximum_packet_size)
 
     def connectionMade(self) -> None:
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:  # told when the transport's buffer fills and drains
+            register(self, True)
         self.client._transport_made(self)
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: new messages wait in the client's queue."""
+        self.client._paused(self, True)
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained: what waits goes."""
+        self.client._paused(self, False)
+
+    def stopProducing(self) -> None:
+        """The connection is closing; ``connectionLost`` follows."""
 
     def dataReceived(self, data: bytes) -> None:
         try:
