@@ -386,6 +386,24 @@ def test_ack_kafka_full_buffer_disconnects_the_publisher(unreachable: Any) -> No
     assert bridge.figures()["bridges/kafka/k/dropped"] == 2
 
 
+def test_record_too_large_for_kafka(unreachable: Any, logged: List[str]) -> None:
+    """A message larger than librdkafka's ``message.max.bytes`` is refused when produced: it is
+    counted as failed, holds no place in the buffer, and its ``ack: kafka`` publisher is
+    disconnected with 0x95 Packet too large; the log says it once, not per message."""
+    bridge = unreachable()
+    broker: InMemoryBroker = bridge.hub
+    big = b"x" * 1_000_001
+    quiet = join(broker, "quiet")
+    quiet.send(Publish("held/0", big, 0), Publish("held/0", big, 0))
+    assert (bridge.failed, bridge.buffer.messages, bridge.buffer.bytes) == (2, 0, 0)
+    pub = join(broker, "pub")
+    pub.send(Publish("held/1", big, 1, packet_id=1))
+    packets = pub.received()
+    assert packets == [Disconnect(ReasonCode.PACKET_TOO_LARGE, packets[0].properties)]
+    assert "Message size too large" in packets[0].properties.reason_string
+    assert len([line for line in logged if line.startswith("Kafka bridge k: Kafka refused")]) == 1
+
+
 def test_fire_and_forget_acknowledges_at_once(unreachable: Any) -> None:
     """Without ``ack: kafka`` publishers are acknowledged at once, Kafka reachable or not."""
     bridge = unreachable(ack="none")

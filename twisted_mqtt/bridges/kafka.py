@@ -55,6 +55,8 @@ log = Logger()
 
 STOP_DRAIN = 2.0
 """Seconds a stopping bridge waits for Kafka to acknowledge what it holds."""
+REPORT_INTERVAL = 60.0
+"""Seconds between two log lines about messages of one kind not passed on."""
 
 # -- egress records ------------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class KafkaBridge(Service, Hook):
         self._rules: Dict[str, Optional[EgressRule]] = {}
         self._ingress: Dict[str, IngressRule] = {}
         self._lookups_failed = 0
+        self._reported: Dict[str, Tuple[Optional[float], int]] = {}
         self._retry: Any = None
         self._known = False
         self._failing = 0
@@ -352,8 +355,8 @@ class KafkaBridge(Service, Hook):
         hold = message.qos > 0 and self.settings.ack == "kafka" and client.listener != "inline"
         if record is None:
             self.invalid += 1
-            log.warn("Kafka bridge {name}: topic {topic!r} makes no valid Kafka topic name; "
-                     "message not produced", name=self.settings.name, topic=message.topic)
+            self._report("topic", "topic {topic!r} makes no valid Kafka topic name; message "
+                         "not produced", topic=message.topic)
             return
         if not self.buffer.take(record.size):
             if hold:
@@ -376,6 +379,12 @@ class KafkaBridge(Service, Hook):
                 self._held = (message, fail(AckRefused(
                     f"Kafka bridge {self.settings.name}: buffer full")))
             return
+        except load_kafka().KafkaException as error:  # refused at once (too large...)
+            self.buffer.release(size)
+            self._delivered(error.args[0], 0, done, counted=False)
+            if done is not None:
+                self._held = (message, done)
+            return
         if done is not None:
             self._held = (message, done)
 
@@ -388,11 +397,13 @@ class KafkaBridge(Service, Hook):
         self._held = None
         return held[1]
 
-    def _delivered(self, error: Any, size: int, done: Optional[Deferred[Any]]) -> None:
+    def _delivered(self, error: Any, size: int, done: Optional[Deferred[Any]],
+                   counted: bool = True) -> None:
         """Kafka acknowledged a record (``error`` None) or gave it up: free its place and
         answer its publisher (``ack: kafka``).  The first failure of a run is logged, and the
         run's length when a record goes through again."""
-        self.buffer.release(size)
+        if counted:
+            self.buffer.release(size)
         if error is None:
             self.produced += 1
             if not self.up:
@@ -404,16 +415,17 @@ class KafkaBridge(Service, Hook):
         else:
             self.failed += 1
             if not self._failing and not self._stopping:
-                log.warn("Kafka bridge {name}: Kafka refused a record: {error}",
-                         name=self.settings.name, error=error.str())
+                self._report("refused", "Kafka refused a record: {error}", error=error.str())
             self._failing += 1
         if done is None:
             return
         if error is None:
             done.callback(None)
         else:  # never acknowledged: the publisher is told (v5) and disconnected
+            too_large = error.code() == load_kafka().KafkaError.MSG_SIZE_TOO_LARGE
             done.errback(AckRefused(f"Kafka refused the message: {error.str()}",
-                                    ReasonCode.UNSPECIFIED_ERROR))
+                                    ReasonCode.PACKET_TOO_LARGE if too_large
+                                    else ReasonCode.UNSPECIFIED_ERROR))
 
     # -- ingress --------------------------------------------------------------------------------
 
@@ -477,12 +489,24 @@ class KafkaBridge(Service, Hook):
                 self.inline.publish(topic, record.value() or b"", rule.qos, rule.retain)
             except (UnicodeDecodeError, ValueError) as problem:
                 self.invalid += 1
-                log.warn("Kafka bridge {name}: record {topic}[{partition}]@{offset} not "
-                         "published: {problem}", name=self.settings.name,
-                         topic=record.topic(), partition=record.partition(),
-                         offset=record.offset(), problem=problem)
+                self._report("record", "record {topic}[{partition}]@{offset} not published: "
+                             "{problem}", topic=record.topic(), partition=record.partition(),
+                             offset=record.offset(), problem=problem)
                 continue
             self.consumed += 1
+
+    def _report(self, kind: str, text: str, **fields: Any) -> None:
+        """Log a message or record the bridge could not pass on, at most once per
+        ``REPORT_INTERVAL`` for each ``kind``, saying how many were not logged meanwhile."""
+        now = self.reactor.seconds()
+        last, unsaid = self._reported.get(kind, (None, 0))
+        if last is not None and now - last < REPORT_INTERVAL:
+            self._reported[kind] = (last, unsaid + 1)
+            return
+        self._reported[kind] = (now, 0)
+        log.warn("Kafka bridge {name}: " + text + (" ({unsaid} more since the last such line)"
+                                                    if unsaid else ""),
+                 name=self.settings.name, unsaid=unsaid, **fields)
 
     # -- driving the client ---------------------------------------------------------------------
 
