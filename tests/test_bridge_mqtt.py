@@ -327,6 +327,25 @@ def test_import_by_the_first_matching_rule() -> None:
         ("there/cmd/#", 1), ("there/#", 2)]
 
 
+def test_a_remote_message_that_cannot_be_published_here(logged: List[str]) -> None:
+    """A message from the remote that cannot be published here (its payload format indicator
+    says UTF-8 and it is not) is counted as rejected, logged the first time only, until one is
+    published again."""
+    broker = hub()
+    bridge, _link = bridge_on(broker, "# in 1")
+    got = inline_messages(broker, "#")
+    bad = Properties(payload_format_indicator=1)
+    bridge.remote_message("a/b", b"\xff", 1, False, bad)
+    bridge.remote_message("a/c", b"\xfe", 1, False, bad)
+    bridge.remote_message("a/d", b"fine", 1, False, bad)
+    assert [m.payload for m in got] == [b"fine"]
+    assert (bridge.counters.rejected, bridge.counters.received) == (2, 1)
+    assert sum("a/b from the remote not published here" in line for line in logged) == 1
+    assert sum("not published here" in line for line in logged) == 1
+    assert any("messages from the remote are published here again (2 rejected)" in line
+               for line in logged)
+
+
 def test_a_both_rule_does_not_send_back_what_it_imported() -> None:
     """Loop prevention, local side: what the bridge imported is published here (local
     subscribers get it) but never exported again, even by a ``both`` rule matching it."""

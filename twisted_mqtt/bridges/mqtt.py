@@ -112,6 +112,8 @@ class BridgeCounters:
     expired: int = 0
     """Outbound messages whose expiry passed while they waited."""
     connects: int = 0
+    rejected: int = 0
+    """Messages from the remote that could not be published here (e.g. a bad payload)."""
     echoes: int = 0
     """MQTT 3.1.1: the bridge's own messages the remote sent back, not published here."""
     by_reason: Dict[str, int] = field(default_factory=dict)
@@ -184,6 +186,8 @@ class MqttBridge(Service):
         self._dropped_at_change = 0
         self._refusing = False
         self._refused_at_change = 0
+        self._rejecting = False
+        self._rejected_at_change = 0
         self._exporting = [rule for rule in settings.topics if rule.exports]
         self._importing = [rule for rule in settings.topics if rule.imports]
         self._echoes: Dict[Tuple[str, int, int], int] = {}
@@ -357,13 +361,25 @@ class MqttBridge(Service):
                 continue
             props = replace(NO_PROPERTIES, **{name: getattr(properties, name)
                                               for name in MESSAGE_PROPERTIES})
+            counters = self.counters
             try:
                 self.local.publish(local, payload, min(qos, rule.qos), retain, props)
             except ValueError as error:
-                log.warn("bridge {name}: cannot publish {topic} here: {error}",
-                         name=self.settings.name, topic=local, error=str(error))
+                counters.rejected += 1
+                if not self._rejecting:
+                    self._rejecting = True
+                    self._rejected_at_change = counters.rejected - 1
+                    log.warn("bridge {name}: {topic} from the remote not published here: "
+                             "{error} (further ones are counted, not logged, until one is "
+                             "published)", name=self.settings.name, topic=local,
+                             error=str(error))
                 return
-            self.counters.received += 1
+            counters.received += 1
+            if self._rejecting:
+                self._rejecting = False
+                log.info("bridge {name}: messages from the remote are published here again "
+                         "({count} rejected)", name=self.settings.name,
+                         count=counters.rejected - self._rejected_at_change)
             return
 
     # -- state ------------------------------------------------------------------------------
@@ -400,7 +416,8 @@ class MqttBridge(Service):
                 "reason": self.reason, "queued": len(self.queue),
                 "queued_bytes": self.queue.bytes, "sent": counters.sent,
                 "received": counters.received, "dropped": counters.dropped,
-                "expired": counters.expired, "echoes": counters.echoes,
+                "expired": counters.expired, "rejected": counters.rejected,
+                "echoes": counters.echoes,
                 "connects": counters.connects}
 
     def _change(self, state: str, reason: str) -> None:
@@ -444,6 +461,8 @@ class MqttBridge(Service):
                  "Outbound messages dropped (queue full, QoS 0 while down, refused)", "dropped"),
                 ("mqtt_bridge_messages_expired", "Outbound messages expired while queued",
                  "expired"),
+                ("mqtt_bridge_messages_rejected",
+                 "Messages from the remote that could not be published here", "rejected"),
                 ("mqtt_bridge_connects", "Connections made to the remote", "connects")):
             counter = CounterMetricFamily(name, help_text, labels=["bridge"])
             for bridge in bridges:
