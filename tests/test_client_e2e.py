@@ -5,6 +5,7 @@ middle of a QoS 1 stream with nothing acknowledged lost."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,12 +15,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
 
 from tests.certs import make_pki
 from tests.conftest import LOOPBACK, BrokerProcess, StartBroker
 from tests.servers import MosquittoServer, StartMosquitto, free_port, start_mosquitto  # noqa: F401
 from tests.spec import check_cited_labels
-from twisted_mqtt.client import ConnectionRefused, Message, MQTTClient, ReconnectPolicy
+from twisted_mqtt.client import ConnectionRefused, Message, MQTTClient, QueueFull, ReconnectPolicy
 from twisted_mqtt.packets import ProtocolLevel
 
 V5 = ProtocolLevel.MQTT_5
@@ -230,6 +232,30 @@ def test_websocket_handshake_refused(broker: BrokerProcess,
     client = make_client(f"ws://127.0.0.1:{broker.port}/mqtt", "not-websocket")
     with pytest.raises(ConnectionLost, match="WebSocket closed"):
         yield client.connect()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stalled_server_bounds_the_client(start_mosquitto: StartMosquitto,  # noqa: F811
+                                          make_client: Callable[..., MQTTClient]) -> Any:
+    """Mosquitto stopped (SIGSTOP) while QoS 0 messages pour out: once the transport's buffer is
+    full the messages wait in the client's bounded queue, the rest fail with ``QueueFull``; when
+    the server continues, every accepted message is written."""
+    mosquitto = start_mosquitto()
+    client = make_client(f"tcp:127.0.0.1:{mosquitto.port}", "stalled", max_queued=100)
+    yield client.connect()
+    mosquitto.proc.send_signal(signal.SIGSTOP)
+    try:
+        sent = [client.publish("stall", b"x" * 1024) for _ in range(20_000)]
+    finally:
+        mosquitto.proc.send_signal(signal.SIGCONT)
+    accepted, refused = [], []
+    for deferred in sent:
+        if deferred.called and isinstance(deferred.result, Failure):
+            refused.append(deferred.addErrback(lambda failure: failure.trap(QueueFull)))
+        else:
+            accepted.append(deferred)
+    assert refused and len(accepted) < 1000
+    yield defer.gatherResults(accepted)
 
 
 @pytest_twisted.inlineCallbacks
