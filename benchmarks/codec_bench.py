@@ -84,7 +84,7 @@ def run_encode_tuples(messages: List[Any], level: int) -> int:
     written: List[bytes] = []
     write = written.append
     v5 = level == 5
-    for topic, payload, qos, retain, _dup, packet_id, props in messages:
+    for topic, payload, qos, retain, _dup, packet_id, props, _frame in messages:
         block = (b"\x00" if props is NO_PROPERTIES else encode_properties(props)) if v5 else None
         write(encode_publish(topic.encode(), payload, qos, retain, False, packet_id, block))
     return len(written)
@@ -117,7 +117,7 @@ def run_forward_tuples(chunks: List[bytes], level: int) -> int:
     write = written.append
     v5 = level == 5
     for chunk in chunks:
-        for topic, payload, qos, retain, _dup, packet_id, props in feed(chunk):
+        for topic, payload, qos, retain, _dup, packet_id, props, _frame in feed(chunk):
             block = (
                 (b"\x00" if props is NO_PROPERTIES else encode_properties(props)) if v5 else None
             )

@@ -513,7 +513,14 @@ class Connection:
             if hooks.on_packet_ids_exhausted:
                 hooks.notify(hooks.on_packet_ids_exhausted, session.client_id, delivery)
             return
-        data = self._encode_delivery(delivery, packet_id, False)
+        message = delivery.message
+        split = message.split
+        if (split is not None and delivery.qos == message.qos and message.frame_v5 == self.v5
+                and not (delivery.retain or delivery.sub_ids or self.alias_max_out
+                         or self.max_packet_out is not None)):
+            data: Optional[bytes] = split[0] + packet_id.to_bytes(2, "big") + split[1]
+        else:
+            data = self._encode_delivery(delivery, packet_id, False)
         if data is None:
             # discarded as if sent [MQTT-3.1.2-25]
             broker.dropped(session.client_id, delivery.message, "too large")
@@ -1126,12 +1133,8 @@ class Connection:
             return
         if retain or expires_at is not None or props is not fields[6]:
             frame = None  # its bytes are not what subscribers get
-        if qos and frame is not None:
-            message = Message(topic, payload, qos, retain, props, expires_at, session.client_id)
-            message.template(self.v5, frame)
-        else:
-            message = Message(topic, payload, qos, retain, props, expires_at, session.client_id,
-                              frame, self.v5)
+        message = Message(topic, payload, qos, retain, props, expires_at, session.client_id,
+                          frame, self.v5)
         hooks = broker.hooks
         if hooks.authorizers and not allowed:
             answer = hooks.may_publish(self.client, topic)

@@ -28,7 +28,7 @@ class Message:
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "origin",
-                 "frame", "frame_v5", "_topic_bytes", "_cache")
+                 "frame", "frame_v5", "split", "_topic_bytes", "_cache")
 
     def __init__(
         self,
@@ -49,10 +49,16 @@ class Message:
         self.properties = properties
         self.expires_at = expires_at
         self.origin = origin
-        self.frame = frame
+        self.frame: Optional[bytes] = None if qos else frame
         """The QoS 0 PUBLISH as received, when it is exactly what a subscriber of the same
         protocol family (``frame_v5``) gets with RETAIN 0 and no subscription identifier."""
         self.frame_v5 = frame_v5
+        self.split: Optional[Tuple[bytes, bytes]] = frame if qos else None
+        """A QoS 1/2 PUBLISH as received, split around its packet identifier, when it is what
+        a subscriber of the same protocol family (``frame_v5``) gets at the message's QoS
+        with RETAIN 0, DUP 0 and no subscription identifier; a message with an expiry has
+        none.  Given as ``frame`` (the packet as received: its bytes for QoS 0, the split for
+        QoS 1/2), or later with ``template``."""
         self._topic_bytes: Optional[bytes] = None
         self._cache: Optional[Dict[Any, Any]] = None
 
@@ -78,8 +84,10 @@ class Message:
 
     def template(self, v5: bool, parts: Tuple[bytes, bytes]) -> None:
         """Remember a QoS 1/2 PUBLISH of this message without DUP and RETAIN, split around its
-        packet identifier, as the encoding of that variant (from the packet as received)."""
-        self._cache = {(v5, self.qos, False, ()): parts}
+        packet identifier, as the encoding of that variant (from the packet as received; only
+        for a message without expiry, whose bytes do not change with time)."""
+        self.split = parts
+        self.frame_v5 = v5
 
     def expired(self, now: float) -> bool:
         """Whether the message expiry interval has passed."""
@@ -107,6 +115,11 @@ class Message:
     def encoded(self, v5: bool, qos: int, retain: bool, sub_ids: Tuple[int, ...], now: float,
                 dup: bool = False, packet_id: Optional[int] = None) -> bytes:
         """The whole PUBLISH for one delivery (QoS 0 variants are cached)."""
+        split = self.split
+        if (split is not None and packet_id is not None and not dup and not retain
+                and not sub_ids and qos == self.qos and v5 == self.frame_v5
+                and self.expires_at is None):
+            return split[0] + packet_id.to_bytes(2, "big") + split[1]
         key = (v5, qos, retain, sub_ids)
         cache = self._cache
         if qos == 0 and self.expires_at is None:
