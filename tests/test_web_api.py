@@ -452,3 +452,20 @@ def test_bad_dashboard_files(tmp_path: Path, users: Any, keys: Any, option: str,
     result = run_twistd(*args)
     assert result.returncode == 78
     assert option in result.stderr and problem in result.stderr
+
+
+def test_bans_survive_a_restart(start_broker: StartBroker, tmp_path: Path,
+                                clients: MakeClient) -> None:
+    """With an SQLite store, a ban added through the API still refuses the client after the
+    broker restarts: CONNACK 0x8A [MQTT-3.2.2-7]."""
+    options = ("--store", f"sqlite:{tmp_path / 'broker.db'}")
+    first = start_dashboard(start_broker, tmp_path, *options)
+    status, _, _ = Http(first.base, first.key).request(
+        "POST", "/api/v1/bans", {"kind": "username", "value": "mallory"})
+    assert status == 201
+    first.broker.check_clean_exit()
+    second = start_dashboard(start_broker, tmp_path, *options)
+    assert Http(second.base, second.key).get("/api/v1/bans")["bans"][0]["value"] == "mallory"
+    client = second.client(clients)
+    client.paho.username_pw_set("mallory")
+    assert client.connect(expect_success=False).connack_rc.value == 0x8A
