@@ -451,6 +451,16 @@ class MosquittoServer(ServerProcess):
         socket.create_connection((self.host, self.port), timeout=2.0).close()
         return True
 
+    def pause(self) -> None:
+        """SIGSTOP: it holds its connections open and reads nothing (a stalled server)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """Stop, then start again on the same port with the saved sessions."""
         self.stop()

@@ -5,7 +5,6 @@ middle of a QoS 1 stream with nothing acknowledged lost."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from pathlib import Path
@@ -243,11 +242,11 @@ def test_stalled_server_bounds_the_client(start_mosquitto: StartMosquitto,  # no
     mosquitto = start_mosquitto()
     client = make_client(f"tcp:127.0.0.1:{mosquitto.port}", "stalled", max_queued=100)
     yield client.connect()
-    mosquitto.proc.send_signal(signal.SIGSTOP)
+    mosquitto.pause()
     try:
         sent = [client.publish("stall", b"x" * 1024) for _ in range(20_000)]
     finally:
-        mosquitto.proc.send_signal(signal.SIGCONT)
+        mosquitto.resume()
     accepted, refused = [], []
     for deferred in sent:
         if deferred.called and isinstance(deferred.result, Failure):
