@@ -39,7 +39,7 @@ class Message:
         properties: Properties = NO_PROPERTIES,
         expires_at: Optional[float] = None,
         origin: Optional[str] = None,
-        frame: Optional[bytes] = None,
+        frame: Any = None,
         frame_v5: bool = False,
     ) -> None:
         self.topic = topic
