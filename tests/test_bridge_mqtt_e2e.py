@@ -14,13 +14,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, List, Set
+from typing import Any, List, Set
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
 from tests.certs import make_pki
+from tests.cluster_helpers import wait_for
 from tests.conftest import BrokerProcess, StartBroker
 from tests.paho import V5, V311, Client, MakeClient
 from tests.servers import MosquittoServer, StartMosquitto, free_port, start_mosquitto  # noqa: F401
@@ -54,14 +55,6 @@ def metric(broker: BrokerProcess, name: str) -> float:
     found = re.search(rf'^{name}{{bridge="m"}} (\S+)$', text.decode(), re.MULTILINE)
     assert found, f"no {name} in /metrics"
     return float(found.group(1))
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout}s")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("protocol, version", [("5", V5), ("3.1.1", V311)])
@@ -237,8 +230,8 @@ def test_remote_restarted_in_a_qos1_stream(start_broker: StartBroker,
                 mosquitto.restart()
                 collector = collect(mosquitto.port, "collector")
         drain(collector, numbers, 299)
-        wait_until(lambda: len(numbers) == 300 or _take(collector, numbers),
-                   "every message received")
+        wait_for(lambda: len(numbers) == 300 or _take(collector, numbers),
+                 "every message received")
     finally:
         publisher.close()
         collector.close()
