@@ -74,6 +74,8 @@ class RedisEngine:
         self._watchers: List[Callable[[bool], None]] = []
         self._retry: Any = None
         self._stopped = True
+        self._reported = False
+        """Whether failing to connect has been logged since the engine was last up."""
 
     @property
     def location(self) -> str:
@@ -135,9 +137,18 @@ class RedisEngine:
             return lambda: cls(charset=None, password=self._password, dbid=self.db,
                                convertNumbers=False)
 
-        opened = [endpoint.connect(_Factory(make(cls))).addCallback(_ready)
-                  for cls in (Commands, Subscriber)]
-        gatherResults(opened, consumeErrors=True).addCallbacks(self._opened, self._not_opened)
+        protos: List[Any] = []
+
+        def opened(proto: Any) -> Any:
+            protos.append(proto)
+            return _ready(proto)
+
+        attempts = [endpoint.connect(_Factory(make(cls))).addCallback(opened)
+                    for cls in (Commands, Subscriber)]
+        # AUTH or SELECT refused: the protocol closes without ever being ready
+        gatherResults(attempts, consumeErrors=True).addTimeout(
+            CONNECT_TIMEOUT * 2, self.reactor).addCallbacks(
+            self._opened, self._not_opened, errbackArgs=(protos,))
 
     def _opened(self, protos: List[Any]) -> None:
         commands, subscriber = protos
@@ -150,13 +161,20 @@ class RedisEngine:
             subscriber.subscribe(list(self._channels)).addErrback(self._ignore)
         self._set_up(True)
 
-    def _not_opened(self, failure: Any) -> None:
+    def _not_opened(self, failure: Any, protos: List[Any]) -> None:
+        for proto in protos:  # the one of the two that did open
+            if proto.transport is not None:
+                proto.transport.loseConnection()
         error = failure.value
         if hasattr(error, "subFailure"):
             error = error.subFailure.value
-        if self.up or self._retry is None:
-            log.debug("cluster engine {where}: cannot connect ({error})", where=self.location,
-                      error=error)
+        refused = [p.factory.failed for p in protos if getattr(p.factory, "failed", None)]
+        if refused:
+            error = refused[0]
+        if not self._reported:
+            self._reported = True
+            log.warn("cluster engine {where}: cannot connect ({error}); retrying every "
+                     "{delay}s", where=self.location, error=error, delay=self.retry_delay)
         self._schedule_retry()
 
     def _lost(self, proto: Any) -> None:
@@ -178,8 +196,10 @@ class RedisEngine:
             return
         self.up = up
         if up:
+            self._reported = False
             log.info("cluster engine {where}: connected", where=self.location)
         elif not self._stopped:
+            self._reported = True  # this line says it: no other until it is up again
             log.warn("cluster engine {where}: connection lost; retrying every {delay}s",
                      where=self.location, delay=self.retry_delay)
         for callback in list(self._watchers):
