@@ -320,8 +320,8 @@ class ApiResource(Resource):
                 if identity is None:
                     return self._error(request, 401, "sign in or send an API key (X-API-Key)")
                 if route.write and identity.kind == "user" and not hmac.compare_digest(
-                        (request.getHeader(CSRF_HEADER) or b"").decode("latin-1"),
-                        identity.csrf or ""):
+                        request.getHeader(CSRF_HEADER) or b"",
+                        (identity.csrf or "").encode()):
                     return self._error(request, 403, "missing or wrong CSRF token",
                                        "x-csrf-token")
             params = {name: unquote(value) for name, value in zip(route.names, found.groups())}
