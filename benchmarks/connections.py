@@ -119,8 +119,10 @@ def hold(args: argparse.Namespace, port: int, pids: List[int], count: int,
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=100000)
-    parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--mosquitto-connections", type=int, default=19000)
+    parser.add_argument("--workers", type=int, default=6,
+                        help="0: one broker process, no cluster")
+    parser.add_argument("--mosquitto-connections", type=int, default=19900,
+                        help="Mosquitto is one process: at most 20,000 open files here")
     parser.add_argument("--skip-mosquitto", action="store_true")
     parser.add_argument("--sources", type=int, default=8,
                         help="source addresses 127.0.0.1..N, used in turn")
@@ -138,10 +140,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = []
     redis = RedisServer(Path(tempfile.mkdtemp(prefix="connections-redis-")))
     try:
-        setup = SetUp(f"workers-{args.workers}", args, redis, 0)
+        kind = f"workers-{args.workers}" if args.workers else "one-process"
+        setup = SetUp(kind, args, redis, 0)
         try:
             results.append(hold(args, setup.port, setup.pids, args.connections,
-                                f"twisted_mqtt --workers {args.workers}"))
+                                f"twisted_mqtt --workers {args.workers}" if args.workers
+                                else "twisted_mqtt, one process"))
         finally:
             setup.stop()
         if not args.skip_mosquitto:
