@@ -312,6 +312,9 @@ def test_bad_bodies(api: Http) -> None:
     assert status == 400 and body["error"]["field"] == "body"
     status, _, body = api.request("POST", "/api/v1/publish", [1, 2])
     assert status == 400 and body["error"]["field"] == "body"
+    status, _, body = api.request("POST", "/api/v1/publish", raw=b"[" * 100_000,
+                                  headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["field"] == "body"
     status, _, body = api.request("POST", "/api/v1/publish", raw=b"topic=a",
                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 415 and body["error"]["field"] == "content-type"

@@ -202,8 +202,8 @@ def _body(request: Request) -> Dict[str, Any]:
         raise InputError("body", f"larger than {MAX_BODY} bytes", 413)
     try:
         found = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise InputError("body", "not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InputError("body", "not JSON, or nested too deep") from None
     if not isinstance(found, dict):
         raise InputError("body", "must be a JSON object")
     return found
