@@ -8,6 +8,8 @@ import sys
 from typing import Any, List
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -41,7 +43,7 @@ from twisted_mqtt.packets import (
     UnsubAck,
     Unsubscribe,
 )
-from twisted_mqtt.properties import Properties
+from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
 V5 = ProtocolLevel.MQTT_5
 V311 = ProtocolLevel.MQTT_3_1_1
@@ -856,6 +858,42 @@ def test_default_maximum_packet_size_is_bounded() -> None:
     assert peer.accept().properties.maximum_packet_size == 1 << 20
     peer.protocol.dataReceived(b"\x30\xff\xff\x7f")  # announces 2 MiB
     assert peer.received() == [Disconnect(0x95)] and peer.closed
+
+
+_SERVER_PACKETS = st.one_of(
+    st.builds(ConnAck, st.sampled_from([0, 0x80, 0x87]), st.booleans()),
+    st.builds(Publish, st.sampled_from(["t", "a/b", ""]), st.binary(max_size=8),
+              st.integers(0, 2), st.booleans(), st.just(False), st.integers(1, 4),
+              st.sampled_from([NO_PROPERTIES, Properties(topic_alias=1),
+                               Properties(topic_alias=40)])),
+    *(st.builds(kind, st.integers(1, 4), st.sampled_from([0, 0x10, 0x80, 0x92]))
+      for kind in (PubAck, PubRec, PubRel, PubComp)),
+    st.builds(SubAck, st.integers(1, 4), st.lists(st.sampled_from([0, 1, 2, 0x80]),
+                                                  min_size=1, max_size=2).map(tuple)),
+    st.builds(UnsubAck, st.integers(1, 4), st.just((0,))),
+    st.builds(PingResp), st.builds(Disconnect, st.sampled_from([0, 0x8B, 0x82])),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_SERVER_PACKETS, st.binary(min_size=1, max_size=12)), max_size=12),
+       st.sampled_from([V311, V5]), st.booleans())
+def test_any_server_input_is_handled(inputs: List[Any], level: int, accepted: bool) -> None:
+    """Whatever a server sends, in whatever state (packets in any order, unknown identifiers,
+    random bytes), the client raises nothing: it answers, or closes the connection."""
+    reactor, client = make(level)
+    client.connect().addErrback(lambda _: None)
+    client.subscribe("#", qos=2)
+    for qos in (0, 1, 2):
+        client.publish("t", b"x", qos).addErrback(lambda _: None)
+    peer = Peer(reactor, level)
+    if accepted:
+        peer.accept()
+    for item in inputs:
+        if peer.closed:
+            break
+        peer.protocol.dataReceived(item if isinstance(item, bytes) else encode(item, level))
+    reactor.advance(120)
 
 
 def test_cited_labels() -> None:
