@@ -255,18 +255,20 @@ def test_takeover_of_a_connected_client_on_another_node(cluster: Cluster) -> Any
 @pytest_twisted.inlineCallbacks
 def test_owner_that_does_not_answer_is_fenced(
         cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
-    """Node a, owner of a session, does not answer the hand-over (its requests are lost):
-    node b takes the session at the timeout, and a's later writes of it are refused; a drops
-    its copy and ends its connection with DISCONNECT 0x8E [MQTT-3.1.4-3]."""
+    """Node a, owner of a session, hears nothing from node b (requests and notices lost): b
+    takes the session at the timeout, and a's later writes of it are refused; a drops its copy
+    and ends its connection with DISCONNECT 0x8E [MQTT-3.1.4-3]."""
     a = cluster.node("a", 1)
     b = cluster.node("b", 2, timeout=0.2)
     yield cluster.up()
     stale, _got, _ok = yield connect(a, cluster, "stale")
     stale.send(Subscribe(1, (Subscription("before", 1),)))
     yield cluster.settle()
-    a.sessions._hand_over = lambda *args: None  # type: ignore[method-assign]
+    channel = a.sessions._channel("a").encode()
+    a.engine._channels[channel] = lambda raw: None  # a hears nothing from b
     _fresh, got, ok = yield connect(b, cluster, "stale", step=0.01)
     assert ok and split(got)[0].session_present is True
+    yield cluster.settle()
     assert "stale" in a.broker.sessions  # a still believes it owns it
     stale.send(Subscribe(2, (Subscription("after", 1),)))
     yield cluster.settle(lambda: "stale" not in a.broker.sessions)
@@ -277,6 +279,47 @@ def test_owner_that_does_not_answer_is_fenced(
     assert subs == b":0"
     assert redis_server.command("HEXISTS", f"{prefix}cluster:session:subs:stale",
                                 "before") == b":1"
+
+
+@pytest_twisted.inlineCallbacks
+def test_owner_that_does_not_hand_over_hears_it_was_taken(cluster: Cluster) -> Any:
+    """Node a does not hand its session over in time: once node b has taken it, a hears so and
+    ends its connection with DISCONNECT 0x8E [MQTT-3.1.4-3] and drops its copy at once,
+    before writing anything more of it."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2, timeout=0.2)
+    yield cluster.up()
+    stale, _got, _ok = yield connect(a, cluster, "slow")
+    yield cluster.settle()
+    a.sessions._hand_over = lambda *args: None  # type: ignore[method-assign]
+    _fresh, got, ok = yield connect(b, cluster, "slow", step=0.01)
+    assert ok and split(got)[0].session_present is True
+    yield cluster.settle(lambda: "slow" not in a.broker.sessions)
+    assert "slow" not in a.broker.sessions and "slow" not in a.sessions.tokens
+    assert Disconnect(0x8E) in stale.received()
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_not_serving_leaves_wills_to_the_adopter(cluster: Cluster) -> Any:
+    """A node that stops serving publishes none of its clients' wills and keeps their records:
+    the node that adopts its sessions publishes each will once [MQTT-3.1.2-8]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    watcher, _got, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
+    watcher.send(Subscribe(1, (Subscription("wills/#", 0),)))
+    client, _got, _ok = yield connect(a, cluster, "cut-off", clean_start=True, expiry=0,
+                                      will=Will("wills/cut-off", b"gone", 0, False))
+    yield cluster.settle()
+    a.members.node.serving = False  # its lease lost
+    client.drop()
+    yield cluster.settle()
+    assert a.broker.stats.wills_sent == 0
+    del b.members.members["a"]
+    yield b.sessions.adopt("a")
+    yield cluster.settle()
+    assert [(p.topic, p.payload) for p in watcher.received() if isinstance(p, Publish)] == [
+        ("wills/cut-off", b"gone")]
 
 
 @pytest_twisted.inlineCallbacks

@@ -453,6 +453,8 @@ class ClusterSessions(Hook):
                         continue  # someone else's now: ask again
             ok, found = yield directory.claim(client_id, current, self._me())
             if ok:
+                if current:  # taken without a hand-over: its last owner drops its copy
+                    self._tell(token_owner(current)[1], client_id, "taken", current)
                 yield self._arrived(client_id, found)
                 return 0
             current = found
@@ -509,6 +511,8 @@ class ClusterSessions(Hook):
             waiting = self._waiting.get(client_id)
             if waiting is not None and not waiting.called:
                 waiting.callback(None)
+        elif op == "taken":
+            self.lost([client_id], {client_id: str(message["token"])})
 
     def _hand_over(self, client_id: str, token: str, to: str, reply: str) -> None:
         """Another node asks for ``client_id``: take over its connection here, commit its last
@@ -538,11 +542,14 @@ class ClusterSessions(Hook):
                      client_id=client_id, node=reply)
         self._tell(reply, client_id)
 
-    def _tell(self, node: str, client_id: str) -> None:
-        """Tell ``node``, which asked for ``client_id``, to read its owner again."""
-        self.engine.command("PUBLISH", self._channel(node),
-                            json.dumps({"op": "handed", "client": client_id})
-                            ).addErrback(lambda _: None)
+    def _tell(self, node: str, client_id: str, op: str = "handed", token: str = "") -> None:
+        """Tell ``node`` that ``client_id`` changed owner: ``handed`` (to the node that asked
+        for it: read the owner again) or ``taken`` (from the node that held it under
+        ``token``: drop your copy)."""
+        if node == self.node.name and op == "taken":
+            return
+        self.engine.command("PUBLISH", self._channel(node), json.dumps(
+            {"op": op, "client": client_id, "token": token})).addErrback(lambda _: None)
 
     def _hand_over_failed(self, failure: Any, client_id: str) -> None:
         self._handing.discard(client_id)
@@ -561,12 +568,13 @@ class ClusterSessions(Hook):
         self.broker.flush()
 
     def lost(self, client_ids: List[str], tokens: Dict[str, str]) -> None:
-        """Writes of ``client_ids`` were refused: other nodes own them now."""
+        """Other nodes own ``client_ids`` now (their writes were refused, or a node took them
+        without a hand-over), which this node held under ``tokens``: drop them here."""
         for client_id in client_ids:
             if self.tokens.get(client_id) != tokens[client_id]:
                 continue
-            log.warn("cluster: session {client_id} is owned by another node now; its writes "
-                     "from here were refused and it is dropped here", client_id=client_id)
+            log.warn("cluster: session {client_id} is owned by another node now; dropped here",
+                     client_id=client_id)
             self._drop_local(client_id)
 
     # -- the hooks ---------------------------------------------------------------------------------
@@ -611,8 +619,10 @@ class ClusterSessions(Hook):
         if client_id in self._handing or client_id in self.broker.sessions:
             return
         token = self.tokens.pop(client_id, None)
-        if token is not None:
-            self.recorder.forget(client_id)
+        if token is None:
+            return
+        self.recorder.forget(client_id)
+        if self.members.check():  # else its record (its will) is for the node adopting it
             self.directory.end(client_id, token).addErrback(self._write_failed, client_id)
 
     def on_will(self, client_id: str, will: Any) -> Any:
