@@ -227,6 +227,39 @@ def test_yaml_mistakes_in_one_line(tmp_path: Path, text: str, message: str) -> N
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("address, message", [
+    ("tls:host=h:port=1:trustRoots=/nonexistent",
+     "cannot read trustRoots=/nonexistent: No such file or directory; expected a directory of "
+     "CA certificates"),
+    ("tls:host=h:port=1:certificate=/nonexistent/c.pem:privateKey=/nonexistent/k.pem",
+     "cannot read certificate=/nonexistent/c.pem: No such file or directory; expected a "
+     "readable certificate or key file"),
+])
+def test_tls_files_that_cannot_be_read(tmp_path: Path, address: str, message: str) -> None:
+    """A certificate, key or CA directory of the remote address that cannot be read is named."""
+    text = f"bridges:\n  - {{name: a, address: '{address}', topics: ['#']}}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text))
+    assert f"line 2: bridges[0].address: {message}" in str(caught.value)
+
+
+def test_the_documented_example_is_valid(tmp_path: Path) -> None:
+    """The YAML example of docs/bridges.md is a valid configuration (its files made here)."""
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    roots = tmp_path / "cloud-ca"
+    roots.mkdir()
+    (roots / "root.pem").write_bytes(pki.root.read_bytes())
+    docs = (Path(__file__).parent.parent / "docs" / "bridges.md").read_text()
+    example = docs.split("## MQTT bridge", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    example = (example.replace("/etc/ssl/cloud-ca", str(roots))
+               .replace("/etc/mqtt/site1.pem", str(pki.client_cert))
+               .replace("/etc/mqtt/site1.key", str(pki.client_key)))
+    (bridge,) = load_config(_write(tmp_path, example)).values["bridges"]
+    assert (bridge.name, bridge.client_id, len(bridge.topics)) == ("cloud", "site1", 4)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--bridge", "cloud"], "--bridge: expected NAME=ADDRESS, not 'cloud'"),
     (["--bridge-topic", "cloud=#"], "--bridge-topic: no --bridge cloud=ADDRESS"),

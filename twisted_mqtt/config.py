@@ -416,10 +416,12 @@ class LevelsByNamespace(Check):
 _FILE_ARGUMENTS = ("privateKey", "certKey", "extraCertChain", "caFile", "dhParameters")
 
 
-def endpoint_files(endpoint: str) -> List[Tuple[str, str]]:
+def endpoint_files(endpoint: str,
+                   arguments: Sequence[str] = _FILE_ARGUMENTS) -> List[Tuple[str, str]]:
     """The (argument, path) of every certificate, key or CA file an endpoint string names
-    (``privateKey=``, ``certKey=``, ``extraCertChain=``, ``caFile=``, ``dhParameters=``, also
-    inside ``haproxy:`` and other wrapping endpoints)."""
+    (``arguments``; by default a server endpoint's ``privateKey=``, ``certKey=``,
+    ``extraCertChain=``, ``caFile=``, ``dhParameters=``, also inside ``haproxy:`` and other
+    wrapping endpoints)."""
     parts: List[str] = []
     current = []
     escaped = False
@@ -438,7 +440,7 @@ def endpoint_files(endpoint: str) -> List[Tuple[str, str]]:
     found = []
     for part in parts:
         name, equals, value = part.partition("=")
-        if equals and name in _FILE_ARGUMENTS and value:
+        if equals and name in arguments and value:
             found.append((name, value))
     return found
 

@@ -4,6 +4,7 @@ options (``twisted_mqtt.bridges.mqtt`` runs the bridges)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,6 +20,7 @@ from twisted_mqtt.config import (
     Text,
     _shown,
     _unknown,
+    endpoint_files,
 )
 from twisted_mqtt.errors import CodecError
 from twisted_mqtt.topics import matches, validate_topic_filter
@@ -181,6 +183,10 @@ class BridgeName(Text):
         return name
 
 
+CLIENT_FILE_ARGUMENTS = ("trustRoots", "certificate", "privateKey")
+"""The arguments of a ``tls:`` client endpoint that name a CA directory, certificate or key."""
+
+
 class ClientEndpoint(Text):
     """A Twisted client endpoint string Twisted can parse (its certificate files read)."""
 
@@ -191,6 +197,18 @@ class ClientEndpoint(Text):
         from twisted.internet import endpoints, reactor
 
         address = super().__call__(value)
+        for name, path in endpoint_files(address, CLIENT_FILE_ARGUMENTS):
+            try:
+                if name == "trustRoots":
+                    os.listdir(path)
+                else:
+                    with open(path, "rb"):
+                        pass
+            except OSError as error:
+                what = ("a directory of CA certificates" if name == "trustRoots"
+                        else "a readable certificate or key file")
+                raise Invalid(f"cannot read {name}={path}: {error.strerror or error}; expected "
+                              f"{what}") from None
         try:
             endpoints.clientFromString(reactor, address)
         except Exception as error:
