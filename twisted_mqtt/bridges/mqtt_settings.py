@@ -212,8 +212,8 @@ class ClientEndpoint(Text):
         try:
             endpoints.clientFromString(reactor, address)
         except Exception as error:
-            raise Invalid(f"bad endpoint {address!r}: {error}; expected {self.expected}") \
-                from None
+            raise Invalid(f"bad endpoint {address!r}: {str(error) or type(error).__name__}; "
+                          f"expected {self.expected}") from None
         return address
 
 
