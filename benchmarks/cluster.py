@@ -34,7 +34,18 @@ from typing import Dict, List, Optional
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from run import LOADGEN, Broker, cpu_seconds, fmt, loadgen_argv, med, ratio  # noqa: E402
+from run import (  # noqa: E402
+    LOADGEN,
+    Broker,
+    cpu_seconds,
+    fmt,
+    loadgen_argv,
+    loadgen_result,
+    med,
+    ratio,
+    start_profiler,
+    stop_profiler,
+)
 
 from tests.servers import RedisServer  # noqa: E402
 
@@ -139,13 +150,8 @@ def run_one(args: argparse.Namespace, redis: RedisServer, kind: str, scenario: s
     profiler: Optional[subprocess.Popen] = None
     try:
         if args.profile and kind == "cross-node":
-            out = Path(args.profile) / f"{scenario}-node-a-r{rep}.txt"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            profiler = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(setup.pids[0]), "--format", "raw", "--rate",
-                 "250", "--nonblocking", "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
+            profiler = start_profiler(setup.pids[0],
+                                      Path(args.profile) / f"{scenario}-node-a-r{rep}.txt")
         argv = loadgen_argv(args, scenario, args.protocol, setup.port, setup.pids[0])
         if setup.sub_ports:
             argv += ["--sub-port", ",".join(str(p) for p in setup.sub_ports)]
@@ -160,20 +166,14 @@ def run_one(args: argparse.Namespace, redis: RedisServer, kind: str, scenario: s
         cpu1 = tree_cpu(setup.pids)
         redis_cpu1, commands1 = cpu_seconds(redis.proc.pid), redis_commands(redis)  # type: ignore
     finally:
-        if profiler is not None:
-            profiler.send_signal(2)
-            profiler.wait(timeout=30)
+        stop_profiler(profiler)
         problems = setup.stop()
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"loadgen failed ({done.returncode}) against {kind}: "
-                           f"{done.stderr.strip()}")
-    result = json.loads(lines[-1])
+    result = loadgen_result(done, kind)
     delivered = result.get("delivered", 0)
     result.update(setup=kind, repeat=rep, broker_cpu_pct=round(100 * (cpu1 - cpu0) / elapsed, 1),
                   broker_us_per_msg=1e6 * (cpu1 - cpu0) / delivered if delivered else None,
                   log_problems=problems[:5])
-    if kind in ("cross-node", "workers-2"):
+    if kind != "one-process" and kind != "mosquitto":
         share = (redis_cpu1 - redis_cpu0) / elapsed
         result.update(redis_cpu_pct=round(100 * share, 1),
                       redis_commands_per_s=round((commands1 - commands0) / elapsed),

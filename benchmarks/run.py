@@ -164,6 +164,36 @@ def loadgen_argv(args: argparse.Namespace, scenario: str, proto: int, port: int,
     return argv
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy recording ``pid`` into ``out`` (raw collapsed stacks), once it runs."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profiler = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+         "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return profiler
+
+
+def stop_profiler(profiler: Optional[subprocess.Popen]) -> None:
+    """Stop a ``start_profiler`` recording (it writes its file)."""
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)
+    try:
+        profiler.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
+def loadgen_result(done: subprocess.CompletedProcess, against: str) -> Dict:
+    """The JSON line of a finished loadgen run; RuntimeError if it failed."""
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"loadgen failed ({done.returncode}) against {against}: "
+                           f"{done.stderr.strip()}")
+    return dict(json.loads(lines[-1]))
+
+
 def run_one(args: argparse.Namespace, broker_name: str, scenario: str, proto: int,
             rep: int) -> Dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{broker_name}-"))
@@ -172,13 +202,8 @@ def run_one(args: argparse.Namespace, broker_name: str, scenario: str, proto: in
     try:
         time.sleep(0.3)
         if args.profile and broker_name.startswith("twisted_mqtt"):
-            out = Path(args.profile) / f"{scenario}-v{proto}-r{rep}.txt"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            profiler = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(broker.pid), "--format", "raw", "--rate",
-                 "250", "--nonblocking", "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
+            profiler = start_profiler(broker.pid,
+                                      Path(args.profile) / f"{scenario}-v{proto}-r{rep}.txt")
         cpu0 = cpu_seconds(broker.pid)
         t0 = time.monotonic()
         done = subprocess.run(loadgen_argv(args, scenario, proto, broker.port, broker.pid),
@@ -187,18 +212,9 @@ def run_one(args: argparse.Namespace, broker_name: str, scenario: str, proto: in
         cpu1 = cpu_seconds(broker.pid)
         hwm = status_kb(broker.pid, "VmHWM")
     finally:
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            try:
-                profiler.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
+        stop_profiler(profiler)
         problems = broker.stop()
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"loadgen failed ({done.returncode}) against {broker_name}: "
-                           f"{done.stderr.strip()}")
-    result = json.loads(lines[-1])
+    result = loadgen_result(done, broker_name)
     delivered = result.get("delivered", 0)
     result.update(broker=broker_name, repeat=rep, broker_cpu_s=round(cpu1 - cpu0, 3),
                   broker_cpu_pct=round(100 * (cpu1 - cpu0) / elapsed, 1),
