@@ -154,6 +154,15 @@ def test_connect_v311_bytes() -> None:
     assert peer.raw() == (b"\x10\x14\x00\x04MQTT\x04\xc0\x00\x3c\x00\x02c1\x00\x01u\x00\x01p")
 
 
+@pytest.mark.parametrize("option, number", [
+    ("keep_alive", 65536), ("receive_maximum", 0), ("maximum_packet_size", 15),
+    ("topic_alias_maximum", -1), ("session_expiry_interval", 1 << 32), ("max_queued", -1)])
+def test_options_out_of_range(option: str, number: int) -> None:
+    """An option the protocol cannot carry is refused when the client is made, by name."""
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        MQTTClient(MemoryReactorClock(), "tcp:127.0.0.1:1883", **{option: number})
+
+
 def test_connect_carries_will_and_credentials() -> None:
     """The will (with its v5 properties), user name, password and session expiry reach the
     server as given."""

@@ -139,6 +139,16 @@ class MQTTClient:
     ) -> None:
         if protocol_level not in (ProtocolLevel.MQTT_3_1, ProtocolLevel.MQTT_3_1_1, V5):
             raise ValueError(f"unsupported protocol level {protocol_level}")
+        for name, number, low, high in (
+                ("keep_alive", keep_alive, 0, 65535),
+                ("session_expiry_interval", session_expiry_interval, 0, 0xFFFFFFFF),
+                ("receive_maximum", receive_maximum, 1, 65535),
+                ("maximum_packet_size", maximum_packet_size, 16, MAX_PACKET_SIZE),
+                ("topic_alias_maximum", topic_alias_maximum, 0, 65535),
+                ("max_queued", max_queued, 0, None)):
+            if number < low or high is not None and number > high:
+                raise ValueError(f"{name} must be from {low} to {high}, not {number}"
+                                 if high is not None else f"{name} must be {low} or more")
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.endpoint = (client_endpoint(reactor, endpoint) if isinstance(endpoint, str)
