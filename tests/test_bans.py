@@ -11,12 +11,14 @@ import sys
 from typing import Any, List
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from tests.spec import check_cited_labels
+from tests.test_broker_sessions import Answer
 from tests.test_storage_recorder import start, turn
 from twisted_mqtt.bans import Ban, BanError, Bans
 from twisted_mqtt.capabilities import Capabilities
-from twisted_mqtt.packets import ConnAck, Disconnect, ReasonCode
+from twisted_mqtt.packets import ConnAck, Connect, Disconnect, ReasonCode
 from twisted_mqtt.storage.memory import MemoryStore
 from twisted_mqtt.testing import InMemoryBroker
 
@@ -194,3 +196,17 @@ def test_bans_survive_a_restart() -> None:
     recorder.close()
     hub, _ = start(store, at=1100.0)
     assert len(hub.broker.bans) == 0
+
+
+def test_ban_while_authenticating() -> None:
+    """A client banned while its authentication is pending is refused with 0x8A once the
+    authenticator answers [MQTT-3.2.2-7]."""
+    pending: Deferred[Any] = Deferred()
+    hub = InMemoryBroker(authenticator=Answer(pending))
+    client = hub.client(V5)
+    client.send(Connect("slow", V5, True, 0))
+    assert client.received() == []
+    hub.broker.ban("client_id", "slow")
+    pending.callback(True)
+    assert client.received() == [ConnAck(ReasonCode.BANNED, False)]
+    assert client.closed

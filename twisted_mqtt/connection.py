@@ -788,8 +788,7 @@ class Connection:
         self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
                                  self.certificate_subject, self.certificate_common_name)
-        if broker.bans and broker.bans.match(client_id, packet.username, self.address,
-                                             broker.now) is not None:
+        if self._banned():
             self._refuse(_R.BANNED)
             return
         hooks = broker.hooks
@@ -821,6 +820,13 @@ class Connection:
                 self._later, self._authenticated)
         else:
             self._authenticated(result)
+
+    def _banned(self) -> bool:
+        """Whether a ban in force names this client (its id, user name or address)."""
+        bans = self.broker.bans
+        client = self.client
+        return bool(bans) and client is not None and bans.match(
+            client.client_id, client.username, self.address, self.broker.now) is not None
 
     def _auth_answer(self, step: AuthStep) -> None:
         """The enhanced authenticator answered a step of the exchange."""
@@ -968,6 +974,9 @@ class Connection:
     def _accept(self, auth: Properties = NO_PROPERTIES) -> None:
         packet, self._connect = self._connect, None  # the password is not kept
         assert packet is not None
+        if self._banned():  # banned while its authentication was pending
+            self._refuse(_R.BANNED)
+            return
         broker = self.broker
         caps = broker.capabilities
         props = packet.properties
