@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import replace
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast, cast
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from twisted_mqtt.codec import AckedRun, PublishRun
     from twisted_mqtt.connection import Connection
     from twisted_mqtt.inline import InlineClient
+    from twisted_mqtt.targets import DeliveryTarget
     from twisted_mqtt.trace import PacketTrace
 
 log = Logger()
@@ -192,7 +193,7 @@ class Broker:
         if conn is None or conn not in self.connections:
             raise KeyError(f"no connected client {client_id!r}")
         self.tick()
-        conn.inject(packet)
+        cast("Connection", conn).inject(packet)
         self.flush()
 
     def trace(self, enabled: bool = True, clients: Iterable[str] = (),
@@ -257,12 +258,13 @@ class Broker:
         action; v3: the connection is closed); its session stays as its expiry says.  False if
         no network client with that id is connected."""
         session = self.sessions.get(client_id)
-        conn = session.connection if session is not None else None
-        if conn is None or conn not in self.connections:
+        target = session.connection if session is not None else None
+        if target is None or target not in self.connections:
             return False
+        conn = cast("Connection", target)  # a network client's connection
         self.tick()
         log.info("{client_id} kicked{who}", client_id=client_id, who=f" by {by}" if by else "")
-        conn.disconnect(ReasonCode.ADMINISTRATIVE_ACTION)
+        cast("Connection", conn).disconnect(ReasonCode.ADMINISTRATIVE_ACTION)
         self.flush()
         return True
 
@@ -347,7 +349,8 @@ class Broker:
         its own) resumes it: another one ends it as a clean start would and gets a new one."""
         session = self.sessions.get(client_id)
         if session is not None and session.connection is not None:
-            session.connection.take_over()  # may end the session [MQTT-3.1.4-3]
+            # may end the session [MQTT-3.1.4-3]
+            cast("Connection", session.connection).take_over()
             session = self.sessions.get(client_id)
         if session is not None:
             self._cancel_timers(session)
@@ -701,7 +704,7 @@ class Broker:
         kept = set(chosen)
         return [route for route in routes if route[0].client_id in kept]
 
-    def hold_back(self, origin: Optional[str], target: Connection) -> bool:
+    def hold_back(self, origin: Optional[str], target: DeliveryTarget) -> bool:
         """A message from ``origin`` is for the blocked ``target``: stop reading the publishing
         client until ``target`` drains, and return True (the message is sent all the same);
         False (the message is to be dropped) when the publisher is not a network client,
@@ -714,7 +717,7 @@ class Broker:
         publisher = session.connection if session is not None else None
         if publisher is None or publisher is target or publisher not in self.connections:
             return False
-        publisher.hold_reading(target)
+        cast("Connection", publisher).hold_reading(target)
         return True
 
     def dropped(self, client_id: str, message: Message, reason: str) -> None:
@@ -734,7 +737,7 @@ class Broker:
         normal, shared = routes
         if shared or self.hooks.on_select_subscribers or self.hooks.on_publish_dropped:
             return False
-        targets: List[Optional[Connection]] = []
+        targets: List[Any] = []  # network connections (their protocol family matched)
         for session, _qos, _rap, sub_ids, local in normal:
             if session.client_id == origin:
                 if local is None:
@@ -810,6 +813,7 @@ class Broker:
                 for message in messages:
                     self.deliver(session, message, qos and 1, False, sub_ids)
                 continue
+            network: Connection = conn  # type: ignore[assignment]  # its protocol family matched
             inflight = session.open_inflight()
             quota = session.send_quota
             out = []
@@ -824,7 +828,7 @@ class Broker:
                 inflight[packet_id] = Delivery(message, 1, False, ())
                 out.append(heads[index] + packet_id.to_bytes(2, "big") + tails[index])
             if out:
-                conn.write(b"".join(out))
+                network.write(b"".join(out))
                 sent = len(out)
                 stats.messages_sent += sent
                 stats.messages_sent_by_qos[1] += sent
