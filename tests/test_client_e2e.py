@@ -5,6 +5,7 @@ middle of a QoS 1 stream with nothing acknowledged lost."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -233,20 +234,18 @@ def test_websocket_handshake_refused(broker: BrokerProcess,
         yield client.connect()
 
 
-@pytest_twisted.inlineCallbacks
-def test_stalled_server_bounds_the_client(start_mosquitto: StartMosquitto,  # noqa: F811
-                                          make_client: Callable[..., MQTTClient]) -> Any:
-    """Mosquitto stopped (SIGSTOP) while QoS 0 messages pour out: once the transport's buffer is
-    full the messages wait in the client's bounded queue, the rest fail with ``QueueFull``; when
-    the server continues, every accepted message is written."""
-    mosquitto = start_mosquitto()
-    client = make_client(f"tcp:127.0.0.1:{mosquitto.port}", "stalled", max_queued=100)
+@defer.inlineCallbacks
+def flood_stalled(client: MQTTClient, pause: Callable[[], None],
+                  resume: Callable[[], None]) -> Any:
+    """Publish 20,000 QoS 0 messages of 1 KB while the server is stopped: some must be refused
+    with ``QueueFull`` (the client's memory is bounded); once it continues, every accepted
+    message must be written."""
     yield client.connect()
-    mosquitto.pause()
+    pause()
     try:
         sent = [client.publish("stall", b"x" * 1024) for _ in range(20_000)]
     finally:
-        mosquitto.resume()
+        resume()
     accepted, refused = [], []
     for deferred in sent:
         if deferred.called and isinstance(deferred.result, Failure):
@@ -255,6 +254,29 @@ def test_stalled_server_bounds_the_client(start_mosquitto: StartMosquitto,  # no
             accepted.append(deferred)
     assert refused and len(accepted) < 1000
     yield defer.gatherResults(accepted)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stalled_server_bounds_the_client(start_mosquitto: StartMosquitto,  # noqa: F811
+                                          make_client: Callable[..., MQTTClient]) -> Any:
+    """Mosquitto stopped (SIGSTOP) while QoS 0 messages pour out: once the transport's buffer is
+    full the messages wait in the client's bounded queue, the rest fail with ``QueueFull``; when
+    the server continues, every accepted message is written."""
+    mosquitto = start_mosquitto()
+    client = make_client(f"tcp:127.0.0.1:{mosquitto.port}", "stalled", max_queued=100)
+    yield flood_stalled(client, mosquitto.pause, mosquitto.resume)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stalled_server_bounds_the_client_over_websocket(
+        start_broker: StartBroker, make_client: Callable[..., MQTTClient]) -> Any:
+    """The same over WebSocket, against our broker stopped with SIGSTOP: the TCP transport under
+    the WebSocket pauses the client too."""
+    broker = start_broker("--ws", LOOPBACK, listen=[])
+    client = make_client(f"ws://127.0.0.1:{broker.port_of('WebSocket')}/mqtt", "stalled-ws",
+                         max_queued=100)
+    yield flood_stalled(client, lambda: broker.proc.send_signal(signal.SIGSTOP),
+                        lambda: broker.proc.send_signal(signal.SIGCONT))
 
 
 @pytest_twisted.inlineCallbacks

@@ -18,7 +18,8 @@ SUBPROTOCOL = "mqtt"
 
 
 class _FrameTransport:
-    """What the MQTT protocol writes to: one binary message per write."""
+    """What the MQTT protocol writes to: one binary message per write; its producer is the TCP
+    transport's."""
 
     def __init__(self, websocket: _MQTTOverWebSocket) -> None:
         self.websocket = websocket
@@ -31,6 +32,12 @@ class _FrameTransport:
 
     def abortConnection(self) -> None:
         self.websocket.dropConnection(abort=True)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.websocket.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.websocket.unregisterProducer()
 
     def getPeer(self) -> Any:
         return self.websocket.transport.getPeer()
