@@ -24,6 +24,7 @@ from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
 from twisted_mqtt.packets import PubAck, Publish, SubAck, Subscribe, Subscription
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.session import Message
+from twisted_mqtt.targets import ApplicationTarget, DeliveryTarget, is_remote
 from twisted_mqtt.testing import InMemoryBroker
 
 NAMES = ("a", "b")
@@ -272,6 +273,28 @@ def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:
     assert sorted(cid for cid in b.broker.sessions) == ["\x00a", "\x00a\x00$share/g/x"]
     assert b.broker.tree.group("$share/g/x") is not None
     assert Subscription("x").topic_filter == "x"
+
+
+def test_every_kind_of_target_is_a_delivery_target() -> None:
+    """A network client's connection, an inline subscription's receiver and another node
+    all provide ``DeliveryTarget`` (checked by mypy here, and member by member at run time);
+    only the node is remote."""
+    a, b = pair()
+    client = join(a.hub, "net")
+    a.broker.inline.subscribe("i", lambda message: None)
+    b.router._routes_changed(b"a\n0\n+x")
+    found = [a.broker.sessions["net"].connection,
+             next(s.connection for s in a.broker.sessions.values()
+                  if isinstance(s.connection, ApplicationTarget)),
+             b.broker.sessions["\x00a"].connection]
+    kinds: List[DeliveryTarget] = [target for target in found if target is not None]
+    assert len(kinds) == 3
+    members = [name for name in vars(DeliveryTarget) if not name.startswith("_")]
+    assert {"send_qos0", "send_delivery", "blocked", "v5", "remote"} <= set(members)
+    for target in kinds:
+        assert all(hasattr(target, name) for name in members), target
+    assert [is_remote(target) for target in kinds] == [False, False, True]
+    assert client.connection is kinds[0]
 
 
 def test_cited_labels() -> None:

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import replace
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
@@ -717,7 +717,8 @@ class Broker:
         publisher = session.connection if session is not None else None
         if publisher is None or publisher is target or publisher not in self.connections:
             return False
-        cast("Connection", publisher).hold_reading(target)
+        # only a network client's connection is ever blocked
+        cast("Connection", publisher).hold_reading(cast("Connection", target))
         return True
 
     def dropped(self, client_id: str, message: Message, reason: str) -> None:

@@ -144,6 +144,8 @@ class Connection:
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
         "_held_by", "_retained_lookups", "_lookup_limit", "_input_held", "_replay",
     )
+    acl_exempt = False  # a network client: the authorizers say what it may receive
+    remote = False  # a client of this node (see ``targets.DeliveryTarget``)
 
     def __init__(self, broker: Broker, transport: Any, address: Optional[str],
                  listener: str = "") -> None:

@@ -158,7 +158,7 @@ class InlineClient:
         session.expiry_interval = NEVER
         session.client = self.info
         receiver = _Receiver(callback, subscription_id)
-        session.connection = receiver  # type: ignore[assignment]
+        session.connection = receiver
         broker = self.broker
         broker.sessions[session.client_id] = session
         self._subscriptions[(topic_filter, subscription_id)] = session

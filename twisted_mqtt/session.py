@@ -12,8 +12,8 @@ from twisted_mqtt.packets import Subscription, Will
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
 if TYPE_CHECKING:
-    from twisted_mqtt.connection import Connection
     from twisted_mqtt.interfaces import ClientInfo
+    from twisted_mqtt.targets import DeliveryTarget
     from twisted_mqtt.topics import SharedGroup
 
 _FOUR_BYTE_MAX = 0xFFFFFFFF  # the largest Message Expiry Interval
@@ -305,7 +305,7 @@ class Session:
         ``open_inbound_qos2()``."""
         self.next_id = 1
         self.expiry_interval = 0
-        self.connection: Optional[Connection] = None
+        self.connection: Optional[DeliveryTarget] = None
         self.will: Optional[Will] = None
         self.will_timer: Any = None
         self.expiry_timer: Any = None

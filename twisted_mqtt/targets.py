@@ -17,18 +17,39 @@ if TYPE_CHECKING:
 class DeliveryTarget(Protocol):
     """What the broker asks of the target of a session's messages."""
 
-    blocked: bool
-    """True while it takes no more messages (QoS 0 messages for it are dropped, others
-    queued in the session)."""
-    v5: Optional[bool]
-    """The protocol family of a network client (None: not a network client), which decides
-    whether a run of packets may be forwarded to it unchanged."""
-    alias_max_out: int
-    max_packet_out: Optional[int]
-    acl_exempt: bool
-    """True when the authorizers are not asked what it may receive."""
-    remote: bool
-    """True for another node of a cluster: it stands for that node's subscriptions."""
+    @property
+    def blocked(self) -> bool:
+        """True while it takes no more messages (QoS 0 messages for it are dropped, others
+        queued in the session)."""
+
+    @property
+    def blocked_since(self) -> Optional[float]:
+        """Since when it has been blocked (None: it is not)."""
+
+    @property
+    def overflowed(self) -> bool:
+        """True once it is being dropped for holding too much."""
+
+    @property
+    def v5(self) -> Optional[bool]:
+        """The protocol family of a network client (None: not a network client), which decides
+        whether a run of packets may be written to it as received."""
+
+    @property
+    def alias_max_out(self) -> int:
+        """The highest topic alias it takes (0: none)."""
+
+    @property
+    def max_packet_out(self) -> Optional[int]:
+        """The largest packet it takes (None: any)."""
+
+    @property
+    def acl_exempt(self) -> bool:
+        """True when the authorizers are not asked what it may receive."""
+
+    @property
+    def remote(self) -> bool:
+        """True for another node of a cluster: it stands for that node's subscriptions."""
 
     def send_qos0(self, message: Message, retain: bool, sub_ids: Tuple[int, ...]) -> None:
         """Send a QoS 0 message."""

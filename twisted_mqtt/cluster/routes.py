@@ -252,7 +252,7 @@ class Router:
         if session is None:
             session = Session(f"\x00{name}\x00{share}" if share else f"\x00{name}")
             session.expiry_interval = NEVER
-            session.connection = RemoteTarget(self, name, share)  # type: ignore[assignment]
+            session.connection = RemoteTarget(self, name, share)
             peer.sessions[share] = session
             self.broker.sessions[session.client_id] = session
         self.broker.subscribe(session, Subscription(topic_filter, 2, retain_as_published=True),
