@@ -100,8 +100,16 @@ def test_both_directions_with_prefixes(start_broker: StartBroker,
     clients(mosquitto.port, version).connect().publish("cloud/other/commands/k1/set", b"no", 1)
     got = local_sub.expect(1, TIMEOUT)[0]
     assert (got.topic, got.payload, got.qos) == ("site/commands/k1/set", b"on", 1)
+    clients(mosquitto.port, version).connect().publish("cloud/site1/commands/k2/set", b"kept", 1,
+                                                       True)
+    assert local_sub.expect(1, TIMEOUT)[0].payload == b"kept"
+    if version == V5:  # MQTT 3.1.1 sends live messages with RETAIN 0 [MQTT-3.3.1-9 (3.1.1)]
+        late_here = clients(broker.port, V5).connect()
+        late_here.subscribe("site/commands/k2/set", 1)
+        kept = late_here.expect(1, TIMEOUT)[0]
+        assert (kept.payload, kept.retain) == (b"kept", True)
     assert metric(broker, "mqtt_bridge_connected") == 1.0
-    assert metric(broker, "mqtt_bridge_messages_received_total") == 1.0
+    assert metric(broker, "mqtt_bridge_messages_received_total") == 2.0
 
 
 @pytest.mark.parametrize("protocol, version", [("5", V5), ("3.1.1", V311)])
