@@ -1060,7 +1060,7 @@ KEYS: Tuple[Key, ...] = (
 
 KEYS_BY_PATH: Dict[str, Key] = {key.path: key for key in KEYS}
 SECTIONS = ("listeners", "capabilities", "compatibilities", "auth", "store", "cluster",
-            "logging", "trace")
+            "logging", "trace", "dashboard")
 
 
 # -- reading a file ----------------------------------------------------------------------------
