@@ -280,6 +280,27 @@ def test_stalled_server_bounds_the_client_over_websocket(
 
 
 @pytest_twisted.inlineCallbacks
+def test_missing_pingresp_reconnects(start_mosquitto: StartMosquitto,  # noqa: F811
+                                     make_client: Callable[..., MQTTClient]) -> Any:
+    """A server that stops answering (SIGSTOP) is detected by the missing PINGRESP; the client
+    closes, and connects again once the server answers [MQTT-3.1.2-20]."""
+    mosquitto = start_mosquitto()
+    client = make_client(f"tcp:127.0.0.1:{mosquitto.port}", "pinger", keep_alive=1,
+                         ping_timeout=1.0, connect_timeout=2.0)
+    events: List[str] = []
+    client.on_connected = lambda result: events.append("up")
+    client.on_disconnected = lambda reason: events.append("down")
+    yield client.connect()
+    mosquitto.pause()
+    try:
+        yield until(lambda: events[-1:] == ["down"], "the connection closed", timeout=20)
+    finally:
+        mosquitto.resume()
+    yield until(lambda: events[-1:] == ["up"], "connected again")
+    assert (yield client.publish("ping/t", b"", 1)).reason_code in (0, 0x10)
+
+
+@pytest_twisted.inlineCallbacks
 def test_mosquitto_restarted_during_qos1_stream(
         start_mosquitto: StartMosquitto,  # noqa: F811
         make_client: Callable[..., MQTTClient]) -> Any:
