@@ -21,6 +21,7 @@ from tests.conftest import StartBroker, run_twistd
 from tests.paho import V311, MakeClient
 from tests.spec import check_cited_labels
 from tests.web_helpers import KEY_NAME, PASSWORD, USER, Dashboard, Http, start_dashboard
+from twisted_mqtt.auth.passwords import hash_password
 from twisted_mqtt.listeners import loopback_endpoint
 from twisted_mqtt.web.api import MAX_BODY, ROUTES
 from twisted_mqtt.web.views import MASK, mask
@@ -473,3 +474,20 @@ def test_bans_survive_a_restart(start_broker: StartBroker, tmp_path: Path,
     client = second.client(clients)
     client.paho.username_pw_set("mallory")
     assert client.connect(expect_success=False).connack_rc.value == 0x8A
+
+
+def test_dashboard_from_the_configuration_file(start_broker: StartBroker,
+                                               tmp_path: Path) -> None:
+    """``listeners.dashboard`` and ``dashboard.users_file`` in the YAML file: the dashboard
+    listens and its user signs in; the configuration it shows is the file's."""
+    users = tmp_path / "users"
+    users.write_text(f"{USER}:{hash_password(PASSWORD, 'bcrypt', rounds=4)}\n")
+    config = tmp_path / "broker.yaml"
+    config.write_text("listeners:\n  dashboard: [tcp:0:interface=127.0.0.1]\n"
+                      f"dashboard:\n  users_file: {users}\n")
+    broker = start_broker("--config", str(config))
+    broker.wait_ready(2)
+    browser = Http(f"http://127.0.0.1:{broker.port_of('dashboard')}")
+    assert browser.login()[0] == 200
+    options = browser.get("/api/v1/config")["options"]
+    assert options["dashboard.users_file"] == str(users)
