@@ -140,6 +140,59 @@ def test_a_both_rule_does_not_echo(start_broker: StartBroker,
         "chat/end-there"}
 
 
+def test_qos2_exactly_once_each_way(start_broker: StartBroker,
+                                    start_mosquitto: StartMosquitto,  # noqa: F811
+                                    clients: MakeClient) -> None:
+    """A ``both`` rule at QoS 2 carries QoS 2 messages both ways, each delivered once."""
+    mosquitto = start_mosquitto()
+    broker = start_bridged(start_broker, tcp(mosquitto), "q/# both 2")
+    local_sub = clients(broker.port, V5).connect()
+    local_sub.subscribe("q/from-there/#", 2)
+    remote_sub = clients(mosquitto.port, V5).connect()
+    remote_sub.subscribe("q/from-here/#", 2)
+    for number in range(20):
+        clients(broker.port, V5).connect().publish(f"q/from-here/{number}", b"h", 2)
+        clients(mosquitto.port, V5).connect().publish(f"q/from-there/{number}", b"t", 2)
+    clients(broker.port, V5).connect().publish("q/from-here/end", b"", 2)
+    clients(mosquitto.port, V5).connect().publish("q/from-there/end", b"", 2)
+    for sub, side in ((remote_sub, "here"), (local_sub, "there")):
+        got = [(m.topic, m.qos) for m in sub.expect_until(f"q/from-{side}/end", TIMEOUT)]
+        assert sorted(got) == sorted((f"q/from-{side}/{n}", 2) for n in range(20))
+
+
+def test_remote_keeps_the_session_while_this_broker_restarts(
+        tmp_path: Path, start_broker: StartBroker,
+        start_mosquitto: StartMosquitto) -> None:  # noqa: F811
+    """With ``clean_start: false`` the remote keeps the bridge's session: what is published
+    there for an ``in`` rule while this broker is stopped arrives when it is back (here kept
+    for a persistent local session by the SQLite store)."""
+    mosquitto = start_mosquitto()
+    store = f"sqlite:{tmp_path / 'broker.db'}"
+    argv = ["--store", store, "--bridge", f"m={tcp(mosquitto)}", "--bridge-topic",
+            "m=# in 1 here/ there/", "--bridge-option", "m.client_id=site1"]
+    broker = start_broker(*argv)
+    broker.wait_for_log("bridge m: connected to", timeout=TIMEOUT)
+    subscriber = Client(broker.port, V311, "keeper", clean=False)
+    subscriber.connect()
+    subscriber.subscribe("here/#", 1)
+    subscriber.close()
+    broker.check_clean_exit()
+    publisher = Client(mosquitto.port, V5)
+    publisher.connect()
+    for number in range(5):
+        publisher.publish("there/x", str(number).encode(), 1)
+    publisher.close()
+    broker = start_broker(*argv)
+    broker.wait_for_log("bridge m: connected to", timeout=TIMEOUT)
+    subscriber = Client(broker.port, V311, "keeper", clean=False)
+    try:
+        subscriber.connect()
+        assert [bytes(m.payload) for m in subscriber.expect(5, TIMEOUT)] == [
+            b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        subscriber.close()
+
+
 def test_tls_with_a_client_certificate(tmp_path: Path, start_broker: StartBroker,
                                        start_mosquitto: StartMosquitto,  # noqa: F811
                                        clients: MakeClient) -> None:
