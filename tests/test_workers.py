@@ -6,6 +6,7 @@ tests/test_workers_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 from pathlib import Path
@@ -310,3 +311,36 @@ def test_supervisor_binds_every_listener_a_worker_has() -> None:
         if isinstance(child, ListenerService)]
     assert [listener.kind for listener in supervisor.listeners] == [
         "MQTT", "MQTT", "WebSocket", "stats", "dashboard"]
+
+
+def test_adopted_socket_accepts_without_blocking() -> None:
+    """A worker's adopted listening socket is non-blocking, even if the descriptor it inherits
+    is not (PyPy's ``socket.fromfd`` makes it blocking): the reactor's accept loop would
+    otherwise wait in accept() for ever once the queue is empty."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    from twisted_mqtt.workers import _Inherited
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(True)
+        port = _Inherited(reactor, os.dup(sock.fileno())).listenTCP(0, Factory())
+        try:
+            assert not os.get_blocking(port.fileno())
+            assert port.getHost().port == sock.getsockname()[1]
+        finally:
+            port.stopListening()
+
+
+def test_listeners_bound_once_under_twistd(supervisor: Supervisor,
+                                           log_events: List[dict]) -> None:
+    """twistd binds in privilegedStartService, then starts: each listener is bound and logged
+    once."""
+    supervisor.privilegedStartService()
+    sockets = [list(listener.sockets) for listener in supervisor.listeners]
+    supervisor.startService()
+    assert [listener.sockets for listener in supervisor.listeners] == sockets
+    bound = [event for event in log_events if "shared by" in event.get("log_format", "")]
+    assert len(bound) == 2

@@ -134,9 +134,7 @@ class Listener:
         self._binder: Optional[_Binder] = None
 
     def bind(self, reactor: Any, count: int) -> None:
-        """Bind the sockets (``ListenError`` if it cannot), unless bound already."""
-        if self.sockets:
-            return
+        """Bind the sockets (``ListenError`` if it cannot)."""
         if self.endpoint.split(":", 1)[0].lower() == "systemd":
             raise ListenError(self.kind, self.endpoint, ValueError(
                 "systemd socket activation cannot be shared by --workers (give a tcp: or "
@@ -277,9 +275,12 @@ class Supervisor(Service):
         """Called with an exit status when the supervisor stops on its own."""
 
     def bind(self) -> None:
-        """Bind every listener (``ListenError`` for the first that cannot listen)."""
+        """Bind every listener not bound yet (``ListenError`` for the first that cannot
+        listen)."""
         try:
             for listener in self.listeners:
+                if listener.sockets:
+                    continue
                 listener.bind(self.reactor, self.count)
                 log.info("listening for {kind} on {endpoint} at {address} (shared by {count} "
                          "workers)", kind=listener.kind, endpoint=listener.endpoint,
@@ -434,6 +435,9 @@ class _Inherited:
             family = sock.family
         port = self._reactor.adoptStreamPort(self._fd, family, factory)
         os.close(self._fd)  # adoptStreamPort keeps its own duplicate
+        # PyPy's socket.fromfd leaves the socket blocking (in the description every worker
+        # shares): the reactor's accept loop would then wait in accept() for ever.
+        os.set_blocking(port.fileno(), False)
         return port
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
