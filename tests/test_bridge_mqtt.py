@@ -122,6 +122,8 @@ def test_rules_in_mosquittos_words(text: str, rule: TopicRule) -> None:
     ('"" out 1 "" remote/', "an empty pattern"),
     ("a/#/b", "the local filter 'a/#/b' is not valid"),
     ("", "expected 'PATTERN"),
+    ("$share/g/a/#", "a shared subscription"),
+    ("a/# in 0 \"\" $share/g/", "a shared subscription"),
 ])
 def test_rules_refused_with_the_reason(text: str, problem: str) -> None:
     """A rule that cannot be used says why."""

@@ -20,6 +20,7 @@ in order once the bridge is connected again.  docs/bridges.md tells the whole st
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import (
@@ -218,7 +219,7 @@ class MqttBridge(Service):
                  rules="; ".join(str(rule) for rule in self.settings.topics) or "no topics")
 
     def stopService(self) -> Deferred[None]:
-        """Stop exporting, disconnect from the remote; what is queued is lost (counted)."""
+        """Stop exporting, disconnect from the remote; what is queued is lost (logged)."""
         super().stopService()
         if self._ticker in self.broker.hooks:
             self.broker.hooks.remove(self._ticker)
@@ -267,8 +268,9 @@ class MqttBridge(Service):
             if left <= 0:
                 self.counters.expired += 1
                 return
-            message.properties = replace(message.properties,
-                                         message_expiry_interval=max(1, int(left + 0.999)))
+            received = message.properties.message_expiry_interval  # float error: never more
+            remaining = math.ceil(left) if received is None else min(math.ceil(left), received)
+            message.properties = replace(message.properties, message_expiry_interval=remaining)
         if self._echo_possible and any(matches(rule.remote_filter, message.topic)
                                        for rule in self._importing):
             self._expect_echo(message)

@@ -96,6 +96,9 @@ def make_rule(pattern: str, direction: str = "out", qos: int = 0, local_prefix: 
         raise RuleError(f"direction must be out, in or both, not {direction!r}")
     if isinstance(qos, bool) or qos not in (0, 1, 2):
         raise RuleError(f"QoS must be 0, 1 or 2, not {qos!r}")
+    if (local_prefix + pattern).startswith("$share/") or (
+            remote_prefix + pattern).startswith("$share/"):
+        raise RuleError("a shared subscription ($share/) cannot be bridged")
     for which, prefix in (("local", local_prefix), ("remote", remote_prefix)):
         if "+" in prefix or "#" in prefix:
             raise RuleError(f"the {which} prefix {prefix!r} must not contain + or #")
