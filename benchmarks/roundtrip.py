@@ -10,6 +10,11 @@ PUBACK to it and PUBLISH to responder *i*; the responder's PUBACK and QoS 1 answ
     python3 benchmarks/roundtrip.py                  # wall clock: µs per round trip
     python3 benchmarks/roundtrip.py --instructions   # CPU instructions per round trip
     python3 benchmarks/roundtrip.py --profile        # cProfile of the rounds
+    python3 benchmarks/roundtrip.py --workload connect --instructions
+
+``--workload connect`` measures accepting a client instead, as the ``idle`` scenario does:
+a new connection's CONNECT (clean session, keep alive 600), the broker's CONNACK, one PINGREQ
+and its PINGRESP; a "round trip" is then one such connection (they stay open).
 
 ``--instructions`` runs the workload under ``valgrind --tool=callgrind`` twice (``--rounds``
 and twice as many) and divides the difference of the instruction counts by the difference of
@@ -101,13 +106,30 @@ def run(rounds: int, level: int, devices: int) -> float:
     return time.perf_counter() - start
 
 
+def connect(rounds: int, level: int, devices: int) -> float:
+    """Open ``rounds * devices`` connections; return the seconds they took."""
+    broker = Broker(Clock(), Capabilities(sys_interval=0), authenticator=AllowAll())
+    broker.start()
+    hellos = [encode(Connect(f"lg-i{n}", level, True, 600), level) for n in range(rounds * devices)]
+    start = time.perf_counter()
+    for hello in hellos:
+        conn = Connection(broker, Sink(), "127.0.0.1")
+        conn.data_received(hello)
+        conn.data_received(b"\xc0\x00")
+    return time.perf_counter() - start
+
+
+WORKLOADS = {"reqresp": run, "connect": connect}
+
+
 def instructions(args: argparse.Namespace, rounds: int) -> int:
     """Instructions executed by this script with ``rounds`` rounds, under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                         sys.executable, __file__, "--rounds", str(rounds), "--protocol",
-                        str(args.protocol), "--devices", str(args.devices)],
+                        str(args.protocol), "--devices", str(args.devices), "--workload",
+                        args.workload],
                        check=True, capture_output=True,
                        env=dict(os.environ, PYTHONHASHSEED="0"))
         with open(out) as f:
@@ -121,6 +143,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000, help="round trips per device")
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--protocol", type=int, default=4, choices=(4, 5))
+    parser.add_argument("--workload", default="reqresp", choices=sorted(WORKLOADS))
     parser.add_argument("--instructions", action="store_true",
                         help="instructions per round trip, under callgrind")
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by self time")
@@ -129,19 +152,21 @@ def main() -> None:
         low = instructions(args, args.rounds)
         high = instructions(args, 2 * args.rounds)
         per = (high - low) / (args.rounds * args.devices)
-        print(f"protocol {args.protocol}: {per:,.0f} instructions per round trip")
+        print(f"{args.workload}, protocol {args.protocol}: {per:,.0f} instructions per "
+              f"{'connection' if args.workload == 'connect' else 'round trip'}")
         return
     if args.profile:
         import cProfile
         import pstats
 
         profile = cProfile.Profile()
-        profile.runcall(run, args.rounds, args.protocol, args.devices)
+        profile.runcall(WORKLOADS[args.workload], args.rounds, args.protocol, args.devices)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return
-    seconds = run(args.rounds, args.protocol, args.devices)
-    print(f"protocol {args.protocol}: {1e6 * seconds / (args.rounds * args.devices):.2f} µs "
-          "per round trip")
+    seconds = WORKLOADS[args.workload](args.rounds, args.protocol, args.devices)
+    print(f"{args.workload}, protocol {args.protocol}: "
+          f"{1e6 * seconds / (args.rounds * args.devices):.2f} µs per "
+          f"{'connection' if args.workload == 'connect' else 'round trip'}")
 
 
 if __name__ == "__main__":
