@@ -269,3 +269,18 @@ def test_other_pages(browser: Any, dashboard: Dashboard, shots: Path, name: str,
     wait_for(lambda: shown in browser.find_element(By.ID, f"page-{name}").text,
              f"{shown} on {name}", WAIT)
     shoot(browser, shots, name)
+
+
+def test_narrow_window(browser: Any, dashboard: Dashboard, shots: Path) -> None:
+    """On a phone-sized window no page scrolls sideways (wide tables scroll in their own box)
+    [MQTT-3.14.2-1]."""
+    browser.set_window_size(400, 800)
+    try:
+        for name in ("overview", "clients", "publish", "config"):
+            page(browser, dashboard, name)
+            wide = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert wide <= 1, (name, wide)
+        shoot(browser, shots, "config-narrow")
+    finally:
+        browser.set_window_size(1280, 900)

@@ -164,7 +164,9 @@
     say("");
     refresh(true);
     const heading = document.querySelector("#page-" + name + " h2");
-    if (heading && document.activeElement === document.body) $("main").focus();
+    if (heading && document.activeElement === document.body) {
+      $("main").focus({ preventScroll: true });
+    }
   }
 
   async function refresh(first) {
@@ -216,14 +218,14 @@
       figure("Version", summary.version, "fig-version"));
   }
 
-  function makeChart(id, labels) {
+  function makeChart(id, labels, format) {
     const target = $(id);
     const width = Math.max(280, target.clientWidth || 500);
     const opts = {
       width, height: 220,
       series: [{}, { label: labels[0], stroke: "#0b5cad", width: 2 },
                { label: labels[1], stroke: "#1a7f37", width: 2 }],
-      axes: [{}, { size: 60 }],
+      axes: [{}, { size: 80, values: (u, splits) => splits.map(format) }],
       scales: { x: { time: true } },
     };
     target.replaceChildren();
@@ -232,8 +234,9 @@
 
   function ensureCharts() {
     if (!state.charts.messages && window.uPlot) {
-      state.charts.messages = makeChart("chart-messages", ["in", "out"]);
-      state.charts.bytes = makeChart("chart-bytes", ["in", "out"]);
+      state.charts.messages = makeChart("chart-messages", ["in", "out"],
+                                        (n) => n.toLocaleString());
+      state.charts.bytes = makeChart("chart-bytes", ["in", "out"], bytes);
       window.addEventListener("resize", () => {
         for (const [name, chart] of Object.entries(state.charts)) {
           const width = Math.max(280, $("chart-" + name).clientWidth);
