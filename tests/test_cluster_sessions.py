@@ -217,6 +217,34 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_messages_routed_during_the_hand_over_follow_the_session(cluster: Cluster) -> Any:
+    """Messages that reach the old node's copy of a session while it hands the session over
+    (after its last commit) are written for the new owner: the client, resumed on the new
+    node, gets them after the others, once each [MQTT-4.4.0-1]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    mover, _got, _ok = yield connect(a, cluster, "late")
+    mover.send(Subscribe(1, (Subscription("late/#", 1),)))
+    mover.drop()
+    publisher, _got, _ok = yield connect(a, cluster, "publisher", clean_start=True, expiry=0)
+    publisher.send(Publish("late/1", b"1", 1, packet_id=1))
+    claim = a.sessions.directory.claim
+
+    def claim_after_more(*args: Any, **kwargs: Any) -> Any:
+        publisher.send(Publish("late/2", b"2", 1, packet_id=2),
+                       Publish("late/3", b"3", 2, packet_id=3))
+        return claim(*args, **kwargs)
+
+    a.sessions.directory.claim = claim_after_more  # type: ignore[method-assign]
+    again, got, ok = yield connect(b, cluster, "late")
+    assert ok and split(got)[0].session_present is True
+    after = split(got)[1]
+    yield cluster.settle(lambda: after.extend(again.received()) or len(after) >= 3)
+    assert [p.payload for p in after if isinstance(p, Publish)] == [b"1", b"2", b"3"]
+
+
+@pytest_twisted.inlineCallbacks
 def test_another_user_gets_a_fresh_session_cluster_wide(cluster: Cluster) -> Any:
     """The session of user alice, moved to another node for a client of user mallory naming
     its client id, is not resumed: mallory gets a new session (Session Present 0

@@ -31,9 +31,10 @@ from twisted.logger import Logger
 from twisted_mqtt.hooks import Hook
 from twisted_mqtt.interfaces import ClientInfo
 from twisted_mqtt.packets import ReasonCode
-from twisted_mqtt.session import Message, Session
+from twisted_mqtt.session import Delivery, Message, Session
 from twisted_mqtt.storage import (
     Batch,
+    StoredDelivery,
     StoredSession,
     StoredState,
     StoreError,
@@ -45,6 +46,7 @@ from twisted_mqtt.storage.recorder import (
     Restored,
     publish_due_wills,
     restore_session,
+    stored_message,
 )
 from twisted_mqtt.storage.redis import RedisStore, read_session
 
@@ -255,6 +257,18 @@ class Directory:
                            for i in range(0, len(reply), 2)})
 
 
+def _in_order(session: Optional[Session]) -> List[Delivery]:
+    """The deliveries of ``session``: those in flight, then those queued."""
+    if session is None:
+        return []
+    return [*session.inflight.values(), *session.queue]
+
+
+def _deliveries(session: Optional[Session]) -> Set[int]:
+    """The identities of the deliveries ``session`` holds now."""
+    return {id(d) for d in _in_order(session)}
+
+
 def _split(command: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
     """``command`` as several of at most ``MAX_SCRIPT_ARGS`` arguments (HSET keeps its pairs
     together)."""
@@ -336,6 +350,12 @@ class _Recorder(Recorder):
             self._stored.add(client_id)
             self._snapshot(session)
             self._heads.add(client_id)
+
+    def new_key(self) -> int:
+        """A delivery record key not used yet."""
+        key = self._next_key
+        self._next_key += 1
+        return key
 
     def forget(self, client_id: str) -> None:
         """Write nothing more of ``client_id`` (another node owns it now)."""
@@ -527,19 +547,36 @@ class ClusterSessions(Hook):
         if session is not None and session.connection is not None:
             session.connection.take_over()  # [MQTT-3.1.4-3]
         broker.flush()
+        committed = _deliveries(session)  # what the commit below holds
         self.recorder.flush().addCallback(
             lambda _: self.directory.claim(client_id, token, to,
                                            drop=client_id not in broker.sessions)
-        ).addCallback(self._handed, client_id, reply).addErrback(
+        ).addCallback(self._handed, client_id, reply, committed).addErrback(
             self._hand_over_failed, client_id)
 
-    def _handed(self, result: Tuple[bool, str], client_id: str, reply: str) -> None:
+    def _handed(self, result: Tuple[bool, str], client_id: str, reply: str,
+                committed: Set[int]) -> None:
         self._handing.discard(client_id)
+        handed, token = result
+        session = self.broker.sessions.get(client_id)
+        late = [d for d in _in_order(session) if id(d) not in committed] if handed else []
         self._drop_local(client_id)  # handed over, or taken at the timeout: not ours
-        if result[0]:
+        if handed:
             self.handovers += 1
             log.info("cluster: session {client_id} handed over to node {node}",
                      client_id=client_id, node=reply)
+        if late:  # routed here since the last commit: written for the new owner to read
+            batch = Batch()
+            for delivery in late:
+                key = self.recorder.new_key()
+                batch.deliveries[key] = StoredDelivery(
+                    key, client_id, stored_message(delivery.message), delivery.qos,
+                    delivery.retain, delivery.sub_ids)
+            self.directory.write({client_id: (token, self.directory.records.commands(batch))}
+                                 ).addErrback(self._write_failed, client_id)
+            log.info("cluster: session {client_id}: {count} messages routed here during its "
+                     "hand-over written for node {node}", client_id=client_id,
+                     count=len(late), node=reply)
         self._tell(reply, client_id)
 
     def _tell(self, node: str, client_id: str, op: str = "handed", token: str = "") -> None:
