@@ -467,6 +467,26 @@ def test_session_writes_wait_while_redis_is_unreachable(
     assert written
 
 
+@pytest_twisted.inlineCallbacks
+def test_unreadable_session_messages_are_one_line(cluster: Cluster,
+                                                  log_events: List[dict]) -> Any:
+    """A message on a node's session channel that no node sends (not JSON, fields missing)
+    is logged in one line and ignored; the node goes on taking sessions over
+    [MQTT-3.1.4-3]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    first, _got, _ok = yield connect(a, cluster, "noise")
+    channel = a.sessions._channel("a")
+    for raw in ("not json", '{"op": "handover", "client": "noise", "token": "1:1:a"}', "[]"):
+        yield b.engine.command("PUBLISH", channel, raw)
+    yield cluster.settle(lambda: sum("unreadable" in e.get("log_format", "")
+                                     for e in log_events) == 3)
+    assert [e for e in log_events if e.get("log_failure") is not None] == []
+    _second, got, ok = yield connect(b, cluster, "noise")
+    assert ok and Disconnect(0x8E) in first.received()
+
+
 def test_handover_timeout_option(tmp_path: Path) -> None:
     """--cluster-handover-timeout and cluster.handover_timeout set how long a CONNECT waits for
     the session's owner (default 2 s); below 0.1 s is refused [MQTT-3.1.4-3]."""

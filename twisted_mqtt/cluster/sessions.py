@@ -284,7 +284,7 @@ def _split(command: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
 
 class FencedStore:
     """The store of a ``Recorder`` that writes each session's changes only while this node
-    owns it (``ClusterSessions.tokens``); ``refused(client_ids)`` hears of writes refused."""
+    owns it (``ClusterSessions.tokens``); ``ClusterSessions.lost`` hears of writes refused."""
 
     def __init__(self, directory: Directory, sessions: ClusterSessions) -> None:
         self.directory = directory
@@ -494,7 +494,8 @@ class ClusterSessions(Hook):
         self._waiting[client_id] = d
         request = {"op": "handover", "client": client_id, "token": token, "to": self._me(),
                    "reply": self.node.name}
-        self.engine.command("PUBLISH", self._channel(node), json.dumps(request))
+        self.engine.command("PUBLISH", self._channel(node), json.dumps(request)).addErrback(
+            lambda _: None)  # unanswered: the timeout decides
         d.addTimeout(self.handover_timeout, self.clock, onTimeoutCancel=lambda *_: None)
         d.addBoth(self._answered, client_id)
         return d
@@ -519,20 +520,20 @@ class ClusterSessions(Hook):
     def _received(self, raw: bytes) -> None:
         try:
             message = json.loads(raw)
-            op = message["op"]
-            client_id = message["client"]
+            op, client_id, token = (str(message[k]) for k in ("op", "client", "token"))
+            if op == "handover":
+                to, reply = str(message["to"]), str(message["reply"])
         except (ValueError, KeyError, TypeError):
             log.warn("cluster: unreadable session message {raw!r}", raw=raw[:100])
             return
         if op == "handover":
-            self._hand_over(client_id, str(message["token"]), str(message["to"]),
-                            str(message["reply"]))
+            self._hand_over(client_id, token, to, reply)
         elif op == "handed":
             waiting = self._waiting.get(client_id)
             if waiting is not None and not waiting.called:
                 waiting.callback(None)
         elif op == "taken":
-            self.lost([client_id], {client_id: str(message["token"])})
+            self.lost([client_id], {client_id: token})
 
     def _hand_over(self, client_id: str, token: str, to: str, reply: str) -> None:
         """Another node asks for ``client_id``: take over its connection here, commit its last
