@@ -491,3 +491,16 @@ def test_dashboard_from_the_configuration_file(start_broker: StartBroker,
     assert browser.login()[0] == 200
     options = browser.get("/api/v1/config")["options"]
     assert options["dashboard.users_file"] == str(users)
+
+
+def test_stop_with_an_event_stream_open(start_broker: StartBroker, tmp_path: Path) -> None:
+    """The broker stops cleanly (SIGTERM) while a browser holds an event stream open: the
+    stream is ended."""
+    dashboard = start_dashboard(start_broker, tmp_path)
+    with socket.create_connection(("127.0.0.1", dashboard.port), timeout=10) as sock:
+        sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {dashboard.key}"
+                     "\r\n\r\n".encode())
+        assert b"text/event-stream" in sock.recv(65536)
+        dashboard.broker.check_clean_exit()
+        while sock.recv(65536):  # read to the end: the broker closed the stream
+            pass

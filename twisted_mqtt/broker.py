@@ -245,6 +245,10 @@ class Broker:
         self.flush()
         return ban
 
+    def list_bans(self) -> List[Ban]:
+        """The bans in force now, by kind and value."""
+        return self.bans.list(self.tick())
+
     def unban(self, kind: str, value: str, by: str = "") -> bool:
         """Lift a ban; False if there was none."""
         lifted = self.bans.remove(kind, value)

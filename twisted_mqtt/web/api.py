@@ -490,8 +490,7 @@ class ApiResource(Resource):
 
     def do_bans(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """The bans."""
-        now = self.broker.tick()
-        return {"bans": [ban.as_dict() for ban in self.broker.bans.list(now)]}
+        return {"bans": [ban.as_dict() for ban in self.broker.list_bans()]}
 
     def do_add_ban(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Ban."""
