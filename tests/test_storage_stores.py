@@ -367,3 +367,29 @@ def test_twistd_refuses_bad_store_spec() -> None:
     assert done.returncode != 0
     assert "--store: unknown store" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqlite_store_without_bans_table(tmp_path: Path) -> Any:
+    """A store written by a broker that kept no bans (no bans table) opens, gains the table,
+    and keeps the bans committed from then on."""
+    path = str(tmp_path / "broker.db")
+    store = SQLiteStore(path, reactor)
+    yield store.load()
+    yield store.commit(first_batch())
+    yield store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE bans")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path, reactor)
+    state = yield store.load()
+    assert state.bans == () and len(state.sessions) == 3
+    batch = Batch()
+    batch.bans = (Ban("username", "mallory"),)
+    yield store.commit(batch)
+    yield store.close()
+    store = SQLiteStore(path, reactor)
+    state = yield store.load()
+    assert state.bans == (Ban("username", "mallory"),)
+    yield store.close()
