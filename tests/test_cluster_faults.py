@@ -226,6 +226,21 @@ def test_shared_group_while_a_member_node_is_killed(cluster: Nodes,
     clients[2].close()
 
 
+def test_route_changes_made_while_the_channels_were_down(cluster: Nodes,
+                                                       engine: KillableRedis) -> None:
+    """Every node's pub/sub connection cut at once (CLIENT KILL TYPE pubsub): a subscription
+    made on one node meanwhile still reaches the others, which read every route again when
+    their engine is back."""
+    topic = unique("gap")
+    publisher = connect(cluster[0], V5)
+    subscriber = connect(cluster[1], V5)
+    assert engine.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+    subscriber.subscribe(topic, 1)
+    routed(publisher, subscriber, topic)
+    for client in (publisher, subscriber):
+        client.disconnect()
+
+
 def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> None:
     """Redis killed while messages flow: within the lease every node stops serving (its
     clients get v5 DISCONNECT 0x8B) and refuses CONNECT (v5 0x88 Server unavailable
@@ -241,6 +256,7 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
     subscriber.subscribe(topic, 1)
     publisher = connect(cluster[0], V5)
     routed(publisher, subscriber, topic)
+    publisher.publish(topic + "/kept", b"retained", 1, retain=True)
     stream = Stream(publisher, topic, 1)
     wait_for(lambda: len(stream.acked) >= 50, "50 messages acknowledged")
     engine.kill()
@@ -255,7 +271,8 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
         refused = connect(cluster[2], V311, expect_success=False)
         assert refused.connack_rc.value == 0x88  # paho's name for return code 3
         refused.close()
-        assert [get(port, "/healthcheck")[0] for port in stats] == [503, 503, 503]
+        wait_for(lambda: [get(port, "/healthcheck")[0] for port in stats] == [503] * 3,
+                 "every node unhealthy")
         figures = json.loads(get(stats[0], "/")[2])
         assert (figures["cluster/serving"], figures["cluster/engine_up"]) == (0, 0)
     finally:
@@ -267,6 +284,10 @@ def test_redis_killed_and_restarted(cluster: Nodes, engine: KillableRedis) -> No
     publisher = connect(cluster[0], V5)
     routed(publisher, subscriber, topic)
     assert [get(port, "/healthcheck")[0] for port in stats] == [200, 200, 200]
+    late = connect(cluster[2], V311)  # the retained message, written back by the nodes
+    late.subscribe(topic + "/kept", 1)
+    assert [m.payload for m in late.expect(1)] == [b"retained"]
+    late.disconnect()
     wait_for(lambda: json.loads(get(stats[2], "/")[2]).get("cluster/clients/connected") == 2,
              "the cluster's clients counted on every node")
     samples = scrape(stats[0])

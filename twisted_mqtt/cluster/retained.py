@@ -2,11 +2,13 @@
 
 Every retained message is in the hash ``{prefix}retained`` (topic -> record, with the time it
 was written on the writer's clock for message expiry) and each change is announced on the
-channel ``{prefix}retained``.  A node reads the hash once when it joins and applies each
-announcement (its own too, so every node ends with the order Redis applied), straight into its
-broker's ``RetainedIndex``: a SUBSCRIBE never reads Redis.  A node's own changes are written
-once per reactor turn (the latest per topic), fenced by its epoch, and held while the engine is
-unreachable.  ``$SYS`` topics are each node's own and are not replicated.
+channel ``{prefix}retained``.  A node reads the hash when it joins (and when its engine comes
+back) and applies each announcement (its own too, so every node ends with the order Redis
+applied), straight into its broker's ``RetainedIndex``: a SUBSCRIBE never reads Redis.  What it
+holds and Redis lacks (Redis restarted empty, a store restored at start-up) it writes back
+unless another node did first.  A node's own changes are written once per reactor turn (the
+latest per topic), fenced by its epoch, and held while the engine is unreachable.  ``$SYS``
+topics are each node's own and are not replicated.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ return 1
 """
 """Set (or with an empty record delete) retained messages, fenced by the writer's epoch, and
 announce each change as ``LENGTH TOPIC RECORD``."""
+
+
+SEED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('PUBLISH', KEYS[3], string.len(ARGV[i]) .. ' ' .. ARGV[i] .. ARGV[i + 1])
+  end
+end
+return 1
+"""
+"""Set the retained messages of the topics that have none, and announce them."""
 
 
 def _stamp(now: float) -> bytes:
@@ -96,8 +110,8 @@ class RetainedReplica(Hook):
             self._changes.setdefault(topic, record)
 
     def _engine(self, up: bool) -> None:
-        if up and self._changes and self._call is None:
-            self._call = self.members.clock.callLater(0, self.flush)
+        if up and self.members.node.serving:  # announcements made meanwhile are lost: reload
+            self._serving(True)
 
     # -- the cluster's changes ------------------------------------------------------------------
 
@@ -110,9 +124,27 @@ class RetainedReplica(Hook):
         broker = self.broker
         now = broker.tick()
         count = 0
+        topics = set()
         for index in range(0, len(reply), 2):
-            count += self._apply(reply[index].decode("utf-8"), reply[index + 1], now)
+            topic = reply[index].decode("utf-8")
+            topics.add(topic)
+            count += self._apply(topic, reply[index + 1], now)
+        self._seed([t for t in broker.retained if t not in topics
+                    and not t.startswith("$SYS") and t not in self._changes], now)
         log.info("cluster: {count} retained messages loaded", count=count)
+
+    def _seed(self, topics: List[str], now: float) -> None:
+        """Give the engine the retained messages this node holds and it lacks (a Redis that
+        restarted empty, a store restored at start-up), unless another node sets them first."""
+        node = self.members.node
+        args: List[Any] = [node.name, node.epoch]
+        for topic in topics:
+            record = encode_record(self.broker.retained[topic], True, "", now)
+            if record is not None:
+                args += [topic, _stamp(now) + record]
+        if len(args) > 2:
+            self.engine.script(SEED, [self.engine.key("nodes"), self.key, self.key],
+                               args).addErrback(lambda _: None)
 
     def _announced(self, data: bytes) -> None:
         space = data.index(b" ")

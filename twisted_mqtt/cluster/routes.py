@@ -188,8 +188,16 @@ class Router:
                 self._load(name)
 
     def _engine(self, up: bool) -> None:
-        if up and (self._qos12 or self._pending_changes):
-            self._schedule()
+        if not up or not self.node.serving:
+            return
+        # Announcements made while the channels were down are lost: read every member's
+        # routes again, and write this node's whole list again.
+        for name in self.members.members:
+            if name != self.node.name:
+                self._load(name)
+        self._pending_changes = ["+" + f for f in self.broker.local_filters()]
+        self._full = True
+        self._schedule()
 
     # -- this node's interest -------------------------------------------------------------------
 
