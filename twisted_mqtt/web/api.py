@@ -175,7 +175,7 @@ class Sampler:
         rates = [max(0, b - a) / elapsed for a, b in zip(last[1], counters)]
         sample = {"t": now, "messages_in": rates[0], "messages_out": rates[1],
                   "bytes_in": rates[2], "bytes_out": rates[3],
-                  "clients": broker.connected, "node": views.NODE}
+                  "clients": broker.connected, "node": views.node_name()}
         self.samples.append(sample)
         for listener in list(self.listeners):
             listener(sample)
@@ -427,7 +427,7 @@ class ApiResource(Resource):
     def do_stats(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Figures now and the last samples."""
         self.broker.tick()
-        return {"node": views.NODE, "figures": self.broker.sys_figures(),
+        return {"node": views.node_name(), "figures": self.broker.sys_figures(),
                 "summary": views.node_view(self.broker), "samples": list(self.sampler.samples)}
 
     def do_nodes(self, request: Request, identity: Identity) -> Dict[str, Any]:

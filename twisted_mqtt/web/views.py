@@ -33,8 +33,10 @@ MASK = "********"
 SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 """A configuration key or URL query field whose name contains one of these is masked."""
 
-NODE = os.environ.get("TWISTED_MQTT_NODE") or f"{socket.gethostname()}:{os.getpid()}"
-"""This broker's node name (the cluster names nodes; alone, the host name and process id)."""
+def node_name() -> str:
+    """This broker's node name: ``TWISTED_MQTT_NODE``, else the host name and process id (read
+    when asked: a daemon's process id is its own only once it has forked)."""
+    return os.environ.get("TWISTED_MQTT_NODE") or f"{socket.gethostname()}:{os.getpid()}"
 
 
 class InputError(ValueError):
@@ -129,7 +131,7 @@ def client_summary(broker: Any, session: Any) -> Dict[str, Any]:
         "subscriptions": len(session.subscriptions),
         "queued": len(session.queue),
         "inflight": len(session.inflight),
-        "node": NODE,
+        "node": node_name(),
     }
 
 
@@ -278,7 +280,7 @@ def node_view(broker: Any) -> Dict[str, Any]:
     """This node's figures."""
     figures = broker.sys_figures()
     return {
-        "node": NODE, "self": True, "status": "running", "version": __version__,
+        "node": node_name(), "self": True, "status": "running", "version": __version__,
         "python": f"{sys.implementation.name} {sys.version.split()[0]}",
         "uptime": figures["uptime"], "clients_connected": figures["clients/connected"],
         "sessions": figures["clients/total"], "subscriptions": figures["subscriptions/count"],
