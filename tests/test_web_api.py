@@ -504,3 +504,19 @@ def test_stop_with_an_event_stream_open(start_broker: StartBroker, tmp_path: Pat
         dashboard.broker.check_clean_exit()
         while sock.recv(65536):  # read to the end: the broker closed the stream
             pass
+
+
+def test_static_files_are_package_data() -> None:
+    """Every file of the dashboard is listed as package data in setup.cfg (so that a wheel
+    holds it), the uPlot licence included."""
+    import configparser
+    import fnmatch
+
+    from twisted_mqtt.web import STATIC
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parent.parent / "setup.cfg")
+    patterns = setup["options.package_data"]["twisted_mqtt.web"].split()
+    files = [str(path.relative_to(STATIC.parent)) for path in STATIC.rglob("*") if path.is_file()]
+    assert "static/vendor/uplot/LICENSE" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
