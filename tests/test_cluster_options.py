@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from twisted_mqtt.cluster import Cluster
 from twisted_mqtt.config import ConfigError, load_config
+from twisted_mqtt.service import BrokerService
 from twisted_mqtt.tap import Options, makeService
 
 
@@ -70,10 +71,12 @@ def test_service_joins_only_with_the_option() -> None:
     clock = Clock()
     service = makeService(_options("--cluster", "redis://127.0.0.1:1/0", "--node-name", "n9",
                                    "--listen", "tcp:0"), clock)
+    assert isinstance(service, BrokerService)
     (cluster,) = [child for child in service if isinstance(child, Cluster)]
     assert (cluster.node.name, cluster.members.lease, cluster.serving) == ("n9", 3.0, False)
-    assert not [child for child in makeService(_options("--listen", "tcp:0"), clock)
-                if isinstance(child, Cluster)]
+    plain = makeService(_options("--listen", "tcp:0"), clock)
+    assert isinstance(plain, BrokerService)
+    assert not [child for child in plain if isinstance(child, Cluster)]
 
 
 def test_single_broker_imports_nothing_of_the_cluster() -> None:
