@@ -155,6 +155,18 @@ def connect(node: NodeUnderTest, cluster: Cluster, client_id: str, username: Opt
     return cluster.settle(answered, step=step).addCallback(lambda ok: (client, got, ok))
 
 
+@inlineCallbacks
+def left_offline(cluster: Cluster, node: NodeUnderTest, client_id: str,
+                 topic_filter: str) -> Any:
+    """Leave on ``node`` a persistent session of ``client_id`` subscribed to ``topic_filter``
+    (QoS 1), its client gone; return a publisher connected to ``node``."""
+    client, _got, _ok = yield connect(node, cluster, client_id)
+    client.send(Subscribe(1, (Subscription(topic_filter, 1),)))
+    client.drop()
+    publisher, _got, _ok = yield connect(node, cluster, "publisher", clean_start=True, expiry=0)
+    return publisher
+
+
 def split(got: List[Any]) -> Any:
     index = next(i for i, p in enumerate(got) if isinstance(p, ConnAck))
     return got[index], got[index + 1:]
@@ -224,10 +236,7 @@ def test_messages_routed_during_the_hand_over_follow_the_session(cluster: Cluste
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()
-    mover, _got, _ok = yield connect(a, cluster, "late")
-    mover.send(Subscribe(1, (Subscription("late/#", 1),)))
-    mover.drop()
-    publisher, _got, _ok = yield connect(a, cluster, "publisher", clean_start=True, expiry=0)
+    publisher = yield left_offline(cluster, a, "late", "late/#")
     publisher.send(Publish("late/1", b"1", 1, packet_id=1))
     claim = a.sessions.directory.claim
 
@@ -418,10 +427,7 @@ def test_large_session_moves_in_split_commands(cluster: Cluster) -> Any:
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()
-    big, _got, _ok = yield connect(a, cluster, "big")
-    big.send(Subscribe(1, (Subscription("big/t", 1),)))
-    big.drop()
-    publisher, _got, _ok = yield connect(a, cluster, "publisher", clean_start=True, expiry=0)
+    publisher = yield left_offline(cluster, a, "big", "big/t")
     count = 4500
     assert count * 2 > 8000 > MAX_SCRIPT_ARGS
     for n in range(count):
