@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from typing import Any, Callable, Dict, List, Optional
+from functools import partial
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from tests.certs import PKI, make_pki, mqtts_endpoint
+from tests.cluster_helpers import PROBE, collect, routed, unique, wait_for
 from tests.conftest import ROOT, BrokerProcess, StartBroker, broker_env, twistd_command
 from tests.paho import V5, V311, Client, MakeClient
 from tests.servers import RedisServer, redis_server  # noqa: F401
@@ -31,15 +32,6 @@ WORKERS = 3
 STARTED = r"worker (\S+) started \(pid (\d+)\)"
 SERVING = r"cluster: node (\S+) serving"
 TIMEOUT = 60.0
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``check`` until it is true; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout}s")
-        time.sleep(0.05)
 
 
 class Workers:
@@ -140,7 +132,7 @@ def spread(workers: Workers, clients: MakeClient, version: int = V5, count: int 
     """Connect ``count`` clients; the clients by the pid of the worker serving each."""
     by_worker: Dict[int, List[Client]] = {}
     for _ in range(count):
-        client = clients(workers.broker.port, version, f"spread-{uuid.uuid4().hex[:8]}")
+        client = clients(workers.broker.port, version, unique("spread"))
         client.connect()
         by_worker.setdefault(workers.serving_pid(client), []).append(client)
     return by_worker
@@ -161,24 +153,19 @@ def test_workers_share_the_port_and_messages_cross(start_broker: StartBroker,
     by_worker = spread(workers, clients)
     assert len(by_worker) >= 2, by_worker
     served = list(by_worker)
-    topic = f"workers/{uuid.uuid4().hex[:8]}"
+    topic = unique("workers")
     publisher = by_worker[served[0]][0]
     subscribers = [by_worker[pid][0] for pid in served[1:]]
     for subscriber in subscribers:
         assert subscriber.subscribe(f"{topic}/+", qos=1) == [1]
-
-    def delivered() -> bool:  # routes reach the publisher's worker through Redis
-        publisher.publish(f"{topic}/probe", b"probe")
-        time.sleep(0.2)
-        return all(not s.messages.empty() for s in subscribers)
-
-    wait_for(delivered, "a probe delivered to every worker's subscriber")
+        routed(publisher, subscriber, f"{topic}/probe")  # the route reached Redis
+    publisher.publish(f"{topic}/a", b"zero", qos=0)
     publisher.publish(f"{topic}/a", b"one", qos=1)
     publisher.publish(f"{topic}/done", b"", qos=1)
     for subscriber in subscribers:
-        got = subscriber.expect_until(f"{topic}/done", timeout=TIMEOUT)
-        assert [(m.topic, m.payload, m.qos) for m in got if m.topic != f"{topic}/probe"] == [
-            (f"{topic}/a", b"one", 1)]
+        got = collect(subscriber, f"{topic}/done", timeout=TIMEOUT)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            (f"{topic}/a", b"zero", 0), (f"{topic}/a", b"one", 1)]
 
 
 def test_tls_and_websocket_listeners_shared(start_broker: StartBroker,
@@ -195,15 +182,73 @@ def test_tls_and_websocket_listeners_shared(start_broker: StartBroker,
     web.paho.transport = "websockets"
     web.paho.ws_set_options(path="/mqtt")
     web.connect()
-    topic = f"workers/{uuid.uuid4().hex[:8]}"
+    topic = unique("workers")
     assert web.subscribe(topic, qos=1) == [1]
-    wait_for(lambda: _published(secure, web, topic), "a TLS client's message over WebSocket")
+    routed(secure, web, topic)  # a TLS client's message reaches a WebSocket client
 
 
-def _published(publisher: Client, subscriber: Client, topic: str) -> bool:
-    publisher.publish(topic, b"hello", qos=1)
-    time.sleep(0.2)
-    return not subscriber.messages.empty()
+def on_worker(workers: Workers, clients: MakeClient, pid: int, version: int = V5) -> Client:
+    """A client connected to the worker ``pid`` (clients are connected until one lands
+    there)."""
+    for _ in range(100):
+        client = clients(workers.broker.port, version, unique("c"))
+        client.connect()
+        if workers.serving_pid(client) == pid:
+            return client
+        client.disconnect()
+    raise AssertionError(f"no client landed on worker {pid}")
+
+
+def test_retained_and_shared_across_workers(start_broker: StartBroker,
+                                            redis_server: RedisServer,  # noqa: F811
+                                            clients: MakeClient) -> None:
+    """A message retained through one worker reaches a new subscriber on each other worker;
+    a shared group with a member on each worker (MQTT 5 and 3.1.1) gets each message
+    once."""
+    workers = start_workers(start_broker, redis_server, 7)
+    pids = sorted(workers.pids().values())
+    topic = unique("r") + "/state"
+    publisher = on_worker(workers, clients, pids[0])
+    publisher.publish(topic, b"on", 1, retain=True)
+
+    def retained_on(pid: int) -> bool:
+        client = on_worker(workers, clients, pid)
+        try:
+            client.subscribe([(topic, 1), (topic + "/barrier", 1)])
+            client.publish(topic + "/barrier", b"b", 1)
+            return [m.payload for m in client.expect_until(topic + "/barrier")
+                    if m.topic == topic] == [b"on"]
+        finally:
+            client.disconnect()
+
+    for pid in pids[1:]:
+        wait_for(partial(retained_on, pid), f"the retained message on worker {pid}")
+    group, jobs = unique("g"), unique("jobs")
+    members = [on_worker(workers, clients, pid, version)
+               for pid, version in zip(pids, (V5, V311, V5))]
+    for member in members:
+        member.subscribe(f"$share/{group}/{jobs}", 1)
+
+    def every_member_reached() -> bool:
+        publisher.publish(jobs, PROBE, 1)
+        return all(not member.messages.empty() for member in members)
+
+    wait_for(every_member_reached, "a probe at every member")
+    count = 60
+    for index in range(count):
+        publisher.publish(jobs, b"job-%d" % index, 1)
+    got: List[bytes] = []
+
+    def all_received() -> bool:
+        for member in members:
+            while not member.messages.empty():
+                payload = bytes(member.messages.get().payload)
+                if payload != PROBE:
+                    got.append(payload)
+        return len(got) >= count
+
+    wait_for(all_received, f"{count} jobs received")
+    assert sorted(got) == sorted(b"job-%d" % i for i in range(count))
 
 
 # -- a worker dies -------------------------------------------------------------------------------
