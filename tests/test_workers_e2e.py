@@ -23,6 +23,7 @@ from tests.cluster_helpers import PROBE, collect, routed, unique, wait_for
 from tests.conftest import ROOT, BrokerProcess, StartBroker, broker_env, twistd_command
 from tests.paho import V5, V311, Client, MakeClient
 from tests.servers import RedisServer, redis_server  # noqa: F401
+from tests.spec import check_cited_labels
 from twisted_mqtt.config import CONFIG_ERROR_EXIT
 
 pytestmark = pytest.mark.e2e
@@ -202,9 +203,9 @@ def on_worker(workers: Workers, clients: MakeClient, pid: int, version: int = V5
 def test_retained_and_shared_across_workers(start_broker: StartBroker,
                                             redis_server: RedisServer,  # noqa: F811
                                             clients: MakeClient) -> None:
-    """A message retained through one worker reaches a new subscriber on each other worker;
-    a shared group with a member on each worker (MQTT 5 and 3.1.1) gets each message
-    once."""
+    """A message retained through one worker reaches a new subscriber on each other worker
+    [MQTT-3.3.1-6 (3.1.1)]; a shared group with a member on each worker (MQTT 5 and 3.1.1)
+    gets each message once [MQTT-4.8.2-2]."""
     workers = start_workers(start_broker, redis_server, 7)
     pids = sorted(workers.pids().values())
     topic = unique("r") + "/state"
@@ -305,3 +306,7 @@ def test_workers_without_cluster(program: str) -> None:
                              "cluster nodes: they need --cluster redis://HOST:PORT/DB (the "
                              "Redis that joins them)\n")
 
+
+def test_cited_labels() -> None:
+    """Every label cited in this module exists in the specification it names."""
+    check_cited_labels(sys.modules[__name__])
