@@ -90,6 +90,8 @@ _V3_RETURN_CODES: Dict[int, int] = {
     _R.BAD_AUTHENTICATION_METHOD: 5,
 }
 _V3_UNSUPPORTED = b"\x20\x02\x00\x01"
+_V3_CONNACK = b"\x20\x02\x00\x00"  # accepted
+_V3_CONNACK_PRESENT = b"\x20\x02\x01\x00"  # accepted, session present
 
 
 def _veto_code(veto: Any, kind: PacketType) -> int:
@@ -1052,8 +1054,12 @@ class Connection:
                  asked="" if keep_alive == packet.keep_alive else
                  f" (asked {packet.keep_alive})", clean=packet.clean_start, present=present)
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved.
-        self.send_packet(ConnAck(0, present and self.protocol_level != ProtocolLevel.MQTT_3_1,
-                                 ack_props))
+        flag = present and self.protocol_level != ProtocolLevel.MQTT_3_1
+        if v5:
+            self.send_packet(ConnAck(0, flag, ack_props))
+        else:
+            stats.packets_sent += 1
+            self.write(_V3_CONNACK_PRESENT if flag else _V3_CONNACK)
         if hooks.on_session_established:
             hooks.notify(hooks.on_session_established, self.client, packet, present)
         if present:
