@@ -493,6 +493,26 @@ def test_unreadable_session_messages_are_one_line(cluster: Cluster,
     assert ok and Disconnect(0x8E) in first.received()
 
 
+@pytest_twisted.inlineCallbacks
+def test_connect_refused_while_redis_is_unreachable(cluster: Cluster,
+                                                    log_events: List[dict]) -> Any:
+    """A client connecting while the node cannot reach Redis gets CONNACK 0x88 Server
+    unavailable [MQTT-3.2.2-6] (the node cannot know who owns its session), with one log line
+    and no traceback; once Redis is back it connects."""
+    a = cluster.node("a", 1)
+    yield cluster.up()
+    yield a.engine.stop()
+    _client, got, ok = yield connect(a, cluster, "early")
+    assert ok and split(got)[0].reason_code == 0x88
+    assert [e for e in log_events if e.get("log_failure") is not None] == []
+    assert any("cannot become its session's owner" in e.get("log_format", "")
+               for e in log_events)
+    a.engine.start()
+    yield cluster.up()
+    _client, got, ok = yield connect(a, cluster, "early")
+    assert ok and split(got)[0].reason_code == 0
+
+
 def test_handover_timeout_option(tmp_path: Path) -> None:
     """--cluster-handover-timeout and cluster.handover_timeout set how long a CONNECT waits for
     the session's owner (default 2 s); below 0.1 s is refused [MQTT-3.1.4-3]."""
