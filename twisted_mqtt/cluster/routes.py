@@ -134,6 +134,8 @@ class Router:
         self._full = False
         self._flush_call: Any = None
         self._reading = False
+        self._unacknowledged: List[Tuple[str, List[Any]]] = []
+        self._poll_call: Any = None
         self.routes_channel = engine.key("routes")
 
     # -- keys -----------------------------------------------------------------------------------
@@ -158,6 +160,7 @@ class Router:
         self.engine.watch(self._engine)
         self.engine.subscribe(self.routes_channel, self._routes_changed)
         self.engine.subscribe(self.channel(self.node.name), self._inbox)
+        self._poll_call = self.members.clock.callLater(self.members.lease, self._poll)
 
     def stop(self) -> None:
         """Stop watching the broker."""
@@ -166,6 +169,9 @@ class Router:
             broker.interest_watchers.remove(self._interest)
         if self._barrier in broker.ack_barriers:
             broker.ack_barriers.remove(self._barrier)
+        if self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+        self._poll_call = None
         for name in list(self.peers):
             self._forget(name)
 
@@ -198,6 +204,10 @@ class Router:
         self._pending_changes = ["+" + f for f in self.broker.local_filters()]
         self._full = True
         self._schedule()
+        unacknowledged, self._unacknowledged = self._unacknowledged, []
+        for stream, ids in unacknowledged:
+            self._acknowledge(stream, ids)
+        self._read_stream(self.node.name, ">")
 
     # -- this node's interest -------------------------------------------------------------------
 
@@ -458,9 +468,25 @@ class Router:
             if fields:
                 self._deliver(fields[1])
         self.broker.flush()
-        self.engine.command("XACK", stream, GROUP, *ids).addErrback(lambda _: None)
-        self.engine.command("XDEL", stream, *ids).addErrback(lambda _: None)
+        self._acknowledge(stream, ids)
         self._read_stream(node, start if start == "0" else ">")
+
+    def _acknowledge(self, stream: str, ids: List[Any]) -> None:
+        """Acknowledge and delete stream entries whose messages are in the sessions; kept to
+        try again if the engine does not answer (read again, they would be delivered twice)."""
+        engine = self.engine
+        engine.command("XACK", stream, GROUP, *ids).addCallbacks(
+            lambda _: engine.command("XDEL", stream, *ids), self._not_acknowledged,
+            errbackArgs=(stream, ids)).addErrback(lambda _: None)
+
+    def _not_acknowledged(self, failure: Any, stream: str, ids: List[Any]) -> None:
+        self._unacknowledged.append((stream, ids))
+
+    def _poll(self) -> None:
+        """Read this node's stream once a lease, in case a wake-up message was lost."""
+        self._poll_call = self.members.clock.callLater(self.members.lease, self._poll)
+        if self.engine.up and self.node.serving:
+            self._read_stream(self.node.name, ">")
 
     def _claim(self, dead: str) -> None:
         """Take over the stream of a dead node: its entries not yet acknowledged."""
