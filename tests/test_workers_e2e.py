@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -310,3 +311,29 @@ def test_workers_without_cluster(program: str) -> None:
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""
     check_cited_labels(sys.modules[__name__])
+
+
+def test_sighup_reopens_every_log_file(tmp_path: Path,
+                                       redis_server: RedisServer) -> None:  # noqa: F811
+    """With --log-file, SIGHUP to the supervisor reopens its log file and each worker's (after
+    logrotate moved it)."""
+    log_file = tmp_path / "broker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "twisted_mqtt", "--workers", "2",
+                             "--cluster", redis_server.url(8), "--node-name", "h",
+                             "--listen", LOOPBACK, "--sys-interval", "0",
+                             "--log-file", str(log_file)], env=broker_env(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log_file.exists() and log_file.read_text().count("serving (") == 2,
+                 "both workers serving")
+        log_file.rename(tmp_path / "broker.log.1")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: log_file.exists() and
+                 log_file.read_text().count("reopened") == 2 and
+                 "SIGHUP forwarded to the workers" in log_file.read_text(),
+                 "the supervisor and both workers writing to the new file")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
+    assert "Traceback" not in log_file.read_text()

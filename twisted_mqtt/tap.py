@@ -418,7 +418,7 @@ def make_supervisor(options: Options, reactor: Any = None) -> Supervisor:
     supervisor.kill_after = float(options["shutdown-timeout"]) + 5.0
     running = process_reactor(reactor)
     if running is not None:
-        install_forwarding(supervisor, running)
+        install_forwarding(supervisor, running, getattr(options.get("log-output"), "reopen", None))
     log.info("{count} workers {name}-1..{count}, cluster {cluster}", count=options["workers"],
              name=name, cluster=options.get("cluster"))
     return supervisor

@@ -410,10 +410,18 @@ def _exit_after_shutdown(reactor: Any) -> Callable[[int], None]:
     return stop
 
 
-def install_forwarding(supervisor: Supervisor, reactor: Any) -> None:
-    """Make SIGHUP reach every worker (in the reactor thread)."""
+def install_forwarding(supervisor: Supervisor, reactor: Any,
+                       reopen: Optional[Callable[[], Any]] = None) -> None:
+    """Make SIGHUP reach every worker (in the reactor thread), after calling ``reopen`` (the
+    supervisor's own log file, if it has one)."""
+    def hang_up() -> None:
+        if reopen is not None:
+            reopen()
+        supervisor.forward("HUP")
+        log.info("SIGHUP forwarded to the workers")
+
     call = reactor.callFromThread
-    signal.signal(signal.SIGHUP, lambda *_: call(supervisor.forward, "HUP"))
+    signal.signal(signal.SIGHUP, lambda *_: call(hang_up))
 
 
 # -- the worker side -----------------------------------------------------------------------------
