@@ -344,3 +344,15 @@ def test_listeners_bound_once_under_twistd(supervisor: Supervisor,
     assert [listener.sockets for listener in supervisor.listeners] == sockets
     bound = [event for event in log_events if "shared by" in event.get("log_format", "")]
     assert len(bound) == 2
+
+
+@pytest.mark.parametrize("store", ["sqlite:/tmp/broker.db", "redis://127.0.0.1:6379/0"])
+def test_workers_refuse_a_shared_store(store: str) -> None:
+    """N workers would each restore and write the same store: refused, naming it."""
+    with pytest.raises(ConfigError) as raised:
+        Options().parseOptions(["--workers", "2", "--cluster", "redis://127.0.0.1:1/0",
+                                "--store", store])
+    assert str(raised.value) == (
+        f"--workers: every worker would load and write the same --store {store}; the "
+        "workers keep sessions and retained messages in the cluster's Redis (leave --store "
+        "at memory)")

@@ -276,6 +276,11 @@ class Options(usage.Options, AuthOptionMixin):
             raise ConfigError(f"{self['workers']} workers are cluster nodes: they need "
                               "--cluster redis://HOST:PORT/DB (the Redis that joins them)",
                               path="--workers")
+        if self["workers"] and self["store"] != "memory":
+            raise ConfigError(f"every worker would load and write the same --store "
+                              f"{self['store']}; the workers keep sessions and retained "
+                              "messages in the cluster's Redis (leave --store at memory)",
+                              path="--workers")
         self._check_dashboard()
         if self["auth-ledger"] is not None:
             from twisted_mqtt.auth.ledger import LedgerError, read_ledger
