@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -46,6 +47,26 @@ PER_LOADGEN = 19000
 def tree_rss_kb(pids: List[int]) -> int:
     """The RSS of these processes and their descendants, KB."""
     return sum(max(0, status_kb(each, "VmRSS")) for pid in pids for each in children(pid))
+
+
+def sockets_by_process(pids: List[int]) -> List[int]:
+    """How many sockets each of these processes and their descendants holds, largest first
+    (a worker: its clients, plus a few of its own)."""
+    counts = []
+    for pid in pids:
+        for each in children(pid):
+            try:
+                names = os.listdir(f"/proc/{each}/fd")
+            except OSError:
+                continue
+            held = 0
+            for name in names:
+                try:
+                    held += os.readlink(f"/proc/{each}/fd/{name}").startswith("socket:")
+                except OSError:
+                    continue
+            counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def round_trip(port: int, topic: str) -> float:
@@ -102,6 +123,7 @@ def hold(args: argparse.Namespace, port: int, pids: List[int], count: int,
     connect_s = max(connected)
     time.sleep(2.0)  # the brokers settle (Redis writes, buffers freed)
     rss1 = tree_rss_kb(pids)
+    sockets = sockets_by_process(pids)
     trips = [round_trip(port, f"rtt/{label}/{i}") for i in range(args.round_trips)]
     for loadgen in loadgens:
         loadgen.send_signal(signal.SIGKILL)
@@ -111,7 +133,8 @@ def hold(args: argparse.Namespace, port: int, pids: List[int], count: int,
               "rss_before_mb": round(rss0 / 1024, 1), "rss_after_mb": round(rss1 / 1024, 1),
               "kb_per_conn": round((rss1 - rss0) / count, 2),
               "round_trip_ms": [round(1e3 * t, 1) for t in trips],
-              "round_trip_median_ms": round(1e3 * statistics.median(trips), 1)}
+              "round_trip_median_ms": round(1e3 * statistics.median(trips), 1),
+              "sockets_by_process": sockets}
     print(json.dumps(result), file=sys.stderr)
     return result
 
@@ -159,13 +182,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         redis.stop()
         shutil.rmtree(redis.directory, ignore_errors=True)
     print("| broker | connections | time to connect all | connections/s | RSS before -> after "
-          "| KB per connection | fresh client's round trip (median, max) |")
-    print("|---|---|---|---|---|---|---|")
+          "| KB per connection | fresh client's round trip (median, max) | sockets per process |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['label']} | {r['connections']:,} | {r['connect_s']} s | "
               f"{r['conns_per_s']:,} | {r['rss_before_mb']} -> {r['rss_after_mb']} MB | "
               f"{r['kb_per_conn']} | {r['round_trip_median_ms']} ms, "
-              f"{max(r['round_trip_ms'])} ms |")
+              f"{max(r['round_trip_ms'])} ms | "
+              f"{', '.join(f'{n:,}' for n in r['sockets_by_process'] if n > 10)} |")
     return 0
 
 
