@@ -28,6 +28,7 @@ from twisted_mqtt.targets import ApplicationTarget, DeliveryTarget, is_remote
 from twisted_mqtt.testing import InMemoryBroker
 
 NAMES = ("a", "b")
+LEASE = 3.0
 
 
 class Node:
@@ -273,6 +274,22 @@ def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:
     assert sorted(cid for cid in b.broker.sessions) == ["\x00a", "\x00a\x00$share/g/x"]
     assert b.broker.tree.group("$share/g/x") is not None
     assert Subscription("x").topic_filter == "x"
+
+
+def test_node_paused_past_its_lease_delivers_nothing_it_reads_next() -> None:
+    """A node whose process was paused past its lease (its timers not yet run) learns it
+    from the first message it reads: it delivers nothing and stops serving."""
+    a, b = pair()
+    subscriber = join(b.hub, "s")
+    subscribe(subscriber, "z", 0)
+    sync_routes(a, b)
+    join(a.hub, "p").send(Publish("z", b"late", 0))
+    batch = pack(a.router._qos0.pop("b"))
+    b.members._proven_until = b.hub.clock.seconds() + LEASE
+    b.hub.clock.rightNow += LEASE * 5  # SIGSTOP, then SIGCONT: no timer has run yet
+    b.router._inbox(batch)
+    assert not b.members.node.serving
+    assert subscriber.received() == [] or subscriber.closed
 
 
 def test_every_kind_of_target_is_a_delivery_target() -> None:

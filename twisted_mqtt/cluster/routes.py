@@ -422,7 +422,7 @@ class Router:
         if not batch:
             self._read_stream(self.node.name, ">")
             return
-        if not self.node.serving:
+        if not self.members.check():  # a node paused past its lease learns it here first
             return
         self._deliver(batch)
         self.broker.flush()
@@ -444,7 +444,7 @@ class Router:
                 broker.publish(message, local_only=True)
 
     def _read_stream(self, node: str, start: str) -> None:
-        if self._reading or not self.node.serving:
+        if self._reading or not self.members.check():
             return
         self._reading = True
         stream = self.stream(node)
@@ -468,7 +468,11 @@ class Router:
             if fields:
                 self._deliver(fields[1])
         self.broker.flush()
-        self._acknowledge(stream, ids)
+        held = self.broker.ack_held(None)  # e.g. the sessions' write of these deliveries
+        if held is None:
+            self._acknowledge(stream, ids)
+        else:
+            held.addBoth(lambda _: self._acknowledge(stream, ids))
         self._read_stream(node, start if start == "0" else ">")
 
     def _acknowledge(self, stream: str, ids: List[Any]) -> None:
