@@ -356,3 +356,23 @@ def test_workers_refuse_a_shared_store(store: str) -> None:
         f"--workers: every worker would load and write the same --store {store}; the "
         "workers keep sessions and retained messages in the cluster's Redis (leave --store "
         "at memory)")
+
+
+def test_restarted_worker_shares_a_socket_if_its_port_cannot_be_bound(
+        supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch,
+        log_events: List[dict]) -> None:
+    """If a fresh socket cannot be bound, the restarted worker accepts from its neighbour's
+    queue rather than the supervisor failing (one warning)."""
+    supervisor.startService()
+
+    def refuse(*args: Any) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr("twisted_mqtt.workers._Binder.listenTCP", refuse)
+    ended(supervisor, 0, killed())
+    supervisor.reactor.advance(RESTART_DELAY)
+    listener = supervisor.listeners[0]
+    assert listener.sockets[0].getsockname() == listener.sockets[1].getsockname()
+    assert supervisor.reactor.spawned[-1]["fds"][FIRST_INHERITED_FD] == \
+        listener.sockets[0].fileno()
+    assert sum("cannot bind" in event.get("log_format", "") for event in log_events) == 2

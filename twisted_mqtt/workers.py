@@ -31,6 +31,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
@@ -38,7 +39,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_mqtt.listeners import DEFAULT_BACKLOG, ListenError, ListenerService, with_backlog
+from twisted_mqtt.listeners import (
+    DEFAULT_BACKLOG,
+    ListenError,
+    ListenerService,
+    format_address,
+    with_backlog,
+)
 
 log = Logger()
 
@@ -160,7 +167,14 @@ class Listener:
         old = self.sockets[index]
         host, port = old.getsockname()[:2]
         old.close()
-        fresh = _Binder(reactor, 1).listenTCP(port, None, self._binder.backlog, host)
+        try:
+            fresh = _Binder(reactor, 1).listenTCP(port, None, self._binder.backlog, host)
+        except OSError as error:  # the worker shares its neighbour's queue instead
+            log.warn("cannot bind {endpoint} again ({error}); worker {index} shares the "
+                     "socket of worker {other}", endpoint=self.endpoint, error=error,
+                     index=index + 1, other=(index + 1) % len(self.sockets) + 1)
+            self.sockets[index] = self.sockets[(index + 1) % len(self.sockets)].dup()
+            return
         self.sockets[index] = fresh.sockets[0]
 
     def close(self) -> None:
@@ -176,13 +190,9 @@ class Listener:
     @property
     def address(self) -> str:
         """Where it listens, as the listeners' log lines say it."""
-        from twisted_mqtt.listeners import format_address
-
         sock = self.sockets[0]
         if sock.family == socket.AF_UNIX:
             return str(sock.getsockname())
-        from twisted.internet.address import IPv4Address, IPv6Address
-
         host, port = sock.getsockname()[:2]
         kind = IPv6Address if sock.family == socket.AF_INET6 else IPv4Address
         return format_address(kind("TCP", host, port))
@@ -273,6 +283,7 @@ class Supervisor(Service):
         """Set when a worker's configuration cannot work: the status the process ends with."""
         self.stopped: Callable[[int], None] = _exit_after_shutdown(reactor)
         """Called with an exit status when the supervisor stops on its own."""
+        self._devnull: Optional[int] = None
 
     def bind(self) -> None:
         """Bind every listener not bound yet (``ListenError`` for the first that cannot
@@ -318,7 +329,9 @@ class Supervisor(Service):
     def spawn(self, worker: _Worker) -> None:
         """Start ``worker``'s process with its sockets."""
         worker.restart = None
-        child_fds: Dict[int, Any] = {0: self._devnull(), 1: 1, 2: 2}
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDONLY)
+        child_fds: Dict[int, Any] = {0: self._devnull, 1: 1, 2: 2}
         ports: List[Tuple[str, int]] = []
         for number, listener in enumerate(self.listeners, FIRST_INHERITED_FD):
             child_fds[number] = listener.socket_for(worker.index).fileno()
@@ -329,12 +342,6 @@ class Supervisor(Service):
         worker.started_at = self.reactor.seconds()
         self.reactor.spawnProcess(worker, self.executable, argv, environment,
                                   path=os.getcwd(), childFDs=child_fds)
-
-    def _devnull(self) -> int:
-        devnull = getattr(self, "_devnull_fd", None)
-        if devnull is None:
-            devnull = self._devnull_fd = os.open(os.devnull, os.O_RDONLY)
-        return devnull
 
     def worker_ended(self, worker: _Worker, pid: Optional[int], reason: Failure) -> None:
         """A worker's process has exited: restart it after a delay, unless stopping."""
