@@ -10,6 +10,7 @@ Docstrings cite ``[MQTT-x.y.z-n]`` (MQTT 5.0) labels a test also proves across n
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, List, Tuple
 
@@ -63,13 +64,18 @@ def pair() -> Tuple[Node, Node]:
     return Node("a"), Node("b")
 
 
+def announce(name: str, full: str, *ops: str) -> bytes:
+    """A route announcement as the engine's script publishes it."""
+    return json.dumps([name, full, list(ops)]).encode("utf-8")
+
+
 def sync_routes(*nodes: Node) -> None:
     """Hand each node's pending route changes to the others, as the routes channel would."""
     for node in nodes:
         changes, node.router._pending_changes = node.router._pending_changes, []
         if not changes:
             continue
-        text = "\n".join([node.name, "0", *changes]).encode("utf-8")
+        text = announce(node.name, "0", *changes)
         for other in nodes:
             if other is not node:
                 other.router._routes_changed(text)
@@ -103,7 +109,7 @@ def test_first_local_subscriber_and_last_leaving_change_the_interest() -> None:
     two.drop()
     assert seen[2:] == [("x/#", False), ("y", False)] or seen[2:] == [("y", False),
                                                                         ("x/#", False)]
-    b.router._routes_changed(b"a\n0\n+z/#")  # b mirrors a's filter: not b's own interest
+
     assert b.router.remote_filters("a") == {"z/#"}
     assert b.broker.local_filters() == []
 
@@ -257,10 +263,12 @@ def test_acknowledgement_waits_until_the_hand_off_is_written() -> None:
 
 
 def test_subscription_to_remote_filters_survives_route_reload() -> None:
-    """A full announcement of a node's routes replaces what this node mirrored of it."""
+    """A full announcement of a node's routes replaces what this node mirrored of it; a
+    filter with a line break is one filter."""
     a, b = pair()
-    b.router._routes_changed(b"a\n0\n+x\n+y")
-    b.router._routes_changed(b"a\n1\n+y\n+z")
+    b.router._routes_changed(announce("a", "0", "+x", "+y", "+new\nline"))
+    assert b.router.remote_filters("a") == {"x", "y", "new\nline"}
+    b.router._routes_changed(announce("a", "1", "+y", "+z"))
     assert b.router.remote_filters("a") == {"y", "z"}
     b.router._member("down", "a")
     assert b.router.remote_filters("a") == set()
@@ -270,7 +278,7 @@ def test_subscription_to_remote_filters_survives_route_reload() -> None:
 def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:
     """The sessions standing for other nodes have ids no client may use (U+0000)."""
     a, b = pair()
-    b.router._routes_changed(b"a\n0\n+x\n+$share/g/x")
+    b.router._routes_changed(announce("a", "0", "+x", "+$share/g/x"))
     assert sorted(cid for cid in b.broker.sessions) == ["\x00a", "\x00a\x00$share/g/x"]
     assert b.broker.tree.group("$share/g/x") is not None
     assert Subscription("x").topic_filter == "x"
@@ -299,7 +307,7 @@ def test_every_kind_of_target_is_a_delivery_target() -> None:
     a, b = pair()
     client = join(a.hub, "net")
     a.broker.inline.subscribe("i", lambda message: None)
-    b.router._routes_changed(b"a\n0\n+x")
+    b.router._routes_changed(announce("a", "0", "+x"))
     found = [a.broker.sessions["net"].connection,
              next(s.connection for s in a.broker.sessions.values()
                   if isinstance(s.connection, ApplicationTarget)),

@@ -21,6 +21,7 @@ removed it.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
@@ -67,12 +68,14 @@ for i = 4, #ARGV do
   local f = string.sub(ARGV[i], 2)
   if op == '+' then redis.call('HSET', KEYS[2], f, '1') else redis.call('HDEL', KEYS[2], f) end
 end
-redis.call('PUBLISH', KEYS[3], ARGV[1] .. '\\n' .. ARGV[3] .. '\\n' ..
-           table.concat(ARGV, '\\n', 4))
+local ops = {}
+for i = 4, #ARGV do ops[#ops + 1] = ARGV[i] end
+redis.call('PUBLISH', KEYS[3], cjson.encode({ARGV[1], ARGV[3], ops}))
 return 1
 """
 """Change this node's routes (``ARGV[3]`` 1: replace them all), fenced by its epoch, and
-announce the change."""
+announce the change as JSON ``[node, "1" or "0", ["+filter" or "-filter", ...]]`` (a filter may
+hold any character but U+0000, a line break too)."""
 
 
 class RemoteTarget(ApplicationTarget):
@@ -238,7 +241,13 @@ class Router:
             self._replace(name, {f.decode("utf-8") for f in filters})
 
     def _routes_changed(self, message: bytes) -> None:
-        name, full, *ops = message.decode("utf-8").split("\n")
+        try:
+            name, full, ops = json.loads(message)
+        except ValueError:
+            log.warn("cluster: bad route announcement ignored")
+            return
+        if not isinstance(ops, list):
+            ops = []  # Lua's cjson encodes an empty list as {}
         if name == self.node.name or name not in self.members.members:
             return
         if full == "1":
