@@ -288,6 +288,24 @@ def test_sigterm_stops_every_worker(start_broker: StartBroker,
     assert log.count("exited with status 0") == 2, log
 
 
+def test_sigint_stops_every_worker_once(start_broker: StartBroker,
+                                        redis_server: RedisServer) -> None:  # noqa: F811
+    """SIGINT (Ctrl-C) stops the supervisor, which stops each worker once, gracefully; the
+    workers are in process groups of their own, so a terminal's Ctrl-C does not reach them
+    besides."""
+    workers = start_workers(start_broker, redis_server, 9, module=True, count=2)
+    pids = list(workers.pids().values())
+    proc = workers.broker.proc
+    assert all(os.getpgid(pid) == pid for pid in pids)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=TIMEOUT) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    log = workers.broker.log()
+    assert log.count("exited with status 0") == 2, log
+    assert log.count("Received SIGTERM") == 2 and log.count("Received SIGINT") == 1, log
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
 # -- start-up mistakes ---------------------------------------------------------------------------
 
 
