@@ -465,6 +465,22 @@ def test_inflight_window_bounds_what_the_link_holds() -> None:
     assert bridge.counters.sent == 5 and bridge.inflight == 0
 
 
+def test_qos0_held_by_the_link_counts_in_the_window() -> None:
+    """A QoS 0 message the link holds (its connection's send buffer full: the client writes it
+    later) counts in the in-flight window until written, so that further messages wait in the
+    bridge's bounded queue, and beyond it are dropped, rather than piling up in the client."""
+    broker = hub()
+    bridge, link = bridge_on(broker, "a/# out 1", inflight=2, queue_messages=2)
+    link.up()
+    for number in range(5):
+        broker.broker.inline.publish("a/n", str(number).encode(), 0)
+    assert [m.payload for m, _ in link.published] == [b"0", b"1"]
+    assert (len(bridge.queue), bridge.counters.by_reason) == (2, {"queue full": 1})
+    link.ack_all()  # written
+    link.ack_all()
+    assert [m.payload for m, _ in link.published] == [b"0", b"1", b"2", b"3"]
+
+
 def test_expiry_counts_down_while_queued() -> None:
     """A queued message goes with the expiry interval it has left, or not at all once it has
     expired (counted) [MQTT-3.3.2-6]."""
