@@ -12,7 +12,8 @@ from collections import deque
 from dataclasses import replace
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -187,6 +188,9 @@ class MQTTClient:
         self._inflight: Dict[int, _Outgoing] = {}
         self._requests: Dict[int, _Request] = {}
         self._queued: Deque[_Outgoing] = deque()
+        self._resends: Deque[_Outgoing] = deque()
+        """In flight from an earlier connection, beyond this one's Receive Maximum: sent again
+        (DUP) as acknowledgements make room, before anything queued."""
         self._incoming_qos2: set[int] = set()
         self._next_id = 1
         self._connected_before = False
@@ -195,6 +199,9 @@ class MQTTClient:
         self._connected = False
         self._held = False
         """The transport's buffer is full: new messages wait in the queue."""
+        self._acks_held = 0
+        """Acknowledgements written since the transport's buffer became full."""
+        self._reading_paused = False
         self._clean_sent = True
         self._running = False
         self._attempt = 0
@@ -233,9 +240,9 @@ class MQTTClient:
         self._running = True
         self._retry_first = retry
         self._attempt = 0
-        self._pending_connect = Deferred()
-        self._dial()
-        return self._pending_connect
+        pending = self._pending_connect = Deferred()
+        self._dial()  # may fail at once, and the client stop
+        return pending
 
     def subscribe(self, topic_filter: str, callback: Optional[MessageCallback] = None,
                   qos: int = 0, *, no_local: bool = False, retain_as_published: bool = False,
@@ -282,7 +289,7 @@ class MQTTClient:
             raise ValueError("topic aliases are chosen by the client (use_topic_aliases)")
         message = _Outgoing(Publish(topic, payload, qos, retain, properties=properties),
                             Deferred())
-        if self._connected and not self._held and not self._queued and (
+        if self._connected and not self._held and not self._queued and not self._resends and (
                 qos == 0 or self._room()):
             self._send_publish(message)
         elif len(self._queued) >= self.max_queued:
@@ -317,7 +324,8 @@ class MQTTClient:
 
     def _dial(self) -> None:
         self._retry_call = None
-        dialing = self._dialing = self.endpoint.connect(ProtocolFactory(self))
+        self._timer("connack", self.connect_timeout, self._connack_missing)
+        dialing = self._dialing = maybeDeferred(self.endpoint.connect, ProtocolFactory(self))
         dialing.addErrback(self._dial_failed)
 
         def done(result: Any) -> Any:
@@ -327,8 +335,12 @@ class MQTTClient:
         dialing.addBoth(done)
 
     def _dial_failed(self, reason: Failure) -> None:
+        timed_out = "connack" not in self._timers
+        self._cancel_timer("connack")
         if not self._running:
             return
+        if timed_out:  # cancelled by _connack_missing
+            reason = Failure(TimeoutError(string=f"no connection within {self.connect_timeout}s"))
         self.log.info("MQTT client {client_id}: cannot connect: {reason}",
                       client_id=self.client_id, reason=reason.getErrorMessage())
         self._retry_or_stop(reason)
@@ -375,9 +387,13 @@ class MQTTClient:
         self._clean_sent = clean
         self._send(Connect(self.client_id, self.protocol_level, clean, self.keep_alive,
                            self.username, self.password, self.will, props))
-        self._timer("connack", self.connect_timeout, self._connack_missing)
 
     def _connack_missing(self) -> None:
+        """``connect_timeout`` passed since the attempt began, without CONNACK."""
+        self._timers.pop("connack", None)
+        if self._dialing is not None:  # the endpoint has not connected yet: it gives up
+            self._dialing.cancel()
+            return
         self.log.warn("MQTT client {client_id}: no CONNACK within {timeout}s: closing",
                       client_id=self.client_id, timeout=self.connect_timeout)
         self._abort()
@@ -437,12 +453,20 @@ class MQTTClient:
                         Subscribe(packet_id, (sub.entry,), sub.properties), None)
         for request in list(self._requests.values()):
             self._request(request.packet, request.deferred)
+        self._resends.clear()
         if session_present:
+            # Within the new Receive Maximum [MQTT-3.3.4-7]: a PUBLISH beyond it waits for an
+            # acknowledgement, keeping its identifier (so QoS 2 stays exactly once).
+            room = self._server_receive_maximum - sum(
+                1 for m in self._inflight.values() if m.released)
             for packet_id, message in list(self._inflight.items()):
                 if message.released:
                     self._send(PubRel(packet_id))
-                else:
+                elif room > 0:
+                    room -= 1
                     self._write_publish(message, dup=True)
+                else:
+                    self._resends.append(message)
         else:
             # A new session: what was in flight is published again as new messages, within the
             # new quota; a QoS 2 message the server took (PUBREC) is complete.
@@ -548,6 +572,14 @@ class MQTTClient:
             message.deferred.callback(None)
 
     def _flush_queue(self) -> None:
+        resends = self._resends
+        while resends and self._connected and not self._held and (
+                len(self._inflight) - len(resends) < self._server_receive_maximum):
+            message = resends.popleft()
+            if self._inflight.get(message.packet_id) is message:  # type: ignore[arg-type]
+                self._write_publish(message, dup=True)
+        if resends:
+            return
         queued = self._queued
         while queued and self._connected and not self._held:
             if queued[0].packet.qos and not self._room():
@@ -601,7 +633,7 @@ class MQTTClient:
             self._deliver(message)
         elif packet.qos == 1:
             self._deliver(message)
-            self._send(PubAck(packet.packet_id))  # type: ignore[arg-type]
+            self._acknowledge(PubAck(packet.packet_id))  # type: ignore[arg-type]
         else:
             packet_id: int = packet.packet_id  # type: ignore[assignment]
             if packet_id not in self._incoming_qos2:
@@ -612,7 +644,7 @@ class MQTTClient:
                     return
                 self._incoming_qos2.add(packet_id)
                 self._deliver(message)
-            self._send(PubRec(packet_id))
+            self._acknowledge(PubRec(packet_id))
 
     def _deliver(self, message: Message) -> None:
         callbacks = self._routes.get(message.topic)
@@ -692,18 +724,43 @@ class MQTTClient:
     def _on_pubrel(self, rel: PubRel) -> None:
         if rel.packet_id in self._incoming_qos2:
             self._incoming_qos2.discard(rel.packet_id)
-            self._send(PubComp(rel.packet_id))
+            self._acknowledge(PubComp(rel.packet_id))
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.protocol_level == V5 else 0
-            self._send(PubComp(rel.packet_id, code))
+            self._acknowledge(PubComp(rel.packet_id, code))
+
+    def _acknowledge(self, ack: Union[PubAck, PubRec, PubComp]) -> None:
+        """Send ``ack``.  While the transport's buffer is full, a server that keeps sending
+        without reading its acknowledgements (a server within the client's Receive Maximum
+        cannot send more than that many) is no longer read until the buffer drains."""
+        self._send(ack)
+        if self._held:
+            self._acks_held += 1
+            if self._acks_held > self.receive_maximum and not self._reading_paused:
+                self._reading_paused = True
+                self.log.info("MQTT client {client_id}: the server does not read its "
+                              "acknowledgements: reading paused until it does",
+                              client_id=self.client_id)
+                self._protocol.transport.pauseProducing()  # type: ignore[union-attr]
 
     def _on_suback(self, ack: Union[SubAck, UnsubAck]) -> None:
-        request = self._requests.pop(ack.packet_id, None)
+        request = self._requests.get(ack.packet_id)
         if request is None:
             self.log.info("MQTT client {client_id}: acknowledgement of unknown packet "
                           "{packet_id}", client_id=self.client_id, packet_id=ack.packet_id)
             return
         packet = request.packet
+        if isinstance(packet, Subscribe):
+            expected = "SubAck", len(packet.subscriptions)
+        else:
+            expected = "UnsubAck", len(packet.topic_filters) if self.protocol_level == V5 else 0
+        if (type(ack).__name__, len(ack.reason_codes)) != expected:
+            self._protocol_error(self._protocol, ReasonCode.PROTOCOL_ERROR,
+                                 f"{type(ack).__name__.upper()} with {len(ack.reason_codes)} "
+                                 f"reason codes for {type(packet).__name__.upper()} "
+                                 f"{ack.packet_id} of {expected[1]} topic filters")
+            return
+        del self._requests[ack.packet_id]
         if isinstance(packet, Subscribe):
             for entry, code in zip(packet.subscriptions, ack.reason_codes):
                 if code >= 0x80:
@@ -784,6 +841,10 @@ class MQTTClient:
         if protocol is self._protocol:
             self._held = paused
             if not paused:
+                self._acks_held = 0
+                if self._reading_paused:
+                    self._reading_paused = False
+                    protocol.transport.resumeProducing()
                 self._flush_queue()
 
     def _transport_lost(self, protocol: MQTTClientProtocol, reason: Failure) -> None:
@@ -792,7 +853,8 @@ class MQTTClient:
         was_connected = self._connected
         self._protocol = None
         self._connected = False
-        self._held = False
+        self._held = self._reading_paused = False
+        self._acks_held = 0
         for name in list(self._timers):
             self._cancel_timer(name)
         stopping, self._stopping = self._stopping, []

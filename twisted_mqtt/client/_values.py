@@ -28,6 +28,11 @@ class ReconnectPolicy:
     factor: float = 2.0
     jitter: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not (0 < self.initial <= self.maximum and self.factor >= 1 and 0 <= self.jitter < 1):
+            raise ValueError("a ReconnectPolicy needs 0 < initial <= maximum, factor >= 1 and "
+                             f"0 <= jitter < 1, not {self!r}")
+
     def delay(self, attempt: int, draw: float) -> float:
         """The wait before attempt number ``attempt`` (0 after a success), ``draw`` in [0, 1)."""
         base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))

@@ -39,6 +39,12 @@ class _FrameTransport:
     def unregisterProducer(self) -> None:
         self.websocket.unregisterProducer()
 
+    def pauseProducing(self) -> None:
+        self.websocket.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.websocket.transport.resumeProducing()
+
     def getPeer(self) -> Any:
         return self.websocket.transport.getPeer()
 
