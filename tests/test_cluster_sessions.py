@@ -28,12 +28,14 @@ from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import Node
+from twisted_mqtt.cluster.routes import Router
 from twisted_mqtt.cluster.sessions import (
     HANDOVER_TIMEOUT,
     MAX_SCRIPT_ARGS,
     ClusterSessions,
     token_owner,
 )
+from twisted_mqtt.cluster.wire import encode_record, pack
 from twisted_mqtt.interfaces import IAuthorizer
 from twisted_mqtt.packets import (
     ConnAck,
@@ -195,7 +197,9 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
     assert [(p.topic, p.packet_id, p.qos) for p in sent] == [("t/1", 1, 1), ("t/2", 2, 2)]
     mover.send(PubRec(2))  # QoS 2 to PUBREL phase; t/1 stays unacknowledged
     mover.send(Publish("in/q2", b"x", 2, packet_id=9))  # inbound QoS 2, not released
-    assert [type(p) for p in mover.received()] == [PubRel, PubRec]
+    answers: List[Any] = []
+    yield cluster.settle(lambda: answers.extend(mover.received()) or len(answers) >= 2)
+    assert [type(p) for p in answers] == [PubRel, PubRec]  # once written
     mover.drop()
     for n in range(3, 6):
         publisher.send(Publish(f"t/{n}", str(n).encode(), 1, packet_id=n))
@@ -221,7 +225,9 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
         1, True, True, 7)
     assert session.will is None and session.expiry_interval == HOUR
     again.send(PubRel(9))
-    assert again.received() == [PubComp(9)]
+    completed: List[Any] = []
+    yield cluster.settle(lambda: completed.extend(again.received()) or completed)
+    assert completed == [PubComp(9)]
     again.send(PubAck(1), PubComp(2), PubAck(3), PubAck(4), PubAck(5))
     assert not session.inflight and not session.queue
     assert token_owner(b.sessions.tokens["mover"]) == (2, "b")
@@ -251,6 +257,34 @@ def test_messages_routed_during_the_hand_over_follow_the_session(cluster: Cluste
     after = split(got)[1]
     yield cluster.settle(lambda: after.extend(again.received()) or len(after) >= 3)
     assert [p.payload for p in after if isinstance(p, Publish)] == [b"1", b"2", b"3"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_acknowledgements_wait_for_the_session_write(cluster: Cluster,
+                                                     redis_server: RedisServer  # noqa: F811
+                                                     ) -> Any:
+    """A QoS 1 message queued for an offline persistent session is acknowledged (PUBACK to its
+    publisher [MQTT-4.3.2-4]; the stream entry that brought it from another node) only once
+    the session's new state is in Redis: a node killed after acknowledging loses none."""
+    a = cluster.node("a", 1)
+    yield cluster.up()
+    publisher = yield left_offline(cluster, a, "keeps", "keeps/#")
+    yield cluster.settle()
+    publisher.send(Publish("keeps/1", b"1", 1, packet_id=1))
+    assert publisher.received() == []  # held until written
+    prefix = cluster.url.split("prefix=")[1]
+    yield cluster.settle(lambda: PubAck(1) in publisher.received())
+    assert redis_server.command("HLEN", f"{prefix}cluster:session:msgs:keeps") == b":1"
+    router = Router(a.broker, a.engine, a.members)  # type: ignore[arg-type]  # not started
+    acknowledged: List[Any] = []
+    router._acknowledge = lambda stream, ids: acknowledged.append(ids)  # type: ignore
+    record = encode_record(Message("keeps/2", b"2", 1, False), False, "", a.broker.now)
+    assert record is not None
+    router._stream_read([[b"s", [(b"1-0", [b"m", pack([record])])]]], "a", "s", ">")
+    assert acknowledged == []  # held until written
+    yield cluster.settle(lambda: acknowledged)
+    assert acknowledged == [[b"1-0"]]
+    assert redis_server.command("HLEN", f"{prefix}cluster:session:msgs:keeps") == b":2"
 
 
 @pytest_twisted.inlineCallbacks

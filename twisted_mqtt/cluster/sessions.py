@@ -406,6 +406,7 @@ class ClusterSessions(Hook):
         self.broker.hooks.add(self.recorder)
         self.broker.hooks.add(self)
         self.broker.session_claim = self.claim
+        self.broker.ack_barriers.append(self.written)
         self.engine.subscribe(self._channel(self.node.name), self._received)
         self.members.watch(self._member_event)
         self.members.watch_serving(self._serving)
@@ -414,6 +415,17 @@ class ClusterSessions(Hook):
         """Stop claiming sessions (the broker's own stop disconnects its clients)."""
         if self.broker.session_claim == self.claim:
             self.broker.session_claim = None
+        if self.written in self.broker.ack_barriers:
+            self.broker.ack_barriers.remove(self.written)
+
+    def written(self, _message: Optional[Message] = None) -> Optional[Deferred[None]]:
+        """One of the broker's ``ack_barriers``: a QoS 1/2 message is acknowledged (to its
+        publisher, or to the node that handed it over) once what it changed in this node's
+        persistent sessions is in Redis, so that a node killed then loses none of it."""
+        recorder = self.recorder
+        if recorder._pending or recorder._committing:
+            return recorder.barrier()
+        return None
 
     # -- CONNECT ----------------------------------------------------------------------------------
 
