@@ -181,12 +181,14 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
     DUP (a QoS 2 message in its PUBREL phase gets PUBREL) [MQTT-4.4.0-1], then its queued
     messages in order, and its inbound QoS 2 state: a PUBREL for a packet id received on the
     first node is answered with PUBCOMP Success on the second; Session Present is 1
-    [MQTT-3.2.2-2], the delayed will is cancelled [MQTT-3.1.3-9]."""
+    [MQTT-3.2.2-2], the delayed will is cancelled [MQTT-3.1.3-9]; each node counts what it
+    took and handed over in $SYS."""
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()
     will = Will("wills/mover", b"gone", 1, False, Properties(will_delay_interval=60))
     mover, got, ok = yield connect(a, cluster, "mover", "alice", will=will)
+    assert a.broker.sys_figures()["cluster/sessions/taken_over"] == 0
     assert ok and split(got)[0].session_present is False
     mover.send(Subscribe(1, (Subscription("t/#", 2), Subscription("n/x", 1, no_local=True,
                                                                      retain_as_published=True)),
@@ -232,6 +234,9 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
     assert not session.inflight and not session.queue
     assert token_owner(b.sessions.tokens["mover"]) == (2, "b")
     assert b.broker.stats.wills_sent == a.broker.stats.wills_sent == 0
+    figures = b.broker.sys_figures()  # $SYS/broker/cluster/sessions/...
+    assert (figures["cluster/sessions/owned"], figures["cluster/sessions/taken_over"]) == (1, 1)
+    assert a.broker.sys_figures()["cluster/sessions/handed_over"] == 1
 
 
 @pytest_twisted.inlineCallbacks
@@ -440,6 +445,7 @@ def test_dead_node_sessions_adopted_once(cluster: Cluster) -> Any:
     yield cluster.settle()
     owners = [node for node in (b, c) if "keeper" in node.broker.sessions]
     assert owners == [b]
+    assert b.broker.sys_figures()["cluster/sessions/adopted"] == 1
     wills = [(p.topic, p.payload) for w in watchers for p in w.received()
              if isinstance(p, Publish)]
     assert wills == [("wills/clean", b"bob gone")]  # on the adopter (no routes here)

@@ -388,7 +388,9 @@ class ClusterSessions(Hook):
         self.handovers = 0
         """Sessions handed over to other nodes."""
         self.adopted = 0
-        """Sessions adopted from dead nodes."""
+        """Persistent sessions adopted from dead nodes."""
+        self.taken = 0
+        """Sessions taken from other nodes when a client connected here."""
 
     @property
     def node(self) -> Any:
@@ -407,6 +409,7 @@ class ClusterSessions(Hook):
         self.broker.hooks.add(self)
         self.broker.session_claim = self.claim
         self.broker.ack_barriers.append(self.written)
+        self.broker.figure_sources.append(self.figures)
         self.engine.subscribe(self._channel(self.node.name), self._received)
         self.members.watch(self._member_event)
         self.members.watch_serving(self._serving)
@@ -417,6 +420,15 @@ class ClusterSessions(Hook):
             self.broker.session_claim = None
         if self.written in self.broker.ack_barriers:
             self.broker.ack_barriers.remove(self.written)
+        if self.figures in self.broker.figure_sources:
+            self.broker.figure_sources.remove(self.figures)
+
+    def figures(self) -> Dict[str, Any]:
+        """This node's session figures for $SYS (``$SYS/broker/cluster/sessions/...``)."""
+        return {"cluster/sessions/owned": len(self.tokens),
+                "cluster/sessions/handed_over": self.handovers,
+                "cluster/sessions/taken_over": self.taken,
+                "cluster/sessions/adopted": self.adopted}
 
     def written(self, _message: Optional[Message] = None) -> Optional[Deferred[None]]:
         """One of the broker's ``ack_barriers``: a QoS 1/2 message is acknowledged (to its
@@ -479,12 +491,14 @@ class ClusterSessions(Hook):
                     found = yield directory.owner(client_id)
                     if found and found != current:
                         if token_owner(found) == (self.node.epoch, self.node.name):
+                            self.taken += 1
                             yield self._arrived(client_id, found)
                             return 0
                         current = found
                         continue  # someone else's now: ask again
             ok, found = yield directory.claim(client_id, current, self._me())
             if ok:
+                self.taken += bool(current)
                 if current:  # taken without a hand-over: its last owner drops its copy
                     self._tell(token_owner(current)[1], client_id, "taken", current)
                 yield self._arrived(client_id, found)
