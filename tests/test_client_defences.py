@@ -16,8 +16,11 @@ from zope.interface import implementer
 
 from tests.spec import check_cited_labels
 from tests.test_client import V5, V311, Peer, connected, make, outcome, reconnected
-from twisted_mqtt.client import ConnectResult, MQTTClient, ReconnectPolicy
+from twisted_mqtt.client import ConnectResult, Message, MQTTClient, ReconnectPolicy
+from twisted_mqtt.client._values import CLOSE_TIMEOUT
+from twisted_mqtt.codec import encode
 from twisted_mqtt.packets import (
+    ConnAck,
     Disconnect,
     PubAck,
     PubComp,
@@ -97,6 +100,35 @@ def test_packets_before_connack_close_the_connection() -> None:
     reactor.advance(1.0)
     Peer(reactor, V5).accept()
     assert isinstance(result[0], ConnectResult)
+
+
+def test_protocol_error_is_written_before_the_close_and_nothing_more_is_read() -> None:
+    """After a protocol error the client reads nothing more, not even the rest of the same
+    chunk; its DISCONNECT is written before the connection closes (not dropped by an abort),
+    and a server that does not read it is cut off after ``CLOSE_TIMEOUT`` seconds."""
+    reactor, client, peer = connected(V5)
+    got: List[Message] = []
+    client.subscribe("t", got.append, 1)
+    peer.received()
+    peer.protocol.dataReceived(encode(ConnAck(), V5)
+                               + encode(Publish("t", b"after", 1, packet_id=5), V5))
+    assert peer.received() == [Disconnect(0x82)] and got == []
+    assert peer.transport.producerState == "paused"
+    assert peer.closed and not peer.transport.disconnected  # closing, not aborted
+    reactor.advance(CLOSE_TIMEOUT)
+    assert peer.transport.disconnected
+
+
+def test_disconnect_from_a_server_that_does_not_read_ends() -> None:
+    """``disconnect()`` fires even when the server reads nothing: the connection is cut off
+    after ``CLOSE_TIMEOUT`` seconds."""
+    reactor, client, peer = connected(V5)
+    result = outcome(client.disconnect())
+    assert peer.received() == [Disconnect(0)] and peer.closed and result == []
+    reactor.advance(CLOSE_TIMEOUT)
+    assert peer.transport.disconnected
+    peer.lose()
+    assert result == [None]
 
 
 # -- connecting ----------------------------------------------------------------------------------

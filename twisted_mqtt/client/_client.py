@@ -27,6 +27,7 @@ from twisted_mqtt.client._errors import (
 )
 from twisted_mqtt.client._protocol import MQTTClientProtocol, ProtocolFactory, client_endpoint
 from twisted_mqtt.client._values import (
+    CLOSE_TIMEOUT,
     DEFAULT_RECONNECT,
     MAXIMUM_PACKET_SIZE,
     RECEIVE_MAXIMUM,
@@ -317,7 +318,7 @@ class MQTTClient:
             self._send(Disconnect(reason_code, properties))
         deferred: Deferred = Deferred()
         self._stopping.append(deferred)
-        protocol.transport.loseConnection()
+        self._close()
         return deferred
 
     # -- connecting ------------------------------------------------------------------------------
@@ -801,7 +802,7 @@ class MQTTClient:
                       client_id=self.client_id, text=text, reason=reason_name(code))
         if self.protocol_level == V5 and self._connected:
             self._send(Disconnect(code))
-        self._abort()
+        self._close()
 
     # -- keep alive and connection loss ----------------------------------------------------------
 
@@ -837,12 +838,26 @@ class MQTTClient:
         if self._protocol is not None:
             self._protocol.transport.abortConnection()
 
+    def _close(self) -> None:
+        """Read no more, write what is queued (a DISCONNECT) and close; a server that does not
+        read it within ``CLOSE_TIMEOUT`` seconds is cut off."""
+        protocol = self._protocol
+        if protocol is None or protocol.closing:
+            return
+        protocol.closing = True
+        pause = getattr(protocol.transport, "pauseProducing", None)
+        if pause is not None and not self._reading_paused:
+            self._reading_paused = True
+            pause()
+        protocol.transport.loseConnection()
+        self._timer("close", CLOSE_TIMEOUT, self._abort)
+
     def _paused(self, protocol: MQTTClientProtocol, paused: bool) -> None:
         if protocol is self._protocol:
             self._held = paused
             if not paused:
                 self._acks_held = 0
-                if self._reading_paused:
+                if self._reading_paused and not protocol.closing:
                     self._reading_paused = False
                     protocol.transport.resumeProducing()
                 self._flush_queue()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
@@ -26,6 +26,8 @@ class MQTTClientProtocol(Protocol):
     def __init__(self, client: MQTTClient) -> None:
         self.client = client
         self.decoder = Decoder(client.protocol_level, client.maximum_packet_size)
+        self.closing = False
+        """The client closes this connection: what the server still sends is not read."""
 
     def connectionMade(self) -> None:
         register = getattr(self.transport, "registerProducer", None)
@@ -45,15 +47,19 @@ class MQTTClientProtocol(Protocol):
         """The connection is closing; ``connectionLost`` follows."""
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        error: Optional[CodecError] = None
         try:
             packets = self.decoder.feed(data)
         except CodecError as exc:
-            for packet in exc.decoded:
-                self.client._received(self, packet)
-            self.client._protocol_error(self, exc.reason_code, str(exc))
-            return
+            packets, error = exc.decoded, exc
         for packet in packets:
+            if self.closing:  # a packet before this one was a protocol error
+                return
             self.client._received(self, packet)
+        if error is not None and not self.closing:
+            self.client._protocol_error(self, error.reason_code, str(error))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.client._transport_lost(self, reason)

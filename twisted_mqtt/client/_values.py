@@ -13,6 +13,8 @@ RECEIVE_MAXIMUM = 65535
 """The Receive Maximum of a peer that states none."""
 ROUTE_CACHE_SIZE = 10_000
 """Topics whose matching callbacks are remembered at once."""
+CLOSE_TIMEOUT = 10.0
+"""Seconds a closing connection may take to write what it queued (its DISCONNECT)."""
 MAXIMUM_PACKET_SIZE = 1 << 20
 """The largest packet the client accepts by default (as the broker)."""
 

@@ -72,13 +72,26 @@ class _MQTTOverWebSocket(WebSocketClientProtocol):
         self.factory.opened(mqtt)
         mqtt.makeConnection(_FrameTransport(self))  # type: ignore[arg-type]
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.mqtt is None:
-            return
-        if not isBinary:
+    # A message is not gathered whole (Autobahn's default, with no bound): its bytes go to the
+    # MQTT decoder as they arrive, so the client's Maximum Packet Size bounds what is buffered.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self.message_is_binary = isBinary
+        if self.mqtt is not None and not isBinary:
             self.sendClose(1003, "MQTT travels in binary frames")
-            return
-        self.mqtt.dataReceived(payload)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self.frame_length = length
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self.mqtt is not None and self.message_is_binary and not self.failedByMe:
+            self.mqtt.dataReceived(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        pass
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         mqtt, self.mqtt = self.mqtt, None
