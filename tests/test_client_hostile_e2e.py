@@ -7,7 +7,7 @@ import base64
 import hashlib
 import struct
 import sys
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Tuple, cast
 
 import pytest_twisted
 from twisted.internet.protocol import Factory, Protocol
@@ -21,7 +21,28 @@ from twisted_mqtt.packets import ConnAck, Disconnect
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class EndlessWebSocketMessage(Protocol):
+class HostileServer(Protocol):
+    """One connection of a scripted server; ``closed`` once it ends."""
+
+    transport: Any
+    closed = False
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+
+
+def listen(protocol: Callable[[], HostileServer]) -> Tuple[Any, List[HostileServer]]:
+    """Serve ``protocol`` on a loopback ephemeral port: the port and the connections made."""
+    servers: List[HostileServer] = []
+
+    def build() -> HostileServer:
+        servers.append(protocol())
+        return servers[-1]
+
+    return _reactor().listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1"), servers
+
+
+class EndlessWebSocketMessage(HostileServer):
     """Accepts the WebSocket handshake (subprotocol ``mqtt``), then starts one binary message
     that announces 2**40 bytes: a CONNACK, then a PUBLISH announcing 256 MiB, then filler.
     Records the MQTT packets the client sends in its frames."""
@@ -30,7 +51,6 @@ class EndlessWebSocketMessage(Protocol):
         self.buffer = b""
         self.opened = False
         self.frames: List[bytes] = []
-        self.closed = False
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -58,9 +78,6 @@ class EndlessWebSocketMessage(Protocol):
             self.frames.append(bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
             self.buffer = self.buffer[6 + length:]
 
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed = True
-
 
 @pytest_twisted.inlineCallbacks
 def test_websocket_message_is_not_buffered_whole(
@@ -70,10 +87,7 @@ def test_websocket_message_is_not_buffered_whole(
     PUBLISH above the maximum (which the server must not send [MQTT-3.1.2-24]), gets DISCONNECT
     0x95 and the connection closed, instead of a client buffering the message until memory runs
     out."""
-    servers: List[EndlessWebSocketMessage] = []
-    factory = Factory.forProtocol(lambda: servers.append(EndlessWebSocketMessage())
-                                  or servers[-1])
-    port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
+    port, servers = listen(EndlessWebSocketMessage)
     try:
         client = make_client(f"ws://127.0.0.1:{port.getHost().port}/mqtt", "ws-victim",
                              reconnect=None)
@@ -81,26 +95,23 @@ def test_websocket_message_is_not_buffered_whole(
         assert not result.session_present
         yield until(lambda: bool(servers) and servers[0].closed, "the connection closed",
                     timeout=30)
-        assert servers[0].frames[1:2] == [encode(Disconnect(0x95), 5)]
+        assert cast(EndlessWebSocketMessage, servers[0]).frames[1:2] == [
+            encode(Disconnect(0x95), 5)]
     finally:
         yield port.stopListening()
 
 
-class OversizedPublish(Protocol):
+class OversizedPublish(HostileServer):
     """Answers CONNECT with CONNACK and a PUBLISH header announcing 256 MiB; records what the
     client sends."""
 
     def __init__(self) -> None:
         self.received = b""
-        self.closed = False
 
     def dataReceived(self, data: bytes) -> None:
         if not self.received:
             self.transport.write(encode(ConnAck(), 5) + b"\x30\xff\xff\xff\x7f")
         self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed = True
 
 
 @pytest_twisted.inlineCallbacks
@@ -108,15 +119,13 @@ def test_disconnect_reaches_the_server_before_the_close(
         make_client: Callable[..., MQTTClient]) -> Any:  # noqa: F811
     """Over real TCP, the DISCONNECT 0x95 that answers a packet above the client's Maximum
     Packet Size reaches the server before the connection closes (an abort would drop it)."""
-    servers: List[OversizedPublish] = []
-    factory = Factory.forProtocol(lambda: servers.append(OversizedPublish()) or servers[-1])
-    port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
+    port, servers = listen(OversizedPublish)
     try:
         client = make_client(f"tcp:127.0.0.1:{port.getHost().port}", "tcp-victim",
                              reconnect=None)
         yield client.connect()
         yield until(lambda: servers[0].closed, "the connection closed", timeout=30)
-        assert servers[0].received.endswith(encode(Disconnect(0x95), 5))
+        assert cast(OversizedPublish, servers[0]).received.endswith(encode(Disconnect(0x95), 5))
     finally:
         yield port.stopListening()
 
