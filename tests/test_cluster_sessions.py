@@ -169,6 +169,15 @@ def left_offline(cluster: Cluster, node: NodeUnderTest, client_id: str,
     return publisher
 
 
+def gathered(client: InMemoryClient, into: List[Any], count: int) -> Callable[[], bool]:
+    """A condition for ``Cluster.settle``: ``client`` has received ``count`` packets, added to
+    ``into``."""
+    def check() -> bool:
+        into.extend(client.received())
+        return len(into) >= count
+    return check
+
+
 def split(got: List[Any]) -> Any:
     index = next(i for i, p in enumerate(got) if isinstance(p, ConnAck))
     return got[index], got[index + 1:]
@@ -200,7 +209,7 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
     mover.send(PubRec(2))  # QoS 2 to PUBREL phase; t/1 stays unacknowledged
     mover.send(Publish("in/q2", b"x", 2, packet_id=9))  # inbound QoS 2, not released
     answers: List[Any] = []
-    yield cluster.settle(lambda: answers.extend(mover.received()) or len(answers) >= 2)
+    yield cluster.settle(gathered(mover, answers, 2))
     assert [type(p) for p in answers] == [PubRel, PubRec]  # once written
     mover.drop()
     for n in range(3, 6):
@@ -228,7 +237,7 @@ def test_session_moves_whole_between_nodes(cluster: Cluster) -> Any:
     assert session.will is None and session.expiry_interval == HOUR
     again.send(PubRel(9))
     completed: List[Any] = []
-    yield cluster.settle(lambda: completed.extend(again.received()) or completed)
+    yield cluster.settle(gathered(again, completed, 1))
     assert completed == [PubComp(9)]
     again.send(PubAck(1), PubComp(2), PubAck(3), PubAck(4), PubAck(5))
     assert not session.inflight and not session.queue
@@ -260,7 +269,7 @@ def test_messages_routed_during_the_hand_over_follow_the_session(cluster: Cluste
     again, got, ok = yield connect(b, cluster, "late")
     assert ok and split(got)[0].session_present is True
     after = split(got)[1]
-    yield cluster.settle(lambda: after.extend(again.received()) or len(after) >= 3)
+    yield cluster.settle(gathered(again, after, 3))
     assert [p.payload for p in after if isinstance(p, Publish)] == [b"1", b"2", b"3"]
 
 
@@ -551,6 +560,32 @@ def test_connect_refused_while_redis_is_unreachable(cluster: Cluster,
     yield cluster.up()
     _client, got, ok = yield connect(a, cluster, "early")
     assert ok and split(got)[0].reason_code == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_owner_given_up_when_no_session_opens(cluster: Cluster,
+                                              redis_server: RedisServer  # noqa: F811
+                                              ) -> Any:
+    """A client that leaves while its node becomes the owner of its client id opens no session
+    [MQTT-3.1.4-6]: the node gives the client id up within twice the connect timeout, so the
+    directory does not keep client ids nobody uses."""
+    a = cluster.node("a", 1)
+    yield cluster.up()
+    from twisted_mqtt.packets import Connect
+
+    leaver = a.client()
+    leaver.send(Connect("leaver", V5, True, 0))
+    leaver.drop()
+    yield cluster.settle(lambda: "leaver" in a.sessions.tokens)
+    prefix = cluster.url.split("prefix=")[1]
+    owners = f"{prefix}cluster:sessions:owner"
+    assert redis_server.command("HEXISTS", owners, "leaver") == b":1"
+    _stayer, _got, ok = yield connect(a, cluster, "stayer", clean_start=True, expiry=0)
+    a.hub.advance(2 * a.broker.capabilities.connect_timeout + 1)
+    yield cluster.settle(lambda: redis_server.command("HEXISTS", owners, "leaver") == b":0")
+    assert "leaver" not in a.sessions.tokens
+    assert redis_server.command("HEXISTS", owners, "leaver") == b":0"
+    assert redis_server.command("HEXISTS", owners, "stayer") == b":1"
 
 
 def test_handover_timeout_option(tmp_path: Path) -> None:

@@ -385,6 +385,9 @@ class ClusterSessions(Hook):
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}
         self._adopting: Dict[str, List[Message]] = {}
+        self._unopened: Set[str] = set()
+        self._older: Set[str] = set()
+        self._sweep_call: Any = None
         self.handovers = 0
         """Sessions handed over to other nodes."""
         self.adopted = 0
@@ -422,6 +425,9 @@ class ClusterSessions(Hook):
             self.broker.ack_barriers.remove(self.written)
         if self.figures in self.broker.figure_sources:
             self.broker.figure_sources.remove(self.figures)
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
 
     def figures(self) -> Dict[str, Any]:
         """This node's session figures for $SYS (``$SYS/broker/cluster/sessions/...``)."""
@@ -468,9 +474,25 @@ class ClusterSessions(Hook):
                      "({error}); refused", client_id=client_id,
                      error=getattr(result, "value", result))
             result = ReasonCode.SERVER_UNAVAILABLE
+        elif not result:
+            self._unopened.add(client_id)
+            if self._sweep_call is None:
+                self._sweep_call = self.clock.callLater(
+                    self.broker.capabilities.connect_timeout, self._sweep_unopened)
         d.callback(result)
         for other in waiting:
             other.callback(0)
+
+    def _sweep_unopened(self) -> None:
+        """Give up the client ids this node became the owner of for a CONNECT that opened no
+        session (the client left or was refused meanwhile) at least ``connect_timeout`` ago."""
+        self._sweep_call = None
+        for client_id in self._older:
+            self._ended(client_id)  # nothing if a session of that id is here
+        self._older, self._unopened = self._unopened, set()
+        if self._older:
+            self._sweep_call = self.clock.callLater(self.broker.capabilities.connect_timeout,
+                                                    self._sweep_unopened)
 
     @inlineCallbacks
     def _acquire(self, client_id: str) -> Any:
@@ -648,6 +670,8 @@ class ClusterSessions(Hook):
         """A session that ends with its connection stores its head (user name, will) only,
         for the node that adopts it if this one dies."""
         client_id = client.client_id
+        self._unopened.discard(client_id)
+        self._older.discard(client_id)
         session = self.broker.sessions.get(client_id)
         token = self.tokens.get(client_id)
         if session is None or token is None or session.expiry_interval > 0:
