@@ -71,19 +71,35 @@ def test_acknowledgement_of_the_wrong_kind_is_a_protocol_error() -> None:
     assert result == [()] and not peer.closed
 
 
-def test_acknowledgements_for_unknown_or_other_messages_change_nothing() -> None:
-    """PUBACK for a QoS 2 message, PUBCOMP before PUBREC, acknowledgements of identifiers not
-    in use: the messages in flight stay in flight, a PUBREC of an unknown identifier is
-    answered with PUBREL 0x92 [MQTT-4.3.3-4], and the connection stays open."""
+def test_acknowledgements_of_unknown_identifiers_change_nothing(logged: List[str]) -> None:
+    """Acknowledgements of identifiers not in use leave the messages in flight as they are, the
+    connection open, and one log line per connection however many come; a PUBREC of an unknown
+    identifier is answered with PUBREL 0x92."""
     _reactor, client, peer = connected(V5)
     result = outcome(client.publish("t", b"", 2))
     peer.received()
-    peer.send(PubAck(1), PubComp(1), PubAck(9), PubComp(9), SubAck(9, (0,)))
+    peer.send(*[PubAck(9), PubComp(9), SubAck(9, (0,)), UnsubAck(9, (0,))] * 100)
     assert result == [] and not peer.closed and peer.received() == []
     peer.send(PubRec(9))
     assert peer.received() == [PubRel(9, 0x92)]
     peer.send(PubRec(1), PubComp(1))
     assert peer.received() == [PubRel(1)] and result == [PubComp(1)]
+    assert len([line for line in logged if "unknown packet" in line]) == 1
+
+
+@pytest.mark.parametrize("qos, ack", [(2, PubAck(1)), (1, PubRec(1)), (2, PubComp(1)),
+                                      (1, PubComp(1))])
+def test_acknowledgement_of_the_wrong_kind_for_a_publish(qos: int, ack: Any) -> None:
+    """PUBACK for a QoS 2 message, PUBREC for a QoS 1 one, PUBCOMP before PUBREC: a protocol
+    error (DISCONNECT 0x82, as the broker answers the same from a client); the message stays
+    in flight, to be sent again on the next connection."""
+    reactor, client, peer = connected(V5, session_expiry_interval=60)
+    result = outcome(client.publish("t", b"m", qos))
+    peer.received()
+    peer.send(ack)
+    assert peer.received() == [Disconnect(0x82)] and peer.closed and result == []
+    peer, _connect = reconnected(reactor, peer, session_present=True)
+    assert peer.received() == [Publish("t", b"m", qos, dup=True, packet_id=1)]
 
 
 def test_packets_before_connack_close_the_connection() -> None:

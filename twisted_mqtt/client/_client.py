@@ -203,6 +203,8 @@ class MQTTClient:
         self._acks_held = 0
         """Acknowledgements written since the transport's buffer became full."""
         self._reading_paused = False
+        self._unknown_logged = False
+        """An acknowledgement of an unknown identifier was logged on this connection."""
         self._clean_sent = True
         self._running = False
         self._attempt = 0
@@ -369,6 +371,7 @@ class MQTTClient:
             protocol.transport.loseConnection()
             return
         self._protocol = protocol
+        self._unknown_logged = False
         self._server_maximum_packet_size = None  # until this connection's CONNACK says
         clean = self.clean_start
         if self._connected_before and (self.session_expiry_interval if self.protocol_level == V5
@@ -684,20 +687,40 @@ class MQTTClient:
             self.log.failure("MQTT client {client_id}: {callback} failed",
                              client_id=self.client_id, callback=callback)
 
+    def _unknown(self, kind: str, packet_id: int) -> None:
+        """An acknowledgement of an identifier not in use (a server may acknowledge again what
+        it acknowledged before a reconnection): logged once per connection."""
+        if not self._unknown_logged:
+            self._unknown_logged = True
+            self.log.info("MQTT client {client_id}: {kind} for unknown packet {packet_id} "
+                          "(further ones on this connection are not logged)",
+                          client_id=self.client_id, kind=kind, packet_id=packet_id)
+
+    def _wrong_kind(self, kind: str, message: _Outgoing) -> None:
+        self._protocol_error(self._protocol, ReasonCode.PROTOCOL_ERROR,
+                             f"{kind} for QoS {message.packet.qos} PUBLISH {message.packet_id}"
+                             + (" before PUBREC" if kind == "PUBCOMP" else ""))
+
     def _on_puback(self, ack: PubAck) -> None:
         message = self._inflight.get(ack.packet_id)
-        if message is None or message.packet.qos != 1:
-            self.log.info("MQTT client {client_id}: PUBACK for unknown packet {packet_id}",
-                          client_id=self.client_id, packet_id=ack.packet_id)
+        if message is None:
+            self._unknown("PUBACK", ack.packet_id)
+            return
+        if message.packet.qos != 1:
+            self._wrong_kind("PUBACK", message)
             return
         del self._inflight[ack.packet_id]
         self._settle(message, ack, "PUBACK")
 
     def _on_pubrec(self, ack: PubRec) -> None:
         message = self._inflight.get(ack.packet_id)
-        if message is None or message.packet.qos != 2:
+        if message is None:
+            self._unknown("PUBREC", ack.packet_id)
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.protocol_level == V5 else 0
             self._send(PubRel(ack.packet_id, code))
+            return
+        if message.packet.qos != 2:
+            self._wrong_kind("PUBREC", message)
             return
         if ack.reason_code >= 0x80:
             del self._inflight[ack.packet_id]
@@ -708,9 +731,11 @@ class MQTTClient:
 
     def _on_pubcomp(self, ack: PubComp) -> None:
         message = self._inflight.get(ack.packet_id)
-        if message is None or not message.released:
-            self.log.info("MQTT client {client_id}: PUBCOMP for unknown packet {packet_id}",
-                          client_id=self.client_id, packet_id=ack.packet_id)
+        if message is None:
+            self._unknown("PUBCOMP", ack.packet_id)
+            return
+        if not message.released:
+            self._wrong_kind("PUBCOMP", message)
             return
         del self._inflight[ack.packet_id]
         self._settle(message, ack, "PUBCOMP")
@@ -747,8 +772,7 @@ class MQTTClient:
     def _on_suback(self, ack: Union[SubAck, UnsubAck]) -> None:
         request = self._requests.get(ack.packet_id)
         if request is None:
-            self.log.info("MQTT client {client_id}: acknowledgement of unknown packet "
-                          "{packet_id}", client_id=self.client_id, packet_id=ack.packet_id)
+            self._unknown(type(ack).__name__.upper(), ack.packet_id)
             return
         packet = request.packet
         if isinstance(packet, Subscribe):
