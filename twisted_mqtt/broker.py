@@ -90,6 +90,8 @@ class Broker:
         self.sessions: Dict[str, Session] = {}
         self.bans = Bans(capabilities.maximum_bans)
         """Client ids, user names and addresses refused at CONNECT (see ``ban``)."""
+        self.node_name: Optional[str] = None
+        """This broker's name in its cluster (set by the cluster), shown by the dashboard."""
         self.tree = SubscriptionTree()
         self.retained: RetainedIndex[Message] = RetainedIndex(attrgetter("expires_at"))
         """Retained messages by topic (a mapping), indexed by level for ``retained_for``."""
@@ -236,6 +238,12 @@ class Broker:
         log.info("{kind} {value} banned{until}{who}{why}", kind=kind, value=ban.value,
                  until="" if duration is None else f" for {duration:g}s",
                  who=f" by {by}" if by else "", why=f": {reason}" if reason else "")
+        self.disconnect_banned(ban)
+        return ban
+
+    def disconnect_banned(self, ban: Ban) -> None:
+        """Disconnect the connected clients ``ban`` names (v5: DISCONNECT 0x98 Administrative
+        action)."""
         for conn in list(self.connections):
             client = conn.client
             if (conn.session is not None and client is not None
@@ -243,7 +251,6 @@ class Broker:
                                                  conn.address)):
                 conn.disconnect(ReasonCode.ADMINISTRATIVE_ACTION, "banned")
         self.flush()
-        return ban
 
     def list_bans(self) -> List[Ban]:
         """The bans in force now, by kind and value."""

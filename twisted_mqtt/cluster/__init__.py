@@ -92,6 +92,10 @@ class Cluster(Service):
         self.sessions = ClusterSessions(broker, self.engine, self.members, reactor,
                                         handover_timeout)
         self.router.claim_handler = self.sessions.claimed_message
+        from twisted_mqtt.cluster.admin import ClusterAdmin
+
+        self.admin = ClusterAdmin(self)
+        """Bans shared by the nodes, kicks across nodes, every node's figures."""
         self.figures: Dict[str, Any] = {}
         """The whole cluster's figures, summed from every live node's report."""
         self._report_call: Any = None
@@ -119,6 +123,7 @@ class Cluster(Service):
         self.router.start()
         self.retained.start()
         self.sessions.start()
+        self.admin.start()
         self.engine.start()
         self.members.start()
         self._report_call = self.members.clock.callLater(self.members.lease, self._report)
@@ -132,6 +137,7 @@ class Cluster(Service):
         self.router.stop()
         self.retained.stop()
         self.sessions.stop()
+        self.admin.stop()
         leaving = maybeDeferred(self.members.stop)
         return leaving.addBoth(lambda _: self.engine.stop())
 
