@@ -481,6 +481,7 @@ class ClientLink:
 
     def __init__(self, bridge: MqttBridge, reactor: Any = None) -> None:
         from twisted_mqtt.client import MQTTClient
+        from twisted_mqtt.codec import MAX_PACKET_SIZE
 
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -496,7 +497,10 @@ class ClientLink:
             session_expiry_interval=settings.session_expiry if v5 else 0,
             keep_alive=settings.keepalive, username=settings.username,
             password=settings.password.encode("utf-8") if settings.password is not None
-            else None, max_queued=settings.inflight)
+            else None, max_queued=settings.inflight,
+            # nothing larger from the remote than this broker takes from its own clients
+            maximum_packet_size=min(MAX_PACKET_SIZE,
+                                    bridge.broker.capabilities.maximum_packet_size))
         self.client.on_connected = lambda _result: bridge.remote_up()
         self.client.on_disconnected = self._lost
         for topic_filter, qos in bridge.remote_filters():

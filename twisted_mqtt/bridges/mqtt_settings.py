@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 from twisted_mqtt._value import value
 from twisted_mqtt.config import (
@@ -247,6 +247,14 @@ class Rule(Check):
 RULE_KEYS = ("pattern", "direction", "qos", "local_prefix", "remote_prefix")
 
 
+class Secret(Text):
+    """Text never shown in an error (a password)."""
+
+    def refuse(self, value: Any) -> NoReturn:
+        raise Invalid(f"expected {self.expected} (quoted, in YAML), not a "
+                      f"{type(value).__name__}; the value is not shown")
+
+
 class ProtocolName(Check):
     """3.1.1 or 5."""
 
@@ -269,7 +277,7 @@ BRIDGE_KEYS: Dict[str, Tuple[Check, Any, str]] = {
                "(Mosquitto's topic), or mappings of those five"),
     "client_id": (Maybe(Text()), None, "the client id on the remote; null: HOSTNAME.NAME"),
     "username": (Maybe(Text()), None, "the user name on the remote"),
-    "password": (Maybe(Text()), None, "the password on the remote"),
+    "password": (Maybe(Secret()), None, "the password on the remote"),
     "protocol": (ProtocolName(), "5", "the MQTT version spoken to the remote: 3.1.1 or 5"),
     "clean_start": (Boolean(), False,
                     "start a new session on the remote at each connection (false: the remote "
