@@ -24,6 +24,7 @@ from twisted_mqtt.service import BrokerService
 from twisted_mqtt.tap import Options, makeService
 from twisted_mqtt.workers import (
     FIRST_INHERITED_FD,
+    JOIN_WAIT,
     MAXIMUM_RESTART_DELAY,
     RESTART_DELAY,
     STABLE_AFTER,
@@ -376,3 +377,78 @@ def test_restarted_worker_shares_a_socket_if_its_port_cannot_be_bound(
     assert supervisor.reactor.spawned[-1]["fds"][FIRST_INHERITED_FD] == \
         listener.sockets[0].fileno()
     assert sum("cannot bind" in event.get("log_format", "") for event in log_events) == 2
+
+
+class FakeMembers:
+    """A cluster membership whose node starts or stops serving when told."""
+
+    def __init__(self) -> None:
+        self.node = type("Node", (), {"serving": False, "name": "w-1"})()
+        self.watchers: List[Any] = []
+
+    def watch_serving(self, callback: Any) -> None:
+        self.watchers.append(callback)
+
+    def set_serving(self, serving: bool) -> None:
+        self.node.serving = serving
+        for watcher in self.watchers:
+            watcher(serving)
+
+
+class FakeEndpoint:
+    def __init__(self) -> None:
+        self.listened: List[Any] = []
+
+    def listen(self, factory: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.listened.append(factory)
+        return succeed(f"port for {factory}")
+
+
+def test_worker_accepts_once_its_node_serves() -> None:
+    """A worker's listener waits for its node to serve (its clients wait in the kernel's
+    queue, not refused with 0x88 while it joins)."""
+    from twisted_mqtt.workers import _WhenServing
+
+    clock, members, inner = task.Clock(), FakeMembers(), FakeEndpoint()
+    endpoint = _WhenServing(inner, members, clock)
+    listening = endpoint.listen("mqtt")
+    assert inner.listened == [] and not listening.called
+    clock.advance(JOIN_WAIT / 2)
+    members.set_serving(True)
+    assert inner.listened == ["mqtt"] and listening.result == "port for mqtt"
+    clock.advance(JOIN_WAIT)
+    assert inner.listened == ["mqtt"]
+    assert endpoint.listen("ws").result == "port for ws"
+
+
+def test_worker_that_cannot_join_accepts_after_join_wait(log_events: List[dict]) -> None:
+    """A node that does not serve within JOIN_WAIT (Redis down) accepts anyway, so that its
+    clients get CONNACK 0x88 rather than no answer; one warning."""
+    from twisted_mqtt.workers import _WhenServing
+
+    clock, members, inner = task.Clock(), FakeMembers(), FakeEndpoint()
+    listening = _WhenServing(inner, members, clock).listen("mqtt")
+    clock.advance(JOIN_WAIT - 0.1)
+    assert not listening.called
+    clock.advance(0.1)
+    assert listening.result == "port for mqtt"
+    assert [e["log_format"] for e in log_events if "not serving after" in
+            e.get("log_format", "")] == ["cluster node {name} not serving after {wait}s: "
+                                         "accepting clients (refused with 0x88 until it "
+                                         "serves)"]
+    members.set_serving(True)
+    assert inner.listened == ["mqtt"]
+
+
+def test_stopping_a_waiting_listener_cancels_it() -> None:
+    from twisted_mqtt.workers import _WhenServing
+
+    clock, members, inner = task.Clock(), FakeMembers(), FakeEndpoint()
+    listening = _WhenServing(inner, members, clock).listen("mqtt")
+    listening.addErrback(lambda failure: None)
+    listening.cancel()
+    members.set_serving(True)
+    clock.advance(JOIN_WAIT)
+    assert inner.listened == []

@@ -59,6 +59,9 @@ not run ``STABLE_AFTER`` seconds, up to ``MAXIMUM_RESTART_DELAY``."""
 MAXIMUM_RESTART_DELAY = 30.0
 STABLE_AFTER = 10.0
 """A worker that ran this many seconds before dying is restarted after ``RESTART_DELAY``."""
+JOIN_WAIT = 10.0
+"""Seconds a worker waits for its cluster node to serve before it accepts clients anyway
+(refusing their CONNECT until it serves)."""
 FATAL_STATUSES = (64, 78)
 """A worker exiting with one of these (usage error, configuration error: ``config.py``) cannot
 do better when restarted: the supervisor stops with that status."""
@@ -479,14 +482,18 @@ def worker_settings(environment: Optional[Dict[str, str]] = None) -> Optional[Di
 
 
 class _WhenServing:
-    """An endpoint that listens once this worker's cluster node serves: until then the
-    connections wait in the kernel's queue of the inherited socket instead of being refused
-    while the node joins (as after a restart)."""
+    """An endpoint that listens once this worker's cluster node serves, or ``JOIN_WAIT``
+    seconds after it was asked to, whichever comes first: while the node joins (as after a
+    restart) the connections wait in the kernel's queue of the inherited socket instead of
+    being refused; a node that cannot join (Redis down) accepts, and refuses CONNECT (0x88),
+    rather than leave its clients waiting without an answer."""
 
-    def __init__(self, endpoint: Any, members: Any) -> None:
+    def __init__(self, endpoint: Any, members: Any, clock: Any) -> None:
         self.endpoint = endpoint
         self.members = members
+        self.clock = clock
         self._waiting: List[Tuple[Deferred[Any], Any]] = []
+        self._timer: Any = None
         members.watch_serving(self._serving)
 
     def listen(self, factory: Any) -> Deferred[Any]:
@@ -495,11 +502,26 @@ class _WhenServing:
             return self.endpoint.listen(factory)
         waiting: Deferred[Any] = Deferred(lambda d: self._waiting.remove((d, factory)))
         self._waiting.append((waiting, factory))
+        if self._timer is None:
+            self._timer = self.clock.callLater(JOIN_WAIT, self._waited)
         return waiting
 
+    def _waited(self) -> None:
+        self._timer = None
+        if self._waiting:
+            log.warn("cluster node {name} not serving after {wait}s: accepting clients "
+                     "(refused with 0x88 until it serves)", name=self.members.node.name,
+                     wait=JOIN_WAIT)
+            self._listen_all()
+
     def _serving(self, serving: bool) -> None:
-        if not serving:
-            return
+        if serving:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self._listen_all()
+
+    def _listen_all(self) -> None:
         waiting, self._waiting = self._waiting, []
         for deferred, factory in waiting:
             self.endpoint.listen(factory).chainDeferred(deferred)
@@ -518,7 +540,8 @@ def adopt_listeners(service: Any, reactor: Any, settings: Dict[str, Any]) -> Non
     members = next((child.members for child in service if hasattr(child, "members")), None)
     for listener, (endpoint, fd) in zip(listeners, ports):
         adopted = serverFromString(_Inherited(reactor, fd), endpoint)
-        listener.endpoint = adopted if members is None else _WhenServing(adopted, members)
+        listener.endpoint = (adopted if members is None
+                             else _WhenServing(adopted, members, reactor))
     _die_with_parent()
 
 
