@@ -108,7 +108,8 @@ ROUTES: Tuple[Route, ...] = (
     Route("GET", "openapi.json", "openapi", "This document", public=True),
     Route("GET", "stats", "stats", "This node's figures and the per-second rates of the last "
           "minutes"),
-    Route("GET", "nodes", "nodes", "The nodes (this node only until the broker is a cluster)"),
+    Route("GET", "nodes", "nodes", "The nodes: this one, or every live node of its cluster "
+          "and the cluster's total"),
     Route("GET", "events", "events", "Server-Sent Events: a `stats` event every second"),
     Route("GET", "clients", "clients", "Sessions and their clients, by client id",
           (("search", "string", "part of the client id, user name or address"),) + PAGE),
@@ -175,7 +176,7 @@ class Sampler:
         rates = [max(0, b - a) / elapsed for a, b in zip(last[1], counters)]
         sample = {"t": now, "messages_in": rates[0], "messages_out": rates[1],
                   "bytes_in": rates[2], "bytes_out": rates[3],
-                  "clients": broker.connected, "node": views.node_name()}
+                  "clients": broker.connected, "node": views.node_name(broker)}
         self.samples.append(sample)
         for listener in list(self.listeners):
             listener(sample)
@@ -427,11 +428,14 @@ class ApiResource(Resource):
     def do_stats(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Figures now and the last samples."""
         self.broker.tick()
-        return {"node": views.node_name(), "figures": self.broker.sys_figures(),
+        return {"node": views.node_name(self.broker), "figures": self.broker.sys_figures(),
                 "summary": views.node_view(self.broker), "samples": list(self.sampler.samples)}
 
-    def do_nodes(self, request: Request, identity: Identity) -> Dict[str, Any]:
-        """This node."""
+    def do_nodes(self, request: Request, identity: Identity) -> Any:
+        """This node, or every live node of its cluster and the cluster's total."""
+        admin = views.cluster_admin(self.service)
+        if admin is not None:
+            return admin.nodes()
         self.broker.tick()
         return {"nodes": [views.node_view(self.broker)]}
 
@@ -482,9 +486,16 @@ class ApiResource(Resource):
         """One client."""
         return views.client_detail(self.broker, self._session(client_id))
 
-    def do_kick(self, request: Request, identity: Identity, client_id: str) -> Dict[str, Any]:
-        """Disconnect a client."""
-        if not self.broker.kick(client_id, by=f"dashboard {identity}"):
+    def do_kick(self, request: Request, identity: Identity, client_id: str) -> Any:
+        """Disconnect a client (in a cluster, on whichever node it is connected)."""
+        admin = views.cluster_admin(self.service)
+        by = f"dashboard {identity}"
+        if admin is None:
+            return self._kicked(self.broker.kick(client_id, by=by), client_id)
+        return admin.kick(client_id, by).addCallback(self._kicked, client_id)
+
+    def _kicked(self, kicked: bool, client_id: str) -> Dict[str, Any]:
+        if not kicked:
             raise InputError("client_id", f"no connected client {client_id!r}", 404)
         return {"kicked": client_id}
 

@@ -33,10 +33,18 @@ MASK = "********"
 SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 """A configuration key or URL query field whose name contains one of these is masked."""
 
-def node_name() -> str:
-    """This broker's node name: ``TWISTED_MQTT_NODE``, else the host name and process id (read
-    when asked: a daemon's process id is its own only once it has forked)."""
-    return os.environ.get("TWISTED_MQTT_NODE") or f"{socket.gethostname()}:{os.getpid()}"
+def node_name(broker: Any = None) -> str:
+    """This broker's node name: its name in its cluster, else ``TWISTED_MQTT_NODE``, else the
+    host name and process id (read when asked: a daemon's process id is its own only once it
+    has forked)."""
+    return (getattr(broker, "node_name", None) or os.environ.get("TWISTED_MQTT_NODE")
+            or f"{socket.gethostname()}:{os.getpid()}")
+
+
+def cluster_admin(service: Any) -> Any:
+    """The ``twisted_mqtt.cluster.admin.ClusterAdmin`` of the service's cluster, or None."""
+    return next((part.admin for part in service if getattr(part, "admin", None) is not None),
+                None)
 
 
 class InputError(ValueError):
@@ -131,7 +139,7 @@ def client_summary(broker: Any, session: Any) -> Dict[str, Any]:
         "subscriptions": len(session.subscriptions),
         "queued": len(session.queue),
         "inflight": len(session.inflight),
-        "node": node_name(),
+        "node": node_name(broker),
     }
 
 
@@ -280,7 +288,7 @@ def node_view(broker: Any) -> Dict[str, Any]:
     """This node's figures."""
     figures = broker.sys_figures()
     return {
-        "node": node_name(), "self": True, "status": "running", "version": __version__,
+        "node": node_name(broker), "self": True, "status": "running", "version": __version__,
         "python": f"{sys.implementation.name} {sys.version.split()[0]}",
         "uptime": figures["uptime"], "clients_connected": figures["clients/connected"],
         "sessions": figures["clients/total"], "subscriptions": figures["subscriptions/count"],
