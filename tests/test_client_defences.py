@@ -32,6 +32,7 @@ from twisted_mqtt.packets import (
     Subscription,
     UnsubAck,
 )
+from twisted_mqtt.properties import Properties
 
 # -- acknowledgements that do not match ----------------------------------------------------------
 
@@ -145,6 +146,23 @@ def test_disconnect_from_a_server_that_does_not_read_ends() -> None:
     assert peer.transport.disconnected
     peer.lose()
     assert result == [None]
+
+
+def test_reason_strings_cannot_forge_log_lines(logged: List[str]) -> None:
+    """A server's reason string (DISCONNECT, a refused CONNACK) is shown with its control
+    characters escaped and cut at 200 characters: a server cannot write lines of its own into
+    the log, nor make one line of a megabyte."""
+    reason = "maintenance\nMQTT client c1: connected as admin" + "x" * 60_000
+    reactor, client, peer = connected(V5)
+    peer.send(Disconnect(0x8B, Properties(reason_string=reason)))
+    reactor, client = make(V5)
+    result = outcome(client.connect())
+    Peer(reactor, V5).send(ConnAck(reason_code=0x87, properties=Properties(
+        reason_string=reason)))
+    lines = [line for line in logged if "maintenance" in line]
+    assert len(lines) == 2 and str(result[0].value) in lines[1]
+    for line in lines:
+        assert "\n" not in line and "maintenance\\nMQTT" in line and len(line) < 400
 
 
 # -- connecting ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from twisted_mqtt.client._errors import (
     MQTTClientError,
     PublishFailed,
     QueueFull,
+    shown_reason,
 )
 from twisted_mqtt.client._protocol import MQTTClientProtocol, ProtocolFactory, client_endpoint
 from twisted_mqtt.client._values import (
@@ -808,7 +809,7 @@ class MQTTClient:
                       "{text}", client_id=self.client_id,
                       reason=reason_name(packet.reason_code, PacketType.DISCONNECT),
                       code=packet.reason_code,
-                      text=(f": {packet.properties.reason_string}"
+                      text=(f": {shown_reason(packet.properties.reason_string)}"
                             if packet.properties.reason_string else ""))
         if self._protocol is not None:
             self._protocol.transport.loseConnection()

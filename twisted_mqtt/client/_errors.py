@@ -10,9 +10,20 @@ from twisted_mqtt.packets import (
 )
 from twisted_mqtt.properties import NO_PROPERTIES, Properties
 
+REASON_SHOWN = 200
+"""Characters of a server's reason string shown in messages and logs."""
+
+
+def shown_reason(text: str) -> str:
+    """A server's reason string as shown: at most ``REASON_SHOWN`` characters, control
+    characters escaped (a server cannot write lines of its own into the log)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:REASON_SHOWN])
+    return shown + "..." if len(text) > REASON_SHOWN else shown
+
 
 def _with_reason_string(text: str, properties: Properties) -> str:
-    return f"{text}: {properties.reason_string}" if properties.reason_string else text
+    reason = properties.reason_string
+    return f"{text}: {shown_reason(reason)}" if reason else text
 
 
 class MQTTClientError(Exception):
