@@ -22,6 +22,7 @@ from twisted_mqtt.codec import encode
 from twisted_mqtt.packets import (
     ConnAck,
     Disconnect,
+    PingReq,
     PubAck,
     PubComp,
     Publish,
@@ -221,6 +222,18 @@ def test_connect_timeout_covers_the_connection_attempt() -> None:
     assert len(endpoint.attempts) == 2 and result == []
     reactor.advance(1.0)
     assert len(endpoint.attempts) == 3
+
+
+def test_server_keep_alive_of_zero_does_not_blind_the_client() -> None:
+    """A Server Keep Alive of 0 does not stop the client from probing at its own keep alive (a
+    server answers every PINGREQ [MQTT-3.12.4-1]): a server that then goes silent is found out
+    and the connection closed."""
+    reactor, client, peer = connected(V5, {"properties": Properties(server_keep_alive=0)},
+                                      keep_alive=10, ping_timeout=5)
+    reactor.advance(10)
+    assert peer.received() == [PingReq()]
+    reactor.advance(5)
+    assert peer.transport.disconnected
 
 
 # -- back-pressure -------------------------------------------------------------------------------

@@ -431,8 +431,10 @@ class MQTTClient:
             else 0
         self._server_maximum_qos = 2 if props.maximum_qos is None else props.maximum_qos
         self._server_retain = props.retain_available != 0
-        self._keep_alive = (props.server_keep_alive if props.server_keep_alive is not None
-                            else self.keep_alive)
+        # The Server Keep Alive replaces the client's [MQTT-3.2.2-21]; one of 0 frees the client
+        # from pinging, but it still probes at its own interval (a PINGREQ may be sent at any
+        # time), so that a server cannot keep it on a dead connection forever.
+        self._keep_alive = props.server_keep_alive or self.keep_alive
         self._aliases_out = {}
         self._aliases_in = {}
         result = self.connect_result = ConnectResult(ack.session_present, ack.reason_code, props)
