@@ -3,6 +3,7 @@ remote scripted byte for byte through the bridge's own client."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, List, Tuple
 
@@ -16,20 +17,22 @@ from twisted_mqtt.bridges.mqtt_settings import Bridges, BridgeSettings, parse_ru
 from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.config import Invalid
 from twisted_mqtt.inline import InlineMessage
-from twisted_mqtt.packets import Connect, Disconnect, Publish, SubAck, Subscribe
+from twisted_mqtt.packets import ConnAck, Connect, Disconnect, Publish, SubAck, Subscribe
 from twisted_mqtt.testing import InMemoryBroker
 
 V5 = 5
 
 
 def start_bridge(level: int = V5, capabilities: Any = None, rules: Tuple[str, ...] = (
-        "# in 1 here/ there/",)) -> Tuple[InMemoryBroker, MqttBridge, MemoryReactorClock]:
-    """A started bridge on an in-memory broker; its client connects through the reactor."""
+        "# in 1 here/ there/",), **settings: Any
+                 ) -> Tuple[InMemoryBroker, MqttBridge, MemoryReactorClock]:
+    """A started bridge on an in-memory broker (``settings``: more ``BridgeSettings``); its
+    client connects through the reactor."""
     broker = InMemoryBroker(capabilities or Capabilities(sys_interval=0))
     reactor = MemoryReactorClock()
     bridge = MqttBridge(broker.broker, BridgeSettings(
         "b", "tcp:host=127.0.0.1:port=1883", tuple(parse_rule(rule) for rule in rules),
-        protocol="5" if level == V5 else "3.1.1"), reactor=reactor)
+        protocol="5" if level == V5 else "3.1.1", **settings), reactor=reactor)
     bridge.startService()
     return broker, bridge, reactor
 
@@ -54,6 +57,24 @@ def test_password_is_never_shown_in_a_configuration_error() -> None:
         shown = f"{refused.value} {refused.value.problem}"
         assert "password" in str(refused.value.path) + shown
         assert "123456" not in shown and "hunter2" not in shown and "1.5" not in shown
+
+
+def test_password_is_never_logged_nor_published(logged: List[str]) -> None:
+    """The password goes in CONNECT and nowhere else: not in the log lines of a connection, a
+    refusal (CONNACK 0x86) or a loss, not in the bridge's status or its ``repr``."""
+    broker, bridge, reactor = start_bridge(username="site1", password="pw-8d1f3")
+    remote = Peer(reactor, V5)
+    (connect,) = remote.received()
+    assert isinstance(connect, Connect) and connect.password == b"pw-8d1f3"
+    remote.send(ConnAck(reason_code=0x86))
+    remote.lose()
+    reactor.advance(60)
+    remote, _connect = accepted(reactor)
+    remote.lose()
+    assert len(logged) > 3
+    assert not [line for line in logged if "pw-8d1f3" in line]
+    assert "pw-8d1f3" not in repr(bridge) + json.dumps(bridge.status())
+    bridge.stopService()
 
 
 def test_remote_is_told_the_local_maximum_packet_size() -> None:
