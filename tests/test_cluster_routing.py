@@ -49,6 +49,8 @@ class Node:
         self.router = Router(self.broker, self.engine, self.members)
         self.router.start()
         self.scripts: List[Tuple[str, List[Any]]] = []
+        self.announced = 0
+        """The version of this node's last route announcement."""
 
     def engine_up(self) -> None:
         """Let the engine answer every script with success, recording each call."""
@@ -64,9 +66,9 @@ def pair() -> Tuple[Node, Node]:
     return Node("a"), Node("b")
 
 
-def announce(name: str, full: str, *ops: str) -> bytes:
-    """A route announcement as the engine's script publishes it."""
-    return json.dumps([name, full, list(ops)]).encode("utf-8")
+def announce(name: str, full: str, *ops: str, version: int = 1) -> bytes:
+    """A route announcement as the engine's script publishes it (epoch 1)."""
+    return json.dumps([name, full, list(ops), "1", version]).encode("utf-8")
 
 
 def sync_routes(*nodes: Node) -> None:
@@ -75,7 +77,8 @@ def sync_routes(*nodes: Node) -> None:
         changes, node.router._pending_changes = node.router._pending_changes, []
         if not changes:
             continue
-        text = announce(node.name, "0", *changes)
+        node.announced += 1
+        text = announce(node.name, "0", *changes, version=node.announced)
         for other in nodes:
             if other is not node:
                 other.router._routes_changed(text)
@@ -268,11 +271,30 @@ def test_subscription_to_remote_filters_survives_route_reload() -> None:
     a, b = pair()
     b.router._routes_changed(announce("a", "0", "+x", "+y", "+new\nline"))
     assert b.router.remote_filters("a") == {"x", "y", "new\nline"}
-    b.router._routes_changed(announce("a", "1", "+y", "+z"))
+    b.router._routes_changed(announce("a", "1", "+y", "+z", version=2))
     assert b.router.remote_filters("a") == {"y", "z"}
     b.router._member("down", "a")
     assert b.router.remote_filters("a") == set()
     assert not [cid for cid in b.broker.sessions if cid.startswith("\x00")]
+
+
+def test_a_missed_announcement_makes_the_node_read_the_routes_again() -> None:
+    """Announcements carry their version: an old one is ignored, one after a gap (an
+    announcement lost while the channel was down) is not applied but makes the node read the
+    whole list, which replaces the mirror unless a newer announcement came meanwhile."""
+    a, b = pair()
+    b.engine_up()
+    b.router._routes_changed(announce("a", "0", "+x", version=1))
+    b.router._routes_changed(announce("a", "0", "-x", version=1))  # a repeat: ignored
+    assert b.router.remote_filters("a") == {"x"}
+    b.router._routes_changed(announce("a", "0", "+z", version=3))  # version 2 was lost
+    assert b.router.remote_filters("a") == {"x"}
+    assert [args for _source, args in b.scripts] == [["a"]]  # the routes read again
+    b.router._loaded([b"1", [b"\0v", b"x", b"y", b"z"], b"3"], "a")
+    assert b.router.remote_filters("a") == {"x", "y", "z"}
+    b.router._routes_changed(announce("a", "0", "-y", version=4))
+    b.router._loaded([b"1", [b"x", b"y", b"z"], b"3"], "a")  # a late reply: older
+    assert b.router.remote_filters("a") == {"x", "z"}
 
 
 def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:

@@ -62,7 +62,12 @@ still the member's: 0 (nothing sent) for a fenced, stale node."""
 
 ROUTES = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '1' then
+  local kept = redis.call('HGET', KEYS[2], '\\0v') or '0'
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], '\\0v', kept)
+end
+local version = redis.call('HINCRBY', KEYS[2], '\\0v', 1)
 for i = 4, #ARGV do
   local op = string.sub(ARGV[i], 1, 1)
   local f = string.sub(ARGV[i], 2)
@@ -70,12 +75,22 @@ for i = 4, #ARGV do
 end
 local ops = {}
 for i = 4, #ARGV do ops[#ops + 1] = ARGV[i] end
-redis.call('PUBLISH', KEYS[3], cjson.encode({ARGV[1], ARGV[3], ops}))
+redis.call('PUBLISH', KEYS[3], cjson.encode({ARGV[1], ARGV[3], ops, ARGV[2], version}))
 return 1
 """
 """Change this node's routes (``ARGV[3]`` 1: replace them all), fenced by its epoch, and
-announce the change as JSON ``[node, "1" or "0", ["+filter" or "-filter", ...]]`` (a filter may
-hold any character but U+0000, a line break too)."""
+announce the change as JSON ``[node, "1" or "0", ["+filter" or "-filter", ...], epoch,
+version]`` (a filter may hold any character but U+0000, a line break too).  The version, the
+hash's field ``\\0v``, grows by one with each change of the node's routes."""
+
+READ = """
+return {redis.call('HGET', KEYS[1], ARGV[1]) or '0', redis.call('HKEYS', KEYS[2]),
+        redis.call('HGET', KEYS[2], '\\0v') or '0'}
+"""
+"""A member's epoch, its route hash's fields and version, read at once."""
+
+Version = Tuple[int, int]
+"""(epoch, version) of a node's routes: later ones compare greater."""
 
 
 class RemoteTarget(ApplicationTarget):
@@ -121,6 +136,8 @@ class Router:
         self.members = members
         self.node = members.node
         self.peers: Dict[str, _Peer] = {}
+        self._versions: Dict[str, Version] = {}
+        """The version of each node's routes applied here."""
         self.claim_handler: Optional[Callable[[str, Message, str], None]] = None
         """Called with (dead node, message, shared filter) for each message claimed from a dead
         node's stream; by default the message goes to the current subscribers of its topic."""
@@ -233,23 +250,37 @@ class Router:
             self._claim(name)
 
     def _load(self, name: str) -> None:
-        self.engine.command("HKEYS", self.members.route_key(name)).addCallbacks(
-            self._loaded, lambda _: None, callbackArgs=(name,))
+        engine = self.engine
+        engine.script(READ, [engine.key("nodes"), self.members.route_key(name)],
+                      [name]).addCallbacks(self._loaded, lambda _: None, callbackArgs=(name,))
 
-    def _loaded(self, filters: List[bytes], name: str) -> None:
-        if name in self.members.members:
-            self._replace(name, {f.decode("utf-8") for f in filters})
+    def _loaded(self, reply: List[Any], name: str) -> None:
+        version = (int(reply[0]), int(reply[2]))
+        if name not in self.members.members or version < self._versions.get(name, (0, 0)):
+            return  # a newer announcement was applied meanwhile
+        self._versions[name] = version
+        self._replace(name, {f.decode("utf-8") for f in reply[1] if f != b"\0v"})
 
     def _routes_changed(self, message: bytes) -> None:
         try:
-            name, full, ops = json.loads(message)
-        except ValueError:
+            name, full, ops, epoch, number = json.loads(message)
+            version = (int(epoch), int(number))
+        except (ValueError, TypeError):
             log.warn("cluster: bad route announcement ignored")
             return
         if not isinstance(ops, list):
             ops = []  # Lua's cjson encodes an empty list as {}
         if name == self.node.name or name not in self.members.members:
             return
+        known = self._versions.get(name, (0, 0))
+        if version <= known:
+            return
+        follows = version == (known[0], known[1] + 1) or (version[0] > known[0]
+                                                          and version[1] == 1)
+        if full != "1" and not follows:
+            self._load(name)  # an announcement was missed: read the whole list
+            return
+        self._versions[name] = version
         if full == "1":
             self._replace(name, {op[1:] for op in ops if op[:1] == "+"})
             return
@@ -300,6 +331,7 @@ class Router:
             del self.peers[name]
 
     def _forget(self, name: str) -> None:
+        self._versions.pop(name, None)
         peer = self.peers.get(name)
         if peer is not None:
             for topic_filter in list(peer.filters):
