@@ -766,11 +766,10 @@ class MQTTClient:
         if self._held:
             self._acks_held += 1
             if self._acks_held > self.receive_maximum and not self._reading_paused:
-                self._reading_paused = True
                 self.log.info("MQTT client {client_id}: the server does not read its "
                               "acknowledgements: reading paused until it does",
                               client_id=self.client_id)
-                self._protocol.transport.pauseProducing()  # type: ignore[union-attr]
+                self._pause_reading()
 
     def _on_suback(self, ack: Union[SubAck, UnsubAck]) -> None:
         request = self._requests.get(ack.packet_id)
@@ -872,12 +871,16 @@ class MQTTClient:
         if protocol is None or protocol.closing:
             return
         protocol.closing = True
-        pause = getattr(protocol.transport, "pauseProducing", None)
+        self._pause_reading()
+        protocol.transport.loseConnection()
+        self._timer("close", CLOSE_TIMEOUT, self._abort)
+
+    def _pause_reading(self) -> None:
+        """Read nothing more from the server until ``_paused(False)`` (if the transport can)."""
+        pause = getattr(self._protocol and self._protocol.transport, "pauseProducing", None)
         if pause is not None and not self._reading_paused:
             self._reading_paused = True
             pause()
-        protocol.transport.loseConnection()
-        self._timer("close", CLOSE_TIMEOUT, self._abort)
 
     def _paused(self, protocol: MQTTClientProtocol, paused: bool) -> None:
         if protocol is self._protocol:
