@@ -297,6 +297,23 @@ def _receive_maximum(number: int) -> Any:
     return Properties(receive_maximum=number)
 
 
+def test_incoming_qos2_sent_again_after_a_reconnection_is_delivered_once() -> None:
+    """A QoS 2 message received but not released when the connection broke, sent again (DUP)
+    in the resumed session, is acknowledged and not delivered twice [MQTT-4.3.3-10]; in a new
+    session its identifier is new again."""
+    reactor, client, peer = connected(V5, session_expiry_interval=60)
+    got: List[bytes] = []
+    client.on_message = lambda message: got.append(message.payload)
+    peer.send(Publish("t", b"once", 2, packet_id=9))
+    peer, _connect = reconnected(reactor, peer, session_present=True)
+    peer.send(Publish("t", b"once", 2, dup=True, packet_id=9), PubRel(9))
+    assert peer.received() == [PubRec(9), PubComp(9)] and got == [b"once"]
+    peer.send(Publish("t", b"again", 2, packet_id=9))
+    peer, _connect = reconnected(reactor, peer, session_present=False)
+    peer.send(Publish("t", b"new", 2, packet_id=9))
+    assert got == [b"once", b"again", b"new"]
+
+
 @pytest.mark.parametrize("options", [
     {"initial": 0.0}, {"jitter": 1.0}, {"jitter": -0.1}, {"factor": 0.5},
     {"initial": 10.0, "maximum": 5.0}])
