@@ -169,7 +169,7 @@ def test_nodes_listed_and_a_killed_one_gone(cluster: Nodes, key: Path) -> None:
         doomed.proc.wait(30)
         killed = time.monotonic()
         wait_for(lambda: "a9" not in names(cluster[1], key), "a9 gone")
-        assert time.monotonic() - killed < LEASE * 3
+        assert time.monotonic() - killed < LEASE * 2  # its lease, and slack for a busy machine
         total = api(cluster[1], key).get("/api/v1/nodes")["total"]
         assert total["nodes"] == 3
     finally:
