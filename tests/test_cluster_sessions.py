@@ -337,6 +337,58 @@ def test_takeover_of_a_connected_client_on_another_node(cluster: Cluster) -> Any
     assert "twice" not in a.broker.sessions and "twice" in b.broker.sessions
 
 
+@pytest.mark.parametrize("held_by_dead_node", [False, True])
+@pytest_twisted.inlineCallbacks
+def test_same_client_id_on_two_nodes_at_once(cluster: Cluster,
+                                             redis_server: RedisServer,  # noqa: F811
+                                             held_by_dead_node: bool) -> Any:
+    """Two clients with one client id connecting on two nodes at the same moment (a new client
+    id, or one whose session a dead node held, which both take and read): one ends up
+    connected, on the node that owns the session in Redis; the other is taken over (DISCONNECT
+    0x8E [MQTT-3.1.4-3]) or refused."""
+    from twisted_mqtt.packets import Connect
+
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    if held_by_dead_node:
+        c = cluster.node("c", 3)
+        yield cluster.up()
+        yield left_offline(cluster, c, "twin", "twin/#")
+        yield cluster.settle()
+        yield c.engine.stop()
+        cluster.nodes.remove(c)
+        for node in (a, b):
+            del node.members.members["c"]
+    yield cluster.up()
+    clients = {"a": a.client(), "b": b.client()}
+    for client in clients.values():
+        client.send(Connect("twin", V5, True, 0))
+    seen: Dict[str, List[Any]] = {"a": [], "b": []}
+
+    def settled() -> bool:
+        for name, client in clients.items():
+            seen[name].extend(client.received())
+        return all(any(isinstance(p, ConnAck) for p in got) for got in seen.values())
+
+    yield cluster.settle(settled)
+    yield cluster.settle()
+    for name, client in clients.items():
+        seen[name].extend(client.received())
+    connected = [name for name, node in (("a", a), ("b", b))
+                 if "twin" in node.broker.sessions
+                 and node.broker.sessions["twin"].connection is not None]
+    assert len(connected) == 1, seen
+    winner = connected[0]
+    loser = "b" if winner == "a" else "a"
+    lost = seen[loser]
+    assert Disconnect(0x8E) in lost or any(
+        isinstance(p, ConnAck) and p.reason_code == 0x88 for p in lost), lost
+    prefix = cluster.url.split("prefix=")[1]
+    reply = redis_server.command("EVAL", "return {ok=redis.call('HGET', KEYS[1], 'twin')}",
+                                 "1", f"{prefix}cluster:sessions:owner")
+    assert reply.decode().endswith(f":{winner}")
+
+
 @pytest_twisted.inlineCallbacks
 def test_owner_that_does_not_answer_is_fenced(
         cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
