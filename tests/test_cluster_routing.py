@@ -278,6 +278,17 @@ def test_subscription_to_remote_filters_survives_route_reload() -> None:
     assert not [cid for cid in b.broker.sessions if cid.startswith("\x00")]
 
 
+def test_sys_topics_stay_on_their_node() -> None:
+    """Each node publishes its own $SYS figures: a subscriber to ``$SYS/#`` on another node
+    gets that node's, never these."""
+    a, b = pair()
+    watcher = join(b.hub, "w")
+    subscribe(watcher, "$SYS/#", 0)
+    sync_routes(a, b)
+    a.broker.inline.publish("$SYS/broker/uptime", b"1")
+    assert carry(a, b) == 0
+
+
 def test_a_missed_announcement_makes_the_node_read_the_routes_again() -> None:
     """Announcements carry their version: an old one is ignored, one after a gap (an
     announcement lost while the channel was down) is not applied but makes the node read the

@@ -345,7 +345,10 @@ class Router:
     # -- sending --------------------------------------------------------------------------------
 
     def send(self, node: str, message: Message, retain: bool, share: str, qos: int) -> None:
-        """Queue ``message`` for ``node`` (sent at the end of this reactor turn)."""
+        """Queue ``message`` for ``node`` (sent at the end of this reactor turn); ``$SYS``
+        messages stay on their node (each node publishes its own figures)."""
+        if message.topic.startswith("$SYS"):
+            return
         record = encode_record(message, retain, share, self.broker.now)
         if record is None:
             return
