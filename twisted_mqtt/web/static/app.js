@@ -283,9 +283,15 @@
       setSeries(stats.samples);
     }
     const nodes = await api("GET", "nodes");
-    fill($("nodes-table").tBodies[0], nodes.nodes.map((n) => row(
-      [n.node, n.status, n.version, duration(n.uptime), n.clients_connected,
-       bytes(n.memory_bytes)])));
+    const nodeRows = nodes.nodes.map((n) => row(
+      [n.node, n.status, n.version, n.uptime == null ? "" : duration(n.uptime),
+       n.clients_connected, bytes(n.memory_bytes)]));
+    if (nodes.total) {  // a cluster: its total under its nodes
+      nodeRows.push(row(["cluster (" + nodes.total.nodes + " nodes)", "", "", "",
+                         nodes.total.clients_connected, bytes(nodes.total.memory_bytes)],
+                        { "class": "total" }));
+    }
+    fill($("nodes-table").tBodies[0], nodeRows);
   }
 
   function startEvents() {
