@@ -402,7 +402,7 @@ def test_browser_session(dashboard: Dashboard) -> None:
 def test_event_stream(dashboard: Dashboard) -> None:
     """``/api/v1/events`` sends a ``stats`` event every second."""
     with socket.create_connection(("127.0.0.1", dashboard.port), timeout=10) as sock:
-        sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {dashboard.key}"
+        sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {dashboard.key}"
                      "\r\n\r\n".encode())
         received = b""
         while received.count(b"event: stats") < 2:
@@ -498,7 +498,7 @@ def test_stop_with_an_event_stream_open(start_broker: StartBroker, tmp_path: Pat
     stream is ended."""
     dashboard = start_dashboard(start_broker, tmp_path)
     with socket.create_connection(("127.0.0.1", dashboard.port), timeout=10) as sock:
-        sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {dashboard.key}"
+        sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {dashboard.key}"
                      "\r\n\r\n".encode())
         assert b"text/event-stream" in sock.recv(65536)
         dashboard.broker.check_clean_exit()

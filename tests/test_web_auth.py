@@ -17,6 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from tests.spec import check_cited_labels
 from twisted_mqtt.auth.passwords import ServerBusy
+from twisted_mqtt.dashboard_limits import DashboardLimits
 from twisted_mqtt.testing import InMemoryBroker
 from twisted_mqtt.web import auth as web_auth
 from twisted_mqtt.web.api import ApiResource, Sampler
@@ -62,11 +63,11 @@ def test_session_expires_when_idle() -> None:
     assert auth.session(b"\xff not ascii") is None
 
 
-def test_sessions_are_bounded(monkeypatch: Any) -> None:
-    """Beyond ``MAX_SESSIONS`` the least recently used session is forgotten."""
-    monkeypatch.setattr(web_auth, "MAX_SESSIONS", 3)
+def test_sessions_are_bounded() -> None:
+    """Beyond ``dashboard.max_sessions`` the least recently used session is forgotten."""
     clock = Clock()
-    auth = DashboardAuth({"admin": "$2b$04$x"}, {}, Verifier(True), clock)
+    auth = DashboardAuth({"admin": "$2b$04$x"}, {}, Verifier(True), clock,
+                         DashboardLimits(max_sessions=3))
     tokens = []
     for _ in range(4):
         clock.advance(1)

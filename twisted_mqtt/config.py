@@ -46,6 +46,7 @@ from twisted_mqtt.capabilities import (
     DEFAULT_COMPATIBILITIES,
     Compatibilities,
 )
+from twisted_mqtt.dashboard_limits import DEFAULT_DASHBOARD_LIMITS
 from twisted_mqtt.logs import FORMATS, LEVELS, LogOutput, parse_level, use_with_twistd
 
 if TYPE_CHECKING:
@@ -872,6 +873,13 @@ def _capability(name: str, check: Check, help: str, option: Optional[str] = None
                apply=None if option else _into("capability-settings", name))
 
 
+def _dashboard(name: str, check: Check, help: str, option: Optional[str] = None) -> Key:
+    default = getattr(DEFAULT_DASHBOARD_LIMITS, name)
+    return Key(f"dashboard.{name}", check,
+               list(default) if isinstance(default, tuple) else default, help, option,
+               apply=None if option else _into("dashboard-limits", name))
+
+
 def _compatibility(name: str, help: str) -> Key:
     return Key(f"compatibilities.{name}", Boolean(), getattr(DEFAULT_COMPATIBILITIES, name),
                help, apply=_into("compatibility-settings", name))
@@ -903,6 +911,31 @@ KEYS: Tuple[Key, ...] = (
     Key("dashboard.api_keys_file", Maybe(Text()), None,
         "the admin API keys: a file of name:key lines, each key of 24 characters or more",
         "dashboard-api-keys"),
+    _dashboard("max_body", Integer(1), "the largest request body the dashboard accepts, bytes"),
+    _dashboard("max_streams", Integer(0), "dashboard event streams open at once, in all"),
+    _dashboard("max_streams_per_user", Integer(0),
+               "dashboard event streams one user or API key may hold open at once"),
+    _dashboard("stream_stall", Number(0.0, strict=True),
+               "seconds an event stream's reader may leave its events unread before the "
+               "stream is closed"),
+    _dashboard("max_sessions", Integer(1), "dashboard browser sessions kept at once"),
+    _dashboard("session_idle", Number(0.0, strict=True),
+               "seconds a dashboard browser session lasts without a request",
+               "dashboard-session-idle"),
+    _dashboard("idle_timeout", Number(0.0, strict=True),
+               "seconds a dashboard HTTP connection may stay idle"),
+    _dashboard("sign_in_attempts", Integer(1),
+               "failed dashboard sign-ins in a row allowed from one address or for one user "
+               "before each further attempt waits a doubling back-off",
+               "dashboard-sign-in-attempts"),
+    _dashboard("sign_in_backoff", Number(0.0, strict=True),
+               "the longest dashboard sign-in back-off, seconds"),
+    _dashboard("payload_view_bytes", Integer(1),
+               "payload bytes one retained message's dashboard view shows (the rest is cut, "
+               "and the view says so)"),
+    _dashboard("allowed_hosts", ListOf(Text(), "host names"),
+               "Host header names a loopback dashboard listener accepts besides loopback ones "
+               "(a reverse proxy's name; other names are refused against DNS rebinding)"),
     # capabilities (limits, advertised in CONNACK)
     _capability("maximum_packet_size", Integer(1, 268435460),
                 "largest packet accepted from a client, bytes", "max-packet-size"),

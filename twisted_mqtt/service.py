@@ -104,19 +104,25 @@ class BrokerService(MultiService):
 
     def add_dashboard_listener(self, endpoint: str, users: Optional[Dict[str, str]] = None,
                                api_keys: Optional[Dict[str, str]] = None,
-                               config: Optional[Dict[str, Any]] = None) -> ListenerService:
+                               config: Optional[Dict[str, Any]] = None,
+                               limits: Any = None) -> ListenerService:
         """Serve the dashboard and the admin API (``twisted_mqtt.web``) over HTTP (HTTPS with
         an ``ssl:`` endpoint) to the dashboard ``users`` (name -> password hash) and the
-        holders of ``api_keys`` (name -> key); ``config`` is the configuration it shows."""
+        holders of ``api_keys`` (name -> key); ``config`` is the configuration it shows,
+        ``limits`` a ``twisted_mqtt.dashboard_limits.DashboardLimits`` (default: its
+        defaults)."""
+        from twisted_mqtt.dashboard_limits import DEFAULT_DASHBOARD_LIMITS
         from twisted_mqtt.web import DashboardListener, dashboard_site
         from twisted_mqtt.web.auth import DashboardAuth
 
-        auth = DashboardAuth(users or {}, api_keys or {}, clock=self.reactor)
+        limits = limits or DEFAULT_DASHBOARD_LIMITS
+        auth = DashboardAuth(users or {}, api_keys or {}, clock=self.reactor, limits=limits)
         if not auth.configured:
             log.warn("dashboard {endpoint}: no dashboard users or API keys; every API request "
                      "will be refused (--dashboard-users, --dashboard-api-keys)",
                      endpoint=endpoint)
-        site = dashboard_site(self, auth, config or {}, endpoint.startswith(("ssl:", "mqtts:")))
+        site = dashboard_site(self, auth, config or {}, endpoint.startswith(("ssl:", "mqtts:")),
+                              limits)
         listener = DashboardListener(self.reactor, endpoint, site, site.api)  # type: ignore
         return self._adopt(listener, f"dashboard {endpoint}")
 

@@ -29,6 +29,7 @@ from twisted_mqtt.config import (
     options_in_force,
     websocket_listeners,
 )
+from twisted_mqtt.dashboard_limits import DEFAULT_DASHBOARD_LIMITS, DashboardLimits
 from twisted_mqtt.service import BrokerService
 
 if TYPE_CHECKING:
@@ -108,6 +109,13 @@ class Options(usage.Options, AuthOptionMixin):
         ["dashboard-api-keys", None, None,
          "The admin API keys: a file of name:key lines (also TWISTED_MQTT_DASHBOARD_API_KEY="
          "NAME:KEY); scripts send the key in the X-API-Key header."],
+        ["dashboard-session-idle", None, DEFAULT_DASHBOARD_LIMITS.session_idle,
+         "Seconds a dashboard browser session lasts without a request.",
+         OptionValue("dashboard-session-idle")],
+        ["dashboard-sign-in-attempts", None, DEFAULT_DASHBOARD_LIMITS.sign_in_attempts,
+         "Failed dashboard sign-ins in a row allowed from one address or for one user name "
+         "before each further attempt waits a back-off doubling up to "
+         "dashboard.sign_in_backoff seconds.", OptionValue("dashboard-sign-in-attempts")],
         ["auth-ledger", None, None,
          "Authenticate clients and authorise topics by the rules of this YAML or JSON ledger "
          "file (Mochi MQTT's format; reloaded on SIGHUP)."],
@@ -308,6 +316,13 @@ class Options(usage.Options, AuthOptionMixin):
             raise ConfigError(str(error), path="--dashboard-api-keys") from None
         self["dashboard-settings"] = (users, keys)
 
+    def dashboard_limits(self) -> DashboardLimits:
+        """The dashboard's limits these options set."""
+        return DashboardLimits.from_settings({
+            **(self.get("dashboard-limits") or {}),
+            "session_idle": self["dashboard-session-idle"],
+            "sign_in_attempts": self["dashboard-sign-in-attempts"]})
+
     def capabilities(self) -> Capabilities:
         """The limits these options set."""
         return Capabilities(
@@ -366,7 +381,8 @@ def makeService(options: Options, reactor: Any = None) -> Union[BrokerService, S
         service.add_stats_listener(endpoint)
     for endpoint in options["dashboard"]:
         users, keys = options["dashboard-settings"]
-        service.add_dashboard_listener(endpoint, users, keys, options_in_force(options))
+        service.add_dashboard_listener(endpoint, users, keys, options_in_force(options),
+                                       options.dashboard_limits())
     if options["bridges"]:
         from twisted_mqtt.bridges.mqtt import add_bridges
 

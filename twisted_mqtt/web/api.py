@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import re
 from collections import deque
 from operator import attrgetter
@@ -18,12 +19,15 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Pattern,
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from twisted_mqtt.auth.passwords import ServerBusy
 from twisted_mqtt.bans import KINDS, BanError
+from twisted_mqtt.dashboard_limits import DEFAULT_DASHBOARD_LIMITS, DashboardLimits
 from twisted_mqtt.errors import CodecError
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.topics import validate_topic_filter
@@ -33,11 +37,13 @@ from twisted_mqtt.web.views import InputError
 
 log = Logger()
 
-MAX_BODY = 256 * 1024
-"""The largest request body accepted, bytes (a published payload is at most this, less its
-JSON and base64 overhead)."""
-MAX_STREAMS = 32
-"""Server-Sent Events streams open at once."""
+MAX_BODY = DEFAULT_DASHBOARD_LIMITS.max_body
+"""The largest request body accepted by default, bytes (a published payload is at most this,
+less its JSON and base64 overhead)."""
+MAX_USER_NAME = 256
+"""The longest user name a sign-in may give."""
+MAX_PASSWORD = 1024
+"""The longest password a sign-in may give."""
 HISTORY = 600
 """Seconds of per-second figures kept for the charts."""
 PREFIX = "/api/v1/"
@@ -192,15 +198,16 @@ def _query(request: Request) -> Dict[str, str]:
     return args
 
 
-def _body(request: Request) -> Dict[str, Any]:
+def _body(request: Request, longest: int = MAX_BODY) -> Dict[str, Any]:
     kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if kind != b"application/json":
         raise InputError("content-type", "must be application/json", 415)
-    assert request.content is not None
+    if request.content is None:
+        raise InputError("body", "missing")
     request.content.seek(0)
-    raw = request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InputError("body", f"larger than {MAX_BODY} bytes", 413)
+    raw = request.content.read(longest + 1)
+    if len(raw) > longest:
+        raise InputError("body", f"larger than {longest} bytes", 413)
     try:
         found = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -208,6 +215,12 @@ def _body(request: Request) -> Dict[str, Any]:
     if not isinstance(found, dict):
         raise InputError("body", "must be a JSON object")
     return found
+
+
+def _client_host(request: Request) -> str:
+    """The client's address (its host), or its description for a non-IP transport."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
 
 
 def _still_open(request: Request) -> bool:
@@ -270,13 +283,59 @@ def _payload(body: Mapping[str, Any]) -> bytes:
     raise InputError("encoding", "must be text, base64 or hex")
 
 
+@implementer(IPushProducer)
+class EventStream:
+    """One Server-Sent Events stream.  Its events are written while the reader keeps up; when
+    the connection's send buffer fills, the transport pauses it and events are skipped (the
+    bytes queued for a slow reader stay bounded by that buffer), and a stream paused longer
+    than ``stall`` seconds is closed."""
+
+    def __init__(self, request: Request, who: str, stall: float, clock: Any) -> None:
+        self.request = request
+        self.who = who
+        self.stall = stall
+        self.clock = clock
+        self.paused_at: Optional[float] = None
+        self.skipped = 0
+
+    def pauseProducing(self) -> None:
+        """The reader is behind: skip events."""
+        if self.paused_at is None:
+            self.paused_at = float(self.clock.seconds())
+
+    def resumeProducing(self) -> None:
+        """The reader caught up."""
+        self.paused_at = None
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self.paused_at = None
+
+    def send(self, data: bytes) -> None:
+        """Write one event, unless the reader is behind (then close a stream stalled too
+        long)."""
+        if not _still_open(self.request):
+            return
+        if self.paused_at is None:
+            self.request.write(data)
+            return
+        self.skipped += 1
+        if self.clock.seconds() - self.paused_at > self.stall:
+            log.info("dashboard: closed the event stream of {who}: its reader left events "
+                     "unread for {stall} s", who=self.who, stall=self.stall)
+            transport: Any = self.request.channel.transport if self.request.channel else None
+            if transport is not None:
+                transport.abortConnection()
+
+
 class ApiResource(Resource):
     """``/api/v1/``: dispatches to the routes; ``service`` is the ``BrokerService``."""
 
     isLeaf = True
 
     def __init__(self, service: Any, auth: DashboardAuth, sampler: Sampler,
-                 config: Mapping[str, Any], secure: bool = False) -> None:
+                 config: Mapping[str, Any], secure: bool = False,
+                 limits: DashboardLimits = DEFAULT_DASHBOARD_LIMITS) -> None:
         super().__init__()
         self.service = service
         self.broker = service.broker
@@ -284,8 +343,12 @@ class ApiResource(Resource):
         self.sampler = sampler
         self.config = dict(config)
         self.secure = secure
-        """Whether the cookie is marked Secure (the listener is TLS)."""
+        """Whether the cookie is marked Secure (the listener is TLS; a request that came over
+        TLS marks it too)."""
+        self.limits = limits
         self.streams: List[Request] = []
+        self._streams_of: Dict[str, int] = {}
+        """Open event streams by who opened them."""
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -379,11 +442,25 @@ class ApiResource(Resource):
 
     # -- session --------------------------------------------------------------------------------
 
-    def do_login(self, request: Request, identity: None) -> Deferred[Any]:
-        """Check the password; set the cookie."""
-        body = _body(request)
-        user = views.text(body, "username", longest=65535)
-        password = views.text(body, "password", longest=65535)
+    def _body(self, request: Request) -> Dict[str, Any]:
+        return _body(request, self.limits.max_body)
+
+    def do_login(self, request: Request, identity: None) -> Any:
+        """Check the password (unless this address or user must wait); set the cookie (a new
+        session: one the browser held already ends)."""
+        body = self._body(request)
+        user = views.text(body, "username", longest=MAX_USER_NAME)
+        password = views.text(body, "password", longest=MAX_PASSWORD)
+        address = _client_host(request)
+        wait = self.auth.limiter.begin(address, user)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            request.setHeader(b"retry-after", str(seconds).encode())
+            log.info("dashboard: sign-in for {user!r} from {address} refused: too many "
+                     "failures, {seconds} s to wait", user=user, address=address,
+                     seconds=seconds)
+            raise InputError("password", f"too many failed sign-ins; try again in {seconds} s",
+                             429)
         d = self.auth.login(user, password)
 
         def busy(failure: Any) -> Any:
@@ -393,12 +470,15 @@ class ApiResource(Resource):
         def done(opened: Any) -> Any:
             if opened is None:
                 log.info("dashboard: sign-in refused for {user!r} from {address}", user=user,
-                         address=request.getClientAddress().host
-                         if hasattr(request.getClientAddress(), "host") else None)
+                         address=address)
                 raise InputError("password", "wrong user name or password", 401)
+            self.auth.limiter.succeeded(address, user)
             token, who = opened
+            previous = request.getCookie(COOKIE)
+            if previous:
+                self.auth.logout(previous)
             request.addCookie(COOKIE, token.encode(), path=b"/", httpOnly=True,
-                              sameSite="strict", secure=self.secure)
+                              sameSite="strict", secure=self._secure(request))
             log.info("dashboard: {who} signed in", who=who)
             return {"user": who.name, "csrf": who.csrf}
 
@@ -410,8 +490,12 @@ class ApiResource(Resource):
         if cookie:
             self.auth.logout(cookie)
         request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict",
-                          secure=self.secure, max_age="0")
+                          secure=self._secure(request), max_age="0")
+        log.info("dashboard: {who} signed out", who=identity)
         return {"signed_out": identity.name}
+
+    def _secure(self, request: Request) -> bool:
+        return self.secure or bool(request.isSecure())
 
     def do_whoami(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Who is signed in."""
@@ -440,22 +524,33 @@ class ApiResource(Resource):
         return {"nodes": [views.node_view(self.broker)]}
 
     def do_events(self, request: Request, identity: Identity) -> Any:
-        """Open a Server-Sent Events stream."""
-        if len(self.streams) >= MAX_STREAMS:
-            raise InputError("events", f"{MAX_STREAMS} event streams already open", 503)
+        """Open a Server-Sent Events stream (bounded in all and per user or key)."""
+        limits = self.limits
+        who = str(identity)
+        if len(self.streams) >= limits.max_streams:
+            raise InputError("events", f"{limits.max_streams} event streams already open", 503)
+        if self._streams_of.get(who, 0) >= limits.max_streams_per_user:
+            raise InputError("events", f"{limits.max_streams_per_user} event streams of yours "
+                             "already open", 429)
         request.setHeader(b"content-type", b"text/event-stream")
         request.write(b"retry: 2000\n\n")
         self.streams.append(request)
+        self._streams_of[who] = self._streams_of.get(who, 0) + 1
+        stream = EventStream(request, who, limits.stream_stall, self.service.reactor)
+        request.registerProducer(stream, True)
 
         def send(sample: Dict[str, Any]) -> None:
             event = {"sample": sample, "summary": views.node_view(self.broker)}
-            request.write(b"event: stats\ndata: " + json.dumps(event).encode() + b"\n\n")
+            stream.send(b"event: stats\ndata: " + json.dumps(event).encode() + b"\n\n")
 
         self.sampler.listeners.append(send)
 
         def closed(_: Any) -> None:
             self.sampler.listeners.remove(send)
             self.streams.remove(request)
+            left = self._streams_of.pop(who) - 1
+            if left:
+                self._streams_of[who] = left
 
         request.notifyFinish().addBoth(closed)
         return NOT_DONE_YET
@@ -463,6 +558,7 @@ class ApiResource(Resource):
     def close_streams(self) -> None:
         """End the event streams (the listener stops)."""
         for request in list(self.streams):
+            request.unregisterProducer()
             request.finish()
 
     # -- clients and bans -----------------------------------------------------------------------
@@ -505,7 +601,7 @@ class ApiResource(Resource):
 
     def do_add_ban(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Ban."""
-        body = _body(request)
+        body = self._body(request)
         kind = views.text(body, "kind", longest=20)
         value = views.text(body, "value")
         duration = body.get("duration")
@@ -566,7 +662,7 @@ class ApiResource(Resource):
 
     def do_retained_message(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """One retained message."""
-        return views.retained_detail(self._retained(request)[1])
+        return views.retained_detail(self._retained(request)[1], self.limits.payload_view_bytes)
 
     def do_delete_retained(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Delete a retained message."""
@@ -578,7 +674,7 @@ class ApiResource(Resource):
 
     def do_publish(self, request: Request, identity: Identity) -> Dict[str, Any]:
         """Publish."""
-        body = _body(request)
+        body = self._body(request)
         topic = views.text(body, "topic", longest=65535)
         payload = _payload(body)
         qos = views.integer(body, "qos", 0, 0, 2, digits=False)

@@ -5,14 +5,18 @@ cookie, with a CSRF token that every write must echo in a header).
 Passwords are checked by ``twisted_mqtt.auth.passwords.PasswordVerifier`` (bcrypt and PBKDF2 in
 its thread pool, never on the reactor); an unknown user costs the same check against a dummy
 hash.  API keys are long random secrets: they are compared by their SHA-256 digests, in
-constant time, against every key."""
+constant time, against every key.  Failed sign-ins are counted per address and per user
+name (``SignInLimiter``): past ``DashboardLimits.sign_in_attempts`` each further attempt waits
+a doubling back-off, answered 429 without checking the password."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -20,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from twisted_mqtt.auth.passwords import default_verifier, dummy_hash_for, is_hashed
+from twisted_mqtt.dashboard_limits import DEFAULT_DASHBOARD_LIMITS, DashboardLimits
 from twisted_mqtt.passwd import PasswordFileError, read_password_file
 
 log = Logger()
@@ -30,10 +35,11 @@ CSRF_HEADER = b"x-csrf-token"
 API_KEY_ENV = "TWISTED_MQTT_DASHBOARD_API_KEY"
 """An API key given through the environment, as ``NAME:KEY``."""
 MIN_KEY_LENGTH = 24
-SESSION_IDLE = 8 * 3600.0
-"""Seconds a browser session lasts without a request."""
-MAX_SESSIONS = 1000
-"""Browser sessions kept at once; the oldest is forgotten beyond this."""
+SESSION_IDLE = DEFAULT_DASHBOARD_LIMITS.session_idle
+"""Seconds a browser session lasts without a request, by default."""
+MAX_TRACKED = 10_000
+"""Addresses and user names whose failed sign-ins are remembered at once (the least recently
+failed is forgotten beyond this)."""
 
 
 class DashboardConfigError(ValueError):
@@ -97,16 +103,80 @@ def read_api_keys(path: Optional[Union[str, Path]],
     return keys
 
 
+def address_key(host: str) -> str:
+    """What sign-ins are counted by for a client address: the address itself, or its /64
+    network for IPv6 (one host usually holds a whole /64)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6 and getattr(address, "ipv4_mapped", None) is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+class SignInLimiter:
+    """Failed sign-ins counted per address and per user name.  An attempt counts as a failure
+    from the moment it starts (so that many attempts sent at once are counted) until it
+    succeeds; after ``attempts`` failures in a row each further attempt must wait a back-off
+    that doubles (1 s, 2 s, 4 s ... up to ``longest``).  A count is forgotten ``longest``
+    seconds after its last failure."""
+
+    def __init__(self, attempts: int, longest: float, now: Any) -> None:
+        self.attempts = attempts
+        self.longest = longest
+        self._now = now
+        self._failures: OrderedDict[Tuple[str, str], Tuple[int, float]] = OrderedDict()
+        """(kind, name) -> (failures in a row, time of the last)."""
+
+    def _wait(self, key: Tuple[str, str], now: float) -> float:
+        found = self._failures.get(key)
+        if found is None:
+            return 0.0
+        failures, last = found
+        if now - last >= self.longest:
+            del self._failures[key]
+            return 0.0
+        if failures < self.attempts:
+            return 0.0
+        backoff = min(self.longest, 2.0 ** min(failures - self.attempts, 30))
+        return max(0.0, last + backoff - now)
+
+    def begin(self, address: str, user: str) -> float:
+        """Seconds the attempt of ``user`` from ``address`` must still wait (it is refused);
+        0: it may go on, and counts as a failure until ``succeeded``."""
+        now = float(self._now())
+        keys = (("address", address_key(address)), ("user", user))
+        wait = max(self._wait(key, now) for key in keys)
+        if wait > 0:
+            return wait
+        for key in keys:
+            failures = self._failures.pop(key, (0, now))[0]
+            self._failures[key] = (failures + 1, now)
+        while len(self._failures) > MAX_TRACKED:
+            self._failures.popitem(last=False)
+        return 0.0
+
+    def succeeded(self, address: str, user: str) -> None:
+        """The attempt succeeded: the address's and the user's counts start again."""
+        self._failures.pop(("address", address_key(address)), None)
+        self._failures.pop(("user", user), None)
+
+
 class DashboardAuth:
     """Checks logins, API keys and session cookies."""
 
     def __init__(self, users: Mapping[str, str], api_keys: Mapping[str, str],
-                 verifier: Any = None, clock: Any = None) -> None:
+                 verifier: Any = None, clock: Any = None,
+                 limits: DashboardLimits = DEFAULT_DASHBOARD_LIMITS) -> None:
         self.users = dict(users)
         self._keys: List[Tuple[bytes, str]] = [(_digest(key), name)
                                                for name, key in api_keys.items()]
         self._verifier = verifier
         self.clock = clock
+        self.limits = limits
+        self.limiter = SignInLimiter(limits.sign_in_attempts, limits.sign_in_backoff,
+                                     self._now)
         self._sessions: Dict[str, Tuple[str, str, float]] = {}
         """Session token -> (user, CSRF token, last use)."""
         self._dummy = dummy_hash_for(self.users.values()) if self.users else None
@@ -154,7 +224,7 @@ class DashboardAuth:
     def _open(self, user: str) -> Tuple[str, Identity]:
         now = self._now()
         self._expire(now)
-        while len(self._sessions) >= MAX_SESSIONS:
+        while len(self._sessions) >= self.limits.max_sessions:
             oldest = min(self._sessions, key=lambda token: self._sessions[token][2])
             del self._sessions[oldest]
         token = secrets.token_urlsafe(32)
@@ -164,7 +234,7 @@ class DashboardAuth:
 
     def _expire(self, now: float) -> None:
         for token in [t for t, (_, _, used) in self._sessions.items()
-                      if now - used > SESSION_IDLE]:
+                      if now - used > self.limits.session_idle]:
             del self._sessions[token]
 
     def session(self, token: bytes) -> Optional[Identity]:
@@ -175,7 +245,8 @@ class DashboardAuth:
             return None
         found = self._sessions.get(key)
         now = self._now()
-        if found is None or now - found[2] > SESSION_IDLE or found[0] not in self.users:
+        if found is None or now - found[2] > self.limits.session_idle \
+                or found[0] not in self.users:
             self._sessions.pop(key, None)
             return None
         self._sessions[key] = (found[0], found[1], now)

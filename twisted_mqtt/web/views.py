@@ -218,19 +218,37 @@ def retained_matching(broker: Any, topic_filter: str) -> List[Any]:
     return messages
 
 
-def payload_views(payload: bytes) -> Dict[str, Any]:
-    """A payload as text (if it is UTF-8), JSON (if it parses), hex and base64."""
-    views: Dict[str, Any] = {"size": len(payload), "hex": binascii.hexlify(payload).decode(),
-                             "base64": base64.b64encode(payload).decode(), "text": None,
+def _utf8(payload: bytes, cut: bool) -> Optional[str]:
+    """``payload`` as UTF-8 text, or None; a ``cut`` payload may end inside a character,
+    which is dropped."""
+    for end in range(len(payload), max(-1, len(payload) - (4 if cut else 1)), -1):
+        try:
+            return payload[:end].decode("utf-8")
+        except UnicodeDecodeError as error:
+            if error.start < end - 3 or not cut:
+                return None
+    return None
+
+
+def payload_views(payload: bytes, longest: Optional[int] = None) -> Dict[str, Any]:
+    """A payload as text (if it is UTF-8), JSON (if it parses), hex and base64; of a payload
+    longer than ``longest`` bytes only the first ``longest`` are shown (``truncated``, and no
+    JSON view)."""
+    cut = longest is not None and len(payload) > longest
+    shown = payload[:longest] if cut else payload
+    views: Dict[str, Any] = {"size": len(payload), "truncated": cut, "shown": len(shown),
+                             "hex": binascii.hexlify(shown).decode(),
+                             "base64": base64.b64encode(shown).decode(), "text": None,
                              "json": None}
-    try:
-        decoded = payload.decode("utf-8")
-    except UnicodeDecodeError:
+    decoded = _utf8(shown, cut)
+    if decoded is None:
         return views
     views["text"] = decoded
+    if cut:
+        return views
     try:
         views["json"] = json.dumps(json.loads(decoded), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
         pass
     return views
 
@@ -243,11 +261,12 @@ def retained_summary(message: Any) -> Dict[str, Any]:
             "origin": message.origin}
 
 
-def retained_detail(message: Any) -> Dict[str, Any]:
-    """A retained message with its payload in every view and its properties."""
+def retained_detail(message: Any, longest: Optional[int] = None) -> Dict[str, Any]:
+    """A retained message with its payload in every view (at most ``longest`` bytes of it)
+    and its properties."""
     found = retained_summary(message)
     del found["preview"]
-    found["payload"] = payload_views(message.payload)
+    found["payload"] = payload_views(message.payload, longest)
     found["properties"] = plain(message.properties)
     return found
 
