@@ -108,3 +108,29 @@ def on_db(server: Any, db: int, *args: str) -> bytes:
     quoted = ", ".join("'" + arg.replace("'", "\\'") + "'" for arg in args)
     return bytes(server.command(
         "EVAL", f"redis.call('SELECT', {db}) return redis.call({quoted})", "0"))
+
+
+def reach_every_member(publisher: Client, members: List[Client], topic: str) -> None:
+    """Publish QoS 1 probes on ``topic`` until each member of a shared group got one (every
+    node's route to the group is in place)."""
+    def reached() -> bool:
+        publisher.publish(topic, PROBE, 1)
+        return all(not member.messages.empty() for member in members)
+
+    wait_for(reached, "a probe at every member")
+
+
+def jobs_received(members: List[Client], count: int) -> List[bytes]:
+    """The payloads (probes left out) the members get, once ``count`` have arrived."""
+    got: List[bytes] = []
+
+    def all_received() -> bool:
+        for member in members:
+            while not member.messages.empty():
+                payload = bytes(member.messages.get().payload)
+                if payload != PROBE:
+                    got.append(payload)
+        return len(got) >= count
+
+    wait_for(all_received, f"{count} messages received")
+    return got

@@ -16,7 +16,16 @@ from typing import Iterator, List
 
 import pytest
 
-from tests.cluster_helpers import PROBE, Nodes, collect, connect, routed, unique, wait_for
+from tests.cluster_helpers import (
+    Nodes,
+    collect,
+    connect,
+    jobs_received,
+    reach_every_member,
+    routed,
+    unique,
+    wait_for,
+)
 from tests.conftest import _stop_all
 from tests.paho import V5, V311, Client
 from tests.servers import RedisServer, redis_server  # noqa: F401
@@ -148,26 +157,11 @@ def test_shared_subscription_across_three_nodes_exactly_once(cluster: Nodes) -> 
     for member in members:
         member.subscribe(f"$share/{group}/{topic}", 1)
     publisher = connect(cluster[0])
-
-    def every_member_reached() -> bool:
-        publisher.publish(topic, PROBE, 1)
-        return all(not member.messages.empty() for member in members)
-
-    wait_for(every_member_reached, "a probe at every member")
+    reach_every_member(publisher, members, topic)
     count = 90
     for index in range(count):
         publisher.publish(topic, b"job-%d" % index, 1)
-    got: List[bytes] = []
-
-    def all_received() -> bool:
-        for member in members:
-            while not member.messages.empty():
-                payload = member.messages.get().payload
-                if payload != PROBE:
-                    got.append(bytes(payload))
-        return len(got) >= count
-
-    wait_for(all_received, f"{count} jobs received")
+    got = jobs_received(members, count)
     assert sorted(got) == sorted(b"job-%d" % i for i in range(count))
     for member in members:
         member.disconnect()

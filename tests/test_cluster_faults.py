@@ -23,6 +23,7 @@ from tests.cluster_helpers import (
     Nodes,
     collect,
     connect,
+    reach_every_member,
     routed,
     unique,
     wait_for,
@@ -196,12 +197,7 @@ def test_shared_group_while_a_member_node_is_killed(cluster: Nodes,
     for client in clients:
         client.subscribe(f"$share/{group}/{topic}", 1)
     publisher = connect(cluster[0], V5)
-
-    def each_reached() -> bool:
-        publisher.publish(topic, b"probe", 1)
-        return all(not client.messages.empty() for client in clients)
-
-    wait_for(each_reached, "a probe at every member")
+    reach_every_member(publisher, clients, topic)
     for index in range(100):
         publisher.publish(topic, b"before-%d" % index, 1)
     doomed.proc.send_signal(signal.SIGKILL)
