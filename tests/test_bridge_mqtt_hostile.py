@@ -105,6 +105,20 @@ def test_a_flood_from_the_remote_is_published_here_in_order() -> None:
     bridge.stopService()
 
 
+def test_retained_flood_at_subscribe_is_bounded_here() -> None:
+    """A remote answering the bridge's SUBSCRIBE with more retained messages than this broker
+    keeps: the retained store stops at its bound, the rest are still published, and the
+    connection to the remote stays up."""
+    broker, bridge, reactor = start_bridge(
+        capabilities=Capabilities(sys_interval=0, maximum_retained_messages=100))
+    remote, _connect = accepted(reactor)
+    remote.send(*(Publish(f"there/r/{n}", b"v", 1, retain=True, packet_id=n + 1)
+                  for n in range(300)))
+    assert len(remote.received()) == 300 and not remote.closed
+    assert len(broker.broker.retained) == 100 and bridge.counters.received == 300
+    bridge.stopService()
+
+
 def test_connack_never_sent_by_the_remote() -> None:
     """A remote that accepts the connection and never answers CONNECT is given up after the
     client's connect timeout, and tried again after the back-off; the bridge stays
