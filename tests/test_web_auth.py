@@ -20,8 +20,8 @@ from twisted_mqtt.auth.passwords import ServerBusy
 from twisted_mqtt.dashboard_limits import DashboardLimits
 from twisted_mqtt.testing import InMemoryBroker
 from twisted_mqtt.web import auth as web_auth
-from twisted_mqtt.web.api import ApiResource, Sampler
-from twisted_mqtt.web.auth import DashboardAuth
+from twisted_mqtt.web.api import ApiResource, EventStream, Sampler
+from twisted_mqtt.web.auth import DashboardAuth, SignInLimiter
 
 
 class Verifier:
@@ -112,3 +112,81 @@ def test_sign_in_while_the_password_pool_is_full() -> None:
     assert request.responseCode == 503
     answer = json.loads(b"".join(request.written))
     assert answer["error"]["field"] == "password"
+
+
+def test_sign_in_back_off_doubles_per_address_and_user() -> None:
+    """Past ``attempts`` failures an address must wait 1 s, then 2 s, 4 s ... up to
+    ``longest``; the user name is counted across addresses, an IPv6 /64 as one address; a
+    success starts the counts again, and a count is forgotten ``longest`` after its back-off
+    ends."""
+    clock = Clock()
+    limiter = SignInLimiter(2, 8.0, clock.seconds)
+    assert limiter.begin("10.0.0.1", "a") == 0 and limiter.begin("10.0.0.1", "b") == 0
+    waits = []
+    for index in range(6):
+        wait = limiter.begin("10.0.0.1", f"c{index}")
+        waits.append(wait)
+        clock.advance(wait)
+        assert limiter.begin("10.0.0.1", f"c{index}") == 0  # after the wait: one more failure
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    clock.advance(8.0 + 7.9)
+    assert limiter.begin("10.0.0.1", "d") == 0  # the wait is over, the count remembered
+    assert limiter.begin("10.0.0.1", "d1") == 8.0
+    clock.advance(8.0 + 8.0)
+    assert [limiter.begin("10.0.0.1", f"e{i}") for i in range(3)] == [0, 0, 1.0]  # forgotten
+    for address in ("10.0.0.2", "10.0.0.3"):
+        limiter.begin(address, "admin")
+    assert limiter.begin("10.0.0.4", "admin") == 1.0  # the user, from any address
+    limiter.begin("2001:db8::1", "x")
+    limiter.begin("2001:db8::2", "y")
+    assert limiter.begin("2001:db8::ffff", "z") == 1.0  # one /64
+    assert limiter.begin("2001:db8:0:1::1", "z") == 0
+    clock.advance(1.0)
+    assert limiter.begin("10.0.0.9", "e") == 0
+    limiter.succeeded("10.0.0.9", "e")
+    assert limiter.begin("10.0.0.9", "e") == 0 and limiter.begin("10.0.0.9", "e") == 0
+
+
+class Channel:
+    """The connection of a ``StreamRequest``."""
+
+    def __init__(self) -> None:
+        self.transport = self
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class StreamRequest:
+    """What an ``EventStream`` writes to."""
+
+    def __init__(self) -> None:
+        self.written: List[bytes] = []
+        self.channel = Channel()
+        self.finished = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_a_slow_event_stream_reader_is_skipped_then_dropped() -> None:
+    """While the transport has paused a stream (its send buffer full) no event is queued for
+    it; one paused longer than ``stream_stall`` is closed; a reader that catches up gets the
+    events again."""
+    clock = Clock()
+    request: Any = StreamRequest()
+    stream = EventStream(request, "user admin", 30.0, clock)
+    stream.send(b"1")
+    stream.pauseProducing()
+    for _ in range(20):
+        clock.advance(1)
+        stream.send(b"x" * 1000)
+    assert request.written == [b"1"] and stream.skipped == 20
+    stream.resumeProducing()
+    stream.send(b"2")
+    assert request.written == [b"1", b"2"]
+    stream.pauseProducing()
+    clock.advance(31)
+    stream.send(b"3")
+    assert request.channel.aborted and request.written == [b"1", b"2"]

@@ -120,7 +120,7 @@ class SignInLimiter:
     from the moment it starts (so that many attempts sent at once are counted) until it
     succeeds; after ``attempts`` failures in a row each further attempt must wait a back-off
     that doubles (1 s, 2 s, 4 s ... up to ``longest``).  A count is forgotten ``longest``
-    seconds after its last failure."""
+    seconds after its back-off ends without a new failure."""
 
     def __init__(self, attempts: int, longest: float, now: Any) -> None:
         self.attempts = attempts
@@ -134,12 +134,12 @@ class SignInLimiter:
         if found is None:
             return 0.0
         failures, last = found
-        if now - last >= self.longest:
+        backoff = 0.0
+        if failures >= self.attempts:
+            backoff = min(self.longest, 2.0 ** min(failures - self.attempts, 30))
+        if now - last >= backoff + self.longest:
             del self._failures[key]
             return 0.0
-        if failures < self.attempts:
-            return 0.0
-        backoff = min(self.longest, 2.0 ** min(failures - self.attempts, 30))
         return max(0.0, last + backoff - now)
 
     def begin(self, address: str, user: str) -> float:
