@@ -34,6 +34,9 @@ WORKERS = 3
 STARTED = r"worker (\S+) started \(pid (\d+)\)"
 SERVING = r"cluster: node (\S+) serving"
 TIMEOUT = 60.0
+LEASE = 6.0
+"""The workers' cluster lease: long enough that a busy shared machine does not let it lapse
+while a test runs (a lapsed lease drops the worker's clients, as it should)."""
 
 
 class Workers:
@@ -123,7 +126,8 @@ def start_workers(start: StartBroker, redis: RedisServer, db: int, *options: str
     """A supervisor of ``count`` workers on the Redis database ``db``, once every worker
     serves."""
     broker = start("--workers", str(count), "--cluster", redis.url(db), "--node-name", "w",
-                   "--sys-interval", "0", *options, module=module, listen=listen)
+                   "--cluster-lease", str(LEASE), "--sys-interval", "0", *options,
+                   module=module, listen=listen)
     workers = Workers(broker, count)
     workers.wait_serving(count)
     return workers
@@ -343,12 +347,12 @@ def test_sighup_reopens_every_log_file(tmp_path: Path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: log_file.exists() and log_file.read_text().count("serving (") == 2,
+        wait_for(lambda: log_file.exists() and log_file.read_text().count("serving (") >= 2,
                  "both workers serving")
         log_file.rename(tmp_path / "broker.log.1")
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: log_file.exists() and
-                 log_file.read_text().count("reopened") == 2 and
+                 log_file.read_text().count("reopened") >= 2 and
                  "SIGHUP forwarded to the workers" in log_file.read_text(),
                  "the supervisor and both workers writing to the new file")
     finally:
