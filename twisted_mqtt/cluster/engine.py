@@ -59,13 +59,16 @@ def _ready(proto: Any) -> Any:
 class RedisEngine:
     """The engine of one node: commands, scripts and channels on one Redis database."""
 
-    def __init__(self, url: str, reactor: Any, retry_delay: float = RETRY_DELAY) -> None:
+    def __init__(self, url: str, reactor: Any, retry_delay: float = RETRY_DELAY,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
         self.host, self.port, self.db, self._password, prefix = parse_redis_url(url)
         self.prefix = prefix + "cluster:"
         """Every key and channel of the cluster starts with this."""
         self.reactor = reactor
         self.retry_delay = retry_delay
+        self.connect_timeout = connect_timeout
+        """Seconds a connection may take to open and be ready (AUTH, SELECT answered)."""
         self.up = False
         """Whether both connections are open."""
         self._commands: Any = None
@@ -117,7 +120,8 @@ class RedisEngine:
         from twisted.internet.endpoints import HostnameEndpoint
 
         self._retry = None
-        endpoint = HostnameEndpoint(self.reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port,
+                                    timeout=self.connect_timeout)
         engine = self
 
         class Commands(txredisapi.RedisProtocol):  # type: ignore[misc]
@@ -147,7 +151,7 @@ class RedisEngine:
                     for cls in (Commands, Subscriber)]
         # AUTH or SELECT refused: the protocol closes without ever being ready
         gatherResults(attempts, consumeErrors=True).addTimeout(
-            CONNECT_TIMEOUT * 2, self.reactor).addCallbacks(
+            self.connect_timeout, self.reactor).addCallbacks(
             self._opened, self._not_opened, errbackArgs=(protos,))
 
     def _opened(self, protos: List[Any]) -> None:
