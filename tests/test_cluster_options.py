@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from tests.test_command_line import one_line, run, without
 from twisted_mqtt.cluster import Cluster
-from twisted_mqtt.config import ConfigError, load_config
+from twisted_mqtt.config import CONFIG_ERROR_EXIT, ConfigError, load_config
 from twisted_mqtt.service import BrokerService
 from twisted_mqtt.tap import Options, makeService
 
@@ -77,6 +78,15 @@ def test_service_joins_only_with_the_option() -> None:
     plain = makeService(_options("--listen", "tcp:0"), clock)
     assert isinstance(plain, BrokerService)
     assert not [child for child in plain if isinstance(child, Cluster)]
+
+
+def test_cluster_without_its_extra(tmp_path: Path) -> None:
+    """``--cluster`` with txredisapi missing: one line naming the extra, exit status 78."""
+    result = run("twistd mqtt", "--cluster", "redis://127.0.0.1:6379/0",
+                 env=without("txredisapi", tmp_path))
+    assert one_line(result) == ("twistd mqtt: configuration error: --cluster: the cluster "
+                                "needs txredisapi: pip install 'twisted-mqtt-broker[redis]'")
+    assert result.returncode == CONFIG_ERROR_EXIT
 
 
 def test_single_broker_imports_nothing_of_the_cluster() -> None:

@@ -741,6 +741,11 @@ class ClusterUrl(Text):
             parse_redis_url(text)
         except ValueError as error:
             raise Invalid(str(error)) from None
+        try:
+            import txredisapi  # noqa: F401
+        except ImportError:
+            raise Invalid("the cluster needs txredisapi: pip install "
+                          "'twisted-mqtt-broker[redis]'") from None
         return text
 
 
