@@ -284,3 +284,73 @@ def test_narrow_window(browser: Any, dashboard: Dashboard, shots: Path) -> None:
         shoot(browser, shots, "config-narrow")
     finally:
         browser.set_window_size(1280, 900)
+
+
+MARKUP = "<img src=x onerror=document.title='xss'><svg onload=document.title='xss'>"
+"""Markup a malicious client puts wherever the dashboard shows its data."""
+
+
+def no_markup_rendered(driver: Any) -> None:
+    """No element the markup would make exists in the page, and no handler ran."""
+    made = driver.execute_script(
+        "return document.querySelectorAll('main img, main svg:not(.uplot svg), main script')"
+        ".length")
+    assert made == 0 and driver.title != "xss"
+
+
+def test_markup_from_clients_is_shown_as_text(browser: Any, dashboard: Dashboard,
+                                              shots: Path, clients: MakeClient) -> None:
+    """A client whose client id, user name, subscription, retained topic and payload (text
+    and JSON) and ban reason hold HTML markup: every page shows the markup as text and makes
+    no element of it [MQTT-3.14.2-1]."""
+    browser.get(dashboard.base + "/")
+    form = wait_for(lambda: [e for e in browser.find_elements(By.ID, "login-form")
+                             + browser.find_elements(By.ID, "page-overview") if e.is_displayed()],
+                    "a page", WAIT)[0]
+    if form.get_attribute("id") == "login-form":
+        browser.find_element(By.ID, "login-user").send_keys(USER)
+        browser.find_element(By.ID, "login-password").send_keys(PASSWORD)
+        browser.find_element(By.ID, "login-submit").click()
+        visible(browser, "page-overview")
+    tag = uuid.uuid4().hex[:6]
+    client_id = f"{MARKUP}{tag}"
+    client = dashboard.client(clients, client_id)
+    client.paho.username_pw_set(MARKUP)
+    client.connect()
+    client.subscribe(f"x/{MARKUP}/#", 1)
+    topic = f"x/{tag}/{MARKUP}"
+    client.publish(topic, f'{{"html": "{MARKUP}"}}'.replace("'", "\\u0027").encode(), 1,
+                   retain=True)
+    client.publish(topic + "/text", MARKUP.encode(), 1, retain=True)
+    api = Http(dashboard.base, dashboard.key)
+    status, _, _ = api.request("POST", "/api/v1/bans", {
+        "kind": "username", "value": MARKUP + "-other", "reason": MARKUP})
+    assert status == 201
+    page(browser, dashboard, "clients")
+    wait_for(lambda: tag in browser.find_element(By.ID, "clients-table").text, "the row", WAIT)
+    assert MARKUP in browser.find_element(By.ID, "clients-table").text
+    no_markup_rendered(browser)
+    browser.get(f"{dashboard.base}/#/clients/{client_id.replace('#', '%23')}")
+    wait_for(lambda: MARKUP in browser.find_element(By.ID, "client-subs").text,
+             "the subscription", WAIT)
+    assert client_id in browser.find_element(By.ID, "client-title").text
+    no_markup_rendered(browser)
+    page(browser, dashboard, "subscriptions")
+    wait_for(lambda: tag in browser.find_element(By.ID, "subs-table").text, "subs", WAIT)
+    no_markup_rendered(browser)
+    page(browser, dashboard, "retained")
+    field = browser.find_element(By.ID, "ret-filter")
+    field.clear()
+    field.send_keys(f"x/{tag}/#\n")
+    wait_for(lambda: MARKUP in browser.find_element(By.ID, "ret-table").text, "rows", WAIT)
+    for selector in ("tr[data-topic$='/text'] a", "#ret-table tbody tr:first-child a"):
+        click(browser, selector)
+        visible(browser, "ret-detail")
+        wait_for(lambda: MARKUP in browser.find_element(By.ID, "ret-payload").text
+                 or "\\u0027" in browser.find_element(By.ID, "ret-payload").text,
+                 "the payload as text", WAIT)
+        no_markup_rendered(browser)
+    page(browser, dashboard, "bans")
+    wait_for(lambda: MARKUP in browser.find_element(By.ID, "bans-table").text, "bans", WAIT)
+    no_markup_rendered(browser)
+    shoot(browser, shots, "markup")

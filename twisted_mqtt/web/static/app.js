@@ -467,8 +467,10 @@
     const text = view === "json" ? (payload.json || "(not JSON)")
       : view === "text" ? (payload.text === null ? "(not UTF-8)" : payload.text)
       : payload.hex.replace(/(..)/g, "$1 ").trim();
-    $("ret-payload").textContent = text;
+    $("ret-payload").textContent = payload.truncated ? text + "\n… (the first " +
+      bytes(payload.shown) + " of " + bytes(payload.size) + " shown)" : text;
     $("ret-payload").dataset.view = view;
+    $("ret-payload").dataset.truncated = String(!!payload.truncated);
     for (const button of document.querySelectorAll("[data-view]")) {
       button.setAttribute("aria-pressed", String(button.dataset.view === view));
     }
