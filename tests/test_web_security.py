@@ -234,6 +234,38 @@ def test_limits_from_the_configuration_file(start_broker: StartBroker, tmp_path:
     assert head.startswith(b"HTTP/1.1 200") and refused.startswith(b"HTTP/1.1 429")
 
 
+def test_every_limit_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    """Every dashboard.* key reaches the dashboard's limits; the command line wins over the
+    file for the two limits it has options for."""
+    from twisted_mqtt.dashboard_limits import DashboardLimits
+    from twisted_mqtt.tap import Options
+
+    given = {"max_body": 1000, "max_streams": 3, "max_streams_per_user": 2,
+             "stream_stall": 5.0, "max_sessions": 7, "session_idle": 60.0,
+             "idle_timeout": 9.0, "sign_in_attempts": 3, "sign_in_backoff": 30.0,
+             "payload_view_bytes": 100, "allowed_hosts": ["dash.example.org"]}
+    config = tmp_path / "broker.yaml"
+    config.write_text(json.dumps({"dashboard": given}))
+    options = Options()
+    options.parseOptions(["--config", str(config), "--dashboard", "0"])
+    assert options.dashboard_limits() == DashboardLimits(
+        **{**given, "allowed_hosts": ("dash.example.org",)})  # type: ignore[arg-type]
+    options = Options()
+    options.parseOptions(["--config", str(config), "--dashboard", "0",
+                          "--dashboard-session-idle", "30", "--dashboard-sign-in-attempts", "9"])
+    limits = options.dashboard_limits()
+    assert (limits.session_idle, limits.sign_in_attempts, limits.max_body) == (30, 9, 1000)
+
+
+def test_an_idle_connection_is_closed(start_broker: StartBroker, tmp_path: Path) -> None:
+    """A connection that sends nothing is closed after dashboard.idle_timeout."""
+    config = tmp_path / "broker.yaml"
+    config.write_text("dashboard:\n  idle_timeout: 1.0\n")
+    dashboard = start_dashboard(start_broker, tmp_path, "--config", str(config))
+    with socket.create_connection(("127.0.0.1", dashboard.port), timeout=30) as sock:
+        assert sock.recv(100) == b""
+
+
 # -- malformed requests --------------------------------------------------------------------------
 
 
