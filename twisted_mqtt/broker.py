@@ -671,8 +671,12 @@ class Broker:
         if routes is None:
             routes = self._compute_routes(message.topic)
         normal, shared = routes
-        if local_only:
-            normal = [route for route in normal if not is_remote(route[0].connection)]
+        if local_only:  # this node's routes only, kept beside the others (no topic holds U+0000)
+            here = self._routes.get("\0" + message.topic)
+            if here is None:
+                here = self._routes["\0" + message.topic] = (
+                    [route for route in normal if not is_remote(route[0].connection)], shared)
+            normal = here[0]
         if self.hooks.on_select_subscribers:
             normal = self._select(message, normal)
         origin = message.origin

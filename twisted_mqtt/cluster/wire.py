@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Tuple
 
 from twisted_mqtt.codec import _properties, encode_properties
+from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Message
 
 NO_EXPIRY = 0xFFFFFFFF
@@ -46,20 +47,21 @@ def pack(records: List[bytes]) -> bytes:
     return b"".join(len(record).to_bytes(4, "big") + record for record in records)
 
 
-def _text(data: bytes, pos: int) -> Tuple[str, int]:
-    stop = pos + 2 + int.from_bytes(data[pos:pos + 2], "big")
-    return data[pos + 2:stop].decode("utf-8"), stop
-
-
 def decode_record(record: bytes, now: float) -> Tuple[Message, str]:
     """The message of a record (its expiry counted from ``now``) and its shared
     subscription ("" for none); ValueError (or a codec error) for a bad record."""
     flags = record[0]
-    origin, pos = _text(record, 1)
-    share, pos = _text(record, pos)
+    stop = 3 + ((record[1] << 8) | record[2])
+    origin = record[3:stop].decode("utf-8")
+    pos = stop + 2 + ((record[stop] << 8) | record[stop + 1])
+    share = record[stop + 2:pos].decode("utf-8") if pos > stop + 2 else ""
     left = int.from_bytes(record[pos:pos + 4], "big")
-    topic, pos = _text(record, pos + 4)
-    props, pos = _properties(record, pos, len(record), "PUBLISH")
+    stop = pos + 6 + ((record[pos + 4] << 8) | record[pos + 5])
+    topic = record[pos + 6:stop].decode("utf-8")
+    if record[stop] == 0:  # no properties
+        props, pos = NO_PROPERTIES, stop + 1
+    else:
+        props, pos = _properties(record, stop, len(record), "PUBLISH")
     expires_at = None if left == NO_EXPIRY else now + left / 1000
     message = Message(topic, record[pos:], (flags >> 1) & 3, bool(flags & 1), props, expires_at,
                       origin or None)
