@@ -20,7 +20,14 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from tests.certs import PKI, make_pki, mqtts_endpoint
-from tests.cluster_helpers import PROBE, collect, routed, unique, wait_for
+from tests.cluster_helpers import (
+    collect,
+    jobs_received,
+    reach_every_member,
+    routed,
+    unique,
+    wait_for,
+)
 from tests.conftest import ROOT, BrokerProcess, StartBroker, broker_env, twistd_command
 from tests.paho import V5, V311, Client, MakeClient
 from tests.servers import RedisServer, redis_server  # noqa: F401
@@ -234,26 +241,11 @@ def test_retained_and_shared_across_workers(start_broker: StartBroker,
                for pid, version in zip(pids, (V5, V311, V5))]
     for member in members:
         member.subscribe(f"$share/{group}/{jobs}", 1)
-
-    def every_member_reached() -> bool:
-        publisher.publish(jobs, PROBE, 1)
-        return all(not member.messages.empty() for member in members)
-
-    wait_for(every_member_reached, "a probe at every member")
+    reach_every_member(publisher, members, jobs)
     count = 60
     for index in range(count):
         publisher.publish(jobs, b"job-%d" % index, 1)
-    got: List[bytes] = []
-
-    def all_received() -> bool:
-        for member in members:
-            while not member.messages.empty():
-                payload = bytes(member.messages.get().payload)
-                if payload != PROBE:
-                    got.append(payload)
-        return len(got) >= count
-
-    wait_for(all_received, f"{count} jobs received")
+    got = jobs_received(members, count)
     assert sorted(got) == sorted(b"job-%d" % i for i in range(count))
 
 
