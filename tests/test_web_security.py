@@ -37,12 +37,6 @@ def dashboard(module_brokers: StartBroker, tmp_path_factory: pytest.TempPathFact
                            "--sys-interval", "0")
 
 
-@pytest.fixture
-def api(dashboard: Dashboard) -> Http:
-    """An API key holder."""
-    return Http(dashboard.base, dashboard.key)
-
-
 def test_cited_labels() -> None:
     check_cited_labels(sys.modules[__name__])
 
@@ -141,11 +135,12 @@ def test_a_loopback_listener_answers_loopback_names(dashboard: Dashboard, host: 
 # -- what malicious clients leave behind ---------------------------------------------------------
 
 
-def test_retained_payloads_built_to_break_the_views(api: Http, clients: MakeClient,
+def test_retained_payloads_built_to_break_the_views(clients: MakeClient,
                                                     dashboard: Dashboard) -> None:
     """A retained JSON payload nested deeper than the parser goes is shown as text (no JSON
     view, no 500); a payload larger than dashboard.payload_view_bytes is cut there and
     flagged, its size told whole."""
+    api = dashboard.api()
     tag = uuid.uuid4().hex[:8]
     publisher = dashboard.client(clients).connect()
     deep = b"[" * 20_000 + b"]" * 20_000
@@ -218,7 +213,7 @@ def test_limits_from_the_configuration_file(start_broker: StartBroker, tmp_path:
     config.write_text("dashboard:\n  max_body: 1000\n  max_streams_per_user: 1\n"
                       "  allowed_hosts: [dash.example.org]\n")
     dashboard = start_dashboard(start_broker, tmp_path, "--config", str(config))
-    api = Http(dashboard.base, dashboard.key)
+    api = dashboard.api()
     status, _, body = api.request("POST", "/api/v1/publish",
                                   {"topic": "a", "payload": "x" * 1200})
     assert status == 413, body

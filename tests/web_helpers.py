@@ -32,6 +32,10 @@ class Dashboard:
         self.port = broker.port_of("dashboard")
         self.base = f"http://127.0.0.1:{self.port}"
 
+    def api(self) -> Http:
+        """An HTTP client holding this dashboard's API key."""
+        return Http(self.base, self.key)
+
     def client(self, make: MakeClient, client_id: str = "", version: int = V5,
                **kwargs: Any) -> Client:
         """A paho client of this broker, made by the ``clients`` fixture's ``make``."""
