@@ -308,6 +308,14 @@ def test_a_missed_announcement_makes_the_node_read_the_routes_again() -> None:
     assert b.router.remote_filters("a") == {"x", "z"}
 
 
+def test_a_bad_filter_from_another_node_is_ignored() -> None:
+    """A filter no client could have subscribed to, read from the engine, is logged and left
+    out rather than breaking the routing table."""
+    a, b = pair()
+    b.router._routes_changed(announce("a", "0", "+x/#/y", "+", "+ok/#"))
+    assert b.router.remote_filters("a") == {"ok/#"}
+
+
 def test_cluster_ids_cannot_be_taken_by_network_clients() -> None:
     """The sessions standing for other nodes have ids no client may use (U+0000)."""
     a, b = pair()

@@ -30,10 +30,11 @@ from twisted.logger import Logger
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import Membership
 from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
-from twisted_mqtt.errors import AckRefused
+from twisted_mqtt.errors import AckRefused, CodecError
 from twisted_mqtt.packets import ReasonCode, Subscription
 from twisted_mqtt.session import Delivery, Message, Session
 from twisted_mqtt.targets import ApplicationTarget
+from twisted_mqtt.topics import validate_topic_filter
 
 log = Logger()
 
@@ -300,10 +301,16 @@ class Router:
 
     def _add(self, name: str, topic_filter: str) -> None:
         peer = self.peers.get(name)
+        if peer is not None and topic_filter in peer.filters:
+            return
+        try:
+            validate_topic_filter(topic_filter)
+        except CodecError as error:
+            log.warn("cluster: node {node} holds a bad filter {filter!r}, ignored ({error})",
+                     node=name, filter=topic_filter, error=error)
+            return
         if peer is None:
             peer = self.peers[name] = _Peer(name)
-        if topic_filter in peer.filters:
-            return
         peer.filters.add(topic_filter)
         share = topic_filter if topic_filter.startswith("$share/") else ""
         session = peer.sessions.get(share)
