@@ -72,7 +72,8 @@ def test_record_topic_key_value_headers() -> None:
                               ("mqtt.retain", b"1"), ("mqtt.clientid", b"sensor-1"),
                               ("mqtt.username", b"alice"), ("mqtt.content_type", b"text/plain"),
                               ("site", b"x"), ("site", b"y")]
-    assert record.size == len(b"\x00\xff21.5") + len(b"sensor-1")
+    assert record.size == len(b"\x00\xff21.5") + len(b"sensor-1") + sum(
+        len(name) + len(value) for name, value in record.headers)
 
 
 def test_record_templates() -> None:
@@ -326,7 +327,8 @@ def unreachable() -> Iterator[Any]:
 
     yield make
     for bridge in made:
-        bridge.producer.purge()
+        if bridge.producer is not None:  # None once stopped
+            bridge.producer.purge()
 
 
 def test_ack_kafka_holds_only_matching_messages(unreachable: Any) -> None:

@@ -99,8 +99,10 @@ class Record:
 
     @property
     def size(self) -> int:
-        """Its bytes, as the buffer counts them (key and value)."""
-        return len(self.value) + (len(self.key) if self.key is not None else 0)
+        """Its bytes, as the buffer counts them (key, value and headers: a client's user
+        properties can be as large as its payload)."""
+        return (len(self.value) + (len(self.key) if self.key is not None else 0)
+                + sum(len(name) + len(value) for name, value in self.headers))
 
 
 def egress_record(rule: EgressRule, client: ClientInfo, message: Message,
@@ -124,14 +126,28 @@ def egress_record(rule: EgressRule, client: ClientInfo, message: Message,
 def ingress_topic(rule: IngressRule, kafka_topic: str, partition: int, key: Optional[bytes],
                   headers: Optional[Sequence[Tuple[str, Optional[bytes]]]]) -> str:
     """The MQTT topic of a Kafka record by ``rule``; ``UnicodeDecodeError`` if a key or header
-    it uses is not UTF-8."""
+    it uses is not UTF-8, ``ValueError`` if its fields would make a topic starting with ``$``
+    (``$SYS/...``) from a template that does not start with ``$`` itself (a record cannot
+    reach the broker's own topics).  The other checks of a topic name (wildcards, U+0000,
+    length, levels) are the inline client's."""
     named: Dict[str, str] = {}
     if "header" in rule.mqtt_topic.fields:
         for name, value in headers or ():
             named.setdefault(name, (value or b"").decode("utf-8"))
     values = {"kafka_topic": kafka_topic, "partition": str(partition),
               "key": (key or b"").decode("utf-8") if "key" in rule.mqtt_topic.fields else ""}
-    return rule.mqtt_topic.render(values, named)
+    topic = rule.mqtt_topic.render(values, named)
+    if topic[:1] == "$" and not rule.mqtt_topic.text.startswith("$"):
+        raise ValueError(f"topic {topic[:100]!r} starts with $: a record cannot publish to the "
+                         "broker's own topics")
+    return topic
+
+
+def publish_size(topic: str, payload: bytes, qos: int) -> int:
+    """Bytes of the MQTT 5 PUBLISH packet of a message without properties."""
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16_384
+                else 3 if remaining < 2_097_152 else 4) + remaining
 
 
 # -- the buffer ------------------------------------------------------------------------------------
@@ -356,7 +372,11 @@ class KafkaBridge(Service, Hook):
         if record is None:
             self.invalid += 1
             self._report("topic", "topic {topic!r} makes no valid Kafka topic name; message "
-                         "not produced", topic=message.topic)
+                         "not produced", topic=message.topic[:200])
+            if hold:  # not in Kafka: never acknowledged as if it were
+                self._held = (message, fail(AckRefused(
+                    f"Kafka bridge {self.settings.name}: the topic makes no valid Kafka topic "
+                    "name", ReasonCode.TOPIC_NAME_INVALID)))
             return
         if not self.buffer.take(record.size):
             if hold:
@@ -473,6 +493,7 @@ class KafkaBridge(Service, Hook):
 
     def _consume(self) -> None:
         records = self.consumer.consume(1000, 0)
+        maximum_packet_size = self.broker.capabilities.maximum_packet_size
         for record in records:
             error = record.error()
             if error is not None:
@@ -486,12 +507,16 @@ class KafkaBridge(Service, Hook):
             try:
                 topic = ingress_topic(rule, record.topic(), record.partition(), record.key(),
                                       record.headers())
-                self.inline.publish(topic, record.value() or b"", rule.qos, rule.retain)
+                value = record.value() or b""
+                if publish_size(topic, value, rule.qos) > maximum_packet_size:
+                    raise ValueError(f"{len(value)} bytes: larger than the broker's maximum "
+                                     f"packet size ({maximum_packet_size} bytes)")
+                self.inline.publish(topic, value, rule.qos, rule.retain)
             except (UnicodeDecodeError, ValueError) as problem:
                 self.invalid += 1
                 self._report("record", "record {topic}[{partition}]@{offset} not published: "
                              "{problem}", topic=record.topic(), partition=record.partition(),
-                             offset=record.offset(), problem=problem)
+                             offset=record.offset(), problem=str(problem)[:200])
                 continue
             self.consumed += 1
 

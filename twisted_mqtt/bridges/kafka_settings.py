@@ -131,8 +131,10 @@ class TemplateOf(Check):
 
 
 def valid_kafka_topic(name: str) -> bool:
-    """Whether Kafka accepts ``name`` as a topic name."""
-    return bool(_KAFKA_TOPIC.fullmatch(name)) and name not in (".", "..")
+    """Whether Kafka accepts ``name`` as a topic name, and it is not one of Kafka's internal
+    topics (``__consumer_offsets``, ``__transaction_state``...: names starting with ``__``)."""
+    return (bool(_KAFKA_TOPIC.fullmatch(name)) and name not in (".", "..")
+            and not name.startswith("__"))
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -181,6 +183,59 @@ class KafkaBridgeSettings:
     poll_interval: float = 0.01
     client: Dict[str, Any] = field(default_factory=dict)
     """librdkafka settings passed as they are (``compression.type``, ``security.protocol``...)."""
+
+    def __repr__(self) -> str:
+        shown = {name: MASK if secret_setting(name) else value
+                 for name, value in self.client.items()}
+        return (f"KafkaBridgeSettings(name={self.name!r}, servers={self.servers!r}, "
+                f"egress={self.egress!r}, ingress={self.ingress!r}, ack={self.ack!r}, "
+                f"max_buffered_messages={self.max_buffered_messages!r}, "
+                f"max_buffered_bytes={self.max_buffered_bytes!r}, "
+                f"poll_interval={self.poll_interval!r}, client={shown!r})")
+
+
+MASK = "********"
+SECRET_WORDS = ("password", "secret", "key", "token", "oauthbearer.config")
+"""A librdkafka setting whose name contains one of these is never shown (``sasl.password``,
+``ssl.key.password``, ``ssl.key.pem``, ``sasl.oauthbearer.client.secret``...)."""
+
+
+def secret_setting(name: str) -> bool:
+    """Whether the librdkafka setting ``name`` holds a secret."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+BRIDGE_OWNED = {
+    "queue.buffering.max.messages": "the buffer's bound: set max_buffered_messages",
+    "queue.buffering.max.kbytes": "the buffer's bound: set max_buffered_bytes",
+    "enable.auto.commit": "ingress commits no offsets",
+    "enable.auto.offset.store": "ingress commits no offsets",
+}
+"""librdkafka settings the bridge sets itself, and why a ``client`` entry may not change them."""
+
+DEBUG_LEAKS = frozenset({"all", "msg", "protocol", "conf", "security", "sasl"})
+"""librdkafka ``debug`` contexts that log records, requests or settings."""
+
+
+def check_settings(settings: KafkaBridgeSettings) -> None:
+    """``Invalid`` (at ``.client.NAME``) for a ``client`` setting that would break what the
+    bridge promises: its memory bounds, ``ack: kafka`` (``acks`` other than ``all``), or its
+    logs (a ``debug`` context that logs records or settings)."""
+    for name, value in settings.client.items():
+        if name in BRIDGE_OWNED:
+            raise Invalid(f"set by the bridge ({BRIDGE_OWNED[name]})", f".client.{name}")
+        if name in ("acks", "request.required.acks") and settings.ack == "kafka" \
+                and str(value).lower() not in ("all", "-1"):
+            raise Invalid(f"ack: kafka needs acks: all (every in-sync replica), not {value!r}",
+                          f".client.{name}")
+        if name == "debug":
+            leaks = sorted(DEBUG_LEAKS.intersection(
+                part.strip().lower() for part in str(value).split(",")))
+            if leaks:
+                raise Invalid(f"debug contexts {', '.join(leaks)} log records, requests or "
+                              "settings (secrets included); choose others (broker, topic, "
+                              "queue...)", f".client.{name}")
 
 
 def _fields(entry: Any, keys: Dict[str, Tuple[Check, Any, str]], what: str) -> Dict[str, Any]:
@@ -321,7 +376,9 @@ def bridge_settings(entry: Any) -> KafkaBridgeSettings:
     if not values["egress"] and not values["ingress"]:
         raise Invalid("a bridge needs egress or ingress rules")
     values["servers"] = tuple(values["servers"])
-    return KafkaBridgeSettings(**values)
+    settings = KafkaBridgeSettings(**values)
+    check_settings(settings)
+    return settings
 
 
 class KafkaBridges(Check):
