@@ -9,7 +9,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from twisted.internet.defer import maybeDeferred
@@ -315,8 +315,8 @@ def unreachable() -> Iterator[Any]:
 
     made: List[KafkaBridge] = []
 
-    def make(**settings: Any) -> KafkaBridge:
-        broker = hub()
+    def make(caps: Optional[Dict[str, Any]] = None, **settings: Any) -> KafkaBridge:
+        broker = hub(**(caps or {}))
         entry = {"name": "k", "servers": ["127.0.0.1:1"], "ack": "kafka",
                  "egress": [{"filters": ["held/#"]}], **settings}
         bridge = KafkaBridge(broker.broker, bridge_settings(entry), broker.clock)

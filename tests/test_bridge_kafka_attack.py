@@ -193,6 +193,29 @@ def test_egress_never_produces_to_kafka_internal_topics() -> None:
                          "egress": [{"filters": ["#"], "topic": "__transaction_state"}]})
 
 
+def test_ack_kafka_held_messages_count_against_receive_maximum(
+        unreachable: Any) -> None:  # noqa: F811
+    """QoS 1 messages whose PUBACKs Kafka holds count against the broker's Receive Maximum,
+    with the QoS 2 messages not yet released: a client sending more is disconnected with 0x93
+    Receive Maximum exceeded [MQTT-3.3.4-7], so one client cannot take the whole buffer."""
+    bridge = unreachable(caps={"receive_maximum": 5})
+    broker: InMemoryBroker = bridge.hub
+    pub = join(broker, "pub")
+    pub.send(*[Publish("held/1", b"x", 1, packet_id=n) for n in range(1, 4)],
+             Publish("held/2", b"x", 2, packet_id=4), Publish("other", b"x", 1, packet_id=5),
+             Publish("held/0", b"x", 0))
+    assert [p.packet_id for p in pub.received()] == [5]
+    pub.send(Publish("held/1", b"x", 1, packet_id=6))
+    assert pub.received() == []
+    pub.send(Publish("held/1", b"x", 1, packet_id=7))
+    packets = pub.received()
+    assert packets == [Disconnect(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, packets[0].properties)]
+    assert bridge.buffer.messages == 6  # and the QoS 0 message, produced, not held
+    calm = join(broker, "calm")
+    calm.send(*[Publish("held/1", b"x", 1, packet_id=n) for n in range(1, 6)])
+    assert calm.received() == []  # its own five: within its Receive Maximum
+
+
 def test_ack_kafka_held_publisher_disconnects_then_broker_stops(
         unreachable: Any, logged: List[str]) -> None:  # noqa: F811
     """A publisher whose messages are held may go away; a stop then gives up the held records

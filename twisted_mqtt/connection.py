@@ -145,6 +145,7 @@ class Connection:
         "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
         "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
         "_held_by", "_retained_lookups", "_lookup_limit", "_input_held", "_replay",
+        "_acks_held",
     )
     acl_exempt = False  # a network client: the authorizers say what it may receive
     remote = False  # a client of this node (see ``targets.DeliveryTarget``)
@@ -189,6 +190,9 @@ class Connection:
         all loses none, however large the retained set."""
         self._out: List[bytes] = _NO_OUTPUT
         """Bytes queued for the client and not yet handed to the transport."""
+        self._acks_held = 0
+        """PUBACKs waiting for an acknowledgement barrier (``Broker.ack_held``): with the QoS 2
+        messages not yet released, what ``receive_maximum`` bounds."""
         self._queued = 0
         """Their total size, which ``maximum_pending_bytes`` bounds."""
         self._limit = caps.maximum_pending_bytes
@@ -1183,7 +1187,9 @@ class Connection:
         session = self.session
         assert session is not None
         qos = message.qos
-        if qos == 2 and len(session.inbound_qos2) >= broker.capabilities.receive_maximum:
+        held = self._acks_held  # QoS 1 PUBACKs held by a barrier count too
+        if ((qos == 2 or (held and qos))
+                and len(session.inbound_qos2) + held >= broker.capabilities.receive_maximum):
             self.disconnect(_R.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
             return
         hooks = broker.hooks
@@ -1234,8 +1240,18 @@ class Connection:
         if held is None:
             self.broker.stats.packets_sent += 1
             self.write(ack)
+        elif message is not None and message.qos == 1:
+            self._acks_held += 1
+            held.addBoth(self._ack_released)
+            held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
         else:
             held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
+
+    def _ack_released(self, result: Any) -> Any:
+        """A held PUBACK is answered (sent, or refused): one fewer counts against the client's
+        Receive Maximum."""
+        self._acks_held -= 1
+        return result
 
     def _ack_refused(self, failure: Failure) -> None:
         """A barrier failed to make a message safe: disconnect its publisher unacknowledged."""
