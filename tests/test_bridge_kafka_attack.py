@@ -5,6 +5,7 @@ confluent-kafka ``Message`` objects; the broker is in memory on a ``task.Clock``
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from pathlib import Path
@@ -17,12 +18,14 @@ from tests.hook_helpers import hub, join, publishes, watch
 from tests.spec import check_cited_labels
 from tests.test_bridge_kafka import NO_CLIENT, unreachable  # noqa: F401
 from twisted_mqtt.bridges.kafka import KafkaBridge, bridge_settings, egress_record
-from twisted_mqtt.config import ConfigError, load_config
+from twisted_mqtt.config import ConfigError, load_config, options_in_force
 from twisted_mqtt.interfaces import ClientInfo
 from twisted_mqtt.packets import Disconnect, Publish, ReasonCode
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.session import Message
+from twisted_mqtt.tap import Options
 from twisted_mqtt.testing import InMemoryBroker
+from twisted_mqtt.web.views import config_view
 
 CPYTHON = platform.python_implementation() == "CPython"
 
@@ -151,6 +154,25 @@ def test_ingress_reads_a_bounded_number_of_records_per_poll() -> None:
     assert (bridge.consumed, len(consumer.waiting)) == (1000, 1500)
 
 
+def test_ingress_burst_to_a_slow_subscriber_is_bounded() -> None:
+    """A burst of records for a subscriber that does not read holds at most the broker's
+    ``maximum_pending_bytes`` (plus one message) for it, its QoS 0 messages past that are
+    dropped and counted, and another subscriber gets every record: ingress is not paused for
+    one slow client (which would stall everyone else's feed)."""
+    bridge, consumer, broker = ingress("in/{key}", maximum_pending_bytes=100_000)
+    slow = watch(broker, "in/#", qos=0, client_id="slow")
+    fast = watch(broker, "in/#", qos=0, client_id="fast")
+    slow.connection.pause()
+    consumer.waiting = [record(b"k", b"x" * 1000, offset=n) for n in range(3000)]
+    got = 0
+    for _ in range(3):
+        bridge.poll()
+        got += len(publishes(fast))
+        assert slow.connection._queued <= 100_000 + 1100
+    assert (got, bridge.consumed) == (3000, 3000)
+    assert broker.broker.stats.dropped >= 2800
+
+
 # -- egress: a hostile MQTT client ----------------------------------------------------------------
 
 
@@ -269,6 +291,23 @@ def test_secrets_never_shown() -> None:
     shown = repr(settings)
     assert not any(secret in shown for secret in ("hunter2", "pw2", "s3"))
     assert "'sasl.username': 'u'" in shown and "'compression.type': 'lz4'" in shown
+
+
+
+def test_dashboard_configuration_shows_no_kafka_secret(tmp_path: Path) -> None:
+    """The dashboard's configuration view of a broker with a Kafka bridge holds none of its
+    librdkafka secrets."""
+    if not CPYTHON:
+        pytest.skip(NO_CLIENT)
+    path = tmp_path / "broker.yaml"
+    path.write_text("kafka_bridges:\n  - name: k\n    servers: [h:1]\n"
+                    "    egress: [{filters: ['#']}]\n"
+                    "    client: {sasl.password: hunter2, ssl.key.pem: PEMDATA}\n")
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    assert options["kafka-bridges"][0].client["sasl.password"] == "hunter2"
+    shown = json.dumps(config_view(options_in_force(options)), default=str)
+    assert "hunter2" not in shown and "PEMDATA" not in shown
 
 
 check_cited_labels(sys.modules[__name__])
