@@ -255,6 +255,27 @@ def test_ack_kafka_held_publisher_disconnects_then_broker_stops(
     assert len([line for line in logged if "not delivered" in line]) == 1
 
 
+def test_kafka_errors_are_logged_once_a_minute(logged: List[str]) -> None:
+    """A Kafka server refusing each attempt (authentication, authorisation) or sending record
+    errors does not fill the log: one line a minute per kind, saying how many were not
+    logged meanwhile."""
+    import confluent_kafka
+
+    bridge, consumer, broker = ingress("in/{key}")
+    refused = confluent_kafka.KafkaError(confluent_kafka.KafkaError._AUTHENTICATION,
+                                         "SASL authentication failed")
+    failed = confluent_kafka.Message(topic="cmd", partition=0, offset=0, error=refused)
+    for _ in range(100):
+        bridge._on_error(refused)
+        consumer.waiting = [failed]
+        bridge.poll()
+    broker.clock.advance(61)
+    bridge._on_error(refused)
+    lines = [line for line in logged if "SASL authentication failed" in line]
+    assert len(lines) == 3, lines
+    assert "99 more since the last such line" in lines[-1]
+
+
 # -- settings and secrets -------------------------------------------------------------------------
 
 REFUSED = [

@@ -498,8 +498,7 @@ class KafkaBridge(Service, Hook):
             error = record.error()
             if error is not None:
                 if not error.code() == load_kafka().KafkaError._PARTITION_EOF:
-                    log.warn("Kafka bridge {name}: {error}", name=self.settings.name,
-                             error=error.str())
+                    self._report("consume", "{error}", error=error.str())
                 continue
             rule = self._ingress.get(record.topic())
             if rule is None:
@@ -545,13 +544,14 @@ class KafkaBridge(Service, Hook):
 
     def _on_error(self, error: Any) -> None:
         """librdkafka's errors (called from ``poll``, on the reactor thread): losing the
-        connections is a change of state (logged once), other errors are logged."""
+        connections is a change of state (logged once), other errors are logged at most once a
+        minute (a server refusing each attempt would otherwise fill the log)."""
         errors = load_kafka().KafkaError
         code = error.code()
         if code == errors._ALL_BROKERS_DOWN:
             self._state(False, error.str())
         elif code not in (errors._TRANSPORT, errors._RESOLVE):  # each try: in the state
-            log.warn("Kafka bridge {name}: {error}", name=self.settings.name, error=error.str())
+            self._report("error", "{error}", error=error.str())
 
     def _on_stats(self, text: str) -> None:
         """librdkafka's statistics (each second): whether a Kafka broker is connected."""
