@@ -201,6 +201,22 @@ def test_egress_topic_not_a_kafka_name_is_not_acknowledged(unreachable: Any,  # 
     assert len([line for line in logged if line.startswith("Kafka bridge k: topic")]) == 1
 
 
+def test_egress_kafka_topics_are_bounded(unreachable: Any) -> None:  # noqa: F811
+    """A client publishing to ever new MQTT topics under a ``{topic}`` template cannot make
+    the bridge produce to (and Kafka create) topics without end: past ``max_kafka_topics``
+    a message for a new Kafka topic is not produced, counted; with ``ack: kafka`` its
+    publisher is disconnected (0x97 Quota exceeded), never acknowledged."""
+    bridge = unreachable(ack="none", max_kafka_topics=3)
+    pub = join(bridge.hub, "pub")
+    pub.send(*[Publish(f"held/{n}", b"x", 0) for n in range(10)], Publish("held/0", b"x", 0))
+    assert (bridge.buffer.messages, bridge.invalid) == (4, 7)
+    held = unreachable(max_kafka_topics=1)
+    pub = join(held.hub, "pub")
+    pub.send(Publish("held/a", b"x", 1, packet_id=1), Publish("held/b", b"x", 1, packet_id=2))
+    packets = pub.received()
+    assert packets == [Disconnect(ReasonCode.QUOTA_EXCEEDED, packets[0].properties)]
+
+
 def test_egress_never_produces_to_kafka_internal_topics() -> None:
     """A topic template cannot reach Kafka's internal topics (``__consumer_offsets``...) from
     an MQTT topic or client id; a fixed internal topic is refused in the settings."""

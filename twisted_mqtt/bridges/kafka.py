@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
@@ -243,6 +243,8 @@ class KafkaBridge(Service, Hook):
         self._poll: Optional[LoopingCall] = None
         self._held: Optional[Tuple[Message, Deferred[Any]]] = None
         self._rules: Dict[str, Optional[EgressRule]] = {}
+        self._topics: Set[str] = set()
+        """The Kafka topics produced to (at most ``max_kafka_topics``)."""
         self._ingress: Dict[str, IngressRule] = {}
         self._lookups_failed = 0
         self._reported: Dict[str, Tuple[Optional[float], int]] = {}
@@ -378,6 +380,18 @@ class KafkaBridge(Service, Hook):
                     f"Kafka bridge {self.settings.name}: the topic makes no valid Kafka topic "
                     "name", ReasonCode.TOPIC_NAME_INVALID)))
             return
+        topics = self._topics
+        if record.topic not in topics:
+            if len(topics) >= self.settings.max_kafka_topics:
+                self.invalid += 1
+                self._report("topics", "already {count} Kafka topics (max_kafka_topics); "
+                             "message for a new one, {topic!r}, not produced",
+                             count=len(topics), topic=record.topic)
+                if hold:
+                    self._held = (message, fail(AckRefused(
+                        f"Kafka bridge {self.settings.name}: too many Kafka topics")))
+                return
+            topics.add(record.topic)
         if not self.buffer.take(record.size):
             if hold:
                 self._held = (message, fail(AckRefused(

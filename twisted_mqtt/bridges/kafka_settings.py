@@ -180,6 +180,9 @@ class KafkaBridgeSettings:
     """``none`` (fire and forget) or ``kafka`` (QoS 1/2 PUBLISH acknowledged after Kafka)."""
     max_buffered_messages: int = 100_000
     max_buffered_bytes: int = 64 * 1024 * 1024
+    max_kafka_topics: int = 10_000
+    """Distinct Kafka topics egress produces to, at most (a topic template of ``{topic}`` or
+    ``{clientid}`` would otherwise let clients make Kafka create topics without end)."""
     poll_interval: float = 0.01
     client: Dict[str, Any] = field(default_factory=dict)
     """librdkafka settings passed as they are (``compression.type``, ``security.protocol``...)."""
@@ -191,6 +194,7 @@ class KafkaBridgeSettings:
                 f"egress={self.egress!r}, ingress={self.ingress!r}, ack={self.ack!r}, "
                 f"max_buffered_messages={self.max_buffered_messages!r}, "
                 f"max_buffered_bytes={self.max_buffered_bytes!r}, "
+                f"max_kafka_topics={self.max_kafka_topics!r}, "
                 f"poll_interval={self.poll_interval!r}, client={shown!r})")
 
 
@@ -360,6 +364,9 @@ BRIDGE_KEYS: Dict[str, Tuple[Check, Any, str]] = {
                               "records produced and not yet acknowledged by Kafka, at most"),
     "max_buffered_bytes": (Integer(1), KafkaBridgeSettings.max_buffered_bytes,
                            "bytes (keys and values) of those records, at most"),
+    "max_kafka_topics": (Integer(1), KafkaBridgeSettings.max_kafka_topics,
+                         "distinct Kafka topics egress produces to, at most (a message for "
+                         "another one is not produced)"),
     "poll_interval": (Number(0.001), KafkaBridgeSettings.poll_interval,
                       "seconds between two polls of the Kafka client"),
     "client": (Settings(), {}, "librdkafka settings, passed as they are"),
