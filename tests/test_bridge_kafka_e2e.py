@@ -270,3 +270,28 @@ def test_ingress(tansu: TansuServer, start_broker: StartBroker, tmp_path: Path, 
         ("kafka/commands/lamp/hall", b"on", 1), ("kafka/commands/lamp/hall", b"off", 1)]
     samples = wait_for_sample(broker, "mqtt_kafka_bridge_invalid_total", 1)
     assert value(samples, "mqtt_kafka_bridge_consumed_total", bridge="k") == 2
+
+
+def test_ingress_hostile_records(tansu: TansuServer, start_broker: StartBroker,  # noqa: F811
+                                 tmp_path: Path, clients: MakeClient) -> None:
+    """A Kafka producer whose keys would make a ``$SYS`` topic, a wildcard topic or no UTF-8,
+    and whose value is larger than the broker's maximum packet size, publishes none of them
+    (each counted as invalid); its good record goes through, and the broker serves on."""
+    produce(tansu.servers, [("raw", b"k", b"old", [])])
+    config = bridge_config(tmp_path, tansu.servers, "ingress:", "  - topics: [raw]",
+                           "    mqtt_topic: '{key}'")
+    broker = start_broker("--config", config, "--stats", LOOPBACK, "--sys-interval", "0",
+                          "--allow-anonymous", "--max-packet-size", "4096")
+    broker.wait_for_log("Kafka bridge k: reading 4 partitions of raw")
+    subscriber = clients(broker.port, V5, "sub")
+    subscriber.connect()
+    subscriber.subscribe("#", 0)
+    subscriber.subscribe("$SYS/#", 0)
+    produce(tansu.servers, [("raw", b"$SYS/broker/clients/connected", b"666", []),
+                            ("raw", b"a/#", b"x", []), ("raw", b"\xff", b"x", []),
+                            ("raw", b"big", b"x" * 5000, []), ("raw", b"ok/1", b"fine", [])])
+    got = subscriber.expect(1)
+    assert [(m.topic, m.payload) for m in got] == [("ok/1", b"fine")]
+    wait_for_sample(broker, "mqtt_kafka_bridge_invalid_total", 4)
+    produce(tansu.servers, [("raw", b"ok/end", b"", [])])
+    assert subscriber.expect_until("ok/end") == []  # nothing else came
