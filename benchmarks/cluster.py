@@ -52,6 +52,8 @@ from tests.servers import RedisServer  # noqa: E402
 SCENARIOS = ("stream", "qos1", "fanout")
 SETUPS = ("cross-node", "workers-2", "one-process", "mosquitto")
 SERVING = re.compile(r"cluster: node \S+ serving")
+LAPSE = re.compile(r"lease of epoch \d+ (not renewed|lost)|epoch \d+ fenced off")
+"""A node's log line saying it stopped serving: its lease lapsed under load."""
 SETTLE = 1.0
 """Seconds between the subscriptions and the first message: routes reach the other nodes."""
 
@@ -134,6 +136,10 @@ class SetUp:
     def pids(self) -> List[int]:
         return [broker.pid for broker in self.brokers]
 
+    def lapses(self) -> int:
+        """How many times a node stopped serving because its lease lapsed."""
+        return sum(len(LAPSE.findall(broker.log())) for broker in self.brokers)
+
     def stop(self) -> List[str]:
         problems: List[str] = []
         for broker in self.brokers:
@@ -167,12 +173,13 @@ def run_one(args: argparse.Namespace, redis: RedisServer, kind: str, scenario: s
         redis_cpu1, commands1 = cpu_seconds(redis.proc.pid), redis_commands(redis)  # type: ignore
     finally:
         stop_profiler(profiler)
+        lapses = setup.lapses()
         problems = setup.stop()
     result = loadgen_result(done, kind)
     delivered = result.get("delivered", 0)
     result.update(setup=kind, repeat=rep, broker_cpu_pct=round(100 * (cpu1 - cpu0) / elapsed, 1),
                   broker_us_per_msg=1e6 * (cpu1 - cpu0) / delivered if delivered else None,
-                  log_problems=problems[:5])
+                  lease_lapses=lapses, log_problems=problems[:5])
     if kind != "one-process" and kind != "mosquitto":
         share = (redis_cpu1 - redis_cpu0) / elapsed
         result.update(redis_cpu_pct=round(100 * share, 1),
@@ -186,7 +193,7 @@ def run_one(args: argparse.Namespace, redis: RedisServer, kind: str, scenario: s
 def table(results: List[Dict], setups: List[str]) -> str:
     """Medians over the repeats; each twisted_mqtt set-up's throughput and CPU per message as a
     ratio to Mosquitto's, and to one process."""
-    head = ["scenario", "set-up", "msgs/s", "CPU µs/msg", "p50/p99 ms", "lost",
+    head = ["scenario", "set-up", "msgs/s", "CPU µs/msg", "p50/p99 ms", "lost", "lease lapses",
             "vs Mosquitto", "vs one process", "Redis CPU %", "Redis cmds/s",
             "msgs/s one Redis carries"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -206,6 +213,7 @@ def table(results: List[Dict], setups: List[str]) -> str:
                 f"{fmt(med([r['lat_p50_us'] / 1e3 for r in mine]), '.2f')}/"
                 f"{fmt(med([r['lat_p99_us'] / 1e3 for r in mine]), '.2f')}",
                 "/".join(str(r["lost"]) for r in mine),
+                "/".join(str(r["lease_lapses"]) for r in mine),
                 ratio(thr[setup], thr.get("mosquitto")),
                 ratio(thr[setup], thr.get("one-process")),
                 fmt(med([r.get("redis_cpu_pct") for r in mine]), ".0f") if redis else "-",
@@ -259,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             out.write(json.dumps(r) + "\n")
                     print(f"{scenario} #{rep} {kind}: {r['msgs_per_s']:.0f} msg/s, "
                           f"{fmt(r['broker_us_per_msg'], '.2f')} µs/msg, lost {r['lost']}, "
+                          f"lease lapses {r['lease_lapses']}, "
                           f"CPU {r['broker_cpu_pct']}%, Redis {r.get('redis_cpu_pct', '-')}%",
                           file=sys.stderr)
     finally:

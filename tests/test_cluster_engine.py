@@ -1,6 +1,7 @@
 """The cluster engine's connections against a real ``redis-server``: a refused AUTH is one log
 line saying why and a retry, not a connection that never becomes ready; commands, scripts and
-channels once connected; ``EngineDown`` while not."""
+channels once connected; ``EngineDown`` while not; a node's lease renewed while its commands
+connection is held up."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from twisted.internet.task import deferLater
 
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from twisted_mqtt.cluster.engine import EngineDown, RedisEngine
+from twisted_mqtt.cluster.membership import Membership
 
 pytestmark = pytest.mark.e2e
 
@@ -65,3 +67,33 @@ def test_commands_scripts_and_channels(redis_server: RedisServer) -> Any:  # noq
     finally:
         yield engine.stop()
     assert changes == [True, False]
+
+
+@pytest_twisted.inlineCallbacks
+def test_lease_renewed_while_the_commands_connection_is_held_up(
+        redis_server: RedisServer, logged: List[str]) -> Any:  # noqa: F811
+    """A loaded node's commands connection carries seconds of pipelined message batches, which
+    Redis answers in order (here one command that holds it for three leases): the node's
+    lease renewals do not wait behind them, so it keeps serving and its lease never lapses in
+    Redis."""
+    lease = 1.0
+    engine = RedisEngine(redis_server.url(0, "lease-test:"), reactor)
+    members = Membership(engine, "loaded", reactor, lease)
+    changes: List[bool] = []
+    members.watch_serving(changes.append)
+    engine.start()
+    members.start()
+    try:
+        while not members.node.serving:
+            yield sleep(0.05)
+        held = engine.command("BLPOP", engine.key("nothing"), 3 * lease)
+        ttls = []
+        while not held.called:  # the lease's time to live, read beside the engine
+            ttls.append(int(redis_server.command("PTTL", members.lease_key("loaded"))[1:]))
+            yield sleep(lease / 4)
+        assert changes == [True], logged
+        assert members.node.serving and members.check()
+        assert len(ttls) > 4 and min(ttls) > 0, ttls
+    finally:
+        members.stop()
+        yield engine.stop()

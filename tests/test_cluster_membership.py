@@ -43,7 +43,8 @@ class FakeEngine:
     def watch(self, callback: Any) -> None:
         pass
 
-    def script(self, source: str, keys: List[str], args: List[Any]) -> Deferred[Any]:
+    def script(self, source: str, keys: List[str], args: List[Any],
+               control: bool = False) -> Deferred[Any]:
         self.calls.append((source, args))
         if not self.up:
             return fail(EngineDown("down"))

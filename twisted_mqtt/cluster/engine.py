@@ -1,7 +1,10 @@
 """``RedisEngine``: one node's link to the cluster's Redis (``--cluster redis://HOST:PORT/DB``).
 
-Two connections through txredisapi's protocol (imported only here, when a cluster is
-configured): one for commands, one for pub/sub.  Commands issued during one reactor turn leave
+Three connections through txredisapi's protocol (imported only here, when a cluster is
+configured): one for commands, one for pub/sub, and one for control commands (``control=True``:
+the membership's leases), which never wait behind the message batches queued on the first: Redis
+answers a connection's commands in order, so a lease renewal sent behind seconds of pipelined
+batches would be late however idle Redis is.  Commands issued during one reactor turn leave
 in one write (Twisted's transport buffers them), so callers batch by issuing many commands, or
 one script carrying many items, per turn.  A lost connection is retried every
 ``retry_delay`` seconds; ``watch`` callbacks hear of each change of state, and every key the
@@ -70,9 +73,10 @@ class RedisEngine:
         self.connect_timeout = connect_timeout
         """Seconds a connection may take to open and be ready (AUTH, SELECT answered)."""
         self.up = False
-        """Whether both connections are open."""
+        """Whether all three connections are open."""
         self._commands: Any = None
         self._subscriber: Any = None
+        self._control: Any = None
         self._channels: Dict[bytes, Callable[[bytes], None]] = {}
         self._watchers: List[Callable[[bool], None]] = []
         self._retry: Any = None
@@ -101,17 +105,17 @@ class RedisEngine:
         self._connect()
 
     def stop(self) -> Deferred[Any]:
-        """Close both connections; fires once they are closed."""
+        """Close the connections; fires once they are closed."""
         self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
         closing = []
-        for proto in (self._commands, self._subscriber):
+        for proto in (self._commands, self._subscriber, self._control):
             if proto is not None and proto.transport is not None:
                 closing.append(proto.whenDisconnected())
                 proto.transport.loseConnection()
-        self._commands = self._subscriber = None
+        self._commands = self._subscriber = self._control = None
         self._set_up(False)
         return gatherResults(closing, consumeErrors=True).addErrback(lambda _: None)
 
@@ -148,25 +152,25 @@ class RedisEngine:
             return _ready(proto)
 
         attempts = [endpoint.connect(_Factory(make(cls))).addCallback(opened)
-                    for cls in (Commands, Subscriber)]
+                    for cls in (Commands, Subscriber, Commands)]
         # AUTH or SELECT refused: the protocol closes without ever being ready
         gatherResults(attempts, consumeErrors=True).addTimeout(
             self.connect_timeout, self.reactor).addCallbacks(
             self._opened, self._not_opened, errbackArgs=(protos,))
 
     def _opened(self, protos: List[Any]) -> None:
-        commands, subscriber = protos
-        if self._stopped or not (commands.connected and subscriber.connected):
+        commands, subscriber, control = protos
+        if self._stopped or not all(proto.connected for proto in protos):
             for proto in protos:
                 proto.transport.loseConnection()
             return
-        self._commands, self._subscriber = commands, subscriber
+        self._commands, self._subscriber, self._control = commands, subscriber, control
         if self._channels:
             subscriber.subscribe(list(self._channels)).addErrback(self._ignore)
         self._set_up(True)
 
     def _not_opened(self, failure: Any, protos: List[Any]) -> None:
-        for proto in protos:  # the one of the two that did open
+        for proto in protos:  # those that did open
             if proto.transport is not None:
                 proto.transport.loseConnection()
         error = failure.value
@@ -182,12 +186,13 @@ class RedisEngine:
         self._schedule_retry()
 
     def _lost(self, proto: Any) -> None:
-        if proto is not self._commands and proto is not self._subscriber:
+        mine = (self._commands, self._subscriber, self._control)
+        if proto not in mine:
             return
-        for other in (self._commands, self._subscriber):
+        for other in mine:
             if other is not None and other is not proto and other.transport is not None:
                 other.transport.loseConnection()
-        self._commands = self._subscriber = None
+        self._commands = self._subscriber = self._control = None
         self._set_up(False)
         self._schedule_retry()
 
@@ -218,10 +223,11 @@ class RedisEngine:
 
     # -- commands and channels ------------------------------------------------------------------
 
-    def command(self, *args: Any) -> Deferred[Any]:
+    def command(self, *args: Any, control: bool = False) -> Deferred[Any]:
         """Send one command; fires with its reply, fails with ``EngineDown`` when Redis is not
-        reachable, or with the error Redis answered."""
-        proto = self._commands
+        reachable, or with the error Redis answered.  ``control``: on the control connection,
+        ahead of the message batches queued on the commands connection."""
+        proto = self._control if control else self._commands
         if proto is None or not proto.connected:
             return fail(EngineDown(f"engine {self.location} unreachable"))
         try:
@@ -230,9 +236,11 @@ class RedisEngine:
             return fail(EngineDown(str(error)))
         return result
 
-    def script(self, source: str, keys: List[str], args: List[Any]) -> Deferred[Any]:
-        """Run a Lua script atomically (``EVAL``; Redis caches it by its hash)."""
-        return self.command("EVAL", source, len(keys), *keys, *args)
+    def script(self, source: str, keys: List[str], args: List[Any],
+               control: bool = False) -> Deferred[Any]:
+        """Run a Lua script atomically (``EVAL``; Redis caches it by its hash); ``control`` as
+        for ``command``."""
+        return self.command("EVAL", source, len(keys), *keys, *args, control=control)
 
     def subscribe(self, channel: str, callback: Callable[[bytes], None]) -> None:
         """Call ``callback(message)`` for each message published to ``channel`` (subscribed

@@ -1,9 +1,12 @@
 """Membership of the cluster: node leases, epochs, and the detection of dead nodes.
 
 Each node holds a lease in Redis, ``{prefix}lease:{name}`` = its epoch with a time to live of
-``lease`` seconds, renewed every ``lease / 4``.  The epoch comes from ``INCR {prefix}epoch`` at
-each join, so it grows with every (re)join cluster-wide; ``{prefix}nodes`` maps each member's
-name to the epoch it joined with.
+``lease`` seconds, renewed every ``lease / 4``.  Every membership command goes on the engine's
+control connection, so a renewal never waits behind the message batches a loaded node has
+pipelined on its commands connection.  A renewal proves the lease from the time it was sent
+(never from its answer): a late answer can only shorten what this node believes it holds.
+The epoch comes from ``INCR {prefix}epoch`` at each join, so it grows with every (re)join
+cluster-wide; ``{prefix}nodes`` maps each member's name to the epoch it joined with.
 
 A node serves (``node.serving``) only while its lease is proven: when a renewal has not been
 answered within the lease (Redis unreachable, the process paused), the node stops serving and
@@ -130,6 +133,10 @@ class Membership:
         self._serving_watchers: List[Callable[[bool], None]] = []
         self._beat: Any = None
         self._proven_until = 0.0
+        self._due = 0.0
+        """When the next heartbeat is due (a later run means a busy reactor)."""
+        self.slowest_renewal = 0.0
+        """The longest round trip of a lease renewal, in seconds."""
         self._joining: Optional[float] = None
         """When the join awaiting its answer was sent (None: none is)."""
         self._running = False
@@ -176,13 +183,17 @@ class Membership:
         return self.engine.script(
             LEAVE, [self.engine.key("nodes"), self.lease_key(self.node.name),
                     self.route_key(self.node.name), self.channel],
-            [self.node.name, epoch]).addErrback(lambda _: None)
+            [self.node.name, epoch], control=True).addErrback(lambda _: None)
 
     # -- the heartbeat --------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        self._beat = self.clock.callLater(self.lease / 4, self._heartbeat)
         now = self.clock.seconds()
+        if self._due and now - self._due > self.lease / 4:
+            log.warn("cluster node {name}: heartbeat {late:.2f}s late (the reactor was busy)",
+                     name=self.node.name, late=now - self._due)
+        self._due = now + self.lease / 4
+        self._beat = self.clock.callLater(self.lease / 4, self._heartbeat)
         if self.node.serving and now >= self._proven_until:
             log.warn("cluster node {name}: lease of epoch {epoch} not renewed within {lease}s; "
                      "not serving until it rejoins", name=self.node.name,
@@ -216,7 +227,7 @@ class Membership:
         engine = self.engine
         engine.script(JOIN, [self.lease_key(name), engine.key("epoch"), engine.key("nodes"),
                              self.route_key(name), self.channel],
-                      [name, int(self.lease * 1000)]).addCallbacks(
+                      [name, int(self.lease * 1000)], control=True).addCallbacks(
             self._joined, self._join_failed, callbackArgs=(sent,))
 
     def _joined(self, reply: List[Any], sent: float) -> None:
@@ -247,10 +258,15 @@ class Membership:
     def _renew(self, sent: float) -> None:
         epoch = self.node.epoch
         self.engine.script(RENEW, [self.lease_key(self.node.name)],
-                           [epoch, int(self.lease * 1000)]).addCallbacks(
+                           [epoch, int(self.lease * 1000)], control=True).addCallbacks(
             self._renewed, lambda _: None, callbackArgs=(sent, epoch))
 
     def _renewed(self, reply: Any, sent: float, epoch: int) -> None:
+        took = self.clock.seconds() - sent
+        self.slowest_renewal = max(self.slowest_renewal, took)
+        if took > self.lease / 4:
+            log.warn("cluster node {name}: lease renewal answered after {took:.2f}s (lease "
+                     "{lease}s)", name=self.node.name, took=took, lease=self.lease)
         if epoch != self.node.epoch or not self.node.serving:
             return
         if int(reply) == 1:
@@ -284,8 +300,8 @@ class Membership:
 
     def _survey(self) -> None:
         engine = self.engine
-        engine.script(SURVEY, [engine.key("nodes")], [engine.key("lease", "")]).addCallbacks(
-            self._surveyed, lambda _: None)
+        engine.script(SURVEY, [engine.key("nodes")], [engine.key("lease", "")],
+                      control=True).addCallbacks(self._surveyed, lambda _: None)
 
     def _surveyed(self, reply: List[Any]) -> None:
         if not self.node.serving:
@@ -312,7 +328,7 @@ class Membership:
     def _remove(self, name: str, epoch: int) -> None:
         engine = self.engine
         engine.script(REMOVE, [engine.key("nodes"), self.lease_key(name), self.route_key(name),
-                               self.channel], [name, epoch]).addCallbacks(
+                               self.channel], [name, epoch], control=True).addCallbacks(
             self._removed, lambda _: None, callbackArgs=(name, epoch))
 
     def _removed(self, reply: Any, name: str, epoch: int) -> None:
