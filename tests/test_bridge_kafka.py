@@ -17,6 +17,7 @@ from twisted.internet.defer import maybeDeferred
 from tests.hook_helpers import hub, join
 from tests.test_command_line import PROGRAMS, one_line, run, without
 from twisted_mqtt.bridges.kafka import (
+    HEADER_COST,
     MISSING,
     Buffer,
     KafkaBridge,
@@ -73,7 +74,7 @@ def test_record_topic_key_value_headers() -> None:
                               ("mqtt.username", b"alice"), ("mqtt.content_type", b"text/plain"),
                               ("site", b"x"), ("site", b"y")]
     assert record.size == len(b"\x00\xff21.5") + len(b"sensor-1") + sum(
-        len(name) + len(value) for name, value in record.headers)
+        len(name) + len(value) + HEADER_COST for name, value in record.headers)
 
 
 def test_record_templates() -> None:

@@ -178,13 +178,20 @@ def test_ingress_burst_to_a_slow_subscriber_is_bounded() -> None:
 
 def test_egress_user_properties_count_in_the_buffer(unreachable: Any) -> None:  # noqa: F811
     """The buffer counts a record's headers (its publisher's user properties), so that large
-    user properties cannot hold more memory than ``max_buffered_bytes``."""
+    user properties, or many empty ones, cannot hold more memory than
+    ``max_buffered_bytes``."""
     bridge = unreachable(ack="none", max_buffered_bytes=100_000)
     pub = join(bridge.hub, "pub")
     big = Properties(user_properties=(("n", "x" * 60_000),))
     pub.send(Publish("held/1", b"", 0, properties=big), Publish("held/2", b"", 0, properties=big))
     assert bridge.buffer.messages == 1 and bridge.buffer.bytes > 60_000
     assert bridge.buffer.dropped == 1
+    many = Properties(user_properties=(("", ""),) * 2000)  # 5 bytes each on the wire
+    other = unreachable(ack="none", max_buffered_bytes=200_000)
+    pub = join(other.hub, "pub")
+    pub.send(Publish("held/1", b"", 0, properties=many), Publish("held/2", b"", 0,
+                                                                   properties=many))
+    assert other.buffer.messages == 1 and other.buffer.bytes >= 2000 * 64
 
 
 def test_egress_topic_not_a_kafka_name_is_not_acknowledged(unreachable: Any,  # noqa: F811

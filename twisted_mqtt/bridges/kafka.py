@@ -57,6 +57,9 @@ STOP_DRAIN = 2.0
 """Seconds a stopping bridge waits for Kafka to acknowledge what it holds."""
 REPORT_INTERVAL = 60.0
 """Seconds between two log lines about messages of one kind not passed on."""
+HEADER_COST = 64
+"""Bytes the buffer counts for each header of a record besides its name and value (what
+librdkafka holds for it), so that many empty user properties are not free."""
 
 # -- egress records ------------------------------------------------------------------------------
 
@@ -99,10 +102,10 @@ class Record:
 
     @property
     def size(self) -> int:
-        """Its bytes, as the buffer counts them (key, value and headers: a client's user
-        properties can be as large as its payload)."""
+        """Its bytes, as the buffer counts them (key, value and headers, each header
+        ``HEADER_COST`` more: a client's user properties can be as large as its payload)."""
         return (len(self.value) + (len(self.key) if self.key is not None else 0)
-                + sum(len(name) + len(value) for name, value in self.headers))
+                + sum(len(name) + len(value) + HEADER_COST for name, value in self.headers))
 
 
 def egress_record(rule: EgressRule, client: ClientInfo, message: Message,
