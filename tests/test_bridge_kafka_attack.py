@@ -124,6 +124,17 @@ def test_ingress_header_cannot_make_a_dollar_topic() -> None:
     assert publishes(watcher) == [] and bridge.invalid == 1
 
 
+def test_ingress_other_headers_may_be_any_bytes() -> None:
+    """Only the headers the template uses must be UTF-8: a record with binary headers of
+    other names (tracing ids...) is published."""
+    bridge, consumer, broker = ingress("in/{header:room}")
+    watcher = watch(broker, "in/#")
+    consumer.waiting = [record(None, headers=[("trace", b"\xff\x00"), ("room", b"hall"),
+                                              ("room", b"\xff")])]
+    bridge.poll()
+    assert [p.topic for p in publishes(watcher)] == ["in/hall"] and bridge.invalid == 0
+
+
 def test_ingress_record_larger_than_the_maximum_packet_size(logged: List[str]) -> None:
     """A record whose PUBLISH would exceed the broker's maximum packet size (which no client
     could have published here) is not published; counted and logged."""

@@ -135,8 +135,10 @@ def ingress_topic(rule: IngressRule, kafka_topic: str, partition: int, key: Opti
     length, levels) are the inline client's."""
     named: Dict[str, str] = {}
     if "header" in rule.mqtt_topic.fields:
+        wanted = rule.mqtt_topic.headers
         for name, value in headers or ():
-            named.setdefault(name, (value or b"").decode("utf-8"))
+            if name in wanted and name not in named:  # other headers may be any bytes
+                named[name] = (value or b"").decode("utf-8")
     values = {"kafka_topic": kafka_topic, "partition": str(partition),
               "key": (key or b"").decode("utf-8") if "key" in rule.mqtt_topic.fields else ""}
     topic = rule.mqtt_topic.render(values, named)

@@ -77,6 +77,8 @@ class Template:
                 raise Invalid(f"no conversion or format in {text!r}; expected plain {{field}}")
             self.parts.append((literal, name, spec or ""))
         self.fields = frozenset(name for _, name, _ in self.parts if name is not None)
+        self.headers = frozenset(header for _, name, header in self.parts if name == "header")
+        """The names of the ``{header:NAME}`` fields."""
 
     def render(self, values: Dict[str, str], headers: Optional[Dict[str, str]] = None) -> str:
         """The text with each field replaced by its value (a missing header: empty)."""
