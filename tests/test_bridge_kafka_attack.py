@@ -219,6 +219,16 @@ def test_egress_topic_not_a_kafka_name_is_not_acknowledged(unreachable: Any,  # 
     assert len([line for line in logged if line.startswith("Kafka bridge k: topic")]) == 1
 
 
+def test_egress_client_named_like_the_bridge_is_produced(unreachable: Any) -> None:  # noqa: F811
+    """A network client taking the client id of the bridge's ingress (``$kafka-bridge/k``)
+    is not mistaken for it: with ``ack: kafka`` its message is produced and held, not
+    acknowledged without being in Kafka."""
+    bridge = unreachable()
+    pub = join(bridge.hub, "$kafka-bridge/k")
+    pub.send(Publish("held/1", b"x", 1, packet_id=1))
+    assert pub.received() == [] and bridge.buffer.messages == 1
+
+
 def test_egress_kafka_topics_are_bounded(unreachable: Any) -> None:  # noqa: F811
     """A client publishing to ever new MQTT topics under a ``{topic}`` template cannot make
     the bridge produce to (and Kafka create) topics without end: past ``max_kafka_topics``

@@ -367,7 +367,7 @@ class KafkaBridge(Service, Hook):
     def on_published(self, client: ClientInfo, message: Message, count: int) -> None:
         """Produce a message a client published, if a rule matches it (in ``ack: kafka`` mode,
         keep what its acknowledgement waits for)."""
-        if self.producer is None or client.client_id == self.inline.client_id:
+        if self.producer is None or client is self.inline.info:  # not a client of that id
             return
         rule = self.rule_for(message.topic)
         if rule is None:
