@@ -92,6 +92,8 @@ class Cluster(Service):
         self.sessions = ClusterSessions(broker, self.engine, self.members, reactor,
                                         handover_timeout)
         self.router.claim_handler = self.sessions.claimed_message
+        self.router.ack_writer = self.sessions.acknowledge_with_write
+        self.sessions.attach(self.router)
         from twisted_mqtt.cluster.admin import ClusterAdmin
 
         self.admin = ClusterAdmin(self)

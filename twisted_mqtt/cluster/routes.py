@@ -29,7 +29,14 @@ from twisted.logger import Logger
 
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import Membership
-from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
+from twisted_mqtt.cluster.wire import (
+    decode_record,
+    encode_record,
+    identity,
+    pack,
+    record_identity,
+    unpack,
+)
 from twisted_mqtt.errors import AckRefused, CodecError
 from twisted_mqtt.packets import ReasonCode, Subscription
 from twisted_mqtt.session import Delivery, Message, Session
@@ -142,6 +149,22 @@ class Router:
         self.claim_handler: Optional[Callable[[str, Message, str], None]] = None
         """Called with (dead node, message, shared filter) for each message claimed from a dead
         node's stream; by default the message goes to the current subscribers of its topic."""
+        self.ack_writer: Optional[Callable[[List[Tuple[Any, ...]]],
+                                           Optional[Deferred[bool]]]] = None
+        """Called with the commands acknowledging the stream entries just routed (``XACK``,
+        ``XDEL``) when their acknowledgement waits for a write of the sessions: a Deferred
+        firing True once they went in that write (atomic with it), or None/False to send them
+        after it (``ClusterSessions.acknowledge_with_write``)."""
+        self.forward_handler: Optional[Callable[[str, Message, bytes], None]] = None
+        """Called with (client id, message, identity) for each message another node forwarded
+        to one session here (the shared filter of its record is U+0000 + client id)."""
+        self.identity_watcher: Optional[Callable[[Message, bytes], None]] = None
+        """When set, called with (message, identity) for each QoS 1/2 message received for
+        this node's subscriptions, before it is routed."""
+        self._numbered: Dict[int, bytes] = {}
+        """The identity of each QoS 1/2 message routed now (by the message's ``id``)."""
+        self._number = 0
+        self._forwards: Dict[str, List[bytes]] = {}
         self.stats: Dict[str, int] = {"sent": 0, "received": 0, "dropped": 0, "batches": 0,
                                       "claimed": 0}
         """Messages sent to and received from other nodes, QoS 0 messages dropped while the
@@ -356,7 +379,13 @@ class Router:
         messages stay on their node (each node publishes its own figures)."""
         if message.topic.startswith("$SYS"):
             return
-        record = encode_record(message, retain, share, self.broker.now)
+        ident = b""
+        if qos:
+            ident = self._numbered.get(id(message), b"")
+            if not ident:
+                self._number += 1
+                ident = self._numbered[id(message)] = identity(self.node.epoch, self._number)
+        record = encode_record(message, retain, share, self.broker.now, ident)
         if record is None:
             return
         if qos == 0:
@@ -365,7 +394,10 @@ class Router:
                 return
             self._qos0.setdefault(node, []).append(record)
         else:
-            self._qos12.setdefault(node, []).append(record)
+            # A message forwarded to one session goes after this turn's other messages for
+            # that node, so that a copy routed there directly arrives first.
+            records = self._forwards if share[:1] == "\0" else self._qos12
+            records.setdefault(node, []).append(record)
             if id(message) not in self._held:
                 waiter: Deferred[Any] = Deferred()
                 self._held[id(message)] = waiter
@@ -393,6 +425,10 @@ class Router:
         """Send what this turn routed to other nodes, and this node's route changes."""
         self._flush_call = None
         self._held.clear()
+        self._numbered.clear()
+        for node, records in self._forwards.items():
+            self._qos12.setdefault(node, []).extend(records)
+        self._forwards = {}
         engine = self.engine
         if self._pending_changes and engine.up and self.node.serving:
             self._send_routes()
@@ -418,6 +454,15 @@ class Router:
         self.stats["batches"] += 1
         engine.script(SEND, [engine.key("nodes")], args).addCallbacks(
             self._sent, self._not_sent, callbackArgs=(waiters,), errbackArgs=(qos12, waiters))
+
+    def pending(self) -> Optional[Deferred[Any]]:
+        """What fires once the QoS 1/2 messages routed to other nodes in this turn are in
+        their streams (None: there are none)."""
+        if not self._turn:
+            return None
+        waiter: Deferred[Any] = Deferred()
+        self._turn.append(waiter)
+        return waiter
 
     def _sent(self, reply: Any, waiters: List[Deferred[Any]]) -> None:
         if int(reply) == 1:
@@ -488,11 +533,21 @@ class Router:
                 log.warn("cluster: bad record dropped ({error})", error=error)
                 continue
             self.stats["received"] += 1
-            if share:
+            ident = record_identity(record)
+            if ident:  # copies of it forwarded from here keep it
+                self._numbered[id(message)] = ident
+            if share[:1] == "\0":
+                if self.forward_handler is not None:
+                    self.forward_handler(share[1:], message, ident)
+            elif share:
                 if not broker.publish_shared(message, share):
                     broker.dropped(share, message, "no member of the shared group here")
             else:
+                if ident and self.identity_watcher is not None:
+                    self.identity_watcher(message, ident)
                 broker.publish(message, local_only=True)
+            if ident:
+                del self._numbered[id(message)]
 
     def _read_stream(self, node: str, start: str) -> None:
         if self._reading or not self.members.check():
@@ -523,7 +578,11 @@ class Router:
         if held is None:
             self._acknowledge(stream, ids)
         else:
-            held.addBoth(lambda _: self._acknowledge(stream, ids))
+            writer = self.ack_writer
+            went = writer([("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
+                          ) if writer is not None else None
+            held.addBoth(lambda _: went).addCallback(
+                lambda done: None if done else self._acknowledge(stream, ids))
         self._read_stream(node, start if start == "0" else ">")
 
     def _acknowledge(self, stream: str, ids: List[Any]) -> None:

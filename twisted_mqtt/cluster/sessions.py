@@ -17,13 +17,16 @@ Hand-over (client id C owned by live node A connects on node B): B asks A on A's
 takes over its connection (v5 DISCONNECT 0x8E), commits C's last changes, and moves the token
 to B in one script; B, told so (or at the timeout, by setting the token itself: A's later
 writes are then refused), reads C's state and opens the session as a single broker would.
+For a lease after that, A keeps C's subscriptions as a *forwarder*: what other nodes still
+route to A for C goes to B, addressed to C, and B keeps one copy of a message that reaches C
+both ways (the message's identity, ``wire.record_identity``).
 docs/cluster.md ("Sessions") describes it with its timings.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.logger import Logger
@@ -49,6 +52,8 @@ from twisted_mqtt.storage.recorder import (
     stored_message,
 )
 from twisted_mqtt.storage.redis import RedisStore, read_session
+from twisted_mqtt.targets import ApplicationTarget
+from twisted_mqtt.topics import matches
 
 log = Logger()
 
@@ -112,11 +117,17 @@ for g = 1, tonumber(ARGV[1]) do
     i = i + 1 + argc
   end
 end
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + 1 + argc
+end
 return refused
 """
 """Apply groups of commands (ARGV[1] groups: client id, token, command count, then each
 command as its argument count and arguments), each group only if its client id's token is the
-one given; the client ids refused."""
+one given, then the commands that follow the groups, whatever the tokens (the ``XACK`` of the
+stream entries whose messages the groups record); the client ids refused."""
 
 READ = """
 if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return false end
@@ -179,6 +190,41 @@ def install(broker: Any, stored: StoredSession) -> Tuple[Optional[Session], Rest
     return session, restored
 
 
+class Forwarder(ApplicationTarget):
+    """The target of a session handed over to node ``node``, kept here for a while: the QoS
+    1/2 messages routed here for it go to that node, addressed to its client id."""
+
+    def __init__(self, router: Any, node: str, client_id: str) -> None:
+        self.router = router
+        self.node = node
+        self.client_id = client_id
+
+    def send_qos0(self, message: Message, retain: bool, sub_ids: Tuple[int, ...]) -> None:
+        """QoS 0 (at most once) is not forwarded."""
+
+    def send_delivery(self, delivery: Delivery) -> None:
+        """Send a QoS 1/2 message to the session's node (its stream, this turn)."""
+        self.router.send(self.node, delivery.message, delivery.retain, "\0" + self.client_id,
+                         delivery.qos)
+
+
+def deliver_to(broker: Any, session: Session, message: Message) -> bool:
+    """Deliver ``message`` to ``session`` alone, as its own (non-shared) subscriptions take it;
+    False if none of them does."""
+    topic = message.topic
+    entries = [entry for topic_filter, entry in session.subscriptions.items()
+               if not topic_filter.startswith("$share/") and matches(topic_filter, topic)]
+    if message.origin == session.client_id:
+        entries = [entry for entry in entries if not entry.no_local]
+    if not entries or (broker.hooks.may_receive and not broker._may_receive(session, topic)):
+        return False
+    qos = min(max(entry.qos for entry in entries), message.qos)
+    rap = any(entry.retain_as_published for entry in entries)
+    sub_ids = tuple(sorted({e.sub_id for e in entries if e.sub_id is not None}))
+    broker.deliver(session, message, qos, message.retain and rap, sub_ids)
+    return True
+
+
 # -- Redis -----------------------------------------------------------------------------------------
 
 
@@ -218,14 +264,18 @@ class Directory:
             client_id, token, self.sets, self.heads, *self.record_keys(client_id)]
         ).addCallback(lambda reply: int(reply) == 1)
 
-    def write(self, groups: Dict[str, Tuple[str, List[Tuple[Any, ...]]]]) -> Deferred[List[str]]:
-        """Apply each client id's commands if its token is current; the client ids refused."""
+    def write(self, groups: Dict[str, Tuple[str, List[Tuple[Any, ...]]]],
+              then: Sequence[Tuple[Any, ...]] = ()) -> Deferred[List[str]]:
+        """Apply each client id's commands if its token is current, then the commands
+        ``then``, in one script; the client ids refused."""
         args: List[Any] = [len(groups)]
         for client_id, (token, commands) in groups.items():
             split = [part for command in commands for part in _split(command)]
             args += [client_id, token, len(split)]
             for command in split:
                 args += [len(command), *command]
+        for command in then:
+            args += [len(command), *command]
         return self.engine.script(WRITE, [self.owners], args).addCallback(
             lambda reply: [_text(raw) for raw in reply or ()])
 
@@ -264,11 +314,6 @@ def _in_order(session: Optional[Session]) -> List[Delivery]:
     return [*session.inflight.values(), *session.queue]
 
 
-def _deliveries(session: Optional[Session]) -> Set[int]:
-    """The identities of the deliveries ``session`` holds now."""
-    return {id(d) for d in _in_order(session)}
-
-
 def _split(command: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
     """``command`` as several of at most ``MAX_SCRIPT_ARGS`` arguments (HSET keeps its pairs
     together)."""
@@ -290,6 +335,13 @@ class FencedStore:
         self.directory = directory
         self.sessions = sessions
         self.location = f"cluster {directory.engine.location}"
+        self.then: List[Tuple[Any, ...]] = []
+        """Commands that go with the next commit, after its writes (``ClusterSessions.
+        acknowledge_with_write``)."""
+        self._retried: Optional[Tuple[Batch, List[Tuple[Any, ...]]]] = None
+        """A batch not written and the commands that went with it (again with it only)."""
+        self.writing: Set[int] = set()
+        """The keys of the delivery records of the batch being written."""
 
     def load(self) -> Deferred[StoredState]:
         """Nothing is read at start: sessions are read when they move here."""
@@ -322,15 +374,34 @@ class FencedStore:
         tokens = self.sessions.tokens
         groups = {client_id: (tokens[client_id], self.directory.records.commands(changes))
                   for client_id, changes in per_client.items() if client_id in tokens}
-        if not groups:
+        retried, self._retried = self._retried, None
+        if retried is not None and retried[0] is batch:
+            then = retried[1]
+        else:  # a batch given up takes its commands with it
+            then, self.then = self.then, []
+        if not (groups or then):
             return succeed(None)
-        return self.directory.write(groups).addCallbacks(
-            self._written, self._not_written, callbackArgs=(groups,))
+        self.writing = set(batch.deliveries)
+        return self.directory.write(groups, then).addCallbacks(
+            self._written, self._not_written, callbackArgs=(groups,),
+            errbackArgs=(batch, then))
 
-    def _not_written(self, failure: Any) -> None:
+    def _not_written(self, failure: Any, batch: Batch, then: List[Tuple[Any, ...]]) -> None:
+        self.writing = set()
+        self._retried = (batch, then)
         raise StoreError(f"cannot write sessions ({failure.value or type(failure.value)})")
 
+    def went(self, commands: List[Tuple[Any, ...]]) -> bool:
+        """Whether ``commands`` (added to ``then``) went with a commit: if not, they are taken
+        back."""
+        for i, queued in enumerate(self.then):
+            if queued is commands[0]:
+                del self.then[i:i + len(commands)]
+                return False
+        return True
+
     def _written(self, refused: List[str], groups: Dict[str, Any]) -> None:
+        self.writing = set()
         if refused:
             self.sessions.lost(refused, {c: groups[c][0] for c in refused})
 
@@ -384,10 +455,19 @@ class ClusterSessions(Hook):
         self._claims: Dict[str, List[Deferred[int]]] = {}
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}
-        self._adopting: Dict[str, List[Message]] = {}
+        self._adopting: Dict[str, List[Tuple[Message, str]]] = {}
+        self._adopted_from: Dict[str, List[str]] = {}
+        """Dead node -> the client ids of the sessions adopted from it (its last adoption)."""
         self._unopened: Set[str] = set()
         self._older: Set[str] = set()
         self._sweep_call: Any = None
+        self.router: Any = None
+        """The cluster's ``Router`` (``attach``): forwarding between nodes."""
+        self._forwarders: Dict[str, Session] = {}
+        """Client id -> the session forwarding to the node it was handed over to."""
+        self._arrivals: Dict[str, Set[bytes]] = {}
+        """Client id of a session just handed over here -> the identities of the messages
+        it got routed here (a copy of them forwarded by its last node is not kept)."""
         self.handovers = 0
         """Sessions handed over to other nodes."""
         self.adopted = 0
@@ -399,6 +479,12 @@ class ClusterSessions(Hook):
     def node(self) -> Any:
         """This node (name, epoch, serving)."""
         return self.members.node
+
+    def attach(self, router: Any) -> None:
+        """Forward through ``router`` the messages for sessions handed over from here, and
+        take those forwarded to this node's sessions."""
+        self.router = router
+        router.forward_handler = self.forwarded
 
     def _me(self) -> str:
         return f"{self.node.epoch}:{self.node.name}"
@@ -436,14 +522,32 @@ class ClusterSessions(Hook):
                 "cluster/sessions/taken_over": self.taken,
                 "cluster/sessions/adopted": self.adopted}
 
-    def written(self, _message: Optional[Message] = None) -> Optional[Deferred[None]]:
+    def written(self, message: Optional[Message] = None) -> Optional[Deferred[Any]]:
         """One of the broker's ``ack_barriers``: a QoS 1/2 message is acknowledged (to its
         publisher, or to the node that handed it over) once what it changed in this node's
         persistent sessions is in Redis, so that a node killed then loses none of it."""
         recorder = self.recorder
-        if recorder._pending or recorder._committing:
-            return recorder.barrier()
-        return None
+        held = recorder.barrier() if recorder._pending or recorder._committing else None
+        if self._forwarders and message is None:  # a stream entry forwarded on
+            sent = self.router.pending()
+            if sent is not None:
+                return sent if held is None else gatherResults([held, sent],
+                                                               consumeErrors=True)
+        return held
+
+    def acknowledge_with_write(self, commands: List[Tuple[Any, ...]]) -> Optional[Deferred[bool]]:
+        """Run ``commands`` (the ``XACK`` of stream entries whose messages were just routed
+        into this node's sessions) in the script that writes what those messages changed in
+        the persistent sessions, so that a node killed in between leaves both or neither:
+        a survivor claims an entry only if no adopted session holds its messages.  None when
+        nothing is to be written; else a Deferred firing once that write is done, with False
+        if nothing was written after all (the caller runs ``commands`` itself)."""
+        recorder = self.recorder
+        if not (recorder._pending or recorder._committing):
+            return None
+        store = recorder.store
+        store.then.extend(commands)
+        return recorder.barrier().addCallback(lambda _: store.went(commands))
 
     # -- CONNECT ----------------------------------------------------------------------------------
 
@@ -531,6 +635,7 @@ class ClusterSessions(Hook):
     def _fresh(self, client_id: str, token: str) -> None:
         """This node owns ``client_id``, which no node held: a session here is a stale copy."""
         self.tokens[client_id] = token
+        self._end_forwarder(client_id)
         if client_id in self.broker.sessions:
             self.recorder.forget(client_id)
             self.broker.release_session(client_id)
@@ -561,7 +666,82 @@ class ClusterSessions(Hook):
             session, _restored = install(broker, stored)
             self.recorder.take(client_id, session)
             broker.flush()
+            if session is not None and self.router is not None:
+                self._arrived_from_elsewhere(client_id)
         return None
+
+    # -- forwarding during a move ------------------------------------------------------------------
+
+    def _arrived_from_elsewhere(self, client_id: str) -> None:
+        """``client_id``'s session was just handed over here: for two leases (the forwarder
+        on its last node lives one), remember the messages routed here for it."""
+        self._arrivals[client_id] = set()
+        self.router.identity_watcher = self._routed_here
+        self.clock.callLater(2 * self.members.lease, self._settled, client_id)
+
+    def _settled(self, client_id: str) -> None:
+        self._arrivals.pop(client_id, None)
+        if not self._arrivals and self.router is not None:
+            self.router.identity_watcher = None
+
+    def _routed_here(self, message: Message, ident: bytes) -> None:
+        """A QoS 1/2 message from another node is routed here: note it for the sessions just
+        handed over here that it reaches."""
+        topic = message.topic
+        for client_id, seen in self._arrivals.items():
+            session = self.broker.sessions.get(client_id)
+            if session is not None and any(
+                    matches(f, topic) for f in session.subscriptions
+                    if not f.startswith("$share/")):
+                seen.add(ident)
+
+    def _forward(self, client_id: str, session: Optional[Session], node: str) -> None:
+        """``client_id``'s session was handed over to ``node``: for a lease, until every node
+        routes its messages there, what is still routed here for it is forwarded there."""
+        if session is None or self.router is None:
+            return
+        filters = [(f, e) for f, e in session.subscriptions.items()
+                   if not f.startswith("$share/")]
+        if not filters:
+            return
+        self._end_forwarder(client_id)
+        forwarder = Session("\0\0" + client_id)
+        forwarder.expiry_interval = 0xFFFFFFFF
+        forwarder.connection = Forwarder(self.router, node, client_id)
+        self.broker.sessions[forwarder.client_id] = forwarder
+        for _topic_filter, entry in filters:
+            self.broker.subscribe(forwarder, entry.subscription, entry.sub_id)
+        self._forwarders[client_id] = forwarder
+        self.clock.callLater(self.members.lease, self._end_forwarder, client_id, forwarder)
+
+    def _end_forwarder(self, client_id: str, forwarder: Optional[Session] = None) -> None:
+        """Stop forwarding ``client_id``'s messages (only ``forwarder``, if given)."""
+        current = self._forwarders.get(client_id)
+        if current is None or (forwarder is not None and current is not forwarder):
+            return
+        del self._forwarders[client_id]
+        for topic_filter in list(current.subscriptions):
+            self.broker.unsubscribe(current, topic_filter)
+        self.broker.sessions.pop(current.client_id, None)
+
+    def forwarded(self, client_id: str, message: Message, ident: bytes) -> None:
+        """The node that handed ``client_id``'s session over forwarded ``message`` to it
+        (the router's ``forward_handler``): delivered once to the session here, forwarded on
+        if it moved on again."""
+        forwarder = self._forwarders.get(client_id)
+        if forwarder is not None:
+            deliver_to(self.broker, forwarder, message)
+            return
+        session = self.broker.sessions.get(client_id)
+        if session is None or client_id not in self.tokens:
+            self.broker.dropped(client_id, message, "forwarded to a session not here")
+            return
+        seen = self._arrivals.get(client_id)
+        if ident and seen is not None and ident in seen:
+            return  # it was routed here for the session already
+        if seen is not None and ident:
+            seen.add(ident)
+        deliver_to(self.broker, session, message)
 
     # -- hand-over to another node -----------------------------------------------------------------
 
@@ -596,19 +776,31 @@ class ClusterSessions(Hook):
         if session is not None and session.connection is not None:
             session.connection.take_over()  # [MQTT-3.1.4-3]
         broker.flush()
-        committed = _deliveries(session)  # what the commit below holds
         self.recorder.flush().addCallback(
             lambda _: self.directory.claim(client_id, token, to,
                                            drop=client_id not in broker.sessions)
-        ).addCallback(self._handed, client_id, reply, committed).addErrback(
+        ).addCallback(self._handed, client_id, reply).addErrback(
             self._hand_over_failed, client_id)
 
-    def _handed(self, result: Tuple[bool, str], client_id: str, reply: str,
-                committed: Set[int]) -> None:
+    def _unwritten(self, session: Optional[Session]) -> List[Delivery]:
+        """The deliveries of ``session`` whose records were not written before its token
+        moved (those written since are refused): noted but not written yet, or in the write
+        under way (the claim's answer came first, so that write comes after it)."""
+        if session is None:
+            return []
+        client_id = session.client_id
+        recorder = self.recorder
+        keys = {key for key, note in recorder._new.items() if note[0] == client_id}
+        keys |= recorder.store.writing
+        return [d for d in _in_order(session) if d.key is None or d.key in keys]
+
+    def _handed(self, result: Tuple[bool, str], client_id: str, reply: str) -> None:
         self._handing.discard(client_id)
         handed, token = result
         session = self.broker.sessions.get(client_id)
-        late = [d for d in _in_order(session) if id(d) not in committed] if handed else []
+        late = self._unwritten(session) if handed else []
+        if handed:
+            self._forward(client_id, session, token_owner(token)[1])
         self._drop_local(client_id)  # handed over, or taken at the timeout: not ours
         if handed:
             self.handovers += 1
@@ -726,15 +918,28 @@ class ClusterSessions(Hook):
 
     def claimed_message(self, dead: str, message: Message, share: str) -> None:
         """A message taken from the stream of the dead node ``dead`` (the router's
-        ``claim_handler``): routed once the sessions adopted from ``dead`` are here, so that
-        they get it too."""
+        ``claim_handler``): routed, once the sessions adopted from ``dead`` are here, to them
+        only (or to one member of its shared group), as ``dead`` would have."""
+        if share[:1] == "\0":  # forwarded to a session of the dead node
+            self.forwarded(share[1:], message, b"")
+            return
         waiting = self._adopting.get(dead)
         if waiting is not None:
-            waiting.append(message)
+            waiting.append((message, share))
             return
-        self.broker.tick()
-        self.broker.publish(message.evolve(retain=False))
-        self.broker.flush()
+        broker = self.broker
+        broker.tick()
+        message = message.evolve(retain=False)
+        if share:  # for one member of the group: any member now
+            group = broker.tree.group(share)
+            if group is None or not broker._deliver_shared(group, message, None):
+                broker.dropped(share, message, "no member of the shared group")
+        else:  # for the sessions of ``dead``: the other nodes' sessions had their own copies
+            for client_id in self._adopted_from.get(dead, ()):
+                session = broker.sessions.get(client_id)
+                if session is not None and client_id in self.tokens:
+                    deliver_to(broker, session, message)
+        broker.flush()
 
     @inlineCallbacks
     def adopt(self, name: str) -> Any:
@@ -770,8 +975,9 @@ class ClusterSessions(Hook):
             self.recorder.take(client_id, session)
         self.adopted += kept
         del self._adopting[name]
-        for message in claimed:
-            self.claimed_message(name, message, "")
+        self._adopted_from[name] = list(taken)
+        for message, share in claimed:
+            self.claimed_message(name, message, share)
         broker.flush()
         log.info("cluster: adopted {kept} persistent sessions of node {node} ({count} client "
                  "ids; {wills} wills due at once)", kept=kept, node=name, count=len(taken),

@@ -3,7 +3,10 @@
 A record is one message for one node: flags (QoS, RETAIN), the origin client id (for No
 Local on the receiving node), the shared subscription it is for (empty: the node's plain
 subscriptions), the time it has left to live in milliseconds (0xFFFFFFFF: no expiry), the
-topic, the v5 property block and the payload.  A batch is records one after another, each
+topic, the v5 property block and the payload; a QoS 1/2 record then ends with the message's
+identity (flag 0x08; 16 bytes: the epoch of the node where it entered the cluster and its
+number there), the same in every copy, so that a session reached by two copies of it (one
+forwarded by the node it moved from) keeps one.  A batch is records one after another, each
 prefixed with its length.
 """
 
@@ -16,10 +19,19 @@ from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Message
 
 NO_EXPIRY = 0xFFFFFFFF
+IDENTIFIED = 0x08
+"""The flag of a record that ends with an identity."""
 
 
-def encode_record(message: Message, retain: bool, share: str, now: float) -> Optional[bytes]:
-    """One record for ``message`` (None when it has expired)."""
+def identity(epoch: int, number: int) -> bytes:
+    """The identity of message ``number`` entering the cluster at the node of ``epoch``."""
+    return epoch.to_bytes(8, "big") + number.to_bytes(8, "big")
+
+
+def encode_record(message: Message, retain: bool, share: str, now: float,
+                  ident: bytes = b"") -> Optional[bytes]:
+    """One record for ``message`` (None when it has expired), ending with the identity
+    ``ident`` (16 bytes, or none)."""
     expires_at = message.expires_at
     if expires_at is None:
         left = NO_EXPIRY
@@ -32,13 +44,14 @@ def encode_record(message: Message, retain: bool, share: str, now: float) -> Opt
     shared = share.encode("utf-8")
     topic = message.topic.encode("utf-8")
     return b"".join((
-        bytes(((message.qos << 1) | retain,)),
+        bytes(((message.qos << 1) | retain | (IDENTIFIED if ident else 0),)),
         len(origin).to_bytes(2, "big"), origin,
         len(shared).to_bytes(2, "big"), shared,
         left.to_bytes(4, "big"),
         len(topic).to_bytes(2, "big"), topic,
         encode_properties(message.properties),
         message.payload,
+        ident,
     ))
 
 
@@ -63,9 +76,15 @@ def decode_record(record: bytes, now: float) -> Tuple[Message, str]:
     else:
         props, pos = _properties(record, stop, len(record), "PUBLISH")
     expires_at = None if left == NO_EXPIRY else now + left / 1000
-    message = Message(topic, record[pos:], (flags >> 1) & 3, bool(flags & 1), props, expires_at,
+    payload = record[pos:-16] if flags & IDENTIFIED else record[pos:]
+    message = Message(topic, payload, (flags >> 1) & 3, bool(flags & 1), props, expires_at,
                       origin or None)
     return message, share
+
+
+def record_identity(record: bytes) -> bytes:
+    """The identity a record ends with (b"" for none)."""
+    return record[-16:] if record[0] & IDENTIFIED else b""
 
 
 def unpack(batch: bytes) -> Iterator[bytes]:

@@ -1,0 +1,155 @@
+"""QoS 2 across a node's death, on a private ``redis-server``: brokers on ``task.Clock`` as in
+``tests/test_cluster_sessions.py``, streams read and claimed by the real ``Router``.
+
+A stream entry's acknowledgement goes in the script that writes what its messages changed in
+the node's persistent sessions, so a node that dies leaves both or neither, and a survivor
+routes what it claims from a dead node's stream to the sessions it adopted from that node only.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List
+
+import pytest_twisted
+from twisted.internet.defer import inlineCallbacks
+
+from tests.servers import RedisServer, redis_server  # noqa: F401
+from tests.spec import check_cited_labels
+from tests.test_cluster_sessions import (  # noqa: F401
+    Cluster,
+    NodeUnderTest,
+    cluster,
+    connect,
+    gathered,
+)
+from twisted_mqtt.cluster.routes import GROUP, Router
+from twisted_mqtt.cluster.wire import encode_record, pack
+from twisted_mqtt.packets import Publish, Subscribe, Subscription
+from twisted_mqtt.session import Message
+
+ONCE = Message("once/1", b"exactly once", 2, False)
+
+
+def routers(*nodes: NodeUnderTest) -> Dict[NodeUnderTest, Router]:
+    """A ``Router`` (not started) for each node, wired to its sessions as ``Cluster`` does."""
+    made = {}
+    for node in nodes:
+        members: Any = node.members  # the test's view of the cluster
+        router = made[node] = Router(node.broker, node.engine, members)
+        router.claim_handler = node.sessions.claimed_message
+        router.ack_writer = node.sessions.acknowledge_with_write
+    return made
+
+
+@inlineCallbacks
+def add_entry(router: Router, node: str) -> Any:
+    """Add ``ONCE`` to ``node``'s stream as a publishing node would; return the stream."""
+    stream = router.stream(node)
+    yield router.engine.command("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM").addErrback(
+        lambda _: None)
+    record = encode_record(ONCE, False, "", router.broker.now)
+    assert record is not None
+    yield router.engine.command("XADD", stream, "*", "b", pack([record]))
+    return stream
+
+
+@inlineCallbacks
+def offline_keeper(nodes: Cluster, node: NodeUnderTest) -> Any:
+    """Leave on ``node`` a persistent session ``keeper`` subscribed to ``once/#`` (QoS 2)."""
+    keeper, _got, _ok = yield connect(node, nodes, "keeper")
+    keeper.send(Subscribe(1, (Subscription("once/#", 2),)))
+    keeper.drop()
+    yield nodes.settle()
+
+
+@inlineCallbacks
+def adopted(nodes: Cluster, redis: RedisServer, dead: NodeUnderTest,
+            adopter: NodeUnderTest, router: Router) -> Any:
+    """``dead`` is gone: ``adopter`` adopts its sessions and claims its stream (until the
+    claim deletes it)."""
+    name = dead.members.node.name
+    nodes.nodes.remove(dead)
+    del adopter.members.members[name]
+    adopting = adopter.sessions.adopt(name)
+    router._claim(name)
+    yield adopting
+    done = yield nodes.settle(lambda: redis.command("EXISTS", router.stream(name)) == b":0")
+    assert done
+    yield nodes.settle()
+
+
+@inlineCallbacks
+def publishes_to(nodes: Cluster, node: NodeUnderTest, client_id: str) -> Any:
+    """The (payload, QoS) of the PUBLISH packets ``client_id``'s session sends when its client
+    connects to ``node``."""
+    client, got, _ok = yield connect(node, nodes, client_id)
+    yield nodes.settle(gathered(client, got, 3), turns=100)
+    return [(p.payload, p.qos) for p in got if isinstance(p, Publish)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_qos2_entry_written_by_a_dead_node_is_not_claimed_again(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """Node a routes a stream entry holding a QoS 2 message into an offline persistent
+    session, writes the session, and dies before anything else reaches Redis: node b, which
+    adopts the session and claims a's stream, delivers the message once; the node that took
+    the message in causes no duplicate for onward recipients [MQTT-4.3.3-10]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    yield offline_keeper(cluster, a)
+    prefix = cluster.url.split("prefix=")[1]
+    made = routers(a, b)
+    yield add_entry(made[a], "a")
+    written: List[Any] = []
+    write = a.sessions.directory.write
+
+    def died(reply: Any) -> Any:
+        written.append(reply)
+        a.engine.stop()
+        return reply
+
+    def write_then_die(*args: Any) -> Any:  # a dies as the session write is answered
+        return write(*args).addCallback(died)
+
+    a.sessions.directory.write = write_then_die  # type: ignore[method-assign,assignment]
+    made[a]._acknowledge = lambda *_: None  # type: ignore[method-assign]  # dead by then
+    made[a]._read_stream("a", ">")
+    yield cluster.settle(lambda: written and not a.engine.up)
+    assert redis_server.command("HLEN", f"{prefix}cluster:session:msgs:keeper") == b":1"
+    yield adopted(cluster, redis_server, a, b, made[b])
+    assert [d.message.payload for d in b.broker.sessions["keeper"].queue] == [b"exactly once"]
+    got = yield publishes_to(cluster, b, "keeper")
+    assert got == [(b"exactly once", 2)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_claimed_entry_reaches_only_the_dead_node_sessions(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """A QoS 2 message in the streams of nodes a and b (a subscriber on each); a dies before
+    reading its own: b's claim of it reaches the session adopted from a, and not b's own
+    subscriber, which had its copy from b's stream [MQTT-4.3.3-10]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    yield offline_keeper(cluster, a)
+    watcher, _got, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
+    watcher.send(Subscribe(1, (Subscription("once/#", 2),)))
+    made = routers(a, b)
+    yield add_entry(made[a], "a")
+    yield add_entry(made[b], "b")
+    made[b]._read_stream("b", ">")
+    seen: List[Any] = []
+    yield cluster.settle(gathered(watcher, seen, 2))
+    yield a.engine.stop()  # a dies without reading its stream
+    yield adopted(cluster, redis_server, a, b, made[b])
+    seen.extend(watcher.received())
+    assert [(p.payload, p.qos) for p in seen if isinstance(p, Publish)] == [
+        (b"exactly once", 2)]
+    got = yield publishes_to(cluster, b, "keeper")
+    assert got == [(b"exactly once", 2)]
+
+
+def test_cited_labels() -> None:
+    check_cited_labels(sys.modules[__name__], every_test=True)
