@@ -14,7 +14,10 @@ PUBACK to it and PUBLISH to responder *i*; the responder's PUBACK and QoS 1 answ
 
 ``--workload connect`` measures accepting a client instead, as the ``idle`` scenario does:
 a new connection's CONNECT (clean session, keep alive 600), the broker's CONNACK, one PINGREQ
-and its PINGRESP; a "round trip" is then one such connection (they stay open).
+and its PINGRESP; a "round trip" is then one such connection (they stay open).  ``--log text``
+(or ``json``) logs as ``python -m twisted_mqtt`` does, to /dev/null, with no reactor running
+(so every line is written at once); by default the log events are only kept in Twisted's
+start-up buffer.
 
 ``--instructions`` runs the workload under ``valgrind --tool=callgrind`` twice (``--rounds``
 and twice as many) and divides the difference of the instruction counts by the difference of
@@ -106,6 +109,16 @@ def run(rounds: int, level: int, devices: int) -> float:
     return time.perf_counter() - start
 
 
+def log_to_null(log_format: str) -> None:
+    """Log as ``python -m twisted_mqtt`` does (``LogOutput``, level info), to /dev/null."""
+    from twisted.logger import globalLogBeginner
+
+    from twisted_mqtt.logs import LogOutput
+
+    output = LogOutput(log_format, stream=open(os.devnull, "w"))
+    globalLogBeginner.beginLoggingTo([output.start()], redirectStandardIO=False)
+
+
 def connect(rounds: int, level: int, devices: int) -> float:
     """Open ``rounds * devices`` connections; return the seconds they took."""
     broker = Broker(Clock(), Capabilities(sys_interval=0), authenticator=AllowAll())
@@ -129,7 +142,7 @@ def instructions(args: argparse.Namespace, rounds: int) -> int:
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                         sys.executable, __file__, "--rounds", str(rounds), "--protocol",
                         str(args.protocol), "--devices", str(args.devices), "--workload",
-                        args.workload],
+                        args.workload, "--log", args.log],
                        check=True, capture_output=True,
                        env=dict(os.environ, PYTHONHASHSEED="0"))
         with open(out) as f:
@@ -144,15 +157,21 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--protocol", type=int, default=4, choices=(4, 5))
     parser.add_argument("--workload", default="reqresp", choices=sorted(WORKLOADS))
+    parser.add_argument("--log", default="none", choices=("none", "text", "json"),
+                        help="log as the broker does, in this format, to /dev/null (default: "
+                        "events are only kept by Twisted's start-up buffer)")
     parser.add_argument("--instructions", action="store_true",
                         help="instructions per round trip, under callgrind")
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by self time")
     args = parser.parse_args()
+    if args.log != "none" and not args.instructions:
+        log_to_null(args.log)
     if args.instructions:
         low = instructions(args, args.rounds)
         high = instructions(args, 2 * args.rounds)
         per = (high - low) / (args.rounds * args.devices)
-        print(f"{args.workload}, protocol {args.protocol}: {per:,.0f} instructions per "
+        print(f"{args.workload}, protocol {args.protocol}, log {args.log}: {per:,.0f} "
+              "instructions per "
               f"{'connection' if args.workload == 'connect' else 'round trip'}")
         return
     if args.profile:

@@ -37,8 +37,9 @@ def main(argv: Optional[List[str]] = None,
         line, status = option_error(error, PROGRAM)
         print(line, file=sys.stderr)
         return status
-    globalLogBeginner.beginLoggingTo([log_output(options).start()])
     from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([log_output(options).start(reactor)])
 
     service = makeService(options, reactor)
     if configure is not None:

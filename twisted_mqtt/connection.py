@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_mqtt.codec import (
@@ -28,6 +27,7 @@ from twisted_mqtt.codec import (
 from twisted_mqtt.errors import AckRefused, CodecError, UnsupportedProtocolVersion
 from twisted_mqtt.exchange import AuthExchange
 from twisted_mqtt.interfaces import AuthStep, ClientInfo, ConnectRequest, Veto
+from twisted_mqtt.logs import Logger
 from twisted_mqtt.packets import (
     VALID_REASON_CODES,
     Auth,
