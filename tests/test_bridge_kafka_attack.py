@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 import pytest
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 
-from tests.hook_helpers import hub, join, publishes, watch
+from tests.hook_helpers import Rules, hub, join, publishes, watch
 from tests.spec import check_cited_labels
 from tests.test_bridge_kafka import NO_CLIENT, unreachable  # noqa: F401
 from twisted_mqtt.bridges.kafka import KafkaBridge, bridge_settings, egress_record
@@ -52,15 +52,17 @@ class Records:
         """Nothing to close."""
 
 
-def ingress(template: str, retain: bool = False,
+def ingress(template: str, retain: bool = False, hooks: Sequence[Any] = (),
+            username: Optional[str] = None,
             **caps: Any) -> Tuple[KafkaBridge, Records, InMemoryBroker]:
-    """An ingress bridge reading Kafka topic ``cmd`` into ``template``, the consumer to feed
-    it, and its in-memory broker."""
+    """An ingress bridge reading Kafka topic ``cmd`` into ``template`` (asking the ACL as
+    ``username``), the consumer to feed it, and its in-memory broker with ``hooks``."""
     if not CPYTHON:
         pytest.skip(NO_CLIENT)
-    broker = hub(**caps)
+    broker = hub(*hooks, **caps)
     settings = bridge_settings({"name": "k", "servers": ["127.0.0.1:1"], "ingress": [
-        {"topics": ["cmd"], "mqtt_topic": template, "retain": retain}]})
+        {"topics": ["cmd"], "mqtt_topic": template, "retain": retain}],
+        "ingress_username": username})
     bridge = KafkaBridge(broker.broker, settings, broker.clock, in_thread=maybeDeferred)
     consumer = Records()
     bridge.attach(None, consumer)
@@ -133,6 +135,55 @@ def test_ingress_other_headers_may_be_any_bytes() -> None:
                                               ("room", b"\xff")])]
     bridge.poll()
     assert [p.topic for p in publishes(watcher)] == ["in/hall"] and bridge.invalid == 0
+
+
+def test_ingress_asks_the_acl_as_its_user(logged: List[str]) -> None:
+    """With ``ingress_username``, each record's topic is asked of the ACL as that user (client
+    id ``$kafka-bridge/NAME``): a record the ACL refuses is not published, counted, logged;
+    without it the ACL is not asked."""
+    rules = Rules(publish=lambda client, topic: topic.startswith("in/ok"))
+    bridge, consumer, broker = ingress("in/{key}", hooks=[rules], username="kafka")
+    assert bridge.inline.info.username == "kafka"
+    watcher = watch(broker, "in/#")
+    consumer.waiting = [record(b"ok1"), record(b"secret", offset=1), record(b"ok2", offset=2)]
+    bridge.poll()
+    assert [p.topic for p in publishes(watcher)] == ["in/ok1", "in/ok2"]
+    assert ("publish", "$kafka-bridge/k", "in/secret") in rules.asked
+    assert (bridge.invalid, bridge.consumed) == (1, 2)
+    assert any("the ACL does not let 'kafka' publish to 'in/secret'" in line for line in logged)
+    unasked = Rules(publish=lambda client, topic: False)
+    bridge, consumer, broker = ingress("in/{key}", hooks=[unasked])
+    consumer.waiting = [record(b"a")]
+    bridge.poll()
+    assert bridge.consumed == 1 and not [a for a in unasked.asked if a[0] == "publish"]
+
+
+def test_ingress_waits_for_an_acl_that_answers_later() -> None:
+    """An ACL answering later (a Redis or SQL backend) holds the reading: records are
+    published in their order once answered, and nothing more is read meanwhile."""
+    answers: List[Deferred[bool]] = []
+
+    def later(client: str, topic: str) -> Deferred[bool]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    bridge, consumer, broker = ingress("in/{key}", hooks=[Rules(publish=later)],
+                                       username="kafka")
+    watcher = watch(broker, "in/#")
+    consumer.waiting = [record(b"%d" % n, offset=n) for n in range(3)]
+    bridge.poll()
+    consumer.waiting = [record(b"late", offset=3)]
+    bridge.poll()
+    assert len(answers) == 1 and len(consumer.waiting) == 1
+    answers[0].callback(True)
+    bridge.poll()
+    answers[1].callback(False)
+    bridge.poll()
+    answers[2].errback(RuntimeError("backend down"))  # refuses
+    bridge.poll()
+    answers[3].callback(True)
+    assert [p.topic for p in publishes(watcher)] == ["in/0", "in/late"]
+    assert (bridge.invalid, bridge.consumed) == (2, 2)
 
 
 def test_ingress_record_larger_than_the_maximum_packet_size(logged: List[str]) -> None:

@@ -233,6 +233,12 @@ class KafkaBridge(Service, Hook):
                              settings.max_buffered_bytes)
         self.inline = InlineClient(broker, f"$kafka-bridge/{settings.name}")
         """What ingress publishes through (its messages are not sent back to Kafka)."""
+        self.inline.info = ClientInfo(self.inline.client_id, settings.ingress_username,
+                                      listener="inline", protocol_level=5)
+        self._waiting: List[Any] = []
+        """Records fetched and not yet published (while the ACL is asked)."""
+        self._asking: Optional[Deferred[Any]] = None
+        """The ACL's answer awaited about a record, if any."""
         self.up = False
         """Whether the Kafka client holds a connection to a Kafka broker."""
         self.produced = 0
@@ -511,9 +517,17 @@ class KafkaBridge(Service, Hook):
         self._in_thread(look_up).addCallbacks(assign, again)
 
     def _consume(self) -> None:
-        records = self.consumer.consume(1000, 0)
+        """Publish the records fetched (at most 1000 a poll).  With ``ingress_username`` set
+        and authorizers installed, each record's topic is first asked of the ACL as that user;
+        while an answer is awaited, reading waits too (records stay in order)."""
+        if self._asking is not None:
+            return
+        records = self._waiting or self.consumer.consume(1000, 0)
+        self._waiting = []
         maximum_packet_size = self.broker.capabilities.maximum_packet_size
-        for record in records:
+        hooks = self.broker.hooks
+        ask = self.settings.ingress_username is not None and bool(hooks.authorizers)
+        for index, record in enumerate(records):
             error = record.error()
             if error is not None:
                 if not error.code() == load_kafka().KafkaError._PARTITION_EOF:
@@ -529,14 +543,48 @@ class KafkaBridge(Service, Hook):
                 if publish_size(topic, value, rule.qos) > maximum_packet_size:
                     raise ValueError(f"{len(value)} bytes: larger than the broker's maximum "
                                      f"packet size ({maximum_packet_size} bytes)")
-                self.inline.publish(topic, value, rule.qos, rule.retain)
             except (UnicodeDecodeError, ValueError) as problem:
-                self.invalid += 1
-                self._report("record", "record {topic}[{partition}]@{offset} not published: "
-                             "{problem}", topic=record.topic(), partition=record.partition(),
-                             offset=record.offset(), problem=str(problem)[:200])
+                self._not_published(record, problem)
                 continue
-            self.consumed += 1
+            allowed = hooks.may_publish(self.inline.info, topic) if ask else True
+            if isinstance(allowed, Deferred):
+                self._waiting = records[index + 1:]
+                self._asking = allowed
+                allowed.addErrback(lambda _: False)  # an authorizer failing refuses
+                allowed.addCallback(self._answered, rule, record, topic, value)
+                return
+            self._publish(rule, record, topic, value, allowed)
+
+    def _answered(self, allowed: bool, rule: IngressRule, record: Any, topic: str,
+                  value: bytes) -> None:
+        """The ACL answered about a record: publish it if allowed; reading goes on."""
+        self._asking = None
+        if self.consumer is None:  # stopped meanwhile
+            return
+        self._publish(rule, record, topic, value, allowed)
+        self.broker.flush()
+
+    def _publish(self, rule: IngressRule, record: Any, topic: str, value: bytes,
+                 allowed: bool) -> None:
+        """Publish a record's message here, if the ACL allowed it and its topic is valid."""
+        if not allowed:
+            self._not_published(record, PermissionError(
+                f"the ACL does not let {self.settings.ingress_username!r} publish to "
+                f"{topic[:100]!r}"))
+            return
+        try:
+            self.inline.publish(topic, value, rule.qos, rule.retain)
+        except ValueError as problem:
+            self._not_published(record, problem)
+            return
+        self.consumed += 1
+
+    def _not_published(self, record: Any, problem: Exception) -> None:
+        """Count a record not published (and log it, at most once a minute)."""
+        self.invalid += 1
+        self._report("record", "record {topic}[{partition}]@{offset} not published: "
+                     "{problem}", topic=record.topic(), partition=record.partition(),
+                     offset=record.offset(), problem=str(problem)[:200])
 
     def _report(self, kind: str, text: str, **fields: Any) -> None:
         """Log a message or record the bridge could not pass on, at most once per

@@ -183,6 +183,8 @@ class KafkaBridgeSettings:
     max_buffered_messages: int = 100_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     max_kafka_topics: int = 10_000
+    ingress_username: Optional[str] = None
+    """If set, ingress asks the ACL whether this user may publish each record's topic."""
     """Distinct Kafka topics egress produces to, at most (a topic template of ``{topic}`` or
     ``{clientid}`` would otherwise let clients make Kafka create topics without end)."""
     poll_interval: float = 0.01
@@ -197,6 +199,7 @@ class KafkaBridgeSettings:
                 f"max_buffered_messages={self.max_buffered_messages!r}, "
                 f"max_buffered_bytes={self.max_buffered_bytes!r}, "
                 f"max_kafka_topics={self.max_kafka_topics!r}, "
+                f"ingress_username={self.ingress_username!r}, "
                 f"poll_interval={self.poll_interval!r}, client={shown!r})")
 
 
@@ -369,6 +372,9 @@ BRIDGE_KEYS: Dict[str, Tuple[Check, Any, str]] = {
     "max_kafka_topics": (Integer(1), KafkaBridgeSettings.max_kafka_topics,
                          "distinct Kafka topics egress produces to, at most (a message for "
                          "another one is not produced)"),
+    "ingress_username": (Maybe(Text()), None,
+                         "ask the ACL whether this user may publish each ingress record's "
+                         "topic; null: the ACL is not asked"),
     "poll_interval": (Number(0.001), KafkaBridgeSettings.poll_interval,
                       "seconds between two polls of the Kafka client"),
     "client": (Settings(), {}, "librdkafka settings, passed as they are"),
