@@ -9,10 +9,11 @@ routes what it claims from a dead node's stream to the sessions it adopted from 
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 from typing import Any, Dict, List
 
 import pytest_twisted
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
@@ -23,10 +24,13 @@ from tests.test_cluster_sessions import (  # noqa: F401
     connect,
     gathered,
 )
+from twisted_mqtt.cluster.engine import EngineDown
 from twisted_mqtt.cluster.routes import GROUP, Router
+from twisted_mqtt.cluster.sessions import FencedStore
 from twisted_mqtt.cluster.wire import encode_record, pack
 from twisted_mqtt.packets import Publish, Subscribe, Subscription
 from twisted_mqtt.session import Message
+from twisted_mqtt.storage import Batch, StoredDelivery, StoredMessage, StoreError
 
 ONCE = Message("once/1", b"exactly once", 2, False)
 
@@ -149,6 +153,60 @@ def test_claimed_entry_reaches_only_the_dead_node_sessions(
         (b"exactly once", 2)]
     got = yield publishes_to(cluster, b, "keeper")
     assert got == [(b"exactly once", 2)]
+
+
+class StubDirectory:
+    """A directory whose writes answer as the test says, each call kept."""
+
+    def __init__(self) -> None:
+        self.engine = SimpleNamespace(location="stub")
+        self.records = SimpleNamespace(commands=lambda batch: [("HSET", "k", "f", "v")])
+        self.calls: List[Any] = []
+        self.fails = False
+
+    def write(self, groups: Dict[str, Any], then: Any = ()) -> Any:
+        self.calls.append((sorted(groups), list(then)))
+        return fail(EngineDown("down")) if self.fails else succeed([])
+
+
+def batch_of(client_id: str) -> Batch:
+    """A batch adding one delivery to ``client_id``'s session."""
+    batch = Batch()
+    batch.deliveries[1] = StoredDelivery(1, client_id, StoredMessage("t", b"", 2, False), 2,
+                                         False)
+    return batch
+
+
+def test_acknowledgements_go_with_the_write_they_acknowledge() -> None:
+    """The commands given to the fenced store go with its next write, again with that write's
+    batch when it is retried (not with a later batch's), are dropped with a batch given up
+    (the entries stay pending: no session holds their messages), and are taken back when no
+    write took them, so that no entry is acknowledged apart from the session state recording
+    its messages [MQTT-4.3.3-10]."""
+    directory = StubDirectory()
+    sessions = SimpleNamespace(tokens={"c": "1:1:a"}, lost=lambda *_: None)
+    store = FencedStore(directory, sessions)  # type: ignore[arg-type]
+    first, second, third = [("XACK", "s", GROUP, n) for n in (b"1-0", b"2-0", b"3-0")]
+    store.then.append(first)
+    directory.fails = True
+    failed = batch_of("c")
+    errors: List[Any] = []
+    store.commit(failed).addErrback(errors.append)
+    assert errors and errors[0].check(StoreError)
+    store.then.append(second)
+    directory.fails = False
+    store.commit(failed)  # the retry of the same batch
+    assert directory.calls[-1] == (["c"], [first])
+    assert store.went([first]) and not store.went([second]) and store.then == []
+    directory.fails = True
+    store.then.append(third)
+    store.commit(failed).addErrback(lambda _: None)
+    directory.fails = False
+    store.commit(batch_of("c"))  # the failed batch was given up: its XACK with it
+    assert directory.calls[-1] == (["c"], [])
+    store.then.append(first)
+    store.commit(Batch())  # no session to write: the commands alone
+    assert directory.calls[-1] == ([], [first])
 
 
 def test_cited_labels() -> None:
