@@ -236,12 +236,24 @@ def _reason(ptype: PacketType, code: int) -> int:
 # Packet body decoders: (buf, start of variable header, end of packet, flags, level) -> packet.
 
 
+# A CONNECT's protocol name and level as the bytes of each valid pair, for one look-up.
+_CONNECT_HEADS = {len(name).to_bytes(2, "big") + name.encode() + bytes((level,)): int(level)
+                  for level, name in PROTOCOL_NAMES.items()}
+_CONNECT_HEAD_SIZES = sorted({len(head) for head in _CONNECT_HEADS})
+
+
 def _decode_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> Connect:
-    name, pos = _string(buf, pos, end)
-    level, pos = _byte(buf, pos, end)
-    if level not in PROTOCOL_NAMES:
-        raise UnsupportedProtocolVersion(f"protocol level {level}", "MQTT-3.1.2-2")
-    if name != PROTOCOL_NAMES[ProtocolLevel(level)]:
+    for size in _CONNECT_HEAD_SIZES:
+        known = _CONNECT_HEADS.get(buf[pos:min(pos + size, end)])
+        if known is not None:
+            level = known
+            pos += size
+            break
+    else:
+        name, pos = _string(buf, pos, end)
+        level, pos = _byte(buf, pos, end)
+        if level not in PROTOCOL_NAMES:
+            raise UnsupportedProtocolVersion(f"protocol level {level}", "MQTT-3.1.2-2")
         raise UnsupportedProtocolVersion(f"protocol name {name!r} at level {level}", "MQTT-3.1.2-1")
     cflags, pos = _byte(buf, pos, end)
     if cflags & 0x01:
