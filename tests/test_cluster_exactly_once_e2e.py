@@ -1,0 +1,113 @@
+"""QoS 2 across a node killed with SIGKILL in the middle of a stream, end to end: one private
+``redis-server``, ``twistd mqtt --cluster`` nodes on loopback, real paho clients (MQTT 5).
+
+The killed node's persistent session is adopted by a survivor and its stream claimed: no
+subscriber, on the survivors or in the adopted session, gets a QoS 2 message twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter
+from typing import Iterator, List
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.cluster_helpers import WAIT, Nodes, collect, routed, running_cluster, unique
+from tests.paho import V5, Client
+from tests.servers import RedisServer, redis_server  # noqa: F401
+from tests.spec import check_cited_labels
+
+pytestmark = pytest.mark.e2e
+
+DB = 12
+
+
+@pytest.fixture(scope="module")
+def prefix() -> str:
+    """This module's key prefix in the Redis database."""
+    return unique("once") + ":"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,  # noqa: F811
+            prefix: str) -> Iterator[Nodes]:
+    """Two nodes that stay, q0 and q1, on one Redis database."""
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), redis_server.url(DB, prefix),
+                               ("q0", "q1"))
+
+
+def persistent(port: int, client_id: str) -> Client:
+    """A v5 client whose session outlives its connection by an hour."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    return Client(port, V5, client_id, clean=False).connect(clean_start=False,
+                                                            properties=props)
+
+
+def owner_of(server: RedisServer, prefix: str, client_id: str) -> str:
+    """The name of the node that owns ``client_id``'s session ('' for none)."""
+    reply = server.command("EVAL", f"redis.call('SELECT', {DB}) return {{ok=redis.call('HGET', "
+                           f"'{prefix}cluster:sessions:owner', '{client_id}') or ''}}", "0")
+    token = reply[1:].decode()
+    return token.split(":", 2)[2] if token else ""
+
+
+def test_node_killed_in_a_qos2_stream_duplicates_nothing(
+        cluster: Nodes, redis_server: RedisServer, prefix: str) -> None:  # noqa: F811
+    """A publisher on q0 streams QoS 2 messages to a subscriber on q1 and to an offline
+    persistent session on a third node, killed with SIGKILL in the middle of the stream and
+    adopted by a survivor: the subscriber on q1 gets every message once, and the adopted
+    session, resumed, gets none twice [MQTT-4.3.3-10]."""
+    doomed = cluster.start(unique("doomed"))
+    base = unique("stream")
+    keeper_id = unique("keeper")
+    keeper = persistent(doomed.port, keeper_id)
+    keeper.subscribe(f"{base}/#", 2)
+    keeper.close()
+    watcher = Client(cluster[1].port, V5, unique("watcher")).connect()
+    watcher.subscribe(f"{base}/#", 2)
+    publisher = Client(cluster[0].port, V5, unique("pub")).connect()
+    routed(publisher, watcher, f"{base}/probe")
+    doomed_name = doomed.argv[doomed.argv.index("--node-name") + 1]
+    pending = []
+    count = 0
+    killed_at = adopted_at = None
+    deadline = time.monotonic() + 3 * WAIT
+    while adopted_at is None or count < adopted_at + 100:  # until well after the adoption
+        assert time.monotonic() < deadline, "the keeper's session was not adopted"
+        pending.append(publisher.paho.publish(f"{base}/m", str(count).encode(), 2))
+        count += 1
+        if count == 300:
+            doomed.proc.send_signal(signal.SIGKILL)
+            doomed.proc.wait()
+            killed_at = count
+        if killed_at is not None and adopted_at is None and count % 20 == 0 and owner_of(
+                redis_server, prefix, keeper_id) not in ("", doomed_name):
+            adopted_at = count
+        time.sleep(0.005)
+    for info in pending:
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    publisher.publish(f"{base}/end", b"end", 2)
+    expected = [str(n).encode() for n in range(count)]
+    seen = [m.payload for m in collect(watcher, f"{base}/end")]
+    assert seen == expected  # once each, in order
+    again = persistent(cluster[1].port, keeper_id)
+    assert again.connack_flags.session_present
+    got: List[bytes] = [m.payload for m in collect(again, f"{base}/end")]
+    twice = [payload for payload, times in Counter(got).items() if times > 1]
+    assert twice == []
+    print(f"killed after {killed_at}, adopted at {adopted_at}; the resumed session got "
+          f"{len(got)} of {count}", file=sys.stderr)
+    for client in (watcher, publisher, again):
+        client.close()
+
+
+def test_cited_labels() -> None:
+    """Every test cites a normative label that exists."""
+    check_cited_labels(sys.modules[__name__], every_test=True)
