@@ -54,7 +54,8 @@ class Node:
 
     def engine_up(self) -> None:
         """Let the engine answer every script with success, recording each call."""
-        def script(source: str, keys: List[str], args: List[Any]) -> Deferred[Any]:
+        def script(source: str, keys: List[str], args: List[Any],
+                   control: bool = False) -> Deferred[Any]:
             self.scripts.append((source, args))
             return succeed(1)
 
@@ -362,6 +363,28 @@ def test_every_kind_of_target_is_a_delivery_target() -> None:
     assert [is_remote(target) for target in kinds] == [False, False, True]
     assert client.connection is kinds[0]
 
+
+def test_a_wake_up_during_a_read_of_the_stream_reads_it_again() -> None:
+    """A wake-up (a batch just added to this node's stream) that arrives while a read of the
+    stream is under way is not lost: that read may have been answered before the batch was
+    added, so the stream is read again once it is answered, not at the next poll a lease
+    later (a loaded node's last QoS 1 messages waited seconds)."""
+    a = Node("a")
+    reads: List[Deferred[Any]] = []
+
+    def command(*args: Any, control: bool = False) -> Deferred[Any]:
+        assert args[0] == "XREADGROUP"
+        reads.append(Deferred())
+        return reads[-1]
+
+    a.engine.command = command  # type: ignore[method-assign]
+    a.router._inbox(b"")
+    a.router._inbox(b"")  # a second batch added while the first read is under way
+    assert len(reads) == 1
+    reads[0].callback([])  # that read was answered before the second batch was added
+    assert len(reads) == 2
+    reads[1].callback([])
+    assert len(reads) == 2
 
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""

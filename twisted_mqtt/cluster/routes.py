@@ -178,6 +178,9 @@ class Router:
         self._full = False
         self._flush_call: Any = None
         self._reading = False
+        self._woken = False
+        """A wake-up came while a read of this node's stream was under way: read again once
+        it is answered (its reply may have been sent before the new entries)."""
         self._unacknowledged: List[Tuple[str, List[Any]]] = []
         self._poll_call: Any = None
         self.routes_channel = engine.key("routes")
@@ -550,9 +553,13 @@ class Router:
                 del self._numbered[id(message)]
 
     def _read_stream(self, node: str, start: str) -> None:
-        if self._reading or not self.members.check():
+        if self._reading:
+            self._woken = True
+            return
+        if not self.members.check():
             return
         self._reading = True
+        self._woken = False
         stream = self.stream(node)
         self.engine.command("XREADGROUP", "GROUP", GROUP, self.node.name, "COUNT", READ_COUNT,
                             "STREAMS", stream, start).addCallbacks(
@@ -565,7 +572,7 @@ class Router:
         self._reading = False
         entries = reply[0][1] if reply else []
         if not entries:
-            if start == "0":
+            if start == "0" or self._woken:
                 self._read_stream(node, ">")
             return
         ids = []
