@@ -14,17 +14,14 @@ from collections import Counter
 from typing import Iterator, List
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from tests.cluster_helpers import WAIT, Nodes, collect, routed, running_cluster, unique
 from tests.paho import V5, Client
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
+from tests.test_cluster_sessions_e2e import DB, name_of, owner_of, persistent
 
 pytestmark = pytest.mark.e2e
-
-DB = 12
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
                                ("q0", "q1"))
 
 
-def persistent(port: int, client_id: str) -> Client:
-    """A v5 client whose session outlives its connection by an hour."""
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    return Client(port, V5, client_id, clean=False).connect(clean_start=False,
-                                                            properties=props)
-
-
-def owner_of(server: RedisServer, prefix: str, client_id: str) -> str:
-    """The name of the node that owns ``client_id``'s session ('' for none)."""
-    reply = server.command("EVAL", f"redis.call('SELECT', {DB}) return {{ok=redis.call('HGET', "
-                           f"'{prefix}cluster:sessions:owner', '{client_id}') or ''}}", "0")
-    token = reply[1:].decode()
-    return token.split(":", 2)[2] if token else ""
-
-
 def test_node_killed_in_a_qos2_stream_duplicates_nothing(
         cluster: Nodes, redis_server: RedisServer, prefix: str) -> None:  # noqa: F811
     """A publisher on q0 streams QoS 2 messages to a subscriber on q1 and to an offline
@@ -66,14 +47,14 @@ def test_node_killed_in_a_qos2_stream_duplicates_nothing(
     doomed = cluster.start(unique("doomed"))
     base = unique("stream")
     keeper_id = unique("keeper")
-    keeper = persistent(doomed.port, keeper_id)
+    keeper = persistent(doomed, keeper_id, V5)
     keeper.subscribe(f"{base}/#", 2)
     keeper.close()
     watcher = Client(cluster[1].port, V5, unique("watcher")).connect()
     watcher.subscribe(f"{base}/#", 2)
     publisher = Client(cluster[0].port, V5, unique("pub")).connect()
     routed(publisher, watcher, f"{base}/probe")
-    doomed_name = doomed.argv[doomed.argv.index("--node-name") + 1]
+    doomed_name = name_of(doomed)
     pending = []
     count = 0
     killed_at = adopted_at = None
@@ -97,13 +78,14 @@ def test_node_killed_in_a_qos2_stream_duplicates_nothing(
     expected = [str(n).encode() for n in range(count)]
     seen = [m.payload for m in collect(watcher, f"{base}/end")]
     assert seen == expected  # once each, in order
-    again = persistent(cluster[1].port, keeper_id)
+    again = persistent(cluster[1], keeper_id, V5)
     assert again.connack_flags.session_present
     got: List[bytes] = [m.payload for m in collect(again, f"{base}/end")]
     twice = [payload for payload, times in Counter(got).items() if times > 1]
     assert twice == []
+    missing = sorted(set(expected) - set(got), key=int)
     print(f"killed after {killed_at}, adopted at {adopted_at}; the resumed session got "
-          f"{len(got)} of {count}", file=sys.stderr)
+          f"{len(got)} of {count}, missing {missing[:10]}", file=sys.stderr)
     for client in (watcher, publisher, again):
         client.close()
 
