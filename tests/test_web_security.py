@@ -13,6 +13,7 @@ import http.client
 import json
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -201,6 +202,34 @@ def test_event_streams_per_user(dashboard: Dashboard) -> None:
     finally:
         for sock in opened:
             sock.close()
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the socket receives until ``marker`` (its timeout bounds each wait)."""
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+def test_an_event_stream_ends_with_its_session(dashboard: Dashboard) -> None:
+    """Signing out ends the event streams the session opened (they would otherwise go on
+    showing the figures to whoever holds the connection)."""
+    browser = Http(dashboard.base)
+    browser.login()
+    cookie = next(c.value for c in browser.cookies if c.name == "twisted_mqtt_session")
+    sock, _ = open_stream(dashboard.port, f"Cookie: twisted_mqtt_session={cookie}\r\n")
+    with sock:
+        received = read_until(sock, b"event: stats")
+        assert browser.request("POST", "/api/v1/logout")[0] == 200
+        deadline = time.monotonic() + 10
+        while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
+            assert time.monotonic() < deadline, "the stream goes on"
+            chunk = sock.recv(65536)
+            assert chunk, received[-200:]
+            received += chunk
 
 
 # -- limits from the configuration file ----------------------------------------------------------

@@ -288,13 +288,16 @@ class EventStream:
     """One Server-Sent Events stream.  Its events are written while the reader keeps up; when
     the connection's send buffer fills, the transport pauses it and events are skipped (the
     bytes queued for a slow reader stay bounded by that buffer), and a stream paused longer
-    than ``stall`` seconds is closed."""
+    than ``stall`` seconds is closed.  A stream whose ``alive()`` turns false (its session
+    ended) is finished."""
 
-    def __init__(self, request: Request, who: str, stall: float, clock: Any) -> None:
+    def __init__(self, request: Request, who: str, stall: float, clock: Any,
+                 alive: Callable[[], bool] = lambda: True) -> None:
         self.request = request
         self.who = who
         self.stall = stall
         self.clock = clock
+        self.alive = alive
         self.paused_at: Optional[float] = None
         self.skipped = 0
 
@@ -315,6 +318,10 @@ class EventStream:
         """Write one event, unless the reader is behind (then close a stream stalled too
         long)."""
         if not _still_open(self.request):
+            return
+        if not self.alive():
+            self.request.unregisterProducer()
+            self.request.finish()
             return
         if self.paused_at is None:
             self.request.write(data)
@@ -536,7 +543,9 @@ class ApiResource(Resource):
         request.write(b"retry: 2000\n\n")
         self.streams.append(request)
         self._streams_of[who] = self._streams_of.get(who, 0) + 1
-        stream = EventStream(request, who, limits.stream_stall, self.service.reactor)
+        cookie = request.getCookie(COOKIE) if identity.kind == "user" else None
+        stream = EventStream(request, who, limits.stream_stall, self.service.reactor,
+                             (lambda: self.auth.alive(cookie)) if cookie else (lambda: True))
         request.registerProducer(stream, True)
 
         def send(sample: Dict[str, Any]) -> None:

@@ -252,6 +252,12 @@ class DashboardAuth:
         self._sessions[key] = (found[0], found[1], now)
         return Identity(found[0], "user", found[1])
 
+    def alive(self, token: bytes) -> bool:
+        """Whether a session is still valid (without counting this as a use)."""
+        found = self._sessions.get(token.decode("ascii", "replace"))
+        return found is not None and found[0] in self.users and \
+            self._now() - found[2] <= self.limits.session_idle
+
     def logout(self, token: bytes) -> None:
         """End a browser session."""
         self._sessions.pop(token.decode("ascii", "replace"), None)
