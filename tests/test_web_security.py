@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+from tests.certs import make_pki
 from tests.cluster_helpers import wait_for
 from tests.conftest import StartBroker
 from tests.paho import MakeClient
@@ -80,6 +82,31 @@ def test_sign_in_guessing_waits_a_back_off(start_broker: StartBroker, tmp_path: 
     status, body = wait_for(lambda: (lambda got: got if got[0] == 200 else None)(
         guesser.login()), "the sign-in after the back-off")
     assert body["user"] == USER
+
+
+def test_the_cookie_is_secure_over_tls(start_broker: StartBroker, tmp_path: Path) -> None:
+    """Over a TLS dashboard listener the session cookie is marked Secure (and HttpOnly,
+    SameSite=Strict); over plain HTTP it cannot be."""
+    pki = make_pki(tmp_path)
+    endpoint = (f"ssl:0:interface=127.0.0.1:privateKey={pki.server_key}:"
+                f"certKey={pki.server_cert}:extraCertChain={pki.intermediate}")
+    dashboard = start_dashboard(start_broker, tmp_path, "--dashboard", endpoint)
+    context = ssl.create_default_context(cafile=str(pki.root))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", dashboard.broker.port_of("dashboard", 1), timeout=10, context=context)
+    try:
+        connection.request("POST", "/api/v1/login", json.dumps(
+            {"username": USER, "password": PASSWORD}), {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        cookie = reply.getheader("Set-Cookie") or ""
+        assert reply.status == 200, reply.read()
+    finally:
+        connection.close()
+    flags = {flag.strip().lower() for flag in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= flags, cookie
+    status, headers, _ = Http(dashboard.base).request(
+        "POST", "/api/v1/login", {"username": USER, "password": PASSWORD})
+    assert status == 200 and "secure" not in headers["Set-Cookie"].lower()
 
 
 def test_a_sign_in_ends_the_session_the_browser_held(dashboard: Dashboard) -> None:
