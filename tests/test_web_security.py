@@ -109,6 +109,27 @@ def test_the_cookie_is_secure_over_tls(start_broker: StartBroker, tmp_path: Path
     assert status == 200 and "secure" not in headers["Set-Cookie"].lower()
 
 
+def test_every_write_needs_the_sessions_csrf_token(dashboard: Dashboard) -> None:
+    """Every write route (publish, kick, bans, retained delete, sign-out) from a browser
+    session is 403 without the CSRF token, or with another session's."""
+    browser, other = Http(dashboard.base), Http(dashboard.base)
+    browser.login()
+    other.login()
+    writes = [route for route in ROUTES if route.write and not route.public]
+    assert {route.handler for route in writes} >= {"publish", "kick", "add_ban", "remove_ban",
+                                                   "delete_retained", "logout"}
+    for token in (None, other.csrf):
+        browser_token, browser.csrf = browser.csrf, token
+        for route in writes:
+            path = "/api/v1/" + route.pattern.replace("{client_id}", "c").replace(
+                "{kind}", "client_id").replace("{value}", "v")
+            status, _, body = browser.request(route.method, path + "?topic=t",
+                                              {"topic": "t", "kind": "client_id", "value": "v"})
+            assert status == 403 and body["error"]["field"] == "x-csrf-token", (path, body)
+        browser.csrf = browser_token
+    assert browser.get("/api/v1/session")["user"] == USER  # still signed in
+
+
 def test_a_sign_in_ends_the_session_the_browser_held(dashboard: Dashboard) -> None:
     """Signing in again replaces the browser's session: the old cookie no longer works, and
     signing out is logged with who did it."""
