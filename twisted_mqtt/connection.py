@@ -133,19 +133,64 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
+class _Occasional:
+    """What few connections need, kept apart so that an idle connection does not hold it."""
+
+    __slots__ = ("holding", "held_by", "retained_lookups", "lookup_limit", "replay",
+                 "resending", "exchange", "reauthenticating", "assigned_id", "linger",
+                 "aliases_in", "aliases_out")
+
+    def __init__(self) -> None:
+        self.holding: Optional[List[Connection]] = None
+        """Publishers whose input waits until this (blocked) connection drains."""
+        self.held_by: Optional[Set[Connection]] = None
+        """The blocked connections this one's input waits for."""
+        self.retained_lookups: Optional[OrderedDict[str, None]] = None
+        """The filters whose retained messages are still to be sent, in order, a turn at a
+        time (see ``Connection._send_retained``)."""
+        self.lookup_limit: Optional[int] = None
+        """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
+        self.replay: Optional[Tuple[str, Deque[str]]] = None
+        """A filter whose retained messages were being sent when the connection blocked, and
+        the topics left: the rest goes out when it unblocks, so that a client that reads them
+        all loses none, however large the retained set."""
+        self.resending: Optional[List[int]] = None
+        """Packet ids of messages in flight still to resend (the connection blocked first)."""
+        self.exchange: Optional[AuthExchange] = None
+        """The enhanced authentication exchange (v5 AUTH)."""
+        self.reauthenticating = False
+        self.assigned_id: Optional[str] = None
+        """The client id the broker assigned (the client sent none)."""
+        self.linger: Any = None
+        """The call that closes a half-closed connection for good."""
+        self.aliases_in: Optional[Dict[int, str]] = None
+        self.aliases_out: Optional[Dict[str, int]] = None
+
+
+class _Defaults(_Occasional):
+    """The ``_Occasional`` every connection reads until it needs its own: read-only."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if hasattr(self, "aliases_out"):  # made: nothing may change it
+            raise AttributeError(f"{name} is shared: set it on Connection._occasional()")
+        super().__setattr__(name, value)
+
+
+_NONE_YET: _Occasional = _Defaults()
+
+
 class Connection:
     """The server side of one MQTT connection."""
 
     __slots__ = (
         "broker", "transport", "address", "listener", "decoder", "state", "protocol_level", "v5",
         "session", "client", "keep_alive", "last_rx", "opened_at", "paused", "blocked",
-        "certificate_subject", "certificate_common_name", "aliases_in", "aliases_out",
+        "certificate_subject", "certificate_common_name",
         "alias_max_out", "max_packet_out", "connect_expiry", "_out", "_dirty", "_queued",
-        "_limit", "overflowed", "_resending",
-        "_held", "_exchange", "_reauthenticating", "_connect", "_assigned_id", "_will_ok",
-        "_detached", "_linger", "_observed", "_close_reason", "blocked_since", "_holding",
-        "_held_by", "_retained_lookups", "_lookup_limit", "_input_held", "_replay",
-        "_acks_held",
+        "_limit", "overflowed", "_held", "_connect", "_will_ok", "_detached", "_observed",
+        "_close_reason", "blocked_since", "_input_held", "_acks_held", "_more",
     )
     acl_exempt = False  # a network client: the authorizers say what it may receive
     remote = False  # a client of this node (see ``targets.DeliveryTarget``)
@@ -175,19 +220,8 @@ class Connection:
         self.paused = False
         self.blocked = False
         self.blocked_since: Optional[float] = None
-        self._holding: Optional[List[Connection]] = None
-        """Publishers whose input waits until this (blocked) connection drains."""
-        self._held_by: Optional[Set[Connection]] = None
-        """The blocked connections this one's input waits for."""
-        self._retained_lookups: Optional[OrderedDict[str, None]] = None
-        """The filters whose retained messages are still to be sent, in order, a turn at a
-        time (see ``_send_retained``)."""
-        self._lookup_limit: Optional[int] = None
-        """The ``RetainedIndex.visited`` count at which this turn's retained lookups stop."""
-        self._replay: Optional[Tuple[str, Deque[str]]] = None
-        """A filter whose retained messages were being sent when the connection blocked, and
-        the topics left: the rest goes out when it unblocks, so that a client that reads them
-        all loses none, however large the retained set."""
+        self._more: _Occasional = _NONE_YET
+        """What few connections need, made on first use (``_occasional``)."""
         self._out: List[bytes] = _NO_OUTPUT
         """Bytes queued for the client and not yet handed to the transport."""
         self._acks_held = 0
@@ -199,25 +233,24 @@ class Connection:
         """The size of ``_out`` past which ``write`` looks at the bounds."""
         self.overflowed = False
         """Whether the connection is being dropped for not reading what it is sent."""
-        self._resending: Optional[List[int]] = None
-        """Packet ids of messages in flight still to resend (the connection blocked first)."""
         self._dirty = False
         self._held: Optional[List[Any]] = None
         self._input_held = False
         """Whether reading stopped because packets wait for a decision (``_held``)."""
-        self._exchange: Optional[AuthExchange] = None
-        self._reauthenticating = False
         self._connect: Optional[Connect] = None
-        self._assigned_id: Optional[str] = None
         self._will_ok = True
         self._detached = False
-        self._linger: Any = None
-        self.aliases_in: Optional[Dict[int, str]] = None
-        self.aliases_out: Optional[Dict[str, int]] = None
         self.alias_max_out = 0
         self.max_packet_out: Optional[int] = None
         self.connect_expiry = 0
         broker.connections.add(self)
+
+    def _occasional(self) -> _Occasional:
+        """This connection's own ``_Occasional``, made now if it had none."""
+        more = self._more
+        if more is _NONE_YET:
+            more = self._more = _Occasional()
+        return more
 
     def __repr__(self) -> str:
         client_id = self.client.client_id if self.client else "?"
@@ -260,7 +293,7 @@ class Connection:
         comes (``_read_again``), so that what is held stays what was read before."""
         self._input_held = True
         pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None and self._held_by is None:
+        if pause is not None and self._more.held_by is None:
             pause()
 
     def _read_again(self) -> None:
@@ -268,7 +301,7 @@ class Connection:
         if self._input_held and self._held is None and self.state != CLOSED:
             self._input_held = False
             resume = getattr(self.transport, "resumeProducing", None)
-            if resume is not None and self._held_by is None:
+            if resume is not None and self._more.held_by is None:
                 resume()
 
     def _handle(self, packets: List[Any]) -> None:
@@ -372,8 +405,9 @@ class Connection:
         self._queued = 0
         self.release_held()
         self._detach()
-        if self._linger is not None and self._linger.active():
-            self._linger.cancel()
+        linger = self._more.linger
+        if linger is not None and linger.active():
+            linger.cancel()
         self.broker.connections.discard(self)
         self.broker.flush()
 
@@ -480,7 +514,8 @@ class Connection:
         self._out = _NO_OUTPUT
         self._queued = 0
         self._limit = -1  # from now on every write is discarded here
-        self._resending = None
+        if self._more is not _NONE_YET:
+            self._more.resending = None
         self.transport.abortConnection()
 
     def send_packet(self, packet: Packet) -> None:
@@ -566,9 +601,9 @@ class Connection:
                  packet_id: Optional[int], dup: bool = False) -> Optional[bytes]:
         """Encode with an outbound topic alias when the client allows them [MQTT-3.3.2-11]
         (a new one only if the packet still fits the client's Maximum Packet Size)."""
-        aliases = self.aliases_out
+        aliases = self._more.aliases_out
         if aliases is None:
-            aliases = self.aliases_out = {}
+            aliases = self._occasional().aliases_out = {}
         topic = message.topic
         alias = aliases.get(topic)
         topic_bytes = message.topic_bytes
@@ -600,7 +635,7 @@ class Connection:
         ids = list(inflight) if packet_ids is None else packet_ids
         for index, packet_id in enumerate(ids):
             if self.blocked:
-                self._resending = ids[index:]
+                self._occasional().resending = ids[index:]
                 break
             delivery = inflight.get(packet_id)
             if delivery is None:
@@ -657,7 +692,8 @@ class Connection:
         # Send FIN but keep reading (and discarding) until the peer closes, so that a client
         # still writing reads our last packet instead of getting a reset; then close for good.
         half_close()
-        self._linger = self.broker.clock.callLater(LINGER, self.transport.abortConnection)
+        self._occasional().linger = self.broker.clock.callLater(LINGER,
+                                                                self.transport.abortConnection)
 
     def _detach(self) -> None:
         if self._detached:
@@ -714,40 +750,47 @@ class Connection:
         self._limit = self.broker.capabilities.maximum_pending_bytes
         session = self.session
         if session is not None and self.state == CONNECTED:
-            resending, self._resending = self._resending, None
+            more = self._more
+            resending = more.resending
             if resending:
+                more.resending = None
                 self._resend(session, resending)
             self.broker.pump(session)
-            if not self.blocked and (self._replay is not None or self._retained_lookups):
+            more = self._more
+            if not self.blocked and (more.replay is not None or more.retained_lookups):
                 self._send_retained(session)
         if not self.blocked:
             self.release_held()
 
     def hold_reading(self, blocker: Connection) -> None:
         """Stop reading this client's input until ``blocker`` drains (or its grace ends)."""
-        held_by = self._held_by
+        held_by = self._more.held_by
         if held_by is None:
-            held_by = self._held_by = set()
+            held_by = self._occasional().held_by = set()
             pause = getattr(self.transport, "pauseProducing", None)
             if pause is not None:
                 pause()
         if blocker not in held_by:
             held_by.add(blocker)
-            holding = blocker._holding
+            holding = blocker._more.holding
             if holding is None:
-                holding = blocker._holding = []
+                holding = blocker._occasional().holding = []
             holding.append(self)
 
     def release_held(self) -> None:
         """Read again the publishers this connection held back."""
-        holding, self._holding = self._holding, None
-        for publisher in holding or ():
-            held_by = publisher._held_by
+        more = self._more
+        holding = more.holding
+        if holding is None:
+            return
+        more.holding = None
+        for publisher in holding:
+            held_by = publisher._more.held_by
             if held_by is None:
                 continue
             held_by.discard(self)
             if not held_by:
-                publisher._held_by = None
+                publisher._more.held_by = None
                 if publisher.state != CLOSED and not publisher._input_held:
                     resume = getattr(publisher.transport, "resumeProducing", None)
                     if resume is not None:
@@ -773,7 +816,7 @@ class Connection:
             if level == ProtocolLevel.MQTT_3_1_1 and not packet.clean_start:
                 self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)  # [MQTT-3.1.3-8]
                 return
-            client_id = self._assigned_id = broker.assign_client_id()
+            client_id = self._occasional().assigned_id = broker.assign_client_id()
         elif len(client_id) > caps.maximum_client_id_length:
             self._refuse(_R.CLIENT_IDENTIFIER_NOT_VALID)
             return
@@ -793,7 +836,8 @@ class Connection:
                              "levels", address=self.address, limit=caps.maximum_topic_levels)
                     self.close()
                 return
-        self._connect = replace(packet, client_id=client_id) if self._assigned_id else packet
+        self._connect = (replace(packet, client_id=client_id) if self._more.assigned_id
+                         else packet)
         self.client = ClientInfo(client_id, packet.username, self.address, self.listener, level,
                                  self.certificate_subject, self.certificate_common_name)
         if self._banned():
@@ -816,9 +860,10 @@ class Connection:
                 self._refuse(_R.BAD_AUTHENTICATION_METHOD)
                 return
             self.state = AUTHENTICATING
-            self._exchange = AuthExchange(enhanced, self.client, method, self._auth_answer)
+            exchange = self._occasional().exchange = AuthExchange(enhanced, self.client, method,
+                                                                  self._auth_answer)
             self._held = []
-            self._exchange.step(packet.properties.authentication_data)
+            exchange.step(packet.properties.authentication_data)
             return
         result = hooks.authenticate(ConnectRequest(self.client, packet.password, packet))
         if isinstance(result, Deferred):
@@ -841,7 +886,7 @@ class Connection:
         if self.state == CLOSED:
             return
         held, self._held = self._held, None
-        exchange = self._exchange
+        exchange = self._more.exchange
         assert exchange is not None
         props = Properties(authentication_method=exchange.method,
                            authentication_data=step.data)
@@ -857,7 +902,7 @@ class Connection:
             else:
                 self._authorize_will(props)
         else:
-            self._reauthenticating = False
+            self._more.reauthenticating = False  # an exchange made it this connection's own
             if code:
                 self.broker.stats.auth_failures += 1
                 if code not in VALID_REASON_CODES[PacketType.DISCONNECT]:
@@ -1010,7 +1055,7 @@ class Connection:
         if v5:
             ack_props = Properties(
                 session_expiry_interval=expiry if expiry != requested else None,
-                assigned_client_identifier=self._assigned_id,  # [MQTT-3.2.2-16]
+                assigned_client_identifier=self._more.assigned_id,  # [MQTT-3.2.2-16]
                 server_keep_alive=server_keep_alive,
                 receive_maximum=caps.receive_maximum if caps.receive_maximum < 65535 else None,
                 maximum_packet_size=caps.maximum_packet_size,
@@ -1108,9 +1153,9 @@ class Connection:
                 if alias > caps.topic_alias_maximum:
                     self.disconnect(_R.TOPIC_ALIAS_INVALID, "topic alias above maximum")
                     return
-                aliases = self.aliases_in
+                aliases = self._more.aliases_in
                 if aliases is None:
-                    aliases = self.aliases_in = {}
+                    aliases = self._occasional().aliases_in = {}
                 if topic:
                     aliases[alias] = topic
                 else:
@@ -1555,9 +1600,9 @@ class Connection:
                 retained.append(topic_filter)
         self._subscribed(packet, tuple(codes))
         if retained:
-            lookups = self._retained_lookups
+            lookups = self._more.retained_lookups
             if lookups is None:
-                lookups = self._retained_lookups = OrderedDict()
+                lookups = self._occasional().retained_lookups = OrderedDict()
             lookups.update(dict.fromkeys(retained))  # behind those of earlier SUBSCRIBEs
             self._send_retained(session)
 
@@ -1567,40 +1612,42 @@ class Connection:
         once); once the connection's lookups of this turn, whichever SUBSCRIBE asked for them,
         have visited ``retained_lookup_per_turn`` levels of the retained index, the rest on the
         next turn (so one connection's lookups cost the others at most that much per turn)."""
-        lookups = self._retained_lookups
+        more = self._occasional()
+        lookups = more.retained_lookups
         if self.state == CLOSED or self.session is not session:
-            self._retained_lookups = self._replay = None
+            more.retained_lookups = more.replay = None
             return
-        if self._replay is not None:
+        if more.replay is not None:
             self._replay_rest(session)
         if not lookups:
-            self._retained_lookups = None
+            more.retained_lookups = None
             return
         broker = self.broker
         index = broker.retained
-        limit = self._lookup_limit
+        limit = more.lookup_limit
         if limit is None:
-            limit = self._lookup_limit = (index.visited
-                                          + broker.capabilities.retained_lookup_per_turn)
+            limit = more.lookup_limit = (index.visited
+                                         + broker.capabilities.retained_lookup_per_turn)
             broker.clock.callLater(0, self._later, session, self._next_lookup_turn)
-        while lookups and index.visited < limit and self._replay is None:
+        while lookups and index.visited < limit and more.replay is None:
             topic_filter = lookups.popitem(last=False)[0]
             if topic_filter not in session.subscriptions:
                 continue  # unsubscribed meanwhile
             topics = deque(message.topic for message in broker.retained_for(topic_filter))
-            self._replay = (topic_filter, topics)
+            more.replay = (topic_filter, topics)
             self._replay_rest(session)
         if not lookups:
-            self._retained_lookups = None
+            more.retained_lookups = None
 
     def _replay_rest(self, session: Session) -> None:
         """Send the retained messages left of the filter being replayed, as its subscription
         now stands and as each topic's retained message now is, until the connection blocks."""
-        assert self._replay is not None
-        topic_filter, topics = self._replay
+        more = self._more
+        assert more.replay is not None
+        topic_filter, topics = more.replay
         entry = session.subscriptions.get(topic_filter)
         if entry is None:  # unsubscribed meanwhile
-            self._replay = None
+            more.replay = None
             return
         broker = self.broker
         retained = broker.retained
@@ -1620,12 +1667,13 @@ class Connection:
             if hooks.on_retain_published:
                 hooks.notify(hooks.on_retain_published, client, message)
         if not topics:
-            self._replay = None
+            more.replay = None
 
     def _next_lookup_turn(self, session: Session) -> None:
         """A new turn: a new bound for the retained lookups, and those left waiting."""
-        self._lookup_limit = None
-        if self._retained_lookups or self._replay is not None:
+        more = self._occasional()
+        more.lookup_limit = None
+        if more.retained_lookups or more.replay is not None:
             self._send_retained(session)
 
     def _subscribed(self, packet: Subscribe, codes: Tuple[int, ...]) -> None:
@@ -1687,11 +1735,11 @@ class Connection:
             if not isinstance(changed, Auth):
                 return
             packet = changed
-        exchange = self._exchange
+        exchange = self._more.exchange
         code = packet.reason_code
         if self.state == AUTHENTICATING:
             expected = _R.CONTINUE_AUTHENTICATION
-        elif self._reauthenticating:
+        elif self._more.reauthenticating:
             expected = _R.CONTINUE_AUTHENTICATION
         else:
             expected = _R.RE_AUTHENTICATE
@@ -1705,7 +1753,7 @@ class Connection:
                 self.disconnect(_R.PROTOCOL_ERROR, "unexpected AUTH")
             return
         if code == _R.RE_AUTHENTICATE:
-            self._reauthenticating = True
+            self._more.reauthenticating = True  # an exchange made it this connection's own
             exchange.state = None
         self._held = []
         exchange.step(packet.properties.authentication_data)
