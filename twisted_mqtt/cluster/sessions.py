@@ -466,6 +466,8 @@ class ClusterSessions(Hook):
         self._forwarders: Dict[str, Session] = {}
         """Client id -> the session forwarding to the node it was handed over to."""
         self._arrivals: Dict[str, Set[bytes]] = {}
+        self._early: Dict[str, List[Tuple[Message, bytes]]] = {}
+        """Client id being claimed here -> messages forwarded to it before its session is."""
         """Client id of a session just handed over here -> the identities of the messages
         it got routed here (a copy of them forwarded by its last node is not kept)."""
         self.handovers = 0
@@ -573,6 +575,8 @@ class ClusterSessions(Hook):
 
     def _claimed(self, result: Any, client_id: str, d: Deferred[int]) -> None:
         waiting = self._claims.pop(client_id, [])
+        for message, _ident in self._early.pop(client_id, []):
+            self.broker.dropped(client_id, message, "forwarded to a session not here")
         if not isinstance(result, int):
             log.warn("cluster: client id {client_id}: cannot become its session's owner "
                      "({error}); refused", client_id=client_id,
@@ -662,12 +666,15 @@ class ClusterSessions(Hook):
         stored = yield self.directory.read(client_id, token)
         self._fresh(client_id, token)
         broker = self.broker
+        early = self._early.pop(client_id, [])
         if stored is not None:
             session, _restored = install(broker, stored)
             self.recorder.take(client_id, session)
-            broker.flush()
             if session is not None and self.router is not None:
                 self._arrived_from_elsewhere(client_id)
+            for message, ident in early:  # routed to its last node after the records
+                self.forwarded(client_id, message, ident)
+            broker.flush()
         return None
 
     # -- forwarding during a move ------------------------------------------------------------------
@@ -734,7 +741,10 @@ class ClusterSessions(Hook):
             return
         session = self.broker.sessions.get(client_id)
         if session is None or client_id not in self.tokens:
-            self.broker.dropped(client_id, message, "forwarded to a session not here")
+            if client_id in self._claims:  # its records are being read: after them
+                self._early.setdefault(client_id, []).append((message, ident))
+            else:
+                self.broker.dropped(client_id, message, "forwarded to a session not here")
             return
         seen = self._arrivals.get(client_id)
         if ident and seen is not None and ident in seen:
