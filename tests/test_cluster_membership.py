@@ -138,6 +138,37 @@ def test_dead_member_removed_once_and_announced() -> None:
     assert events[3:] == [("up", "third"), ("down", "third")]
 
 
+def test_a_late_renewal_and_a_late_heartbeat_are_logged(logged: List[str]) -> None:
+    """A renewal answered after a quarter of the lease, and a heartbeat run more than a quarter
+    of the lease late (a long reactor turn), each log a warning with the time it took: the
+    early signs of a lease too short for the load; the node keeps serving meanwhile."""
+    broker = hub()
+    engine = FakeEngine()
+    members = node(engine, broker.clock, [1])
+    broker.clock.advance(0)
+    held: List[Deferred[Any]] = []
+    answer = engine.script
+
+    def script(source: str, keys: List[str], args: List[Any],
+               control: bool = False) -> Deferred[Any]:
+        if source == RENEW:
+            held.append(Deferred())
+            return held[-1]
+        return answer(source, keys, args, control)
+
+    engine.script = script  # type: ignore[method-assign]
+    broker.clock.advance(LEASE / 4)  # a renewal sent
+    broker.clock.advance(LEASE * 0.15)
+    held[0].callback(1)  # answered within a quarter of the lease
+    broker.clock.advance(LEASE * 0.1)  # the next one sent
+    broker.clock.advance(LEASE * 0.3)
+    held[1].callback(1)
+    assert [line for line in logged if "late" in line or "answered after" in line] == [
+        "cluster node me: lease renewal answered after 0.60s (lease 2.0s)"]
+    broker.clock.advance(LEASE * 0.6)  # the reactor held for longer than a heartbeat
+    assert logged[-1] == "cluster node me: heartbeat 0.70s late (the reactor was busy)"
+    assert members.node.serving
+
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""
     check_cited_labels(sys.modules[__name__])

@@ -135,8 +135,6 @@ class Membership:
         self._proven_until = 0.0
         self._due = 0.0
         """When the next heartbeat is due (a later run means a busy reactor)."""
-        self.slowest_renewal = 0.0
-        """The longest round trip of a lease renewal, in seconds."""
         self._joining: Optional[float] = None
         """When the join awaiting its answer was sent (None: none is)."""
         self._running = False
@@ -263,7 +261,6 @@ class Membership:
 
     def _renewed(self, reply: Any, sent: float, epoch: int) -> None:
         took = self.clock.seconds() - sent
-        self.slowest_renewal = max(self.slowest_renewal, took)
         if took > self.lease / 4:
             log.warn("cluster node {name}: lease renewal answered after {took:.2f}s (lease "
                      "{lease}s)", name=self.node.name, took=took, lease=self.lease)
