@@ -278,8 +278,9 @@ def test_messages_routed_to_the_old_node_after_the_hand_over_reach_the_session_o
         cluster: Cluster) -> Any:
     """For a lease after handing a session over, the old node forwards the QoS 1/2 messages
     other nodes still route to it for that session to its new node, with their identity; the
-    new node keeps one copy of a message that reached the session both ways (QoS 2 exactly
-    once [MQTT-4.3.3-2] across the move), then the old node stops forwarding."""
+    new node delivers one that comes while it reads the session's records after them, and
+    keeps one copy of a message that reached the session both ways (QoS 2 exactly once
+    [MQTT-4.3.3-2] across the move); then the old node stops forwarding."""
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()
@@ -294,12 +295,20 @@ def test_messages_routed_to_the_old_node_after_the_hand_over_reach_the_session_o
     first, _got, _ok = yield connect(a, cluster, "mover")
     first.send(Subscribe(1, (Subscription("mv/#", 2),)))
     first.drop()
+
+    def records(*numbers: int, share: str = "") -> bytes:
+        return pack([encode_record(Message(f"mv/{n}", str(n).encode(), 2, False), False, share,
+                                   0.0, identity(7, n)) or b"" for n in numbers])
+
+    read = b.sessions.directory.read
+
+    def read_after_a_forward(*args: Any) -> Any:  # forwarded while b reads the records
+        routers[b]._deliver(records(0, share="\0mover"))
+        return read(*args)
+
+    b.sessions.directory.read = read_after_a_forward  # type: ignore[method-assign]
     again, got, ok = yield connect(b, cluster, "mover")
     assert ok and split(got)[0].session_present is True
-
-    def records(*numbers: int) -> bytes:
-        return pack([encode_record(Message(f"mv/{n}", str(n).encode(), 2, False), False, "",
-                                   0.0, identity(7, n)) or b"" for n in numbers])
 
     routers[b]._deliver(records(1))  # routed to b directly: b's route is known
     routers[a]._deliver(records(1, 2))  # routed to a by a node that did not know it yet
@@ -308,11 +317,11 @@ def test_messages_routed_to_the_old_node_after_the_hand_over_reach_the_session_o
     assert len(forwarded) == 2 and routers[a]._qos12 == {}
     routers[b]._deliver(pack(forwarded))
     b.broker.flush()
-    after: List[Any] = []
-    yield cluster.settle(gathered(again, after, 2))
+    after = split(got)[1]
+    yield cluster.settle(gathered(again, after, 3))
     yield cluster.settle()
     after += again.received()
-    assert [p.payload for p in after if isinstance(p, Publish)] == [b"1", b"2"]
+    assert [p.payload for p in after if isinstance(p, Publish)] == [b"0", b"1", b"2"]
     a.hub.clock.advance(2.0)
     assert "\0\0mover" not in a.broker.sessions
     assert "mv/#" not in a.broker.local_filters()
