@@ -306,7 +306,7 @@ def test_messages_routed_to_the_old_node_after_the_hand_over_reach_the_session_o
         routers[b]._deliver(records(0, share="\0mover"))
         return read(*args)
 
-    b.sessions.directory.read = read_after_a_forward  # type: ignore[method-assign]
+    b.sessions.directory.read = read_after_a_forward  # type: ignore[method-assign,assignment]
     again, got, ok = yield connect(b, cluster, "mover")
     assert ok and split(got)[0].session_present is True
 
