@@ -279,8 +279,8 @@ def test_messages_routed_to_the_old_node_after_the_hand_over_reach_the_session_o
     """For a lease after handing a session over, the old node forwards the QoS 1/2 messages
     other nodes still route to it for that session to its new node, with their identity; the
     new node delivers one that comes while it reads the session's records after them, and
-    keeps one copy of a message that reached the session both ways (QoS 2 exactly once
-    [MQTT-4.3.3-2] across the move); then the old node stops forwarding."""
+    keeps one copy of a message that reached the session both ways (no duplicate QoS 2
+    message onward [MQTT-4.3.3-10] across the move); then the old node stops forwarding."""
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()

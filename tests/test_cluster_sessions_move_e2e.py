@@ -50,7 +50,7 @@ def test_session_moved_during_a_stream_loses_nothing(cluster: Nodes, qos: int) -
     node m0, and which resumes its session on node m2 at once (the same client state, so that
     QoS 2 messages whose PUBREL it has not had are resent and released there
     [MQTT-4.4.0-1]), gets every message the publisher had acknowledged: QoS 1 at least once,
-    QoS 2 exactly once."""
+    QoS 2 exactly once (the broker causes no duplicate onward [MQTT-4.3.3-10])."""
     client_id = unique("mover")
     topic = unique("move")
     subscriber = Client(cluster[1].port, V5, client_id)
