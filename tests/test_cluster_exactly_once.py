@@ -12,6 +12,7 @@ import sys
 from types import SimpleNamespace
 from typing import Any, Dict, List
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import fail, inlineCallbacks, succeed
 
@@ -25,6 +26,7 @@ from tests.test_cluster_sessions import (  # noqa: F401
     gathered,
 )
 from twisted_mqtt.cluster.engine import EngineDown
+from twisted_mqtt.cluster.membership import Membership
 from twisted_mqtt.cluster.routes import GROUP, Router
 from twisted_mqtt.cluster.sessions import FencedStore
 from twisted_mqtt.cluster.wire import encode_record, pack
@@ -153,6 +155,53 @@ def test_claimed_entry_reaches_only_the_dead_node_sessions(
         (b"exactly once", 2)]
     got = yield publishes_to(cluster, b, "keeper")
     assert got == [(b"exactly once", 2)]
+
+
+@pytest_twisted.inlineCallbacks
+@pytest.mark.parametrize("adopting_first", [True, False])
+def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
+        cluster: Cluster, redis_server: RedisServer, adopting_first: bool) -> Any:  # noqa: F811
+    """Node p has not heard yet that node a is dead: after b removed a (and, or not yet,
+    adopted its sessions and claimed its stream), p routes a QoS 2 message to a, and its
+    publisher's acknowledgement is released once the message is placed. It reaches the
+    session b adopted from a, once, instead of a stream nobody reads any more
+    [MQTT-4.3.3-2]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    p = cluster.node("p", 3)
+    yield cluster.up()
+    yield offline_keeper(cluster, a)
+    made = routers(a, b, p)
+    for node in (a, b, p):
+        node.members.clock = node.hub.clock  # type: ignore[attr-defined]
+        node.members.lease = 2.0  # type: ignore[attr-defined]
+    yield b.engine.command("HSET", b.engine.key("nodes"), "a", 1, "b", 2, "p", 3)
+    yield b.engine.command("XGROUP", "CREATE", made[b].stream("b"), GROUP, "0", "MKSTREAM")
+    made[p]._add("a", "once/#")  # p mirrors a's filter
+    yield a.engine.stop()  # a dies
+    survivor = Membership(b.engine, "b", b.hub.clock, lease=2.0)
+    survivor._remove("a", 1)
+    yield cluster.settle(lambda: redis_server.command(
+        "HEXISTS", b.engine.key("nodes"), "a") == b":0")
+    if adopting_first:
+        yield adopted(cluster, redis_server, a, b, made[b])
+    p.broker.publish(Message("once/late", b"late", 2, False))  # p still routes it to a
+    placed: List[Any] = []
+    waiter = made[p].pending()
+    assert waiter is not None
+    waiter.addBoth(placed.append)
+    yield cluster.settle(lambda: placed)
+    assert placed == [None]
+    made[b]._read_stream("b", ">")  # b may read it before it hears that it removed a
+    if not adopting_first:
+        yield cluster.settle(lambda: redis_server.command(
+            "XLEN", made[b].stream("b")) == b":0")  # read and acknowledged
+        yield adopted(cluster, redis_server, a, b, made[b])
+    keeper = b.broker.sessions["keeper"]
+    yield cluster.settle(lambda: keeper.queue)
+    assert [d.message.payload for d in keeper.queue] == [b"late"]
+    got = yield publishes_to(cluster, b, "keeper")
+    assert got == [(b"late", 2)]
 
 
 class StubDirectory:

@@ -18,7 +18,14 @@ from tests.hook_helpers import hub, join
 from tests.spec import check_cited_labels
 from twisted_mqtt.cluster import Cluster, _Gate
 from twisted_mqtt.cluster.engine import EngineDown
-from twisted_mqtt.cluster.membership import JOIN, REMOVE, RENEW, SURVEY, Membership
+from twisted_mqtt.cluster.membership import (
+    HEIR_LEASES,
+    JOIN,
+    REMOVE,
+    RENEW,
+    SURVEY,
+    Membership,
+)
 from twisted_mqtt.packets import ConnAck, Connect, Disconnect
 
 LEASE = 2.0
@@ -131,7 +138,8 @@ def test_dead_member_removed_once_and_announced() -> None:
     engine.answers[REMOVE] = lambda keys, args: 1
     broker.clock.advance(LEASE / 4)
     assert events[1:] == [("down", "other"), ("claimed", "other")]
-    assert [args for source, args in engine.calls if source == REMOVE] == [["other", 2]]
+    assert [args for source, args in engine.calls if source == REMOVE] == [
+        ["other", 2, "me", int(LEASE * HEIR_LEASES * 1000)]]  # this node its heir
     engine.answers[SURVEY] = lambda keys, args: [b"me", b"1", 1, b"third", b"7", 1]
     broker.clock.advance(LEASE / 4)
     engine.channels[members.channel](b"down third 7")

@@ -262,8 +262,8 @@ def test_acknowledgement_waits_until_the_hand_off_is_written() -> None:
     assert publisher.received() == [PubAck(1), PubAck(2)]
     ((_source, args),) = a.scripts
     assert args[:2] == ["a", 1]
-    assert args[2:4] == [a.router.channel("b"), a.router.stream("b")]
-    assert [decode_record(r, 0)[0].payload for r in unpack(args[4])] == [b"1", b"2"]
+    assert args[5:7] == [a.router.channel("b"), a.router.stream("b")] and args[8] == "b"
+    assert [decode_record(r, 0)[0].payload for r in unpack(args[7])] == [b"1", b"2"]
 
 
 def test_subscription_to_remote_filters_survives_route_reload() -> None:

@@ -71,11 +71,17 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', KEYS[4], 'down ' .. ARGV[1] .. ' ' .. ARGV[2])
 return 1
 """
-"""Remove a dead member (its lease gone, the epoch seen dead still in place) and its routes:
-1 for the one node that does it."""
+"""Remove a dead member (its lease gone, the epoch seen dead still in place) and its routes,
+and name the node removing it as its heir (``heir_key``, for ``HEIR_LEASES`` leases): 1 for
+the one node that does it."""
+
+HEIR_LEASES = 20
+"""Leases during which a removed node's heir is known: the messages other nodes still route
+to the removed node meanwhile (they have not heard of the removal yet) go to its heir."""
 
 LEAVE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -157,6 +163,10 @@ class Membership:
     def route_key(self, name: str) -> str:
         """The key of the routes ``name`` holds (dropped with the node)."""
         return self.engine.key("routes", name)
+
+    def heir_key(self, name: str) -> str:
+        """The key naming the node that removed ``name`` (see ``REMOVE``)."""
+        return self.engine.key("heir", name)
 
     def lease_key(self, name: str) -> str:
         """The key of ``name``'s lease."""
@@ -325,7 +335,9 @@ class Membership:
     def _remove(self, name: str, epoch: int) -> None:
         engine = self.engine
         engine.script(REMOVE, [engine.key("nodes"), self.lease_key(name), self.route_key(name),
-                               self.channel], [name, epoch], control=True).addCallbacks(
+                               self.channel, self.heir_key(name)],
+                      [name, epoch, self.node.name, int(self.lease * HEIR_LEASES * 1000)],
+                      control=True).addCallbacks(
             self._removed, lambda _: None, callbackArgs=(name, epoch))
 
     def _removed(self, reply: Any, name: str, epoch: int) -> None:

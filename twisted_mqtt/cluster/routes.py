@@ -55,18 +55,34 @@ MAX_HELD_RECORDS = 100_000
 
 SEND = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-for i = 3, #ARGV, 3 do
+for i = 6, #ARGV, 4 do
   if ARGV[i + 1] == '' then
     redis.call('PUBLISH', ARGV[i], ARGV[i + 2])
   else
-    redis.call('XADD', ARGV[i + 1], '*', 'b', ARGV[i + 2])
-    redis.call('PUBLISH', ARGV[i], '')
+    local node, dead = ARGV[i + 3], nil
+    for _ = 1, 8 do
+      if redis.call('HEXISTS', KEYS[1], node) == 1 then break end
+      local heir = redis.call('GET', ARGV[3] .. node)
+      if not heir then break end
+      dead, node = node, heir
+    end
+    if dead then
+      redis.call('XADD', ARGV[4] .. node, '*', 'b', ARGV[i + 2], 'd', dead)
+      redis.call('PUBLISH', ARGV[5] .. node, '')
+    else
+      redis.call('XADD', ARGV[i + 1], '*', 'b', ARGV[i + 2])
+      redis.call('PUBLISH', ARGV[i], '')
+    end
   end
 end
 return 1
 """
-"""Send a turn's batches (channel, stream or '' for pub/sub, batch)... if this node's epoch is
-still the member's: 0 (nothing sent) for a fenced, stale node."""
+"""Send a turn's batches (channel, stream or '' for pub/sub, batch, node) if this node's epoch
+is still the member's: 0 (nothing sent) for a fenced, stale node.  ``ARGV[3..5]`` are the
+prefixes of the heir keys, the streams and the channels: a QoS 1/2 batch for a node that was
+removed goes to its heir's stream (following heirs that were removed too), marked with the
+removed node's name (field ``d``), so that it reaches the sessions the heir adopted from it
+rather than a stream nobody reads any more."""
 
 ROUTES = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -449,11 +465,12 @@ class Router:
         qos12, self._qos12 = self._qos12, {}
         waiters = self._waiting + self._turn
         self._waiting, self._turn = [], []
-        args: List[Any] = [self.node.name, self.node.epoch]
+        args: List[Any] = [self.node.name, self.node.epoch, engine.key("heir", ""),
+                           self.stream(""), self.channel("")]
         for node, records in qos0.items():
-            args += [self.channel(node), "", pack(records)]
+            args += [self.channel(node), "", pack(records), ""]
         for node, records in qos12.items():
-            args += [self.channel(node), self.stream(node), pack(records)]
+            args += [self.channel(node), self.stream(node), pack(records), node]
         self.stats["batches"] += 1
         engine.script(SEND, [engine.key("nodes")], args).addCallbacks(
             self._sent, self._not_sent, callbackArgs=(waiters,), errbackArgs=(qos12, waiters))
@@ -576,10 +593,15 @@ class Router:
                 self._read_stream(node, ">")
             return
         ids = []
+        claimed = 0
         for entry_id, fields in entries:
             ids.append(entry_id)
-            if fields:
+            if len(fields) > 3:  # routed to a node this one removed: for its sessions
+                claimed += self._route_claimed(_text(fields[3]), fields[1])
+            elif fields:
                 self._deliver(fields[1])
+        if claimed:
+            self.stats["claimed"] += claimed
         self.broker.flush()
         held = self.broker.ack_held(None)  # e.g. the sessions' write of these deliveries
         if held is None:
@@ -632,23 +654,33 @@ class Router:
     def _hand_over(self, dead: str, stream: str, entries: List[Any]) -> None:
         if not entries:
             return
+        count = 0
+        for _entry_id, fields in entries:
+            if fields:
+                count += self._route_claimed(dead, fields[1])
+        self.stats["claimed"] += count
+        log.info("cluster: {count} messages of dead node {dead} claimed", count=count,
+                 dead=dead)
+        self.broker.flush()
+
+    def _route_claimed(self, dead: str, batch: bytes) -> int:
+        """Route the messages of a batch meant for the dead node ``dead`` as it would have
+        (``claim_handler``); return how many there were."""
         broker = self.broker
         now = broker.tick()
         handler = self.claim_handler
         count = 0
-        for _entry_id, fields in entries:
-            if not fields:
-                continue
-            for record in unpack(fields[1]):
-                message, share = decode_record(record, now)
-                count += 1
-                if handler is not None:
-                    handler(dead, message, share)
-                else:
-                    broker.publish(Message(message.topic, message.payload, message.qos, False,
-                                           message.properties, message.expires_at,
-                                           message.origin))
-        self.stats["claimed"] += count
-        log.info("cluster: {count} messages of dead node {dead} claimed", count=count,
-                 dead=dead)
-        broker.flush()
+        for record in unpack(batch):
+            message, share = decode_record(record, now)
+            count += 1
+            if handler is not None:
+                handler(dead, message, share)
+            else:
+                broker.publish(Message(message.topic, message.payload, message.qos, False,
+                                       message.properties, message.expires_at,
+                                       message.origin))
+        return count
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)

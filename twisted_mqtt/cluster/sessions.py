@@ -934,6 +934,9 @@ class ClusterSessions(Hook):
             self.forwarded(share[1:], message, b"")
             return
         waiting = self._adopting.get(dead)
+        if waiting is None and dead not in self._adopted_from:
+            # routed here as the heir of ``dead`` before this node heard that it removed it
+            waiting = self._adopting[dead] = []
         if waiting is not None:
             waiting.append((message, share))
             return
