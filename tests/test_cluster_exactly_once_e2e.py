@@ -87,6 +87,8 @@ def test_node_killed_in_a_qos2_stream_duplicates_nothing(
     print(f"killed after {killed_at}, adopted at {adopted_at}; the resumed session got "
           f"{len(got)} of {count}", file=sys.stderr)
     assert missing == [], f"acknowledged messages missing from the adopted session: {missing}"
+    # nothing was added to the dead node's stream after the survivor claimed and deleted it
+    assert redis_server.command("EXISTS", f"{prefix}cluster:stream:{doomed_name}") == b":0"
     for client in (watcher, publisher, again):
         client.close()
 

@@ -597,7 +597,11 @@ class Router:
         for entry_id, fields in entries:
             ids.append(entry_id)
             if len(fields) > 3:  # routed to a node this one removed: for its sessions
-                claimed += self._route_claimed(_text(fields[3]), fields[1])
+                dead = _text(fields[3])
+                count = self._route_claimed(dead, fields[1])
+                claimed += count
+                log.info("cluster: {count} messages routed to node {dead} after its removal "
+                         "came to its heir", count=count, dead=dead)
             elif fields:
                 self._deliver(fields[1])
         if claimed:
