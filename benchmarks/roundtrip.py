@@ -14,7 +14,9 @@ PUBACK to it and PUBLISH to responder *i*; the responder's PUBACK and QoS 1 answ
 
 ``--workload connect`` measures accepting a client instead, as the ``idle`` scenario does:
 a new connection's CONNECT (clean session, keep alive 600), the broker's CONNACK, one PINGREQ
-and its PINGRESP; a "round trip" is then one such connection (they stay open).  ``--log text``
+and its PINGRESP; a "round trip" is then one such connection (they stay open).
+``--workload stream`` is the ``stream`` scenario: QoS 0 messages from one publisher to one
+subscriber, 100 per read; the figure is per message.  ``--log text``
 (or ``json``) logs as ``python -m twisted_mqtt`` does, to /dev/null, with no reactor running
 (so every line is written at once); by default the log events are only kept in Twisted's
 start-up buffer.
@@ -47,7 +49,7 @@ from twisted_mqtt.broker import Broker  # noqa: E402
 from twisted_mqtt.capabilities import Capabilities  # noqa: E402
 from twisted_mqtt.codec import encode, publish_template  # noqa: E402
 from twisted_mqtt.connection import Connection  # noqa: E402
-from twisted_mqtt.packets import Connect, Subscribe, Subscription  # noqa: E402
+from twisted_mqtt.packets import Connect, Publish, Subscribe, Subscription  # noqa: E402
 
 
 class Sink:
@@ -135,7 +137,26 @@ def connect(rounds: int, level: int, devices: int) -> float:
     return time.perf_counter() - start
 
 
-WORKLOADS = {"reqresp": run, "connect": connect}
+def stream(rounds: int, level: int, devices: int) -> float:
+    """Forward ``rounds * devices`` QoS 0 messages from one publisher to one subscriber, 100
+    64-byte PUBLISHes per chunk, each chunk read in two pieces split inside a packet; return
+    the seconds they took."""
+    broker = Broker(Clock(), Capabilities(sys_interval=0), authenticator=AllowAll())
+    broker.start()
+    client(broker, "sub", level, "stream/1")
+    publisher = client(broker, "pub", level, "none/1")
+    chunk = b"".join(encode(Publish("stream/1", bytes(56) + n.to_bytes(8, "big"), 0), level)
+                     for n in range(100))
+    split = len(chunk) // 2 + 7
+    start = time.perf_counter()
+    for _ in range(rounds * devices // 100):
+        publisher.data_received(chunk[:split])
+        publisher.data_received(chunk[split:])
+    return time.perf_counter() - start
+
+
+WORKLOADS = {"reqresp": run, "connect": connect, "stream": stream}
+UNITS = {"reqresp": "round trip", "connect": "connection", "stream": "message"}
 
 
 def instructions(args: argparse.Namespace, rounds: int) -> int:
@@ -175,7 +196,7 @@ def main() -> None:
         per = (high - low) / (args.rounds * args.devices)
         print(f"{args.workload}, protocol {args.protocol}, log {args.log}: {per:,.0f} "
               "instructions per "
-              f"{'connection' if args.workload == 'connect' else 'round trip'}")
+              f"{UNITS[args.workload]}")
         return
     if args.profile:
         import cProfile
@@ -188,7 +209,7 @@ def main() -> None:
     seconds = WORKLOADS[args.workload](args.rounds, args.protocol, args.devices)
     print(f"{args.workload}, protocol {args.protocol}: "
           f"{1e6 * seconds / (args.rounds * args.devices):.2f} µs per "
-          f"{'connection' if args.workload == 'connect' else 'round trip'}")
+          f"{UNITS[args.workload]}")
 
 
 if __name__ == "__main__":

@@ -669,6 +669,7 @@ class Decoder:
         limit = self.max_packet_size
         need = 0
         run_prefix: Optional[bytes] = None  # topic (and empty properties) of the run going on
+        prefix_size = 0
         run: Optional[PublishRun] = None
         acked: Optional[AckedRun] = None
         run_start = 0
@@ -717,9 +718,24 @@ class Decoder:
             ptype = first >> 4
             flags = first & 0x0F
             if ptype == _PUBLISH:
+                if run_prefix is not None and first == _PLAIN_QOS0 == run_first and (
+                        buf.startswith(run_prefix, body)) and length >= prefix_size:
+                    # The same topic bytes as the run's first packet: the same checks pass.
+                    if run is None:
+                        fields = out[-1]
+                        run = PublishRun(fields[0], buf, run_start, end,
+                                         max(len(fields[7]), end - pos), prefix_size,
+                                         level == V5)
+                        out[-1] = run
+                    run.end = end
+                    run.count += 1
+                    if end - pos > run.largest:
+                        run.largest = end - pos
+                    pos = end
+                    continue
                 if run_prefix is not None and first == _PLAIN_QOS1 == run_first and (
                         buf.startswith(run_prefix, body)):
-                    at = body + len(run_prefix)  # the packet identifier
+                    at = body + prefix_size  # the packet identifier
                     tail = at + 2
                     if tail + (level == V5) <= end and (buf[at] or buf[at + 1]) and (
                             level != V5 or not buf[tail]):
@@ -735,21 +751,6 @@ class Decoder:
                             acked.largest = end - pos
                         pos = end
                         continue
-                if run_prefix is not None and first == _PLAIN_QOS0 == run_first and (
-                        buf.startswith(run_prefix, body)) and length >= len(run_prefix):
-                    # The same topic bytes as the run's first packet: the same checks pass.
-                    if run is None:
-                        fields = out[-1]
-                        run = PublishRun(fields[0], buf, run_start, end,
-                                         max(len(fields[7]), end - pos), len(run_prefix),
-                                         level == V5)
-                        out[-1] = run
-                    run.end = end
-                    run.count += 1
-                    if end - pos > run.largest:
-                        run.largest = end - pos
-                    pos = end
-                    continue
                 fields = _publish_fields(buf, body, end, flags, level,  # type: ignore[arg-type]
                                          pos)
                 if not raw:
@@ -761,11 +762,12 @@ class Decoder:
                 if first == _PLAIN_QOS0 and fields[6] is NO_PROPERTIES and fields[0]:
                     run_start = pos
                     run_first = first
-                    run_prefix = buf[body:body + 2 + ((buf[body] << 8) | buf[body + 1])
-                                     + (level == V5)]
+                    prefix_size = 2 + ((buf[body] << 8) | buf[body + 1]) + (level == V5)
+                    run_prefix = buf[body:body + prefix_size]
                 elif first == _PLAIN_QOS1 and fields[6] is NO_PROPERTIES and fields[0]:
                     run_first = first
-                    run_prefix = buf[body:body + 2 + ((buf[body] << 8) | buf[body + 1])]
+                    prefix_size = 2 + ((buf[body] << 8) | buf[body + 1])
+                    run_prefix = buf[body:body + prefix_size]
                 else:
                     run_prefix = None
             else:
