@@ -727,11 +727,27 @@ class Decoder:
                                          max(len(fields[7]), end - pos), prefix_size,
                                          level == V5)
                         out[-1] = run
-                    run.end = end
-                    run.count += 1
-                    if end - pos > run.largest:
-                        run.largest = end - pos
+                    count = run.count + 1
+                    largest = run.largest
+                    if end - pos > largest:
+                        largest = end - pos
                     pos = end
+                    # The run's next packets that have a one-byte length, in a tighter loop;
+                    # anything else goes round the main loop.
+                    while pos + 1 < size:
+                        length = buf[pos + 1]
+                        end = pos + 2 + length
+                        if (buf[pos] != first or length >= 0x80 or end > size
+                                or end - pos > limit or length < prefix_size
+                                or not buf.startswith(run_prefix, pos + 2)):
+                            break
+                        count += 1
+                        if end - pos > largest:
+                            largest = end - pos
+                        pos = end
+                    run.end = pos
+                    run.count = count
+                    run.largest = largest
                     continue
                 if run_prefix is not None and first == _PLAIN_QOS1 == run_first and (
                         buf.startswith(run_prefix, body)):
