@@ -14,6 +14,7 @@ from zope.interface import implementer
 from tests.spec import check_cited_labels
 from twisted_mqtt.capabilities import Capabilities, Compatibilities
 from twisted_mqtt.codec import Decoder, PublishRun, Run, encode
+from twisted_mqtt.errors import CodecError
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
 from twisted_mqtt.packets import (
     PingReq,
@@ -91,6 +92,35 @@ def test_runs_equal_plain_decoding(topics: List[str], level: int, cut: int) -> N
     for start in range(0, len(data), cut):
         got += _expand(decoder.feed(data[start:start + cut]))
     assert [Publish(*f[:7]) for f in got] == packets
+
+
+def _decoded(decoder: Decoder, data: bytes, cut: int) -> Any:
+    """The packets ``decoder`` gives for ``data`` read ``cut`` bytes at a time, runs taken
+    apart, and the error it raised, if any."""
+    got: List[Any] = []
+    try:
+        for start in range(0, len(data), cut):
+            got += _expand(decoder.feed(data[start:start + cut]))
+    except CodecError as error:
+        return got, type(error)
+    return got, None
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 1, 100, 118, 119, 120, 121, 200]), min_size=1,
+                      max_size=12),
+       level=st.sampled_from([4, 5]), cut=st.integers(min_value=1, max_value=300),
+       limit=st.sampled_from([120, 126, 127, 128, 129, 1000]))
+def test_runs_of_any_length_under_a_size_limit(sizes: List[int], level: int, cut: int,
+                                               limit: int) -> None:
+    """Packets with one- and two-byte remaining lengths, some larger than the maximum packet
+    size, cut anywhere: runs give the packets and the error a plain decoder gives (a packet
+    over the limit is refused [MQTT-3.2.2-15])."""
+    packets = [Publish("a/b", bytes(size)) for size in sizes]
+    data = _stream(level, *packets)
+    got, error = _decoded(Decoder(level, limit, raw_publish=True), data, cut)
+    expected, expected_error = _decoded(Decoder(level, limit), data, cut)
+    assert ([Publish(*f[:7]) for f in got], error) == (expected, expected_error)
 
 
 # -- forwarding ---------------------------------------------------------------------------------
