@@ -45,6 +45,9 @@ def routers(*nodes: NodeUnderTest) -> Dict[NodeUnderTest, Router]:
         router = made[node] = Router(node.broker, node.engine, members)
         router.claim_handler = node.sessions.claimed_message
         router.ack_writer = node.sessions.acknowledge_with_write
+        node.sessions.attach(router)
+        members.clock = node.hub.clock
+        members.lease = 2.0
     return made
 
 
@@ -162,22 +165,22 @@ def test_claimed_entry_reaches_only_the_dead_node_sessions(
 def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
         cluster: Cluster, redis_server: RedisServer, adopting_first: bool) -> Any:  # noqa: F811
     """Node p has not heard yet that node a is dead: after b removed a (and, or not yet,
-    adopted its sessions and claimed its stream), p routes a QoS 2 message to a, and its
-    publisher's acknowledgement is released once the message is placed. It reaches the
-    session b adopted from a, once, instead of a stream nobody reads any more
-    [MQTT-4.3.3-2]."""
+    adopted its sessions and claimed its stream), p routes a QoS 2 message to a and to b (for
+    b's own subscriber), and its publisher's acknowledgement is released once the message is
+    placed. It reaches the session b adopted from a once, instead of a stream nobody reads any
+    more, and b's subscriber once [MQTT-4.3.3-2] [MQTT-4.3.3-10]."""
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     p = cluster.node("p", 3)
     yield cluster.up()
     yield offline_keeper(cluster, a)
+    watcher, seen, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
+    watcher.send(Subscribe(1, (Subscription("once/#", 2),)))
     made = routers(a, b, p)
-    for node in (a, b, p):
-        node.members.clock = node.hub.clock  # type: ignore[attr-defined]
-        node.members.lease = 2.0  # type: ignore[attr-defined]
     yield b.engine.command("HSET", b.engine.key("nodes"), "a", 1, "b", 2, "p", 3)
     yield b.engine.command("XGROUP", "CREATE", made[b].stream("b"), GROUP, "0", "MKSTREAM")
-    made[p]._add("a", "once/#")  # p mirrors a's filter
+    made[p]._add("a", "once/#")  # p mirrors a's filter and b's
+    made[p]._add("b", "once/#")
     yield a.engine.stop()  # a dies
     survivor = Membership(b.engine, "b", b.hub.clock, lease=2.0)
     survivor._remove("a", 1)
@@ -199,7 +202,10 @@ def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
         yield adopted(cluster, redis_server, a, b, made[b])
     keeper = b.broker.sessions["keeper"]
     yield cluster.settle(lambda: keeper.queue)
+    yield cluster.settle()
     assert [d.message.payload for d in keeper.queue] == [b"late"]
+    seen.extend(watcher.received())
+    assert [p.payload for p in seen if isinstance(p, Publish)] == [b"late"]
     got = yield publishes_to(cluster, b, "keeper")
     assert got == [(b"late", 2)]
 

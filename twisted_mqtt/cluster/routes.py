@@ -55,6 +55,7 @@ MAX_HELD_RECORDS = 100_000
 
 SEND = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local heirs = {}
 for i = 6, #ARGV, 4 do
   if ARGV[i + 1] == '' then
     redis.call('PUBLISH', ARGV[i], ARGV[i + 2])
@@ -67,13 +68,16 @@ for i = 6, #ARGV, 4 do
       dead, node = node, heir
     end
     if dead then
-      redis.call('XADD', ARGV[4] .. node, '*', 'b', ARGV[i + 2], 'd', dead)
-      redis.call('PUBLISH', ARGV[5] .. node, '')
+      heirs[#heirs + 1] = {node, dead, ARGV[i + 2]}
     else
       redis.call('XADD', ARGV[i + 1], '*', 'b', ARGV[i + 2])
       redis.call('PUBLISH', ARGV[i], '')
     end
   end
+end
+for _, h in ipairs(heirs) do
+  redis.call('XADD', ARGV[4] .. h[1], '*', 'b', h[3], 'd', h[2])
+  redis.call('PUBLISH', ARGV[5] .. h[1], '')
 end
 return 1
 """
@@ -82,7 +86,8 @@ is still the member's: 0 (nothing sent) for a fenced, stale node.  ``ARGV[3..5]`
 prefixes of the heir keys, the streams and the channels: a QoS 1/2 batch for a node that was
 removed goes to its heir's stream (following heirs that were removed too), marked with the
 removed node's name (field ``d``), so that it reaches the sessions the heir adopted from it
-rather than a stream nobody reads any more."""
+rather than a stream nobody reads any more; after the direct batches, so that a copy of a
+message routed to the heir directly comes first (the heir keeps one)."""
 
 ROUTES = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -162,9 +167,10 @@ class Router:
         self.peers: Dict[str, _Peer] = {}
         self._versions: Dict[str, Version] = {}
         """The version of each node's routes applied here."""
-        self.claim_handler: Optional[Callable[[str, Message, str], None]] = None
-        """Called with (dead node, message, shared filter) for each message claimed from a dead
-        node's stream; by default the message goes to the current subscribers of its topic."""
+        self.claim_handler: Optional[Callable[[str, Message, str, bytes], None]] = None
+        """Called with (dead node, message, shared filter, identity) for each message claimed
+        from a dead node's stream or routed to it after its removal; by default the message
+        goes to the current subscribers of its topic."""
         self.ack_writer: Optional[Callable[[List[Tuple[Any, ...]]],
                                            Optional[Deferred[bool]]]] = None
         """Called with the commands acknowledging the stream entries just routed (``XACK``,
@@ -678,7 +684,7 @@ class Router:
             message, share = decode_record(record, now)
             count += 1
             if handler is not None:
-                handler(dead, message, share)
+                handler(dead, message, share, record_identity(record))
             else:
                 broker.publish(Message(message.topic, message.payload, message.qos, False,
                                        message.properties, message.expires_at,

@@ -455,7 +455,7 @@ class ClusterSessions(Hook):
         self._claims: Dict[str, List[Deferred[int]]] = {}
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}
-        self._adopting: Dict[str, List[Tuple[Message, str]]] = {}
+        self._adopting: Dict[str, List[Tuple[Message, str, bytes]]] = {}
         self._adopted_from: Dict[str, List[str]] = {}
         """Dead node -> the client ids of the sessions adopted from it (its last adoption)."""
         self._unopened: Set[str] = set()
@@ -926,10 +926,12 @@ class ClusterSessions(Hook):
         if event == "claimed":
             self.adopt(name)
 
-    def claimed_message(self, dead: str, message: Message, share: str) -> None:
-        """A message taken from the stream of the dead node ``dead`` (the router's
-        ``claim_handler``): routed, once the sessions adopted from ``dead`` are here, to them
-        only (or to one member of its shared group), as ``dead`` would have."""
+    def claimed_message(self, dead: str, message: Message, share: str,
+                        ident: bytes = b"") -> None:
+        """A message taken from the stream of the dead node ``dead``, or routed to it after
+        its removal (the router's ``claim_handler``): routed, once the sessions adopted from
+        ``dead`` are here, to them only (or to one member of its shared group), as ``dead``
+        would have; not to an adopted session that a copy routed here directly reached."""
         if share[:1] == "\0":  # forwarded to a session of the dead node
             self.forwarded(share[1:], message, b"")
             return
@@ -938,7 +940,7 @@ class ClusterSessions(Hook):
             # routed here as the heir of ``dead`` before this node heard that it removed it
             waiting = self._adopting[dead] = []
         if waiting is not None:
-            waiting.append((message, share))
+            waiting.append((message, share, ident))
             return
         broker = self.broker
         broker.tick()
@@ -950,6 +952,11 @@ class ClusterSessions(Hook):
         else:  # for the sessions of ``dead``: the other nodes' sessions had their own copies
             for client_id in self._adopted_from.get(dead, ()):
                 session = broker.sessions.get(client_id)
+                seen = self._arrivals.get(client_id)
+                if ident and seen is not None:
+                    if ident in seen:
+                        continue  # a copy routed here directly reached it
+                    seen.add(ident)
                 if session is not None and client_id in self.tokens:
                     deliver_to(broker, session, message)
         broker.flush()
@@ -986,11 +993,13 @@ class ClusterSessions(Hook):
                 continue
             kept += 1
             self.recorder.take(client_id, session)
+            if self.router is not None:  # copies routed to the removed node may follow
+                self._arrived_from_elsewhere(client_id)
         self.adopted += kept
         del self._adopting[name]
         self._adopted_from[name] = list(taken)
-        for message, share in claimed:
-            self.claimed_message(name, message, share)
+        for message, share, ident in claimed:
+            self.claimed_message(name, message, share, ident)
         broker.flush()
         log.info("cluster: adopted {kept} persistent sessions of node {node} ({count} client "
                  "ids; {wills} wills due at once)", kept=kept, node=name, count=len(taken),
