@@ -35,9 +35,9 @@ LEASE = 3.0
 class Node:
     """One broker with its router, its engine never connected (sends are carried by hand)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **caps: Any) -> None:
         self.name = name
-        self.hub: InMemoryBroker = hub()
+        self.hub: InMemoryBroker = hub(**caps)
         self.broker = self.hub.broker
         self.engine = RedisEngine("redis://127.0.0.1:1/0", self.hub.clock)
         self.members = Membership(self.engine, name, self.hub.clock)
@@ -385,6 +385,47 @@ def test_a_wake_up_during_a_read_of_the_stream_reads_it_again() -> None:
     assert len(reads) == 2
     reads[1].callback([])
     assert len(reads) == 2
+
+def test_a_slow_subscriber_holds_the_stream_instead_of_losing_messages() -> None:
+    """Stream entries beyond what a slow local subscriber's queue holds are not read into it
+    (and dropped as "queue full"): its node stops routing them while its queue is above half
+    ``maximum_queued_messages``, leaves them unacknowledged in Redis, and goes on once the
+    queue is down to a quarter; every message arrives, in order."""
+    b = Node("b", maximum_queued_messages=10)
+    subscriber = join(b.hub, "s", properties=Properties(receive_maximum=2))
+    subscribe(subscriber, "z", 1)
+    now = b.broker.tick()
+    records = [encode_record(Message("z", b"%d" % n, 1, False), False, "", now)
+               for n in range(30)]
+    entries = [(f"{n}-0".encode(), [b"b", pack([record])])
+               for n, record in enumerate(records) if record is not None]
+    stream: List[Any] = list(entries)
+    acked: List[Any] = []
+
+    def command(*args: Any, control: bool = False) -> Deferred[Any]:
+        if args[0] == "XREADGROUP":
+            count = args[args.index("COUNT") + 1]
+            read, stream[:count] = stream[:count], []
+            return succeed([[args[-2], read]] if read else [])
+        if args[0] == "XACK":
+            acked.extend(args[3:])
+        return succeed(1)
+
+    b.engine.command = command  # type: ignore[method-assign]
+    b.router._inbox(b"")
+    got: List[bytes] = []
+    for _ in range(100):
+        for packet in publishes(subscriber):
+            got.append(packet.payload)
+            assert packet.packet_id is not None
+            subscriber.send(PubAck(packet.packet_id))
+        b.hub.clock.advance(0)
+        if len(got) == 30:
+            break
+    assert got == [b"%d" % n for n in range(30)]
+    assert b.broker.stats.dropped == 0
+    assert acked == [entry_id for entry_id, _ in entries]
+
 
 def test_cited_labels() -> None:
     """Every label cited in this module exists in the specification it names."""

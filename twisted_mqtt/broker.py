@@ -117,6 +117,10 @@ class Broker:
         """Called with (filter, True) when the first local subscription to a filter appears
         (a network client's, an offline session's or an inline one; not another node's), and
         (filter, False) when the last one is gone: a cluster publishes this node's interest."""
+        self.queue_watchers: List[Callable[[Session, bool], None]] = []
+        """Called with (session, True) after a message joined a session's queue and (session,
+        False) after ``pump`` sent from it: a cluster stops reading its stream while local
+        queues are full."""
         self._interest: Dict[str, int] = {}
         self.session_claim: Optional[Callable[[str, bool], Optional[Deferred[int]]]] = None
         """When set (by a cluster), called with (client id, clean start) when a client is about
@@ -944,6 +948,8 @@ class Broker:
             self.dropped(session.client_id, delivery.message, "queue full")
             return
         session.pending().append(delivery)
+        for watcher in self.queue_watchers:
+            watcher(session, True)
         if self.hooks.on_message_queued:
             self.hooks.notify(self.hooks.on_message_queued, session.client_id, delivery)
 
@@ -971,6 +977,8 @@ class Broker:
                 conn.send_qos0(delivery.message, delivery.retain, delivery.sub_ids)
             else:
                 conn.send_delivery(delivery)
+        for watcher in self.queue_watchers:
+            watcher(session, False)
 
     def _redistribute_shared(self, session: Session) -> None:
         """Give a leaving member's unsent and unacknowledged QoS 1 shared messages to another

@@ -204,6 +204,11 @@ class Router:
         """A wake-up came while a read of this node's stream was under way: read again once
         it is answered (its reply may have been sent before the new entries)."""
         self._unacknowledged: List[Tuple[str, List[Any]]] = []
+        self._full_queues: Set[Session] = set()
+        """Connected local sessions whose queue is above half its bound: this node's stream
+        is not read (its entries wait in Redis) until they are down to a quarter."""
+        self._backlog: Optional[Tuple[str, str, str, List[Any]]] = None
+        """(node, stream, start, entries) read but not yet routed when a queue filled up."""
         self._poll_call: Any = None
         self.routes_channel = engine.key("routes")
 
@@ -224,6 +229,7 @@ class Router:
         broker = self.broker
         broker.interest_watchers.append(self._interest)
         broker.ack_barriers.append(self._barrier)
+        broker.queue_watchers.append(self._queue_changed)
         self.members.watch(self._member)
         self.members.watch_serving(self._serving)
         self.engine.watch(self._engine)
@@ -238,6 +244,8 @@ class Router:
             broker.interest_watchers.remove(self._interest)
         if self._barrier in broker.ack_barriers:
             broker.ack_barriers.remove(self._barrier)
+        if self._queue_changed in broker.queue_watchers:
+            broker.queue_watchers.remove(self._queue_changed)
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         self._poll_call = None
@@ -575,8 +583,36 @@ class Router:
             if ident:
                 del self._numbered[id(message)]
 
+    def _queue_changed(self, session: Session, grew: bool) -> None:
+        """Note a connected session's queue going above half its bound, and read again once
+        every such queue is down to a quarter of it."""
+        queue = session.queue
+        caps = self.broker.capabilities
+        if grew:
+            if session.connection is not None and (
+                    len(queue) * 2 > caps.maximum_queued_messages
+                    or queue.size * 2 > caps.maximum_queued_bytes):
+                self._full_queues.add(session)
+        elif session in self._full_queues and (
+                len(queue) * 4 <= caps.maximum_queued_messages
+                and queue.size * 4 <= caps.maximum_queued_bytes):
+            self._full_queues.discard(session)
+            if not self._full_queues:
+                self.members.clock.callLater(0, self._resume)
+
+    def _resume(self) -> None:
+        """Route the entries left when a queue filled up, then read the stream again."""
+        if self._full_queues or self._reading:
+            return
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None and self.members.check():  # else they wait for the heir
+            node, stream, start, entries = backlog
+            self._stream_read([(stream, entries)], node, stream, start)
+        elif self._woken:
+            self._read_stream(self.node.name, ">")
+
     def _read_stream(self, node: str, start: str) -> None:
-        if self._reading:
+        if self._reading or self._full_queues or self._backlog is not None:
             self._woken = True
             return
         if not self.members.check():
@@ -600,7 +636,10 @@ class Router:
             return
         ids = []
         claimed = 0
-        for entry_id, fields in entries:
+        for index, (entry_id, fields) in enumerate(entries):
+            if self._full_queues:  # the rest waits until the local queues drain
+                self._backlog = (node, stream, start, entries[index:])
+                break
             ids.append(entry_id)
             if len(fields) > 3:  # routed to a node this one removed: for its sessions
                 dead = _text(fields[3])
@@ -622,7 +661,8 @@ class Router:
                           ) if writer is not None else None
             held.addBoth(lambda _: went).addCallback(
                 lambda done: None if done else self._acknowledge(stream, ids))
-        self._read_stream(node, start if start == "0" else ">")
+        if self._backlog is None:
+            self._read_stream(node, start if start == "0" else ">")
 
     def _acknowledge(self, stream: str, ids: List[Any]) -> None:
         """Acknowledge and delete stream entries whose messages are in the sessions; kept to
@@ -638,7 +678,10 @@ class Router:
     def _poll(self) -> None:
         """Read this node's stream once a lease, in case a wake-up message was lost."""
         self._poll_call = self.members.clock.callLater(self.members.lease, self._poll)
-        if self.engine.up and self.node.serving:
+        self._full_queues.clear()  # a client that stopped reading holds it a lease at most
+        if self._backlog is not None:
+            self._resume()
+        elif self.engine.up and self.node.serving:
             self._read_stream(self.node.name, ">")
 
     def _claim(self, dead: str) -> None:
