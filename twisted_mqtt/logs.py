@@ -46,22 +46,31 @@ from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 _LEVELS = frozenset(LogLevel.iterconstants())
+_INFO = LogLevel.info
 
 
 class Logger(twisted.logger.Logger):
     """``twisted.logger.Logger`` whose ``emit`` checks the level with one set look-up (Twisted's
-    iterates over ``LogLevel``'s constants in Python for every event)."""
+    iterates over ``LogLevel``'s constants in Python for every event), and whose ``info``
+    passes its fields on without packing them again."""
 
     def emit(self, level: NamedConstant, format: Optional[str] = None,
              **kwargs: object) -> None:
         if level not in _LEVELS:  # Twisted's own answer to a bad level
             super().emit(level, format, **kwargs)  # type: ignore[arg-type]
             return
-        kwargs.update(log_logger=self, log_level=level, log_namespace=self.namespace,
-                      log_source=self.source, log_format=format, log_time=time())
-        if "log_trace" in kwargs:
-            kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
-        self.observer(kwargs)
+        self._send(level, format, kwargs)
+
+    def info(self, format: Optional[str] = None, **kwargs: object) -> None:
+        self._send(_INFO, format, kwargs)
+
+    def _send(self, level: NamedConstant, format: Optional[str],
+              event: Dict[str, object]) -> None:
+        event.update(log_logger=self, log_level=level, log_namespace=self.namespace,
+                     log_source=self.source, log_format=format, log_time=time())
+        if "log_trace" in event:
+            event["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
+        self.observer(event)
 
 
 class _Clock:
