@@ -48,6 +48,7 @@ def test_overview_lists_the_nodes_and_the_total(
 ) -> None:
     """Signed in on w0 with a client on w1: the Overview's nodes table has a row for w0, one
     for w1 and the cluster's total counting the client."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     client = connect(cluster[1], client_id=unique("seen"))
@@ -60,8 +61,12 @@ def test_overview_lists_the_nodes_and_the_total(
         page(browser, dashboard, "overview")
 
         def rows() -> Any:
-            found = [[cell.text for cell in tr.find_elements(By.TAG_NAME, "td")]
-                     for tr in browser.find_elements(By.CSS_SELECTOR, "#nodes-table tbody tr")]
+            try:
+                found = [[cell.text for cell in tr.find_elements(By.TAG_NAME, "td")]
+                         for tr in browser.find_elements(By.CSS_SELECTOR,
+                                                         "#nodes-table tbody tr")]
+            except StaleElementReferenceException:
+                return None  # the table was redrawn while it was read: read it again
             return found if len(found) == 3 and found[2][4] == "1" else None
 
         found = wait_for(rows, "the nodes and the total", WAIT * 2)
