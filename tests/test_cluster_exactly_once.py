@@ -210,9 +210,6 @@ def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
     assert got == [(b"late", 2)]
 
 
-@pytest.mark.xfail(strict=True, reason="not closed yet: a message routed to the survivor "
-                   "while it adopts a dead node's sessions misses them (docs/cluster.md, "
-                   "Guarantees and limits)")
 @pytest_twisted.inlineCallbacks
 def test_message_routed_to_the_survivor_while_it_adopts_reaches_the_adopted_session(
         cluster: Cluster) -> Any:  # noqa: F811

@@ -182,7 +182,8 @@ class Router:
         to one session here (the shared filter of its record is U+0000 + client id)."""
         self.identity_watcher: Optional[Callable[[Message, bytes], None]] = None
         """When set, called with (message, identity) for each QoS 1/2 message received for
-        this node's subscriptions, before it is routed."""
+        this node's subscriptions, before it is routed (identity b"" for a record without
+        one)."""
         self._numbered: Dict[int, bytes] = {}
         """The identity of each QoS 1/2 message routed now (by the message's ``id``)."""
         self._number = 0
@@ -577,7 +578,7 @@ class Router:
                 if not broker.publish_shared(message, share):
                     broker.dropped(share, message, "no member of the shared group here")
             else:
-                if ident and self.identity_watcher is not None:
+                if message.qos and self.identity_watcher is not None:
                     self.identity_watcher(message, ident)
                 broker.publish(message, local_only=True)
             if ident:

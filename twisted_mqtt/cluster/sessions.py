@@ -456,6 +456,9 @@ class ClusterSessions(Hook):
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}
         self._adopting: Dict[str, List[Tuple[Message, str, bytes]]] = {}
+        self._routed_while_adopting: Dict[str, List[Tuple[Message, bytes]]] = {}
+        """Dead node being adopted -> the QoS 1/2 messages routed here meanwhile for this
+        node's own subscriptions (and identity), for the sessions adopted from it."""
         self._adopted_from: Dict[str, List[str]] = {}
         """Dead node -> the client ids of the sessions adopted from it (its last adoption)."""
         self._unopened: Set[str] = set()
@@ -487,6 +490,7 @@ class ClusterSessions(Hook):
         take those forwarded to this node's sessions."""
         self.router = router
         router.forward_handler = self.forwarded
+        router.identity_watcher = self._routed_here
 
     def _me(self) -> str:
         return f"{self.node.epoch}:{self.node.name}"
@@ -683,17 +687,18 @@ class ClusterSessions(Hook):
         """``client_id``'s session was just handed over here: for two leases (the forwarder
         on its last node lives one), remember the messages routed here for it."""
         self._arrivals[client_id] = set()
-        self.router.identity_watcher = self._routed_here
         self.clock.callLater(2 * self.members.lease, self._settled, client_id)
 
     def _settled(self, client_id: str) -> None:
         self._arrivals.pop(client_id, None)
-        if not self._arrivals and self.router is not None:
-            self.router.identity_watcher = None
 
     def _routed_here(self, message: Message, ident: bytes) -> None:
         """A QoS 1/2 message from another node is routed here: note it for the sessions just
-        handed over here that it reaches."""
+        handed over here that it reaches, and keep it for the sessions being adopted."""
+        for dead in self._adopting:
+            self._routed_while_adopting.setdefault(dead, []).append((message, ident))
+        if not ident:
+            return
         topic = message.topic
         for client_id, seen in self._arrivals.items():
             session = self.broker.sessions.get(client_id)
@@ -998,6 +1003,9 @@ class ClusterSessions(Hook):
         self.adopted += kept
         del self._adopting[name]
         self._adopted_from[name] = list(taken)
+        # Routed here directly first (a copy also routed to ``name`` then reaches them once).
+        for message, ident in self._routed_while_adopting.pop(name, []):
+            self.claimed_message(name, message, "", ident)
         for message, share, ident in claimed:
             self.claimed_message(name, message, share, ident)
         broker.flush()
