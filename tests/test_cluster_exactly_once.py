@@ -234,6 +234,48 @@ def test_message_routed_to_the_survivor_while_it_adopts_reaches_the_adopted_sess
     assert [d.message.payload for d in b.broker.sessions["keeper"].queue] == [b"exactly once"]
 
 
+@pytest_twisted.inlineCallbacks
+def test_message_published_elsewhere_while_the_heir_adopts_reaches_the_adopted_session(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """Node p has heard that node b removed node a, and b is still reading the sessions it
+    adopts from a (it routes to none of them yet): p keeps routing ``once/#`` to a, so a QoS 2
+    message published on p reaches the session b adopted from a, once; p drops a's routes
+    when b announces the adoption [MQTT-4.3.3-2] [MQTT-4.3.3-10]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    p = cluster.node("p", 3)
+    yield cluster.up()
+    yield offline_keeper(cluster, a)
+    made = routers(a, b, p)
+    yield b.engine.command("HSET", b.engine.key("nodes"), "a", 1, "b", 2, "p", 3)
+    yield b.engine.command("XGROUP", "CREATE", made[b].stream("b"), GROUP, "0", "MKSTREAM")
+    p.engine.subscribe(made[p].routes_channel, made[p]._routes_changed)
+    made[p]._add("a", "once/#")
+    yield a.engine.stop()  # a dies
+    Membership(b.engine, "b", b.hub.clock, lease=2.0)._remove("a", 1)
+    yield cluster.settle(lambda: redis_server.command(
+        "HEXISTS", b.engine.key("nodes"), "a") == b":0")
+    del p.members.members["a"]
+    made[p]._member("down", "a")  # p hears of the removal
+    yield cluster.settle()
+    assert made[p].remote_filters("a") == {"once/#"}
+    p.broker.publish(Message("once/late", b"late", 2, False))
+    placed: List[Any] = []
+    waiter = made[p].pending()
+    assert waiter is not None
+    waiter.addBoth(placed.append)
+    yield cluster.settle(lambda: placed)
+    assert placed == [None]
+    yield adopted(cluster, redis_server, a, b, made[b])
+    made[b]._read_stream("b", ">")
+    keeper = b.broker.sessions["keeper"]
+    yield cluster.settle(lambda: keeper.queue)
+    yield cluster.settle(lambda: not made[p].remote_filters("a"))
+    assert made[p].remote_filters("a") == set()
+    got = yield publishes_to(cluster, b, "keeper")
+    assert got == [(b"late", 2)]
+
+
 class StubDirectory:
     """A directory whose writes answer as the test says, each call kept."""
 

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from tests.hook_helpers import hub, join, payloads, publishes, subscribe
 from tests.spec import check_cited_labels
 from twisted_mqtt.cluster.engine import RedisEngine
-from twisted_mqtt.cluster.membership import Membership
+from twisted_mqtt.cluster.membership import HEIR_LEASES, Membership
 from twisted_mqtt.cluster.routes import Router
 from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
 from twisted_mqtt.packets import PubAck, Publish, SubAck, Subscribe, Subscription
@@ -274,9 +274,34 @@ def test_subscription_to_remote_filters_survives_route_reload() -> None:
     assert b.router.remote_filters("a") == {"x", "y", "new\nline"}
     b.router._routes_changed(announce("a", "1", "+y", "+z", version=2))
     assert b.router.remote_filters("a") == {"y", "z"}
-    b.router._member("down", "a")
+    del b.members.members["a"]
+    b.engine.command = lambda *_, **__: succeed([None, None])  # type: ignore[method-assign]
+    b.router._member("down", "a")  # a clean leave: a has no heir
     assert b.router.remote_filters("a") == set()
     assert not [cid for cid in b.broker.sessions if cid.startswith("\x00")]
+
+
+def test_routes_of_a_removed_node_are_kept_until_its_heir_adopted_its_sessions() -> None:
+    """The routes of a node removed by another (its heir) stay until the heir announces that
+    it adopted the removed node's sessions, or a node forgets the heir: what is routed to the
+    removed node meanwhile reaches its heir, for those sessions [MQTT-4.3.3-2]."""
+    a, b = pair()
+    b.router._routes_changed(announce("a", "0", "+x"))
+    del b.members.members["a"]
+    b.engine.command = lambda *_, **__: succeed([b"c", None])  # type: ignore[method-assign]
+    b.router._member("down", "a")
+    assert b.router.remote_filters("a") == {"x"}
+    b.router._routes_changed(json.dumps(["a", "adopted", [], 0, 0]).encode("utf-8"))
+    assert b.router.remote_filters("a") == set()
+    b.members.members["a"] = 2
+    b.router._routes_changed(announce("a", "1", "+x", version=1))
+    assert b.router.remote_filters("a") == {"x"}
+    del b.members.members["a"]
+    b.router._member("down", "a")
+    b.hub.clock.advance(b.members.lease * HEIR_LEASES - 1)
+    assert b.router.remote_filters("a") == {"x"}
+    b.hub.clock.advance(1)  # the heir is forgotten
+    assert b.router.remote_filters("a") == set()
 
 
 def test_sys_topics_stay_on_their_node() -> None:

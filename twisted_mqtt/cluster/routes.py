@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from twisted_mqtt.cluster.engine import RedisEngine
-from twisted_mqtt.cluster.membership import Membership
+from twisted_mqtt.cluster.membership import HEIR_LEASES, Membership
 from twisted_mqtt.cluster.wire import (
     decode_record,
     encode_record,
@@ -111,6 +111,15 @@ return 1
 announce the change as JSON ``[node, "1" or "0", ["+filter" or "-filter", ...], epoch,
 version]`` (a filter may hold any character but U+0000, a line break too).  The version, the
 hash's field ``\\0v``, grows by one with each change of the node's routes."""
+
+ADOPTED = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+"""Record that the sessions of the removed node ``KEYS[1]`` is about were adopted (for as
+long as its heir is known) and announce it as JSON ``[node, "adopted", [], 0, 0]``: every
+node then drops the routes it kept for the removed node."""
 
 READ = """
 return {redis.call('HGET', KEYS[1], ARGV[1]) or '0', redis.call('HKEYS', KEYS[2]),
@@ -211,6 +220,11 @@ class Router:
         self._backlog: Optional[Tuple[str, str, str, List[Any]]] = None
         """(node, stream, start, entries) read but not yet routed when a queue filled up."""
         self._poll_call: Any = None
+        self._kept: Dict[str, Any] = {}
+        """Removed node -> the call that drops its routes if its heir never announces that
+        it adopted its sessions."""
+        self._adopted: List[str] = []
+        """Removed nodes whose sessions this node adopted, announced with its next routes."""
         self.routes_channel = engine.key("routes")
 
     # -- keys -----------------------------------------------------------------------------------
@@ -250,6 +264,10 @@ class Router:
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         self._poll_call = None
+        for call in self._kept.values():
+            if call.active():
+                call.cancel()
+        self._kept.clear()
         for name in list(self.peers):
             self._forget(name)
 
@@ -303,9 +321,52 @@ class Router:
         if event == "up":
             self._load(name)
         elif event == "down":
-            self._forget(name)
+            self._removed(name)
         elif event == "claimed":
             self._claim(name)
+
+    def _removed(self, name: str) -> None:
+        """``name`` left: its routes are dropped at once after a clean leave; after its
+        removal they are kept (what is routed there goes to its heir, for the sessions it
+        adopts) until its heir announces the adoption, or its heir is forgotten."""
+        engine = self.engine
+        engine.command("MGET", engine.key("heir", name), engine.key("adopted", name)
+                       ).addCallbacks(self._heir_read, lambda _: self._retire(name),
+                                      callbackArgs=(name,))
+
+    def _heir_read(self, reply: Any, name: str) -> None:
+        heir, adopted = reply
+        if heir is None or adopted is not None:
+            self._retire(name)
+        elif name not in self._kept:
+            self._kept[name] = self.members.clock.callLater(
+                self.members.lease * HEIR_LEASES, self._retire, name)
+
+    def _retire(self, name: str) -> None:
+        """Drop the routes of ``name``, unless it came back meanwhile."""
+        call = self._kept.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+        if name not in self.members.members and name != self.node.name:
+            self._forget(name)
+
+    def adopted(self, name: str) -> None:
+        """This node adopted the sessions of the removed node ``name`` (and routes to them):
+        drop its routes here, and announce it after this node's new routes."""
+        if name == self.node.name:
+            return
+        self._retire(name)
+        self._adopted.append(name)
+        self._schedule()
+
+    def _announce_adopted(self) -> None:
+        engine = self.engine
+        adopted, self._adopted = self._adopted, []
+        for name in adopted:
+            engine.script(ADOPTED, [engine.key("adopted", name), self.routes_channel],
+                          [json.dumps([name, "adopted", [], 0, 0]),
+                           int(self.members.lease * HEIR_LEASES * 1000)]
+                          ).addErrback(lambda _: None)  # else dropped with the heir
 
     def _load(self, name: str) -> None:
         engine = self.engine
@@ -328,6 +389,10 @@ class Router:
             return
         if not isinstance(ops, list):
             ops = []  # Lua's cjson encodes an empty list as {}
+        if full == "adopted":
+            if isinstance(name, str):
+                self._retire(name)
+            return
         if name == self.node.name or name not in self.members.members:
             return
         known = self._versions.get(name, (0, 0))
@@ -466,6 +531,8 @@ class Router:
         engine = self.engine
         if self._pending_changes and engine.up and self.node.serving:
             self._send_routes()
+        if self._adopted and engine.up:
+            self._announce_adopted()
         qos0, self._qos0 = self._qos0, {}
         if not (qos0 or self._qos12):
             return

@@ -1009,6 +1009,8 @@ class ClusterSessions(Hook):
         for message, share, ident in claimed:
             self.claimed_message(name, message, share, ident)
         broker.flush()
+        if self.router is not None:  # after the routes of the sessions installed here
+            self.router.adopted(name)
         log.info("cluster: adopted {kept} persistent sessions of node {node} ({count} client "
                  "ids; {wills} wills due at once)", kept=kept, node=name, count=len(taken),
                  wills=wills)
