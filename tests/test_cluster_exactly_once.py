@@ -97,6 +97,19 @@ def publishes_to(nodes: Cluster, node: NodeUnderTest, client_id: str) -> Any:
     return [(p.payload, p.qos) for p in got if isinstance(p, Publish)]
 
 
+@inlineCallbacks
+def published_late(nodes: Cluster, node: NodeUnderTest, router: Router) -> Any:
+    """Publish a QoS 2 message ``late`` to ``once/late`` on ``node``; wait until its
+    publisher's acknowledgement is released (it is in the streams)."""
+    node.broker.publish(Message("once/late", b"late", 2, False))
+    placed: List[Any] = []
+    waiter = router.pending()
+    assert waiter is not None
+    waiter.addBoth(placed.append)
+    yield nodes.settle(lambda: placed)
+    assert placed == [None]
+
+
 @pytest_twisted.inlineCallbacks
 def test_qos2_entry_written_by_a_dead_node_is_not_claimed_again(
         cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
@@ -188,13 +201,7 @@ def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
         "HEXISTS", b.engine.key("nodes"), "a") == b":0")
     if adopting_first:
         yield adopted(cluster, redis_server, a, b, made[b])
-    p.broker.publish(Message("once/late", b"late", 2, False))  # p still routes it to a
-    placed: List[Any] = []
-    waiter = made[p].pending()
-    assert waiter is not None
-    waiter.addBoth(placed.append)
-    yield cluster.settle(lambda: placed)
-    assert placed == [None]
+    yield published_late(cluster, p, made[p])  # p still routes it to a
     made[b]._read_stream("b", ">")  # b may read it before it hears that it removed a
     if not adopting_first:
         yield cluster.settle(lambda: redis_server.command(
@@ -259,13 +266,7 @@ def test_message_published_elsewhere_while_the_heir_adopts_reaches_the_adopted_s
     made[p]._member("down", "a")  # p hears of the removal
     yield cluster.settle()
     assert made[p].remote_filters("a") == {"once/#"}
-    p.broker.publish(Message("once/late", b"late", 2, False))
-    placed: List[Any] = []
-    waiter = made[p].pending()
-    assert waiter is not None
-    waiter.addBoth(placed.append)
-    yield cluster.settle(lambda: placed)
-    assert placed == [None]
+    yield published_late(cluster, p, made[p])
     yield adopted(cluster, redis_server, a, b, made[b])
     made[b]._read_stream("b", ">")
     keeper = b.broker.sessions["keeper"]
