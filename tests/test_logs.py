@@ -177,3 +177,26 @@ def test_logger_events_are_twisteds() -> None:
         event.pop("log_failure", None)
         event.pop("logger", None)
     assert events[:2] == events[2:] and len(events) == 4
+
+
+def test_outputs_sharing_a_file_keep_every_line(tmp_path: Any) -> None:
+    """Two outputs appending to one file (a supervisor and its workers with one --log-file)
+    keep each other's lines, before and after a reopen: none writes over another's."""
+    path = str(tmp_path / "broker.log")
+    outputs = [LogOutput("text", path=path), LogOutput("text", path=path)]
+    observers = [output.start() for output in outputs]
+    for turn in range(3):
+        for index, observer in enumerate(observers):
+            observer({"log_format": "line {n} of {w}", "n": turn, "w": index,
+                      "log_level": LogLevel.info, "log_namespace": "t", "log_time": 0.0})
+    (tmp_path / "broker.log").rename(tmp_path / "broker.log.1")
+    for output in outputs:
+        assert output.reopen()
+    for index, observer in enumerate(observers):
+        observer({"log_format": "after {w}", "w": index, "log_level": LogLevel.info,
+                  "log_namespace": "t", "log_time": 0.0})
+    before = (tmp_path / "broker.log.1").read_text().splitlines()
+    assert sorted(line.split("] ", 1)[1] for line in before) == sorted(
+        f"line {n} of {w}" for n in range(3) for w in range(2))
+    after = (tmp_path / "broker.log").read_text().splitlines()
+    assert sorted(line.split("] ", 1)[1] for line in after) == ["after 0", "after 1"]

@@ -340,6 +340,22 @@ class LineWriter:
         self.out.flush()
 
 
+class AppendingLogFile(LogFile):
+    """Twisted's ``LogFile``, opened for appending: several processes (``--workers``) may write
+    one file, and each line lands after the others' instead of over them (Twisted's opens for
+    writing at the end it saw, so another process's later lines overwrite)."""
+
+    def _openFile(self) -> None:
+        self.closed = False
+        self._file = open(self.path, "ab", 0)  # O_APPEND: each write goes to the current end
+        if self.defaultMode is not None:
+            try:
+                os.chmod(self.path, self.defaultMode)
+            except OSError:
+                pass  # not a regular file (/dev/null)
+        self.size = self._file.tell()
+
+
 class LogOutput:
     """The broker's log: text or JSON lines, filtered by level, to a file or a stream.
 
@@ -376,7 +392,7 @@ class LogOutput:
     def _open(self) -> IO[Any]:
         if self.path is not None:
             directory, name = os.path.split(os.path.abspath(self.path))
-            self._file = LogFile(name, directory,
+            self._file = AppendingLogFile(name, directory,
                                  rotateLength=self.rotate_length)  # type: ignore[arg-type]
             return self._file  # type: ignore[return-value]  # a LogFile writes str and bytes
         return self._stream if self._stream is not None else sys.stdout
