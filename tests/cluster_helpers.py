@@ -93,10 +93,11 @@ def collect(client: Client, until: str, timeout: float = WAIT) -> List[Any]:
     return [m for m in client.expect_until(until, timeout) if m.payload != PROBE]
 
 
-def running_cluster(directory: Path, url: str, names: Sequence[str]) -> Iterator[Nodes]:
-    """A module fixture's body: nodes ``names`` on ``url`` (no $SYS publications), each
-    stopped and checked when the module ends."""
-    nodes = Nodes(directory, url, "--sys-interval", "0")
+def running_cluster(directory: Path, url: str, names: Sequence[str],
+                    *options: str) -> Iterator[Nodes]:
+    """A module fixture's body: nodes ``names`` on ``url`` (no $SYS publications; ``options``
+    given to each), each stopped and checked when the module ends."""
+    nodes = Nodes(directory, url, "--sys-interval", "0", *options)
     for name in names:
         nodes.start(name)
     yield nodes

@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.cluster_helpers import Nodes, connect, unique, wait_for
-from tests.conftest import LOOPBACK, _stop_all
+from tests.cluster_helpers import Nodes, connect, running_cluster, unique, wait_for
+from tests.conftest import LOOPBACK
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.test_web_browser import WAIT, browser, page, shoot, shots, visible  # noqa: F401
 from tests.web_helpers import PASSWORD, USER, Dashboard
@@ -28,13 +28,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
     directory = tmp_path_factory.mktemp("cluster")
     users = directory / "users"
     users.write_text(f"{USER}:{hash_password(PASSWORD, 'bcrypt', rounds=4)}\n")
-    nodes = Nodes(directory, redis_server.url(DB, unique("browser") + ":"), "--sys-interval",
-                  "0", "--dashboard", LOOPBACK, "--dashboard-users", str(users),
-                  "--allow-anonymous")
-    for name in ("w0", "w1"):
-        nodes.start(name)
-    yield nodes
-    _stop_all(nodes.running())
+    yield from running_cluster(directory, redis_server.url(DB, unique("browser") + ":"),
+                               ("w0", "w1"), "--dashboard", LOOPBACK, "--dashboard-users",
+                               str(users), "--allow-anonymous")
 
 
 @pytest.fixture(scope="module")

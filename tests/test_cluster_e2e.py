@@ -21,12 +21,13 @@ from tests.cluster_helpers import (
     collect,
     connect,
     jobs_received,
+    on_db,
     reach_every_member,
     routed,
+    running_cluster,
     unique,
     wait_for,
 )
-from tests.conftest import _stop_all
 from tests.paho import V5, V311, Client
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
@@ -46,19 +47,8 @@ def prefix() -> str:
 def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,  # noqa: F811
             prefix: str) -> Iterator[Nodes]:
     """Three nodes, n0 n1 n2, on one Redis database."""
-    nodes = Nodes(tmp_path_factory.mktemp("cluster"), redis_server.url(DB, prefix),
-                  "--sys-interval", "0")
-    for name in ("n0", "n1", "n2"):
-        nodes.start(name)
-    yield nodes
-    _stop_all(nodes.running())
-
-
-def on_db(server: RedisServer, *args: str) -> bytes:
-    """The first line of one command's reply on the cluster's database."""
-    quoted = ", ".join("'" + arg.replace("'", "\\'") + "'" for arg in args)
-    return server.command("EVAL", f"redis.call('SELECT', {DB}) return redis.call({quoted})",
-                          "0")
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), redis_server.url(DB, prefix),
+                               ("n0", "n1", "n2"))
 
 
 @pytest.mark.parametrize("version", [V311, V5])
@@ -102,16 +92,16 @@ def test_last_unsubscribe_removes_the_route(cluster: Nodes, redis_server: RedisS
         client.subscribe(f"{base}-keep", 1)
     publisher = connect(cluster[0])
     routed(publisher, first, f"{base}/x")
-    assert on_db(redis_server, "HEXISTS", key, f"{base}/#") == b":1"
+    assert on_db(redis_server, DB, "HEXISTS", key, f"{base}/#") == b":1"
     first.paho.unsubscribe(f"{base}/#")
     publisher.publish(f"{base}-keep", b"barrier", 1)
     assert collect(first, f"{base}-keep") == []  # its UNSUBACK came first
     assert collect(second, f"{base}-keep") == []
-    assert on_db(redis_server, "HEXISTS", key, f"{base}/#") == b":1"
+    assert on_db(redis_server, DB, "HEXISTS", key, f"{base}/#") == b":1"
     second.paho.unsubscribe(f"{base}/#")
-    wait_for(lambda: on_db(redis_server, "HEXISTS", key, f"{base}/#") == b":0",
+    wait_for(lambda: on_db(redis_server, DB, "HEXISTS", key, f"{base}/#") == b":0",
              "route removed from Redis")
-    wait_for(lambda: on_db(redis_server, "HEXISTS", key, f"{base}-keep") == b":1",
+    wait_for(lambda: on_db(redis_server, DB, "HEXISTS", key, f"{base}-keep") == b":1",
              "the other route kept")
     publisher.publish(f"{base}/x", b"late", 1)
     publisher.publish(f"{base}-keep", b"barrier", 1)

@@ -25,10 +25,11 @@ from tests.cluster_helpers import (
     connect,
     reach_every_member,
     routed,
+    running_cluster,
     unique,
     wait_for,
 )
-from tests.conftest import LOOPBACK, _stop_all
+from tests.conftest import LOOPBACK
 from tests.paho import V5, V311, Client
 from tests.servers import KillableRedis
 from tests.spec import check_cited_labels
@@ -51,12 +52,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillableRedis]:
 def cluster(tmp_path_factory: pytest.TempPathFactory,
             engine: KillableRedis) -> Iterator[Nodes]:
     """Three nodes, f0 f1 f2 (tests start more, to kill or stop)."""
-    nodes = Nodes(tmp_path_factory.mktemp("cluster"), engine.url(0, PREFIX),
-                  "--sys-interval", "0", "--stats", LOOPBACK)
-    for name in ("f0", "f1", "f2"):
-        nodes.start(name)
-    yield nodes
-    _stop_all(nodes.running())
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"), engine.url(0, PREFIX),
+                               ("f0", "f1", "f2"), "--stats", LOOPBACK)
 
 
 def removed(engine: KillableRedis, name: str) -> bool:
