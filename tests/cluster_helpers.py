@@ -135,3 +135,16 @@ def jobs_received(members: List[Client], count: int) -> List[bytes]:
 
     wait_for(all_received, f"{count} messages received")
     return got
+
+
+def share_jobs_once(publisher: Client, members: List[Client], group: str, topic: str,
+                    count: int) -> None:
+    """The members join shared group ``group`` on ``topic``; of ``count`` QoS 1 jobs the
+    publisher sends once every member's route is in place, each reaches exactly one member."""
+    for member in members:
+        member.subscribe(f"$share/{group}/{topic}", 1)
+    reach_every_member(publisher, members, topic)
+    for index in range(count):
+        publisher.publish(topic, b"job-%d" % index, 1)
+    got = jobs_received(members, count)
+    assert sorted(got) == sorted(b"job-%d" % i for i in range(count))

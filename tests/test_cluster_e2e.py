@@ -20,11 +20,10 @@ from tests.cluster_helpers import (
     Nodes,
     collect,
     connect,
-    jobs_received,
     on_db,
-    reach_every_member,
     routed,
     running_cluster,
+    share_jobs_once,
     unique,
     wait_for,
 )
@@ -144,15 +143,8 @@ def test_shared_subscription_across_three_nodes_exactly_once(cluster: Nodes) -> 
     topic = unique("jobs")
     members: List[Client] = [connect(node, version)
                              for node, version in zip(cluster.nodes, (V5, V311, V5))]
-    for member in members:
-        member.subscribe(f"$share/{group}/{topic}", 1)
     publisher = connect(cluster[0])
-    reach_every_member(publisher, members, topic)
-    count = 90
-    for index in range(count):
-        publisher.publish(topic, b"job-%d" % index, 1)
-    got = jobs_received(members, count)
-    assert sorted(got) == sorted(b"job-%d" % i for i in range(count))
+    share_jobs_once(publisher, members, group, topic, 90)
     for member in members:
         member.disconnect()
     publisher.disconnect()

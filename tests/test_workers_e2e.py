@@ -22,9 +22,8 @@ import pytest
 from tests.certs import PKI, make_pki, mqtts_endpoint
 from tests.cluster_helpers import (
     collect,
-    jobs_received,
-    reach_every_member,
     routed,
+    share_jobs_once,
     unique,
     wait_for,
 )
@@ -239,14 +238,7 @@ def test_retained_and_shared_across_workers(start_broker: StartBroker,
     group, jobs = unique("g"), unique("jobs")
     members = [on_worker(workers, clients, pid, version)
                for pid, version in zip(pids, (V5, V311, V5))]
-    for member in members:
-        member.subscribe(f"$share/{group}/{jobs}", 1)
-    reach_every_member(publisher, members, jobs)
-    count = 60
-    for index in range(count):
-        publisher.publish(jobs, b"job-%d" % index, 1)
-    got = jobs_received(members, count)
-    assert sorted(got) == sorted(b"job-%d" % i for i in range(count))
+    share_jobs_once(publisher, members, group, jobs, 60)
 
 
 # -- a worker dies -------------------------------------------------------------------------------
