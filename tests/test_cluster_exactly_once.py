@@ -147,6 +147,42 @@ def test_qos2_entry_written_by_a_dead_node_is_not_claimed_again(
 
 
 @pytest_twisted.inlineCallbacks
+def test_qos2_to_a_connected_session_waits_for_its_write(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """Node a routes a stream entry holding a QoS 2 message to a connected client with a
+    persistent session and dies before the session write that acknowledges the entry reaches
+    Redis: the client got nothing from a, and gets the message once from node b, which adopts
+    the session and claims the entry; it is never delivered twice under two packet
+    identifiers [MQTT-4.4.0-1]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    keeper, _got, _ok = yield connect(a, cluster, "keeper")
+    keeper.send(Subscribe(1, (Subscription("once/#", 2),)))
+    yield cluster.settle()
+    keeper.received()
+    made = routers(a, b)
+    yield add_entry(made[a], "a")
+    sent: List[Any] = []
+
+    def never_sent(*args: Any) -> Any:  # a dies with the write on its way
+        sent.append(args)
+        a.engine.stop()
+        return fail(EngineDown("killed"))
+
+    a.sessions.directory.write = never_sent  # type: ignore[method-assign,assignment]
+    made[a]._acknowledge = lambda *_: None  # type: ignore[method-assign]  # dead by then
+    made[a]._read_stream("a", ">")
+    yield cluster.settle(lambda: sent and not a.engine.up)
+    yield cluster.settle(turns=20)
+    assert [p for p in keeper.received() if isinstance(p, Publish)] == []
+    keeper.drop()
+    yield adopted(cluster, redis_server, a, b, made[b])
+    got = yield publishes_to(cluster, b, "keeper")
+    assert got == [(b"exactly once", 2)]
+
+
+@pytest_twisted.inlineCallbacks
 def test_claimed_entry_reaches_only_the_dead_node_sessions(
         cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
     """A QoS 2 message in the streams of nodes a and b (a subscriber on each); a dies before

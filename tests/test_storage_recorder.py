@@ -397,6 +397,50 @@ def test_durable_acknowledges_after_commit() -> None:
     assert [d.message.payload for d in store.deliveries.values()] == [b"1", b"2", b"3"]
 
 
+def test_durable_sends_qos2_once_its_record_is_committed() -> None:
+    """In durable mode a QoS 2 PUBLISH to a stored session goes out only once its record is
+    committed, so that a broker killed in between never delivers it again under another packet
+    identifier [MQTT-4.4.0-1]; a QoS 1 PUBLISH goes at once.  A connection closed while its
+    output waits gets its DISCONNECT but not the held PUBLISH, which stays in flight and is
+    resent with its packet identifier to the next connection, once committed."""
+    store = HeldStore()
+    hub, _ = start(store, durable=True)
+    sub = persistent(hub, "sub", level=V5)
+    sub.send(Subscribe(1, (Subscription("t", 2),)))
+    turn(hub)
+    store.release()
+    sub.received()
+    pub = hub.client()
+    pub.connect("pub")
+    pub.send(Publish("t", b"1", 1, packet_id=1), Publish("t", b"2", 2, packet_id=2))
+    got = [(p.payload, p.qos) for p in sub.received()]
+    assert got == [(b"1", 1)]
+    turn(hub)
+    assert sub.received() == []
+    store.release()
+    assert [(p.payload, p.qos, p.packet_id) for p in sub.received()] == [(b"2", 2, 2)]
+    sub.send(PubAck(1), PubRec(2))
+    turn(hub)
+    store.release()
+    assert sub.received() == [PubRel(2)]
+
+    pub.send(Publish("t", b"3", 2, packet_id=3))
+    turn(hub)
+    assert sub.received() == []
+    again = persistent(hub, "sub", level=V5)  # takes the session over
+    assert [(type(p).__name__, getattr(p, "reason_code", None)) for p in sub.received()] == [
+        ("Disconnect", 0x8E)]
+    resent = [p for p in again.received() if isinstance(p, Publish)]
+    assert resent == []
+    store.release()
+    turn(hub)
+    while store.held:
+        store.release()
+    resent = [(p.payload, p.packet_id, p.dup) for p in again.received()
+              if isinstance(p, Publish)]
+    assert resent == [(b"3", 3, True)]
+
+
 def test_durable_no_write_no_wait() -> None:
     """A message that changes nothing stored is acknowledged at once."""
     store = HeldStore()

@@ -138,7 +138,7 @@ class _Occasional:
 
     __slots__ = ("holding", "held_by", "retained_lookups", "lookup_limit", "replay",
                  "resending", "exchange", "reauthenticating", "assigned_id", "linger",
-                 "aliases_in", "aliases_out")
+                 "aliases_in", "aliases_out", "output_holds", "held_from")
 
     def __init__(self) -> None:
         self.holding: Optional[List[Connection]] = None
@@ -163,6 +163,10 @@ class _Occasional:
         """The client id the broker assigned (the client sent none)."""
         self.linger: Any = None
         """The call that closes a half-closed connection for good."""
+        self.output_holds = 0
+        """How many commits the output queued from ``held_from`` on waits for (see
+        ``Connection.hold_output``)."""
+        self.held_from = 0
         self.aliases_in: Optional[Dict[int, str]] = None
         self.aliases_out: Optional[Dict[str, int]] = None
 
@@ -460,6 +464,11 @@ class Connection:
         self._dirty = False
         out = self._out
         if out and not self.paused:
+            more = self._more
+            if more.output_holds:
+                if more.held_from:
+                    self._write_before_hold(out, more)
+                return
             queued = self._queued
             if queued <= WRITE_CHUNK:
                 data = out[0] if len(out) == 1 else b"".join(out)
@@ -472,6 +481,46 @@ class Connection:
         if self.blocked and not self.overflowed and (
                 self._queued <= self.broker.capabilities.maximum_pending_bytes // 2):
             self._unblock()
+
+    def hold_output(self) -> None:
+        """Send nothing from the last packet queued on until ``release_output``: a store holds
+        a QoS 2 PUBLISH until its record is committed, so that a broker killed in between does
+        not deliver it again from a record that never had it as sent."""
+        more = self._occasional()
+        if not more.output_holds:
+            more.held_from = max(0, len(self._out) - 1)
+        more.output_holds += 1
+
+    def release_output(self) -> None:
+        """One ``hold_output`` ended: once none is left, what waited is sent."""
+        more = self._more
+        if not more.output_holds:
+            return  # dropped at close
+        more.output_holds -= 1
+        if not more.output_holds and self._out and not self._dirty and self.state != CLOSED:
+            self._dirty = True
+            self.broker.dirty.append(self)
+
+    def _write_before_hold(self, out: List[bytes], more: _Occasional) -> None:
+        """Write what was queued before the output was held."""
+        data = b"".join(out[:more.held_from])
+        del out[:more.held_from]
+        more.held_from = 0
+        self._queued -= len(data)
+        self.broker.stats.bytes_sent += len(data)
+        self.transport.write(data)
+
+    def _drop_held(self) -> None:
+        """Closing while output is held: what waits for a commit is not sent (the session
+        keeps it in flight, to resend on the next connection)."""
+        more = self._more
+        if not more.output_holds:
+            return
+        more.output_holds = 0
+        out = self._out
+        if out is not _NO_OUTPUT:
+            self._queued -= sum(len(data) for data in out[more.held_from:])
+            del out[more.held_from:]
 
     def _write_pieces(self, out: List[bytes]) -> None:
         """Write ``out`` (the queue) in pieces until the transport pushes back, which it does
@@ -665,6 +714,7 @@ class Connection:
         if self.state == CLOSED:
             return
         self._close_reason = int(reason)
+        self._drop_held()
         if self.v5 and self.state == CONNECTED:
             props = Properties(reason_string=reason_string) if reason_string else NO_PROPERTIES
             self.send_packet(Disconnect(reason, props))
@@ -679,6 +729,7 @@ class Connection:
             return
         self.state = CLOSED
         self._detach()
+        self._drop_held()
         out = self._out
         if out:  # all of it, the last packet (DISCONNECT) included, even if paused
             self._out = _NO_OUTPUT

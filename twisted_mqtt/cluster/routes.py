@@ -374,11 +374,16 @@ class Router:
                       [name]).addCallbacks(self._loaded, lambda _: None, callbackArgs=(name,))
 
     def _loaded(self, reply: List[Any], name: str) -> None:
-        version = (int(reply[0]), int(reply[2]))
+        try:
+            version = (int(reply[0]), int(reply[2]))
+            filters = {f.decode("utf-8") for f in reply[1] if f != b"\0v"}
+        except (TypeError, ValueError, IndexError, AttributeError):
+            log.warn("cluster: unreadable routes of node {name} ignored", name=name)
+            return
         if name not in self.members.members or version < self._versions.get(name, (0, 0)):
             return  # a newer announcement was applied meanwhile
         self._versions[name] = version
-        self._replace(name, {f.decode("utf-8") for f in reply[1] if f != b"\0v"})
+        self._replace(name, filters)
 
     def _routes_changed(self, message: bytes) -> None:
         try:
@@ -697,7 +702,12 @@ class Router:
 
     def _stream_read(self, reply: Any, node: str, stream: str, start: str) -> None:
         self._reading = False
-        entries = reply[0][1] if reply else []
+        try:
+            entries = reply[0][1] if reply else []
+        except (TypeError, IndexError, KeyError):
+            log.warn("cluster: unreadable reply from stream {stream} ignored (read again at "
+                     "the next poll)", stream=stream)
+            return
         if not entries:
             if start == "0" or self._woken:
                 self._read_stream(node, ">")

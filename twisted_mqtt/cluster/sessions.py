@@ -452,6 +452,7 @@ class ClusterSessions(Hook):
         self.tokens: Dict[str, str] = {}
         """Client id -> the token with which this node owns its session."""
         self.recorder = _Recorder(broker, FencedStore(self.directory, self), clock=clock)
+        self.recorder.hold_qos2 = True  # a QoS 2 message goes out once its record is in Redis
         self._claims: Dict[str, List[Deferred[int]]] = {}
         self._handing: Set[str] = set()
         self._waiting: Dict[str, Deferred[None]] = {}

@@ -8,7 +8,10 @@ turn writes nothing).  One batch is committed at a time; changes made meanwhile 
 next one, which groups commits under load.
 
 In durable mode the recorder is one of the broker's ``ack_barriers``: a QoS 1/2 PUBLISH is
-acknowledged only once the batch holding everything recorded until then is committed.
+acknowledged only once the batch holding everything recorded until then is committed.  It also
+holds the output of a connection it just recorded a QoS 2 PUBLISH for (``hold_qos2``) until
+that record is committed: a broker killed in between would otherwise deliver the message
+again, under a new packet identifier, to a client that already has it.
 """
 
 from __future__ import annotations
@@ -222,6 +225,13 @@ class Recorder(Hook):
         self._commit_waiters: List[Deferred[None]] = []
         self.commits = 0
         """Batches committed so far."""
+        self.hold_qos2 = durable
+        """Whether a QoS 2 PUBLISH to a stored session is sent only once its record is
+        committed (exactly once across a crash)."""
+        self._holding: Set[Any] = set()
+        """Connections whose output waits for the next commit."""
+        self._commit_holding: Set[Any] = set()
+        """Connections whose output waits for the commit under way."""
         self._reset()
 
     def _reset(self) -> None:
@@ -370,8 +380,12 @@ class Recorder(Hook):
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.callback(None)
+            if self._holding:
+                self._release(self._holding)
+                self._holding = set()
             return
         self._commit_waiters, self._waiters = self._waiters, []
+        self._commit_holding, self._holding = self._holding, set()
         self._committing = True
         self._commit(batch)
 
@@ -391,10 +405,34 @@ class Recorder(Hook):
         waiters, self._commit_waiters = self._commit_waiters, []
         for d in waiters:
             d.callback(None)
-        if waiters:
-            self.broker.flush()  # the acknowledgements released, one write per connection
+        held, self._commit_holding = self._commit_holding, set()
+        if held:
+            self._release(held)
+        if waiters or held:
+            self.broker.flush()  # what was held back released, one write per connection
         if self._pending:
             self._flush()
+
+    @staticmethod
+    def _release(connections: Set[Any]) -> None:
+        for connection in connections:
+            connection.release_output()
+
+    def _hold(self, client_id: str) -> None:
+        """Hold the output of ``client_id``'s connection until what is recorded now is
+        committed."""
+        if self._pending:
+            holding = self._holding
+        elif self._committing:
+            holding = self._commit_holding
+        else:
+            return
+        session = self.broker.sessions.get(client_id)
+        connection = session.connection if session is not None else None
+        hold = getattr(connection, "hold_output", None)
+        if hold is not None and connection not in holding:
+            hold()
+            holding.add(connection)
 
     def _failed(self, failure: Any, batch: Batch) -> None:
         location = self.store.location
@@ -603,11 +641,15 @@ class Recorder(Hook):
             if note is not None:
                 note[2] = packet_id
             elif resend:
+                if delivery.qos == 2 and self.hold_qos2:
+                    self._hold(client_id)  # its record may be in the commit under way
                 return
             else:
                 self._moves[key] = (client_id, packet_id, delivery.state)
         if not self._pending:
             self._touch()
+        if delivery.qos == 2 and self.hold_qos2:
+            self._hold(client_id)
 
     def on_qos_progress(self, client_id: str, packet_id: int, delivery: Any) -> None:
         """A QoS 2 delivery reached its PUBREL phase."""
