@@ -15,7 +15,16 @@ from typing import Iterator, List
 
 import pytest
 
-from tests.cluster_helpers import WAIT, Nodes, collect, routed, running_cluster, unique
+from tests.cluster_helpers import (
+    PROBE,
+    WAIT,
+    Nodes,
+    collect,
+    routed,
+    running_cluster,
+    unique,
+)
+from tests.conftest import BrokerProcess
 from tests.paho import V5, Client
 from tests.servers import RedisServer, redis_server  # noqa: F401
 from tests.spec import check_cited_labels
@@ -38,6 +47,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
                                ("q0", "q1"))
 
 
+def stream_across_a_kill(publisher: Client, topic: str, doomed: BrokerProcess,
+                         redis_server: RedisServer, prefix: str,  # noqa: F811
+                         keeper_id: str) -> int:
+    """Publish numbered QoS 2 messages to ``topic`` from ``publisher``, kill ``doomed`` with
+    SIGKILL after 300 of them, and go on until ``keeper_id``'s session is adopted by another
+    node, then 100 more; every one acknowledged.  The number of messages sent."""
+    doomed_name = name_of(doomed)
+    pending = []
+    count = 0
+    killed_at = adopted_at = None
+    deadline = time.monotonic() + 3 * WAIT
+    while adopted_at is None or count < adopted_at + 100:  # until well after the adoption
+        assert time.monotonic() < deadline, "the session was not adopted"
+        pending.append(publisher.paho.publish(topic, str(count).encode(), 2))
+        count += 1
+        if count == 300:
+            doomed.proc.send_signal(signal.SIGKILL)
+            doomed.proc.wait()
+            killed_at = count
+        if killed_at is not None and adopted_at is None and count % 20 == 0 and owner_of(
+                redis_server, prefix, keeper_id) not in ("", doomed_name):
+            adopted_at = count
+        time.sleep(0.005)
+    for info in pending:
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+    print(f"killed after {killed_at}, adopted at {adopted_at}, {count} sent", file=sys.stderr)
+    return count
+
+
 def test_node_killed_in_a_qos2_stream_duplicates_nothing(
         cluster: Nodes, redis_server: RedisServer, prefix: str) -> None:  # noqa: F811
     """A publisher on q0 streams QoS 2 messages to a subscriber on q1 and to an offline
@@ -55,25 +94,7 @@ def test_node_killed_in_a_qos2_stream_duplicates_nothing(
     publisher = Client(cluster[0].port, V5, unique("pub")).connect()
     routed(publisher, watcher, f"{base}/probe")
     doomed_name = name_of(doomed)
-    pending = []
-    count = 0
-    killed_at = adopted_at = None
-    deadline = time.monotonic() + 3 * WAIT
-    while adopted_at is None or count < adopted_at + 100:  # until well after the adoption
-        assert time.monotonic() < deadline, "the keeper's session was not adopted"
-        pending.append(publisher.paho.publish(f"{base}/m", str(count).encode(), 2))
-        count += 1
-        if count == 300:
-            doomed.proc.send_signal(signal.SIGKILL)
-            doomed.proc.wait()
-            killed_at = count
-        if killed_at is not None and adopted_at is None and count % 20 == 0 and owner_of(
-                redis_server, prefix, keeper_id) not in ("", doomed_name):
-            adopted_at = count
-        time.sleep(0.005)
-    for info in pending:
-        info.wait_for_publish(WAIT)
-        assert info.is_published()
+    count = stream_across_a_kill(publisher, f"{base}/m", doomed, redis_server, prefix, keeper_id)
     publisher.publish(f"{base}/end", b"end", 2)
     expected = [str(n).encode() for n in range(count)]
     seen = [m.payload for m in collect(watcher, f"{base}/end")]
@@ -84,12 +105,45 @@ def test_node_killed_in_a_qos2_stream_duplicates_nothing(
     twice = [payload for payload, times in Counter(got).items() if times > 1]
     assert twice == []
     missing = sorted(set(expected) - set(got), key=int)
-    print(f"killed after {killed_at}, adopted at {adopted_at}; the resumed session got "
-          f"{len(got)} of {count}", file=sys.stderr)
     assert missing == [], f"acknowledged messages missing from the adopted session: {missing}"
     # nothing was added to the dead node's stream after the survivor claimed and deleted it
     assert redis_server.command("EXISTS", f"{prefix}cluster:stream:{doomed_name}") == b":0"
     for client in (watcher, publisher, again):
+        client.close()
+
+
+def test_connected_subscriber_of_a_node_killed_in_a_qos2_stream_gets_each_message_once(
+        cluster: Nodes, redis_server: RedisServer, prefix: str) -> None:  # noqa: F811
+    """A subscriber with a persistent session, connected to a node killed with SIGKILL in the
+    middle of a QoS 2 stream published on another node, reconnects to a survivor that adopted
+    its session: what it got before the kill and after, together, is every acknowledged
+    message, none twice [MQTT-4.3.3-10] [MQTT-4.4.0-1] (its node sent a QoS 2 message only
+    once the session write recording it was in Redis)."""
+    doomed = cluster.start(unique("doomed"))
+    base = unique("stream")
+    keeper_id = unique("keeper")
+    keeper = persistent(doomed, keeper_id, V5)
+    keeper.subscribe(f"{base}/#", 2)
+    publisher = Client(cluster[0].port, V5, unique("pub")).connect()
+    routed(publisher, keeper, f"{base}/probe")
+    count = stream_across_a_kill(publisher, f"{base}/m", doomed, redis_server, prefix,
+                                 keeper_id)
+    publisher.publish(f"{base}/end", b"end", 2)
+    before: List[bytes] = []
+    while not keeper.messages.empty():
+        before.append(bytes(keeper.messages.get().payload))
+    keeper.close()
+    again = persistent(cluster[1], keeper_id, V5)
+    assert again.connack_flags.session_present
+    after = [m.payload for m in collect(again, f"{base}/end")]
+    got = [payload for payload in before + after if payload != PROBE]
+    twice = [payload for payload, times in Counter(got).items() if times > 1]
+    assert twice == []
+    expected = [str(n).encode() for n in range(count)]
+    missing = sorted(set(expected) - set(got), key=int)
+    print(f"{len(before)} before the kill, {len(after)} after", file=sys.stderr)
+    assert missing == [], f"acknowledged messages missing: {missing}"
+    for client in (publisher, again):
         client.close()
 
 
