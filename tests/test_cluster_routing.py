@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any, List, Tuple
 
+import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from tests.hook_helpers import hub, join, payloads, publishes, subscribe
@@ -21,7 +22,7 @@ from tests.spec import check_cited_labels
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import HEIR_LEASES, Membership
 from twisted_mqtt.cluster.routes import READ, Router
-from twisted_mqtt.cluster.wire import decode_record, encode_record, pack, unpack
+from twisted_mqtt.cluster.wire import RUN, decode_record, encode_record, pack, unpack
 from twisted_mqtt.packets import PubAck, Publish, SubAck, Subscribe, Subscription
 from twisted_mqtt.properties import Properties
 from twisted_mqtt.session import Message
@@ -147,6 +148,46 @@ def test_a_message_goes_once_to_each_interested_node_only() -> None:
     assert a.router.remote_filters("b") == set()
     publisher.send(Publish("sensors/k/t", b"22", 0))
     assert carry(a, b) == 0
+
+
+@pytest.mark.parametrize("levels", [(5, 5), (4, 4), (4, 5), (5, 4)])
+def test_a_run_of_qos0_packets_crosses_as_one_record(levels: Tuple[int, int]) -> None:
+    """Consecutive plain QoS 0 PUBLISH packets to one topic go to another node as one record
+    of the packets as received, and reach its subscriber in order; the same protocol family
+    gets them as one slice, the other one by one, encoded for it [MQTT-3.3.1-4]; the node that
+    receives the run does not hand it back to the nodes it mirrors, and a node's own
+    subscriber gets it as on one broker [MQTT-4.6.0-6]."""
+    publisher_level, subscriber_level = levels
+    a, b = pair()
+    far = join(b.hub, "far", level=subscriber_level)
+    subscribe(far, "s/#", 0)
+    near = join(a.hub, "near", level=publisher_level)
+    subscribe(near, "s/#", 0)
+    sync_routes(a, b)
+    publisher = join(a.hub, "publisher", level=publisher_level)
+    publisher.send(*(Publish("s/1", b"%d" % n, 0) for n in range(5)))
+    records = a.router._qos0["b"]
+    assert len(records) == 1 and records[0][0] & RUN
+    assert carry(a, b) == 1
+    sent = [(p.payload, p.qos, p.retain) for p in publishes(far)]
+    assert sent == [(b"%d" % n, 0, False) for n in range(5)]
+    assert [p.payload for p in publishes(near)] == [b"%d" % n for n in range(5)]
+    assert b.router._qos0 == {} and b.router.stats["received"] == 5
+    assert a.router.stats["sent"] == 5
+
+
+def test_a_bad_run_record_is_dropped_with_one_line() -> None:
+    """A run record whose fields do not add up is dropped (logged), and the records after
+    it in the batch are delivered."""
+    a, b = pair()
+    far = join(b.hub, "far")
+    subscribe(far, "s/#", 0)
+    sync_routes(a, b)
+    good = encode_record(Message("s/1", b"after", 0, False), False, "", 0.0)
+    assert good is not None
+    b.router._deliver(pack([bytes((RUN, 0, 0, 0, 1)) + b"s" + bytes(10), good]))
+    b.broker.flush()
+    assert payloads(far) == [b"after"]
 
 
 def test_receiving_node_applies_its_subscription_options() -> None:

@@ -746,11 +746,13 @@ class Broker:
         if self.hooks.on_publish_dropped:
             self.hooks.notify(self.hooks.on_publish_dropped, client_id, message, reason)
 
-    def forward_run(self, run: PublishRun, origin: str) -> bool:
+    def forward_run(self, run: PublishRun, origin: str, local_only: bool = False) -> bool:
         """Send a run of plain QoS 0 packets from ``origin`` as one slice to every subscriber,
         if each one gets them unchanged (same protocol family, no subscription identifier,
         topic alias or smaller packet limit, no shared group); otherwise send nothing and
-        return False.  Offline and blocked subscribers lose them, as single QoS 0 messages."""
+        return False.  Offline and blocked subscribers lose them, as single QoS 0 messages.
+        Another node of a cluster is handed the run whole (``send_run``); ``local_only``: a
+        run another node sent here, for this node's subscribers only."""
         routes = self._routes.get(run.topic)
         if routes is None:
             routes = self._compute_routes(run.topic)
@@ -758,6 +760,7 @@ class Broker:
         if shared or self.hooks.on_select_subscribers or self.hooks.on_publish_dropped:
             return False
         targets: List[Any] = []  # network connections (their protocol family matched)
+        nodes: List[Any] = []
         for session, _qos, _rap, sub_ids, local in normal:
             if session.client_id == origin:
                 if local is None:
@@ -768,6 +771,10 @@ class Broker:
                 if self.compatibilities.queue_qos0_offline:
                     return False
                 targets.append(None)
+                continue
+            if conn.remote:
+                if not local_only:
+                    nodes.append(conn)
                 continue
             if (sub_ids or conn.alias_max_out or conn.v5 != run.v5 or (
                     conn.max_packet_out is not None and conn.max_packet_out < run.largest)):
@@ -785,6 +792,8 @@ class Broker:
             else:
                 conn.write(data)
                 sent += count
+        for node in nodes:
+            node.send_run(run, origin)
         stats.messages_sent += sent
         stats.messages_sent_by_qos[0] += sent
         stats.packets_sent += sent

@@ -30,13 +30,17 @@ from twisted.logger import Logger
 from twisted_mqtt.cluster.engine import RedisEngine
 from twisted_mqtt.cluster.membership import HEIR_LEASES, Membership
 from twisted_mqtt.cluster.wire import (
+    RUN,
     decode_record,
+    decode_run,
     encode_record,
+    encode_run,
     identity,
     pack,
     record_identity,
     unpack,
 )
+from twisted_mqtt.codec import PublishRun
 from twisted_mqtt.errors import AckRefused, CodecError
 from twisted_mqtt.packets import ReasonCode, Subscription
 from twisted_mqtt.session import Delivery, Message, Session
@@ -150,6 +154,11 @@ class RemoteTarget(ApplicationTarget):
         """Hand a QoS 1/2 message to the node (its stream, batched per turn)."""
         self.router.send(self.node, delivery.message, delivery.retain, self.share,
                          delivery.qos)
+
+    def send_run(self, run: PublishRun, origin: str) -> None:
+        """Hand a run of plain QoS 0 packets from client ``origin`` to the node whole
+        (``Broker.forward_run``)."""
+        self.router.send_run(self.node, run, origin)
 
     def __repr__(self) -> str:
         return f"<node {self.node}{' ' + self.share if self.share else ''}>"
@@ -509,6 +518,16 @@ class Router:
         self.stats["sent"] += 1
         self._schedule()
 
+    def send_run(self, node: str, run: PublishRun, origin: str) -> None:
+        """Queue a run of plain QoS 0 packets for ``node`` as one record (the publishing
+        connection keeps ``$SYS`` topics out of runs)."""
+        if not self.engine.up:
+            self.stats["dropped"] += run.count
+            return
+        self._qos0.setdefault(node, []).append(encode_run(run, origin))
+        self.stats["sent"] += run.count
+        self._schedule()
+
     def _barrier(self, message: Optional[Message]) -> Optional[Deferred[Any]]:
         """Hold the acknowledgement of a QoS 1/2 message routed to other nodes until it is in
         their streams."""
@@ -634,6 +653,9 @@ class Router:
         broker = self.broker
         now = broker.tick()
         for record in unpack(batch):
+            if record[:1] and record[0] & RUN:
+                self._deliver_run(record)
+                continue
             try:
                 message, share = decode_record(record, now)
             except Exception as error:
@@ -655,6 +677,27 @@ class Router:
                 broker.publish(message, local_only=True)
             if ident:
                 del self._numbered[id(message)]
+
+    def _deliver_run(self, record: bytes) -> None:
+        """Send a run another node handed over to this node's subscribers: as one slice where
+        they all take it unchanged, else one message at a time."""
+        try:
+            run, origin = decode_run(record)
+        except (ValueError, IndexError, UnicodeDecodeError) as error:
+            log.warn("cluster: bad record dropped ({error})", error=error)
+            return
+        self.stats["received"] += run.count
+        broker = self.broker
+        if broker.forward_run(run, origin, local_only=True):
+            return
+        try:
+            publishes = run.publishes()
+        except CodecError as error:
+            log.warn("cluster: bad record dropped ({error})", error=error)
+            return
+        for fields in publishes:
+            broker.publish(Message(run.topic, fields[1], 0, False, origin=origin or None,
+                                   frame=fields[7], frame_v5=run.v5), local_only=True)
 
     def _queue_changed(self, session: Session, grew: bool) -> None:
         """Note a connected session's queue going above half its bound, and read again once

@@ -8,19 +8,28 @@ identity (flag 0x08; 16 bytes: the epoch of the node where it entered the cluste
 number there), the same in every copy, so that a session reached by two copies of it (one
 forwarded by the node it moved from) keeps one.  A batch is records one after another, each
 prefixed with its length.
+
+A run record (flag 0x10) carries a run of plain QoS 0 PUBLISH packets to one topic as their
+publisher sent them (``codec.PublishRun``): the origin, the topic, the packet count, the size of
+the largest packet, the bytes before each payload, then the packets, so that the receiving node
+sends them on to its subscribers as one slice, as a single broker does.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, List, Optional, Tuple
 
-from twisted_mqtt.codec import _properties, encode_properties
+from twisted_mqtt.codec import PublishRun, _properties, encode_properties
 from twisted_mqtt.properties import NO_PROPERTIES
 from twisted_mqtt.session import Message
 
 NO_EXPIRY = 0xFFFFFFFF
 IDENTIFIED = 0x08
 """The flag of a record that ends with an identity."""
+RUN = 0x10
+"""The flag of a run record."""
+RUN_V5 = 0x20
+"""The flag of a run record whose packets are MQTT 5 ones."""
 
 
 def identity(epoch: int, number: int) -> bytes:
@@ -53,6 +62,38 @@ def encode_record(message: Message, retain: bool, share: str, now: float,
         message.payload,
         ident,
     ))
+
+
+def encode_run(run: PublishRun, origin: str) -> bytes:
+    """The run record of ``run``, published by client ``origin``."""
+    sender = origin.encode("utf-8")
+    topic = run.topic.encode("utf-8")
+    return b"".join((
+        bytes((RUN | (RUN_V5 if run.v5 else 0),)),
+        len(sender).to_bytes(2, "big"), sender,
+        len(topic).to_bytes(2, "big"), topic,
+        run.count.to_bytes(4, "big"), run.largest.to_bytes(4, "big"), run.head.to_bytes(2, "big"),
+        run.data(),
+    ))
+
+
+def decode_run(record: bytes) -> Tuple[PublishRun, str]:
+    """The run of a run record and the client id that published it; ValueError for a record
+    whose fields do not add up."""
+    stop = 3 + ((record[1] << 8) | record[2])
+    origin = record[3:stop].decode("utf-8")
+    pos = stop + 2 + ((record[stop] << 8) | record[stop + 1])
+    topic = record[stop + 2:pos].decode("utf-8")
+    count = int.from_bytes(record[pos:pos + 4], "big")
+    largest = int.from_bytes(record[pos + 4:pos + 8], "big")
+    head = (record[pos + 8] << 8) | record[pos + 9]
+    start = pos + 10
+    if not topic or count < 2 or not largest or start + count * 2 > len(record):
+        raise ValueError("bad run record")
+    run = PublishRun(topic, record, start, len(record), largest, head,
+                     bool(record[0] & RUN_V5))
+    run.count = count
+    return run, origin
 
 
 def pack(records: List[bytes]) -> bytes:
