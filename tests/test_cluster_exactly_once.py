@@ -313,6 +313,36 @@ def test_message_published_elsewhere_while_the_heir_adopts_reaches_the_adopted_s
     assert got == [(b"late", 2)]
 
 
+@pytest_twisted.inlineCallbacks
+def test_every_entry_of_a_long_dead_stream_is_claimed(
+        cluster: Cluster, redis_server: RedisServer) -> Any:  # noqa: F811
+    """A dead node leaves 12,000 entries in its stream, 1,500 of them read (pending) and the
+    rest not: its heir claims all of them, a few hundred at a time, before it deletes the
+    stream; no acknowledged message is lost however long the stream [MQTT-4.3.3-2]."""
+    a = cluster.node("a", 1)
+    b = cluster.node("b", 2)
+    yield cluster.up()
+    made = routers(a, b)
+    for node in (a, b):
+        made[node].claim_handler = None  # to the current subscribers, counted
+    stream = yield add_entry(made[a], "a")
+    yield a.engine.command("EVAL", "for i = 1, 11999 do redis.call('XADD', KEYS[1], '*', 'b', "
+                           "ARGV[1]) end return 1", 1, stream,
+                           pack([encode_record(Message("gone/x", b"q0", 0, False), False, "",
+                                               0.0) or b""]))
+    pending = yield a.engine.command("XREADGROUP", "GROUP", GROUP, "a", "COUNT", 1500,
+                                     "STREAMS", stream, ">")
+    assert len(pending[0][1]) == 1500
+    yield a.engine.stop()  # a dies
+    nodes = cluster.nodes
+    nodes.remove(a)
+    made[b]._claim("a")
+    done = yield cluster.settle(lambda: redis_server.command("EXISTS", stream) == b":0",
+                                turns=2000)
+    assert done
+    assert made[b].stats["claimed"] == 12_000
+
+
 class StubDirectory:
     """A directory whose writes answer as the test says, each call kept."""
 

@@ -232,6 +232,8 @@ class Router:
         self._kept: Dict[str, Any] = {}
         """Removed node -> the call that drops its routes if its heir never announces that
         it adopted its sessions."""
+        self._claimed: Dict[str, int] = {}
+        """Messages claimed so far from each dead node's stream being claimed."""
         self._adopted: List[str] = []
         """Removed nodes whose sessions this node adopted, announced with its next routes."""
         self.routes_channel = engine.key("routes")
@@ -806,23 +808,61 @@ class Router:
             self._read_stream(self.node.name, ">")
 
     def _claim(self, dead: str) -> None:
-        """Take over the stream of a dead node: its entries not yet acknowledged."""
+        """Take over the stream of a dead node: its entries not yet acknowledged, those it
+        had read (pending) and those it had not, ``READ_COUNT`` at a time, each batch once
+        the local queues have room; then delete the stream."""
         stream = self.stream(dead)
-        engine = self.engine
-        engine.command("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM").addErrback(
-            lambda _: None).addCallback(lambda _: engine.command(
-                "XAUTOCLAIM", stream, GROUP, self.node.name, 0, "0", "COUNT", 10_000)).addCallbacks(
-            lambda reply: self._claimed_pending(reply, dead, stream), lambda _: None)
+        self.engine.command("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM").addErrback(
+            lambda _: None).addCallback(lambda _: self._claim_pending(dead, stream, "0-0"))
+
+    def _claim_step(self, step: Callable[..., None], *args: Any) -> bool:
+        """Whether the claim may go on now; if local queues are full, or the engine failed,
+        ``step(*args)`` is tried again later (while this node serves)."""
+        if not self.members.check():
+            return False
+        if self._full_queues:
+            self.members.clock.callLater(self.members.lease / 8, step, *args)
+            return False
+        return True
+
+    def _claim_failed(self, failure: Any, step: Callable[..., None], *args: Any) -> None:
+        log.warn("cluster: claiming the stream of dead node {dead} failed ({error}); trying "
+                 "again", dead=args[0], error=failure.value)
+        self.members.clock.callLater(self.members.lease, step, *args)
+
+    def _claim_pending(self, dead: str, stream: str, cursor: str) -> None:
+        if not self._claim_step(self._claim_pending, dead, stream, cursor):
+            return
+        self.engine.command("XAUTOCLAIM", stream, GROUP, self.node.name, 0, cursor,
+                            "COUNT", READ_COUNT).addCallbacks(
+            self._claimed_pending, self._claim_failed, callbackArgs=(dead, stream),
+            errbackArgs=(self._claim_pending, dead, stream, cursor))
 
     def _claimed_pending(self, reply: Any, dead: str, stream: str) -> None:
         entries = [entry for entry in reply[1] if entry] if reply else []
         self._hand_over(dead, stream, entries)
-        self.engine.command("XREADGROUP", "GROUP", GROUP, self.node.name, "COUNT", 10_000,
+        cursor = _text(reply[0]) if reply else "0-0"
+        if cursor != "0-0":
+            self._claim_pending(dead, stream, cursor)
+        else:
+            self._claim_unread(dead, stream)
+
+    def _claim_unread(self, dead: str, stream: str) -> None:
+        if not self._claim_step(self._claim_unread, dead, stream):
+            return
+        self.engine.command("XREADGROUP", "GROUP", GROUP, self.node.name, "COUNT", READ_COUNT,
                             "STREAMS", stream, ">").addCallbacks(
-            lambda unread: self._claimed_unread(unread, dead, stream), lambda _: None)
+            self._claimed_unread, self._claim_failed, callbackArgs=(dead, stream),
+            errbackArgs=(self._claim_unread, dead, stream))
 
     def _claimed_unread(self, reply: Any, dead: str, stream: str) -> None:
-        self._hand_over(dead, stream, reply[0][1] if reply else [])
+        entries = reply[0][1] if reply else []
+        if entries:
+            self._hand_over(dead, stream, entries)
+            self._claim_unread(dead, stream)
+            return
+        log.info("cluster: {count} messages of dead node {dead} claimed",
+                 count=self._claimed.pop(dead, 0), dead=dead)
         self.engine.command("DEL", stream).addErrback(lambda _: None)
 
     def _hand_over(self, dead: str, stream: str, entries: List[Any]) -> None:
@@ -833,8 +873,7 @@ class Router:
             if fields:
                 count += self._route_claimed(dead, fields[1])
         self.stats["claimed"] += count
-        log.info("cluster: {count} messages of dead node {dead} claimed", count=count,
-                 dead=dead)
+        self._claimed[dead] = self._claimed.get(dead, 0) + count
         self.broker.flush()
 
     def _route_claimed(self, dead: str, batch: bytes) -> int:
