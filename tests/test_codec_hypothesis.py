@@ -777,3 +777,30 @@ def test_one_megabyte_publish_in_1k_chunks_is_joined_once() -> None:
         assert decoder._pending_len == count * 1024
     assert decoder.feed(chunks[-1]) == [packet]
     assert not decoder._pending
+
+
+@SOME
+@given(ids=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=40), data=st.data(),
+       level=st.sampled_from(LEVELS))
+def test_runs_of_plain_pubacks(ids: List[int], data: st.DataObject, level: int) -> None:
+    """Plain PUBACKs back to back decode, whole or in any chunks, to their packet identifiers
+    in order, up to the first with identifier 0, which is refused [MQTT-2.2.1-5]; a PUBACK
+    with a reason code in between is a ``PubAck`` of its own."""
+    blob = b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in ids)
+    good = ids[:ids.index(0)] if 0 in ids else ids
+    decoder = Decoder(level, raw_publish=True)
+    out: List[Any] = []
+    try:
+        for chunk in chunked(data, blob):
+            out += decoder.feed(chunk)
+    except CodecError as error:
+        assert 0 in ids and "identifier 0" in str(error)
+        out += error.decoded
+    else:
+        assert 0 not in ids
+    assert out == good
+    if level == 5 and len(good) > 1:
+        coded = encode(PubAck(good[1], 0x10), 5)
+        middle = blob[:4] + coded + blob[4:4 * len(good)]
+        assert Decoder(5, raw_publish=True).feed(middle) == [good[0], PubAck(good[1], 0x10),
+                                                              *good[1:]]

@@ -794,6 +794,14 @@ class Decoder:
                         raise ProtocolError("PUBACK with packet identifier 0", "MQTT-2.2.1-5")
                     append(packet_id)  # a plain PUBACK: its packet identifier is all it says
                     pos = end
+                    # The plain PUBACKs that follow, in a tighter loop (a packet identifier 0
+                    # goes round the main loop, which refuses it).
+                    while pos + 4 <= size and buf[pos] == _PUBACK and buf[pos + 1] == 2:
+                        packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
+                        if not packet_id:
+                            break
+                        append(packet_id)
+                        pos += 4
                     continue
                 if ptype == 0:
                     raise MalformedPacket("reserved packet type 0", _UNLABELLED)
