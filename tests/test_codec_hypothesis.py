@@ -804,3 +804,24 @@ def test_runs_of_plain_pubacks(ids: List[int], data: st.DataObject, level: int) 
         middle = blob[:4] + coded + blob[4:4 * len(good)]
         assert Decoder(5, raw_publish=True).feed(middle) == [good[0], PubAck(good[1], 0x10),
                                                               *good[1:]]
+
+
+@SOME
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=30),
+       ids=st.lists(st.integers(1, 0xFFFF), min_size=30, max_size=30),
+       qos=st.lists(st.sampled_from([0, 1, 1, 1]), min_size=30, max_size=30),
+       data=st.data(), level=st.sampled_from(LEVELS))
+def test_runs_of_plain_publishes(sizes: List[int], ids: List[int], qos: List[int],
+                                 data: st.DataObject, level: int) -> None:
+    """PUBLISH packets to one topic, QoS 0 and 1 mixed, short and long (one- and two-byte
+    remaining lengths), back to back: decoded in raw form (runs) whole or in any chunks, they
+    are the packets decoded one at a time [MQTT-3.3.2-1] [MQTT-2.2.1-3]."""
+    packets = [Publish("run/t", bytes(size), q, packet_id=i if q else None)
+               for size, i, q in zip(sizes, ids, qos)]
+    blob = b"".join(encode(p, level) for p in packets)
+    expected = [Publish(*f[:7]) for p in packets
+                for f in Decoder(level, raw_publish=True).feed(encode(p, level))]
+    assert expected == packets
+    got = [Publish(*f[:7]) for f in feed_all(Decoder(level, raw_publish=True),
+                                             chunked(data, blob))]
+    assert got == packets

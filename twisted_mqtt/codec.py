@@ -757,15 +757,38 @@ class Decoder:
                             level != V5 or not buf[tail]):
                         if acked is None:
                             acked = out[-1] = AckedRun(out[-1], level == V5)
-                        acked.count += 1
-                        acked.ids.append((buf[at] << 8) | buf[at + 1])
-                        acked.heads.append(buf[pos:at])
+                        v5 = level == V5
+                        ids = acked.ids
+                        heads = acked.heads
                         tails = acked.tails
-                        tails.append(buf[tail:end])
-                        acked.payloads.append(buf[tail + 1:end] if level == V5 else tails[-1])
-                        if end - pos > acked.largest:
-                            acked.largest = end - pos
-                        pos = end
+                        payloads = acked.payloads
+                        count = acked.count
+                        largest = acked.largest
+                        while True:
+                            count += 1
+                            ids.append((buf[at] << 8) | buf[at + 1])
+                            heads.append(buf[pos:at])
+                            rest = buf[tail:end]
+                            tails.append(rest)
+                            payloads.append(buf[tail + 1:end] if v5 else rest)
+                            if end - pos > largest:
+                                largest = end - pos
+                            pos = end
+                            # The run's next packets that have a one-byte length, in this
+                            # tighter loop; anything else goes round the main loop.
+                            if pos + 1 >= size:
+                                break
+                            length = buf[pos + 1]
+                            end = pos + 2 + length
+                            at = pos + 2 + prefix_size
+                            tail = at + 2
+                            if (buf[pos] != first or length >= 0x80 or end > size
+                                    or end - pos > limit or tail + v5 > end
+                                    or not buf.startswith(run_prefix, pos + 2)
+                                    or not (buf[at] or buf[at + 1]) or (v5 and buf[tail])):
+                                break
+                        acked.count = count
+                        acked.largest = largest
                         continue
                 fields = _publish_fields(buf, body, end, flags, level,  # type: ignore[arg-type]
                                          pos)
