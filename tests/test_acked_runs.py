@@ -14,7 +14,7 @@ from zope.interface import implementer
 from tests.spec import check_cited_labels
 from tests.test_runs import _expand, _stream
 from twisted_mqtt.capabilities import Capabilities
-from twisted_mqtt.codec import AckedRun, Decoder, encode
+from twisted_mqtt.codec import AckedRun, Decoder, PubAckRun, encode
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
 from twisted_mqtt.packets import (
     PingReq,
@@ -211,6 +211,46 @@ def test_v5_run_without_subscribers() -> None:
     publisher.connect("pub")
     publisher.send(*[Publish("t", b"x", 1, packet_id=i) for i in (1, 2)])
     assert publisher.received() == [PubAck(1, 0x10), PubAck(2, 0x10)]
+
+
+def _acknowledged(acks: List[int], together: bool, level: int) -> Tuple[Any, ...]:
+    """A subscriber (Receive Maximum 3) sent QoS 1 messages 1..6 on ``t``, QoS 2 message 7
+    on ``u``, and one QoS 1 message kept queued, then ``acks`` as plain PUBACKs, in one read
+    or one per read: what it got after them, its session's ids in flight, whether it is
+    still connected."""
+    hub = InMemoryBroker(Capabilities())
+    props = (Properties(receive_maximum=3, session_expiry_interval=60) if level == 5
+             else Properties())
+    subscriber = hub.client(protocol_level=level)
+    subscriber.connect("s", clean_start=False, properties=props)
+    subscriber.send(Subscribe(1, (Subscription("t", 1), Subscription("u", 2))))
+    publisher = hub.client(protocol_level=level)
+    publisher.connect("p")
+    publisher.send(Publish("u", b"q2", 2, packet_id=1),
+                   *(Publish("t", b"%d" % n, 1, packet_id=n + 1) for n in range(1, 7)))
+    subscriber.received()
+    data = [encode(PubAck(packet_id), level) for packet_id in acks]
+    for chunk in ([b"".join(data)] if together else data):
+        subscriber.send_bytes(chunk)
+    hub.broker.flush()
+    session = hub.broker.sessions["s"]
+    return (subscriber.received(), sorted(session.inflight), session.connection is not None)
+
+
+@given(acks=st.lists(st.integers(1, 9), max_size=8), level=st.sampled_from([4, 5]))
+@settings(max_examples=60, deadline=None)
+def test_puback_run_outcome_equals_packet_by_packet(acks: List[int], level: int) -> None:
+    """Plain PUBACKs in one read (a ``PubAckRun``) end the same deliveries, send the same
+    queued messages under the same packet ids, and answer a PUBACK for a QoS 2 message with
+    the same Protocol Error [MQTT-4.13.1-1] as the same PUBACKs read one at a time
+    [MQTT-4.3.2-5]."""
+    assert _acknowledged(acks, True, level) == _acknowledged(acks, False, level)
+
+
+def test_puback_run_decoded_once() -> None:
+    """Three plain PUBACKs in one read come out of the decoder as one run of their ids."""
+    data = b"".join(encode(PubAck(i), 4) for i in (5, 6, 7))
+    assert Decoder(4, raw_publish=True).feed(data) == [PubAckRun([5, 6, 7])]
 
 
 def test_cited_labels() -> None:

@@ -823,11 +823,8 @@ class Broker:
         v5 = run.v5
         heads = run.heads
         tails = run.tails
-        messages = []
-        for payload, head, tail in zip(run.payloads, heads, tails):
-            message = Message(topic, payload, 1, False, NO_PROPERTIES, None, origin)
-            message.template(v5, (head, tail))
-            messages.append(message)
+        messages = [Message(topic, payload, 1, False, NO_PROPERTIES, None, origin, (head, tail),
+                            v5) for payload, head, tail in zip(run.payloads, heads, tails)]
         reached = 0
         for session, qos, _rap, sub_ids, local in normal:
             if session.client_id == origin:

@@ -563,6 +563,13 @@ class AckedRun(Run):
                 in zip(self.ids, self.heads, self.tails, self.payloads)]
 
 
+class PubAckRun(list):  # type: ignore[type-arg]
+    """The packet identifiers of consecutive plain PUBACK packets of one read (at least two),
+    in order."""
+
+    __slots__ = ()
+
+
 class PublishRun(Run):
     """Consecutive QoS 0 PUBLISH packets of one read with the same topic and neither flags nor
     properties, checked as one: their bytes are ``buf[start:end]`` back to back, so a subscriber
@@ -817,13 +824,16 @@ class Decoder:
                         raise ProtocolError("PUBACK with packet identifier 0", "MQTT-2.2.1-5")
                     append(packet_id)  # a plain PUBACK: its packet identifier is all it says
                     pos = end
-                    # The plain PUBACKs that follow, in a tighter loop (a packet identifier 0
-                    # goes round the main loop, which refuses it).
+                    # The plain PUBACKs that follow, in a tighter loop, make a ``PubAckRun``
+                    # (a packet identifier 0 goes round the main loop, which refuses it).
+                    acks: Optional[PubAckRun] = None
                     while pos + 4 <= size and buf[pos] == _PUBACK and buf[pos + 1] == 2:
                         packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
                         if not packet_id:
                             break
-                        append(packet_id)
+                        if acks is None:
+                            acks = out[-1] = PubAckRun((out[-1],))
+                        acks.append(packet_id)
                         pos += 4
                     continue
                 if ptype == 0:

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted_mqtt.codec import (
     AckedRun,
     Decoder,
+    PubAckRun,
     PublishRun,
     Run,
     decode_all,
@@ -103,7 +104,7 @@ def _veto_code(veto: Any, kind: PacketType) -> int:
     return code
 
 
-_FAST_FORMS = (tuple, int, PublishRun, AckedRun)
+_FAST_FORMS = (tuple, int, PublishRun, AckedRun, PubAckRun)
 """What the decoder makes of PUBLISH and PUBACK packets for the fast paths."""
 
 
@@ -115,6 +116,8 @@ def _as_packets(item: Any) -> List[Any]:
         return [Publish(*item[:7])]
     if kind is int:
         return [PubAck(item)]
+    if kind is PubAckRun:
+        return [PubAck(packet_id) for packet_id in item]
     if kind is PublishRun or kind is AckedRun:
         return [Publish(*fields[:7]) for fields in item.publishes()]
     return [item]
@@ -328,6 +331,8 @@ class Connection:
                 on_publish(packet)
             elif kind is int:
                 self._on_puback_id(packet)
+            elif kind is PubAckRun:
+                self._on_puback_ids(packet)
             elif kind is PublishRun:
                 self._on_publish_run(packet)
             elif kind is AckedRun:
@@ -1481,6 +1486,26 @@ class Connection:
 
     def _on_puback(self, packet: PubAck) -> None:
         self._on_puback_id(packet.packet_id)
+
+    def _on_puback_ids(self, packet_ids: PubAckRun) -> None:
+        """Plain PUBACKs one after another: each as ``_on_puback_id``."""
+        session = self.session
+        if session is None or self.state != CONNECTED:
+            return
+        inflight = session.inflight
+        hooks = self.broker.hooks
+        for packet_id in packet_ids:
+            delivery = inflight.get(packet_id)
+            if delivery is not None and delivery.qos == 1:
+                del inflight[packet_id]
+                if hooks.on_qos_complete:
+                    hooks.notify(hooks.on_qos_complete, session.client_id, packet_id, delivery)
+                if session.queue:
+                    self.broker.pump(session)
+                    inflight = session.inflight
+            elif delivery is not None:
+                self._wrong_acknowledgement("PUBACK", packet_id, delivery)
+                return
 
     def _on_puback_id(self, packet_id: int) -> None:
         session = self.session

@@ -82,13 +82,6 @@ class Message:
             raw = self._topic_bytes = self.topic.encode("utf-8")
         return raw
 
-    def template(self, v5: bool, parts: Tuple[bytes, bytes]) -> None:
-        """Remember a QoS 1/2 PUBLISH of this message without DUP and RETAIN, split around its
-        packet identifier, as the encoding of that variant (from the packet as received; only
-        for a message without expiry, whose bytes do not change with time)."""
-        self.split = parts
-        self.frame_v5 = v5
-
     def expired(self, now: float) -> bool:
         """Whether the message expiry interval has passed."""
         return self.expires_at is not None and now >= self.expires_at
