@@ -16,9 +16,11 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 from twisted.internet import main, tcp, unix
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
 from tests.conftest import BrokerProcess
 from twisted_mqtt.auth import AllowAll
@@ -45,6 +47,7 @@ from twisted_mqtt.protocol import (
 )
 from twisted_mqtt.service import BrokerService
 from twisted_mqtt.tap import Options, makeService
+from twisted_mqtt.transport import LeanServer
 
 TIMEOUT = 5.0
 
@@ -113,14 +116,15 @@ def tcp_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
     client.close()
 
 
-def _serve(server_sock: socket.socket, nodelay: bool = True
+def _serve(server_sock: socket.socket, nodelay: bool = True, kind: type = LeanServer
            ) -> Tuple[MQTTProtocol, tcp.Server, FDReactor]:
-    """An ``MQTTProtocol`` of an ``MQTTFactory`` on a real ``tcp.Server`` transport."""
+    """An ``MQTTProtocol`` of an ``MQTTFactory`` on a real TCP transport of class ``kind``
+    (what the MQTT listeners accept with, unless told)."""
     reactor = FDReactor()
     factory = MQTTFactory(Broker(reactor, authenticator=AllowAll()), "tcp:test",
                           tcp_nodelay=nodelay)
     protocol = factory.buildProtocol(None)
-    transport = tcp.Server(server_sock, protocol, server_sock.getpeername(), None, 0, reactor)
+    transport = kind(server_sock, protocol, server_sock.getpeername(), None, 0, reactor)
     protocol.makeConnection(transport)
     return protocol, transport, reactor
 
@@ -153,12 +157,13 @@ def _nothing_to_read(sock: socket.socket) -> bool:
 # -- which transports ---------------------------------------------------------------------------
 
 
-def test_only_plain_tcp_is_written_directly(tcp_pair: Tuple[socket.socket, socket.socket]
-                                             ) -> None:
-    """The connection writes through the protocol over Twisted's plain TCP transport only; TLS
-    (with startTLS or as a wrapper), Unix sockets, wrappers and in-memory transports keep their
-    own ``write``."""
-    protocol, transport, _ = _serve(tcp_pair[0])
+@pytest.mark.parametrize("kind", [LeanServer, tcp.Server])
+def test_only_plain_tcp_is_written_directly(tcp_pair: Tuple[socket.socket, socket.socket],
+                                             kind: type) -> None:
+    """The connection writes through the protocol over a plain TCP transport only (Twisted's
+    or the listeners' ``LeanServer``); TLS (with startTLS or as a wrapper), Unix sockets,
+    wrappers and in-memory transports keep their own ``write``."""
+    protocol, transport, _ = _serve(tcp_pair[0], kind=kind)
     assert direct_writable(transport)
     assert protocol.connection.transport is protocol
     transport.TLS = True  # what startTLS sets
@@ -171,6 +176,33 @@ def test_only_plain_tcp_is_written_directly(tcp_pair: Tuple[socket.socket, socke
     memory.makeConnection(string_transport)
     assert not direct_writable(string_transport)
     assert memory.connection.transport is string_transport
+
+
+def test_lean_transport_keeps_only_what_it_cannot_compute(
+        tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    """The listeners' ``LeanServer`` keeps no log prefix, ``repr``, bound ``fileno``, second
+    copy of the peer's host or empty write list per connection; each reads as Twisted's
+    ``tcp.Server`` would give it (``fileno`` -1 once closed), and queued writes still go out."""
+    server, client = tcp_pair
+    protocol = MQTTFactory(Broker(FDReactor())).buildProtocol(None)
+    listening = type("Port", (), {"_realPortNumber": 1883})()
+    transport = LeanServer(server, protocol, ("127.0.0.1", 50000), listening, 7, FDReactor())
+    protocol.makeConnection(transport)
+    kept = set(vars(transport))
+    assert not kept & {"logstr", "repstr", "fileno", "hostname", "_tempDataBuffer", "_waiting"}
+    assert transport.logPrefix() == "MQTTProtocol,7,127.0.0.1"
+    assert repr(transport) == "<MQTTProtocol #7 on 1883>"
+    assert transport.hostname == "127.0.0.1"
+    assert transport.fileno() == server.fileno()
+    transport.write(b"queued")
+    assert transport._tempDataBuffer == [b"queued"]
+    transport.doWrite()
+    assert _read_exactly(client, 6) == b"queued"
+    assert "_waiting" not in vars(transport) or transport._waiting is None
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert transport.fileno() == -1
+    assert transport.logPrefix() == "closed,7,127.0.0.1"
+    assert repr(transport) == "<closed #7 on 1883>"
 
 
 def test_held_back_publisher_is_not_read(tcp_pair: Tuple[socket.socket, socket.socket]
@@ -389,7 +421,7 @@ def test_tcp_nodelay_through_a_wrapper(tcp_pair: Tuple[socket.socket, socket.soc
     """Under a protocol wrapper (TLS, PROXY protocol) the TCP socket still gets the option."""
     server = tcp_pair[0]
     wrapper = ProtocolWrapper(WrappingFactory(MQTTFactory(Broker(FDReactor()))),
-                              MQTTProtocol(Broker(FDReactor())))
+                              MQTTFactory(Broker(FDReactor())).buildProtocol(None))
     wrapper.transport = tcp.Server(server, wrapper, server.getpeername(), None, 0, FDReactor())
     assert not direct_writable(wrapper)
     assert set_tcp_nodelay(wrapper) is True
@@ -400,8 +432,8 @@ def test_tcp_nodelay_not_tcp() -> None:
     """A Unix socket or an in-memory transport is left alone, without an error."""
     left, right = socket.socketpair()
     with left, right:
-        transport = tcp.Server(left, MQTTProtocol(Broker(FDReactor())), ("", 0), None, 0,
-                               FDReactor())
+        transport = tcp.Server(left, MQTTFactory(Broker(FDReactor())).buildProtocol(None),
+                               ("", 0), None, 0, FDReactor())
         assert set_tcp_nodelay(transport) is False
     assert set_tcp_nodelay(StringTransport()) is False
 

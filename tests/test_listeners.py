@@ -338,6 +338,35 @@ def test_stopping_a_listener_disconnects_its_clients(topic: str) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_tcp_listeners_accept_with_the_lean_transport(pki: PKI, tmp_path: Path) -> Any:
+    """MQTT listeners on TCP (plain, TLS, behind the PROXY protocol) give their connections
+    ``LeanServer`` transports; a Unix socket and the other listeners keep Twisted's."""
+    from twisted.internet import reactor, tcp, unix
+
+    from twisted_mqtt.transport import LeanServer
+
+    service = BrokerService(reactor=reactor, authenticator=AllowAll(),
+                            capabilities=Capabilities(sys_interval=0))
+    lean = [service.add_listener("tcp:0:interface=127.0.0.1"),
+            service.add_listener(mqtts_endpoint(pki)),
+            service.add_listener("haproxy:tcp:0:interface=127.0.0.1")]
+    local = service.add_listener(f"unix:{tmp_path / 'mqtt.sock'}")
+    stats = service.add_stats_listener("tcp:0:interface=127.0.0.1")
+    service.startService()
+    try:
+        assert [listener.port.transport for listener in lean] == [LeanServer] * 3  # type: ignore
+        assert local.port.transport is unix.Server  # type: ignore
+        assert stats.port.transport is tcp.Server  # type: ignore
+        address = (HOST, lean[0].port.getHost().port)  # type: ignore[union-attr]
+        with socket.create_connection(address, timeout=TIMEOUT) as raw:
+            yield threads.deferToThread(raw.sendall, connect_packet("lean"))
+            answer = yield threads.deferToThread(read_until_closed, raw)
+        assert answer == b"\x20\x02\x00\x00"
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
 def test_embedded_listener_that_cannot_listen() -> Any:
     """Embedded (not owning the process), a listener that cannot listen raises from
     ``startService`` -- still a ``CannotListenError``, whose text names the listener."""

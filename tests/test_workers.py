@@ -335,6 +335,30 @@ def test_adopted_socket_accepts_without_blocking() -> None:
             port.stopListening()
 
 
+def test_adopted_listener_accepts_with_the_lean_transport() -> None:
+    """A worker's MQTT listener, accepting on the socket it inherits, gives its connections
+    ``LeanServer`` transports as a listener that binds its own does."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from twisted_mqtt.transport import LeanServer
+    from twisted_mqtt.workers import _Inherited
+
+    listener = BrokerService(reactor=reactor).add_listener(LOOPBACK)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        listener.endpoint = serverFromString(_Inherited(reactor, os.dup(sock.fileno())),
+                                             LOOPBACK)
+        listener.startService()
+        try:
+            assert listener.port is not None
+            assert listener.port.getHost().port == sock.getsockname()[1]
+            assert listener.port.transport is LeanServer  # type: ignore[attr-defined]
+        finally:
+            listener.stopService()
+
+
 def test_listeners_bound_once_under_twistd(supervisor: Supervisor,
                                            log_events: List[dict]) -> None:
     """twistd binds in privilegedStartService, then starts: each listener is bound and logged

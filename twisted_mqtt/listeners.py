@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_mqtt.packets import ReasonCode
+from twisted_mqtt.transport import use_lean_server
 
 if TYPE_CHECKING:
     from twisted_mqtt.broker import Broker
@@ -117,13 +118,15 @@ class ListenerService(Service):
 
     ``kind`` names what it serves in the log line written once it listens:
     ``listening for KIND on ENDPOINT at ADDRESS``.  ``backlog``, if given, is the listen queue
-    used when the endpoint string sets none.
+    used when the endpoint string sets none.  With ``lean``, a TCP port (also under TLS or
+    PROXY protocol) gives its connections ``LeanServer`` transports.
     """
 
     def __init__(self, reactor: Any, endpoint: str, factory: IProtocolFactory, kind: str,
                  tracker: Optional[ConnectionTracker] = None,
-                 backlog: Optional[int] = None) -> None:
+                 backlog: Optional[int] = None, lean: bool = False) -> None:
         self.description = endpoint
+        self.lean = lean
         listen = endpoint if backlog is None else with_backlog(endpoint, backlog)
         self.endpoint = serverFromString(reactor, listen)
         self.factory = factory
@@ -163,6 +166,8 @@ class ListenerService(Service):
 
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
+        if self.lean:
+            use_lean_server(port)
         log.info("listening for {kind} on {endpoint} at {address}", kind=self.kind,
                  endpoint=self.description, address=format_address(port.getHost()))
 

@@ -16,10 +16,12 @@ from typing import Any, List, Optional
 
 from twisted.internet.interfaces import (
     IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
     IProtocolNegotiationFactory,
     IPushProducer,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.tcp import Server as TCPServer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,6 +30,7 @@ from twisted_mqtt.broker import Broker
 from twisted_mqtt.connection import Connection
 from twisted_mqtt.listeners import ConnectionTracker
 from twisted_mqtt.tls import certificate_subject
+from twisted_mqtt.transport import LeanServer
 
 
 def peer_host(transport: Any) -> Optional[str]:
@@ -47,9 +50,11 @@ bursts) are left to the reactor, which sends them as the socket drains."""
 
 def direct_writable(transport: Any) -> bool:
     """Whether the protocol may send on ``transport``'s socket itself: only Twisted's own plain
-    TCP server transport (not a subclass such as a Unix socket, which may pass file descriptors
-    with its data; not TLS, not a wrapper such as PROXY protocol's)."""
-    return type(transport) is TCPServer and not transport.TLS
+    TCP server transport or its ``LeanServer`` (not another subclass such as a Unix socket,
+    which may pass file descriptors with its data; not TLS, not a wrapper such as PROXY
+    protocol's)."""
+    kind = type(transport)
+    return (kind is LeanServer or kind is TCPServer) and not transport.TLS
 
 
 def set_tcp_nodelay(transport: Any) -> bool:
@@ -89,35 +94,53 @@ class OutputProducer:
         """The transport is closing; nothing to do."""
 
 
-@implementer(IPushProducer, IHandshakeListener)
-class MQTTProtocol(Protocol):
+@implementer(IProtocol, ILoggingContext, IPushProducer, IHandshakeListener)
+class MQTTProtocol:
     """Feeds a transport's bytes to a ``Connection``; an ``OutputProducer`` relays the
     transport's back-pressure to it.
 
     Over a plain TCP transport it is also the transport the ``Connection`` writes to (see
     ``write``); it then passes closing and reading calls through to the real transport.
+
+    It provides ``IProtocol`` without inheriting Twisted's ``Protocol``, so that it can have
+    ``__slots__`` (an idle connection then keeps no attribute dict for it); its broker,
+    listener name and tracker are its factory's.
     """
 
+    __slots__ = ("factory", "transport", "connection", "_first_data")
+    factory: MQTTFactory
+    transport: Any
     connection: Connection
-    _first_data = True
+    _first_data: bool
 
-    def __init__(self, broker: Broker, listener: str = "",
-                 tracker: Optional[ConnectionTracker] = None) -> None:
-        self.broker = broker
-        self.listener = listener
-        self.tracker = tracker
+    def __init__(self, factory: MQTTFactory) -> None:
+        self.factory = factory
+        self.transport = None
+        self._first_data = True
+
+    def makeConnection(self, transport: Any) -> None:
+        """Bind to ``transport`` and set the connection up."""
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        """The prefix of Twisted's log lines about this connection's transport."""
+        return "MQTTProtocol"
 
     def connectionMade(self) -> None:
         """Create the connection state machine and register for back-pressure."""
-        transport: Any = self.transport
+        transport = self.transport
         factory = self.factory
-        if factory is None or getattr(factory, "tcp_nodelay", True):
+        if factory.tcp_nodelay:
             set_tcp_nodelay(transport)
         output = self if direct_writable(transport) else transport
-        self.connection = Connection(self.broker, output, peer_host(transport), self.listener)
-        if self.tracker is not None:
-            self.tracker.opened(self.connection)
-        transport.registerProducer(OutputProducer(self.connection), True)
+        # Over plain TCP the peer's address is final now; behind a wrapper (PROXY protocol) it
+        # is read again with the first data.
+        self._first_data = output is not self
+        connection = self.connection = Connection(factory.broker, output, peer_host(transport),
+                                                  factory.listener)
+        factory.tracker.opened(connection)
+        transport.registerProducer(OutputProducer(connection), True)
 
     # -- the transport the Connection writes to, over plain TCP --------------------------------
 
@@ -142,23 +165,23 @@ class MQTTProtocol(Protocol):
 
     def loseConnection(self) -> None:
         """Close once everything queued is written."""
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()
 
     def loseWriteConnection(self) -> None:
         """Half-close (FIN) once everything queued is written; keep reading."""
-        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        self.transport.loseWriteConnection()
 
     def abortConnection(self) -> None:
         """Close now, dropping anything queued."""
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def getPeer(self) -> Any:
         """The peer's address."""
-        return self.transport.getPeer()  # type: ignore[union-attr]
+        return self.transport.getPeer()
 
     def getHost(self) -> Any:
         """The local address."""
-        return self.transport.getHost()  # type: ignore[union-attr]
+        return self.transport.getHost()
 
     # -- events from the transport -------------------------------------------------------------
 
@@ -177,23 +200,23 @@ class MQTTProtocol(Protocol):
             self.connection.address = peer_host(self.transport)
         self.connection.data_received(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         """Detach the connection from its session."""
-        self.connection.connection_lost()
-        if self.tracker is not None:
-            self.tracker.closed(self.connection)
+        connection = self.connection
+        connection.connection_lost()
+        self.factory.tracker.closed(connection)
 
     def pauseProducing(self) -> None:
         """Stop reading from the client (a publisher held back by a blocked subscriber)."""
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """Read from the client again."""
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         """Stop reading for good."""
-        self.transport.stopProducing()  # type: ignore[union-attr]
+        self.transport.stopProducing()
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -208,11 +231,9 @@ class MQTTFactory(Factory):
         self.tcp_nodelay = tcp_nodelay
         """Whether accepted TCP connections get TCP_NODELAY (Nagle's algorithm off)."""
 
-    def buildProtocol(self, addr: Any) -> MQTTProtocol:
+    def buildProtocol(self, addr: Any) -> MQTTProtocol:  # type: ignore[override]
         """A protocol bound to this factory's broker."""
-        protocol = MQTTProtocol(self.broker, self.listener, self.tracker)
-        protocol.factory = self
-        return protocol
+        return MQTTProtocol(self)
 
     def acceptableProtocols(self) -> List[bytes]:
         """ALPN over TLS: ``mqtt``.  A client offering other protocols only is refused at the

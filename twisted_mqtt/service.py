@@ -77,7 +77,7 @@ class BrokerService(MultiService):
         Nagle's algorithm off on the TCP connections accepted (see docs/performance.md)."""
         factory = MQTTFactory(self.broker, endpoint, tcp_nodelay)
         listener = ListenerService(self.reactor, endpoint, factory, "MQTT", factory.tracker,
-                                   DEFAULT_BACKLOG)
+                                   DEFAULT_BACKLOG, lean=True)
         return self._adopt(listener, endpoint)
 
     def add_websocket_listener(self, endpoint: str, path: Optional[str] = None,
