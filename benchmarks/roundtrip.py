@@ -16,7 +16,9 @@ PUBACK to it and PUBLISH to responder *i*; the responder's PUBACK and QoS 1 answ
 a new connection's CONNECT (clean session, keep alive 600), the broker's CONNACK, one PINGREQ
 and its PINGRESP; a "round trip" is then one such connection (they stay open).
 ``--workload stream`` is the ``stream`` scenario: QoS 0 messages from one publisher to one
-subscriber, 100 per read; the figure is per message.  ``--log text``
+subscriber, 100 per read; the figure is per message.  ``--workload qos1`` is the ``qos1``
+scenario: 10 publisher/subscriber pairs, 100 QoS 1 messages per read and their 100 PUBACKs in
+one read; the figure is per message.  ``--log text``
 (or ``json``) logs as ``python -m twisted_mqtt`` does, to /dev/null, with no reactor running
 (so every line is written at once); by default the log events are only kept in Twisted's
 start-up buffer.
@@ -155,8 +157,34 @@ def stream(rounds: int, level: int, devices: int) -> float:
     return time.perf_counter() - start
 
 
-WORKLOADS = {"reqresp": run, "connect": connect, "stream": stream}
-UNITS = {"reqresp": "round trip", "connect": "connection", "stream": "message"}
+def qos1(rounds: int, level: int, devices: int) -> float:
+    """Forward ``rounds * devices`` QoS 1 messages between 10 publisher/subscriber pairs, each
+    publisher sending 100 64-byte PUBLISHes per read and its subscriber answering them with
+    100 PUBACKs in one read, as the ``qos1`` scenario's clients do; return the seconds they
+    took."""
+    broker = Broker(Clock(), Capabilities(sys_interval=0), authenticator=AllowAll())
+    broker.start()
+    pairs = []
+    for i in range(10):
+        subscriber = client(broker, f"s{i}", level, f"qos1/{i}")
+        publisher = client(broker, f"p{i}", level, "none/1")
+        burst = b"".join(encode(Publish(f"qos1/{i}", bytes(56) + n.to_bytes(8, "big"), 1,
+                                        packet_id=n + 1), level) for n in range(100))
+        pairs.append((publisher, subscriber, burst))
+    # The subscribers' packet ids as the broker allocates them: 1, 2, ... 65535, 1, ...
+    acks = [b"".join(b"\x40\x02" + ((100 * k + n) % 65535 + 1).to_bytes(2, "big")
+                     for n in range(100)) for k in range(rounds * devices // 1000)]
+    start = time.perf_counter()
+    for answer in acks:
+        for publisher, subscriber, burst in pairs:
+            publisher.data_received(burst)
+            subscriber.data_received(answer)
+    return time.perf_counter() - start
+
+
+WORKLOADS = {"reqresp": run, "connect": connect, "stream": stream, "qos1": qos1}
+UNITS = {"reqresp": "round trip", "connect": "connection", "stream": "message",
+         "qos1": "message"}
 
 
 def instructions(args: argparse.Namespace, rounds: int) -> int:
