@@ -17,6 +17,8 @@ from zope.interface.verify import verifyObject
 from twisted_mqtt.interfaces import IStoredState
 from twisted_mqtt.packets import (
     Disconnect,
+    PingReq,
+    PingResp,
     PubAck,
     PubComp,
     Publish,
@@ -369,6 +371,21 @@ class HeldStore(MemoryStore):
         d.callback(None)
 
 
+def qos2_subscriber(store: HeldStore) -> Tuple[InMemoryBroker, InMemoryClient,
+                                                InMemoryClient]:
+    """A durable broker on ``store``, a persistent subscriber to ``t`` at QoS 2 whose records
+    are committed, and a publisher with a clean session."""
+    hub, _ = start(store, durable=True)
+    sub = persistent(hub, "sub")
+    sub.send(Subscribe(1, (Subscription("t", 2),)))
+    turn(hub)
+    store.release()
+    sub.received()
+    pub = hub.client()
+    pub.connect("pub")
+    return hub, sub, pub
+
+
 def test_durable_acknowledges_after_commit() -> None:
     """In durable mode PUBACK and PUBREC wait for the commit of the batch holding the message;
     messages arriving meanwhile go into the next batch (one commit at a time)."""
@@ -404,14 +421,7 @@ def test_durable_sends_qos2_once_its_record_is_committed() -> None:
     output waits gets its DISCONNECT but not the held PUBLISH, which stays in flight and is
     resent with its packet identifier to the next connection, once committed."""
     store = HeldStore()
-    hub, _ = start(store, durable=True)
-    sub = persistent(hub, "sub", level=V5)
-    sub.send(Subscribe(1, (Subscription("t", 2),)))
-    turn(hub)
-    store.release()
-    sub.received()
-    pub = hub.client()
-    pub.connect("pub")
+    hub, sub, pub = qos2_subscriber(store)
     pub.send(Publish("t", b"1", 1, packet_id=1), Publish("t", b"2", 2, packet_id=2))
     got = [(p.payload, p.qos) for p in sub.received()]
     assert got == [(b"1", 1)]
@@ -439,6 +449,57 @@ def test_durable_sends_qos2_once_its_record_is_committed() -> None:
     resent = [(p.payload, p.packet_id, p.dup) for p in again.received()
               if isinstance(p, Publish)]
     assert resent == [(b"3", 3, True)]
+
+
+def test_durable_qos2_stream_goes_out_commit_by_commit() -> None:
+    """QoS 2 messages that keep coming while their records are committed go out as each commit
+    ends (each waits for its own record's commit alone), in order [MQTT-4.6.0-6], not once the
+    stream pauses for a whole commit."""
+    store = HeldStore()
+    hub, sub, pub = qos2_subscriber(store)
+    for n in range(1, 5):
+        pub.send(Publish("t", str(n).encode(), 2, packet_id=n), Publish("t", b"q0", 0))
+        turn(hub)  # a commit of message n starts (or waits for the one under way)
+        if n > 1:
+            store.release()  # message n - 1's commit ends while message n waits for its own
+            assert [(p.payload, p.qos) for p in sub.received()] == [
+                (str(n - 1).encode(), 2), (b"q0", 0)]
+            assert pub.received() == [PubRec(n - 1)]
+    store.release()
+    assert [(p.payload, p.qos) for p in sub.received()] == [(b"4", 2), (b"q0", 0)]
+
+
+def test_durable_batch_that_cancels_out_sends_what_waited() -> None:
+    """A batch whose changes cancel out within the turn (a subscriber that answers PUBREC and
+    PUBCOMP to the QoS 2 PUBLISH it has not been sent yet) commits nothing: the publisher's
+    PUBREC and the subscriber's held output go out at once, not at the next unrelated write."""
+    store = HeldStore()
+    hub, sub, pub = qos2_subscriber(store)
+    pub.send(Publish("t", b"x", 2, packet_id=7))
+    sub.send(PubRec(1), PubComp(1))
+    assert (pub.received(), sub.received()) == ([], [])
+    turn(hub)
+    assert store.held == []
+    assert pub.received() == [PubRec(7)]
+    assert [(type(p).__name__, p.packet_id) for p in sub.received()] == [
+        ("Publish", 1), ("PubRel", 1)]
+
+
+def test_durable_answers_pingreq_while_a_qos2_publish_waits() -> None:
+    """While a QoS 2 PUBLISH waits for its commit (the store slow, or down and retried), PINGREQ
+    is answered [MQTT-3.12.4-1] ahead of it, so that the client keeps its connection; what was
+    queued after the PUBLISH keeps its place behind it."""
+    store = HeldStore()
+    hub, sub, pub = qos2_subscriber(store)
+    pub.send(Publish("t", b"2", 2, packet_id=1), Publish("t", b"0", 0))
+    sub.send(PingReq())
+    assert sub.received() == [PingResp()]
+    turn(hub)  # the commit starts, and does not end
+    sub.send(PingReq(), PingReq())
+    assert sub.received() == [PingResp(), PingResp()]
+    store.release()
+    assert [(type(p).__name__, getattr(p, "payload", None)) for p in sub.received()] == [
+        ("Publish", b"2"), ("Publish", b"0")]
 
 
 def test_durable_no_write_no_wait() -> None:

@@ -136,12 +136,21 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
+class OutputHold:
+    """A commit that a connection's output waits for, from its ``at``-th queued packet on."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
 class _Occasional:
     """What few connections need, kept apart so that an idle connection does not hold it."""
 
     __slots__ = ("holding", "held_by", "retained_lookups", "lookup_limit", "replay",
                  "resending", "exchange", "reauthenticating", "assigned_id", "linger",
-                 "aliases_in", "aliases_out", "output_holds", "held_from")
+                 "aliases_in", "aliases_out", "holds")
 
     def __init__(self) -> None:
         self.holding: Optional[List[Connection]] = None
@@ -166,10 +175,9 @@ class _Occasional:
         """The client id the broker assigned (the client sent none)."""
         self.linger: Any = None
         """The call that closes a half-closed connection for good."""
-        self.output_holds = 0
-        """How many commits the output queued from ``held_from`` on waits for (see
+        self.holds: Optional[List[OutputHold]] = None
+        """The commits the output waits for, in the order of the packets they hold from (see
         ``Connection.hold_output``)."""
-        self.held_from = 0
         self.aliases_in: Optional[Dict[int, str]] = None
         self.aliases_out: Optional[Dict[str, int]] = None
 
@@ -469,10 +477,10 @@ class Connection:
         self._dirty = False
         out = self._out
         if out and not self.paused:
-            more = self._more
-            if more.output_holds:
-                if more.held_from:
-                    self._write_before_hold(out, more)
+            holds = self._more.holds
+            if holds:
+                if holds[0].at:
+                    self._write_before_hold(out, holds)
                 return
             queued = self._queued
             if queued <= WRITE_CHUNK:
@@ -487,30 +495,41 @@ class Connection:
                 self._queued <= self.broker.capabilities.maximum_pending_bytes // 2):
             self._unblock()
 
-    def hold_output(self) -> None:
-        """Send nothing from the last packet queued on until ``release_output``: a store holds
-        a QoS 2 PUBLISH until its record is committed, so that a broker killed in between does
-        not deliver it again from a record that never had it as sent."""
+    def hold_output(self) -> OutputHold:
+        """Send nothing from the last packet queued on (but PINGRESP) until ``release_output``
+        of the hold returned: a store holds a QoS 2 PUBLISH until its record is committed, so
+        that a broker killed in between does not deliver it again from a record that never
+        had it as sent."""
         more = self._occasional()
-        if not more.output_holds:
-            more.held_from = max(0, len(self._out) - 1)
-        more.output_holds += 1
+        hold = OutputHold(max(0, len(self._out) - 1))
+        if more.holds is None:
+            more.holds = [hold]
+        else:
+            more.holds.append(hold)
+        return hold
 
-    def release_output(self) -> None:
-        """One ``hold_output`` ended: once none is left, what waited is sent."""
-        more = self._more
-        if not more.output_holds:
+    def release_output(self, hold: OutputHold) -> None:
+        """The commit ``hold`` waited for is done: what no other hold keeps back is sent."""
+        holds = self._more.holds
+        if not holds:
             return  # dropped at close
-        more.output_holds -= 1
-        if not more.output_holds and self._out and not self._dirty and self.state != CLOSED:
+        for index, held in enumerate(holds):
+            if held is hold:
+                del holds[index]
+                break
+        else:
+            return
+        if index == 0 and self._out and not self._dirty and self.state != CLOSED:
             self._dirty = True
             self.broker.dirty.append(self)
 
-    def _write_before_hold(self, out: List[bytes], more: _Occasional) -> None:
-        """Write what was queued before the output was held."""
-        data = b"".join(out[:more.held_from])
-        del out[:more.held_from]
-        more.held_from = 0
+    def _write_before_hold(self, out: List[bytes], holds: List[OutputHold]) -> None:
+        """Write what was queued before the first hold."""
+        count = holds[0].at
+        data = b"".join(out[:count])
+        del out[:count]
+        for hold in holds:
+            hold.at -= count
         self._queued -= len(data)
         self.broker.stats.bytes_sent += len(data)
         self.transport.write(data)
@@ -519,13 +538,15 @@ class Connection:
         """Closing while output is held: what waits for a commit is not sent (the session
         keeps it in flight, to resend on the next connection)."""
         more = self._more
-        if not more.output_holds:
+        holds = more.holds
+        if not holds:
             return
-        more.output_holds = 0
+        more.holds = None
         out = self._out
         if out is not _NO_OUTPUT:
-            self._queued -= sum(len(data) for data in out[more.held_from:])
-            del out[more.held_from:]
+            first = holds[0].at
+            self._queued -= sum(len(data) for data in out[first:])
+            del out[first:]
 
     def _write_pieces(self, out: List[bytes]) -> None:
         """Write ``out`` (the queue) in pieces until the transport pushes back, which it does
@@ -1784,7 +1805,21 @@ class Connection:
 
     def _on_pingreq(self, packet: PingReq) -> None:
         self.broker.stats.packets_sent += 1
-        self.write(b"\xd0\x00")  # [MQTT-3.12.4-1]
+        holds = self._more.holds
+        if not holds:
+            self.write(b"\xd0\x00")  # [MQTT-3.12.4-1]
+            return
+        # The output waits for a commit (see ``hold_output``): the answer goes before what
+        # waits, as it goes before acknowledgements that wait (nothing orders it among the
+        # other packets), so that a slow or unavailable store does not make the client take
+        # the broker for dead.
+        queued = len(self._out)
+        self.write(b"\xd0\x00")
+        out = self._out
+        if len(out) > queued:  # not dropped by a packet hook, nor with the whole output
+            out.insert(holds[0].at, out.pop())
+            for hold in holds:
+                hold.at += 1
 
     def _on_disconnect(self, packet: Disconnect) -> None:
         session = self.session

@@ -228,10 +228,11 @@ class Recorder(Hook):
         self.hold_qos2 = durable
         """Whether a QoS 2 PUBLISH to a stored session is sent only once its record is
         committed (exactly once across a crash)."""
-        self._holding: Set[Any] = set()
-        """Connections whose output waits for the next commit."""
-        self._commit_holding: Set[Any] = set()
-        """Connections whose output waits for the commit under way."""
+        self._holding: Dict[Any, Any] = {}
+        """Connection -> its ``OutputHold`` (see ``Connection.hold_output``) for the next
+        commit."""
+        self._commit_holding: Dict[Any, Any] = {}
+        """Connection -> its ``OutputHold`` for the commit under way."""
         self._reset()
 
     def _reset(self) -> None:
@@ -378,14 +379,11 @@ class Recorder(Hook):
         batch = self._build()
         if not batch:  # what was noted cancelled out (sent and acknowledged in one turn)
             waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
-            if self._holding:
-                self._release(self._holding)
-                self._holding = set()
+            held, self._holding = self._holding, {}
+            self._let_go(waiters, held)
             return
         self._commit_waiters, self._waiters = self._waiters, []
-        self._commit_holding, self._holding = self._holding, set()
+        self._commit_holding, self._holding = self._holding, {}
         self._committing = True
         self._commit(batch)
 
@@ -403,20 +401,20 @@ class Recorder(Hook):
         self._retry_delay = RETRY_FIRST
         self._committing = False
         waiters, self._commit_waiters = self._commit_waiters, []
-        for d in waiters:
-            d.callback(None)
-        held, self._commit_holding = self._commit_holding, set()
-        if held:
-            self._release(held)
-        if waiters or held:
-            self.broker.flush()  # what was held back released, one write per connection
+        held, self._commit_holding = self._commit_holding, {}
+        self._let_go(waiters, held)
         if self._pending:
             self._flush()
 
-    @staticmethod
-    def _release(connections: Set[Any]) -> None:
-        for connection in connections:
-            connection.release_output()
+    def _let_go(self, waiters: List[Deferred[None]], held: Dict[Any, Any]) -> None:
+        """What waited for a commit goes on: the acknowledgements of ``waiters`` and the
+        output of the ``held`` connections, sent with one write per connection."""
+        for d in waiters:
+            d.callback(None)
+        for connection, hold in held.items():
+            connection.release_output(hold)
+        if waiters or held:
+            self.broker.flush()
 
     def _hold(self, client_id: str) -> None:
         """Hold the output of ``client_id``'s connection until what is recorded now is
@@ -431,8 +429,7 @@ class Recorder(Hook):
         connection = session.connection if session is not None else None
         hold = getattr(connection, "hold_output", None)
         if hold is not None and connection not in holding:
-            hold()
-            holding.add(connection)
+            holding[connection] = hold()
 
     def _failed(self, failure: Any, batch: Batch) -> None:
         location = self.store.location
