@@ -335,11 +335,17 @@ def chunked(data: st.DataObject, blob: bytes) -> List[bytes]:
 
 
 def feed_all(decoder: Decoder, chunks: Sequence[bytes]) -> List[Any]:
-    """Every packet the chunks decode to, a ``Run`` taken apart into its packets."""
+    """Every packet the chunks decode to, a ``Run`` taken apart into its packets and a
+    ``PubAckRun`` into its packet identifiers."""
     out: List[Any] = []
     for chunk in chunks:
         for item in decoder.feed(chunk):
-            out += item.publishes() if isinstance(item, Run) else [item]
+            if isinstance(item, Run):
+                out += item.publishes()
+            elif type(item) is PubAckRun:
+                out += item
+            else:
+                out.append(item)
     return out
 
 
