@@ -57,13 +57,14 @@ def direct_writable(transport: Any) -> bool:
     return (kind is LeanServer or kind is TCPServer) and not transport.TLS
 
 
-def set_tcp_nodelay(transport: Any) -> bool:
+def set_tcp_nodelay(transport: Any, tcp: bool = False) -> bool:
     """Turn Nagle's algorithm off on a TCP transport (or one wrapping it, such as TLS or PROXY
     protocol, which pass attribute look-ups through); return whether it was done (not for a
     Unix socket or an in-memory transport).  The option is set on the socket directly: Twisted's
-    ``setTcpNoDelay`` logs a traceback when it fails."""
+    ``setTcpNoDelay`` logs a traceback when it fails.  With ``tcp`` the transport is known to
+    be a TCP one, and its socket's family is not looked at."""
     sock = getattr(transport, "socket", None)
-    if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+    if not tcp and getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
@@ -131,13 +132,19 @@ class MQTTProtocol:
         """Create the connection state machine and register for back-pressure."""
         transport = self.transport
         factory = self.factory
+        plain = direct_writable(transport)
+        if plain:
+            # The peer's address is final now; behind a wrapper (PROXY protocol's) it is read
+            # again with the first data.
+            output: Any = self
+            address = transport.client[0] or None
+            self._first_data = False
+        else:
+            output = transport
+            address = peer_host(transport)
         if factory.tcp_nodelay:
-            set_tcp_nodelay(transport)
-        output = self if direct_writable(transport) else transport
-        # Over plain TCP the peer's address is final now; behind a wrapper (PROXY protocol) it
-        # is read again with the first data.
-        self._first_data = output is not self
-        connection = self.connection = Connection(factory.broker, output, peer_host(transport),
+            set_tcp_nodelay(transport, plain)
+        connection = self.connection = Connection(factory.broker, output, address,
                                                   factory.listener)
         factory.tracker.opened(connection)
         transport.registerProducer(OutputProducer(connection), True)
