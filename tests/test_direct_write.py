@@ -166,6 +166,7 @@ def test_only_plain_tcp_is_written_directly(tcp_pair: Tuple[socket.socket, socke
     protocol, transport, _ = _serve(tcp_pair[0], kind=kind)
     assert direct_writable(transport)
     assert protocol.connection.transport is protocol
+    assert protocol.connection.address == tcp_pair[0].getpeername()[0]
     transport.TLS = True  # what startTLS sets
     assert not direct_writable(transport)
     transport.TLS = False
