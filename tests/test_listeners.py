@@ -339,8 +339,9 @@ def test_stopping_a_listener_disconnects_its_clients(topic: str) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_tcp_listeners_accept_with_the_lean_transport(pki: PKI, tmp_path: Path) -> Any:
-    """MQTT listeners on TCP (plain, TLS, behind the PROXY protocol) give their connections
-    ``LeanServer`` transports; a Unix socket and the other listeners keep Twisted's."""
+    """MQTT listeners on TCP (plain, TLS, behind the PROXY protocol, WebSocket) give their
+    connections ``LeanServer`` transports; a Unix socket and the other listeners keep
+    Twisted's."""
     from twisted.internet import reactor, tcp, unix
 
     from twisted_mqtt.transport import LeanServer
@@ -349,12 +350,13 @@ def test_tcp_listeners_accept_with_the_lean_transport(pki: PKI, tmp_path: Path) 
                             capabilities=Capabilities(sys_interval=0))
     lean = [service.add_listener("tcp:0:interface=127.0.0.1"),
             service.add_listener(mqtts_endpoint(pki)),
-            service.add_listener("haproxy:tcp:0:interface=127.0.0.1")]
+            service.add_listener("haproxy:tcp:0:interface=127.0.0.1"),
+            service.add_websocket_listener("tcp:0:interface=127.0.0.1")]
     local = service.add_listener(f"unix:{tmp_path / 'mqtt.sock'}")
     stats = service.add_stats_listener("tcp:0:interface=127.0.0.1")
     service.startService()
     try:
-        assert [listener.port.transport for listener in lean] == [LeanServer] * 3  # type: ignore
+        assert [listener.port.transport for listener in lean] == [LeanServer] * 4  # type: ignore
         assert local.port.transport is unix.Server  # type: ignore
         assert stats.port.transport is tcp.Server  # type: ignore
         address = (HOST, lean[0].port.getHost().port)  # type: ignore[union-attr]

@@ -91,7 +91,7 @@ class BrokerService(MultiService):
         settings = WebSocketSettings.build(path, origins, trusted_proxies)
         factory = MQTTWebSocketFactory(self.broker, endpoint, settings)
         listener = ListenerService(self.reactor, endpoint, factory, "WebSocket", factory.tracker,
-                                   DEFAULT_BACKLOG)
+                                   DEFAULT_BACKLOG, lean=True)
         return self._adopt(listener, f"ws {endpoint}")
 
     def add_stats_listener(self, endpoint: str) -> ListenerService:
