@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from tests.spec import check_cited_labels
+from tests.test_storage_recorder import HeldStore
 from tests.test_runs import _expand, _stream
 from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.codec import AckedRun, Decoder, PubAckRun, encode
@@ -26,6 +27,8 @@ from twisted_mqtt.packets import (
     Subscription,
 )
 from twisted_mqtt.properties import Properties
+from twisted_mqtt.storage.memory import MemoryStore
+from twisted_mqtt.storage.recorder import Recorder
 from twisted_mqtt.testing import InMemoryBroker, InMemoryClient
 
 
@@ -91,9 +94,12 @@ SUBSCRIBER = st.fixed_dictionaries({
 })
 
 
-def _world(subscribers: List[Dict[str, Any]], publisher_level: int,
-           no_local: bool) -> Tuple[InMemoryBroker, List[InMemoryClient], InMemoryClient]:
-    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0))
+def _world(subscribers: List[Dict[str, Any]], publisher_level: int, no_local: bool,
+           durable: bool = False) -> Tuple[InMemoryBroker, List[InMemoryClient], InMemoryClient]:
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0), start=False)
+    if durable:  # a durable store: PUBACKs held by its commit, deliveries recorded by hooks
+        Recorder(hub.broker, MemoryStore(), durable=True).open()
+    hub.broker.start()
     clients = []
     for index, spec in enumerate(subscribers):
         level = spec["level"]
@@ -122,7 +128,7 @@ def _world(subscribers: List[Dict[str, Any]], publisher_level: int,
 
 def _outcome(hub: InMemoryBroker, clients: List[InMemoryClient],
              publisher: InMemoryClient) -> List[Any]:
-    hub.advance(0)
+    hub.clock.advance(0)
     seen = [publisher.received()] + [c.received() for c in clients]
     stats = hub.broker.stats
     return seen + [(stats.messages_received, stats.messages_sent, stats.dropped,
@@ -130,21 +136,23 @@ def _outcome(hub: InMemoryBroker, clients: List[InMemoryClient],
                      for cid, s in hub.broker.sessions.items()})]
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(subscribers=st.lists(SUBSCRIBER, max_size=4), level=st.sampled_from([4, 5]),
        topics=st.lists(st.sampled_from(["t", "t", "t", "u", "t/x"]), min_size=1, max_size=8),
-       no_local=st.booleans())
+       no_local=st.booleans(), durable=st.booleans())
 def test_run_outcome_equals_packet_by_packet(subscribers: List[Dict[str, Any]], level: int,
-                                             topics: List[str], no_local: bool) -> None:
+                                             topics: List[str], no_local: bool,
+                                             durable: bool) -> None:
     """Whoever subscribes (protocol, QoS, receive maximum, offline, packet size limit,
-    subscription identifier, the publisher itself), routing a run gives every client the same
-    packets, the publisher the same acknowledgements, and the counters, in-flight windows and
-    queues the same values as sending the packets one per read [MQTT-4.6.0-6, MQTT-4.9.0-2,
-    MQTT-3.3.4-1]."""
+    subscription identifier, the publisher itself), with or without a durable store (whose
+    commit holds the PUBACKs and whose hooks record the deliveries), routing a run gives every
+    client the same packets, the publisher the same acknowledgements, and the counters,
+    in-flight windows and queues the same values as sending the packets one per read
+    [MQTT-4.6.0-6, MQTT-4.9.0-2, MQTT-3.3.4-1]."""
     packets = [Publish(t, b"m%d" % i * (i + 6), 1, packet_id=i + 1) for i, t in enumerate(topics)]
-    together = _world(subscribers, level, no_local)
+    together = _world(subscribers, level, no_local, durable)
     together[2].send(*packets)
-    apart = _world(subscribers, level, no_local)
+    apart = _world(subscribers, level, no_local, durable)
     for packet in packets:
         apart[2].send(packet)
     assert _outcome(*together) == _outcome(*apart)
@@ -251,6 +259,41 @@ def test_puback_run_decoded_once() -> None:
     """Three plain PUBACKs in one read come out of the decoder as one run of their ids."""
     data = b"".join(encode(PubAck(i), 4) for i in (5, 6, 7))
     assert Decoder(4, raw_publish=True).feed(data) == [PubAckRun([5, 6, 7])]
+
+
+def test_run_acknowledged_once_its_commit_is_done() -> None:
+    """With a durable store, a run of QoS 1 messages to a persistent subscriber is sent on at
+    once and its PUBACKs wait, together, for the commit that records the deliveries
+    [MQTT-4.3.2-4]; they count against Receive Maximum meanwhile, so a next run that would
+    pass it is handled one message at a time, and the client is disconnected with 0x93 at the
+    message that passes it [MQTT-3.3.4-7]."""
+    store = HeldStore()
+    hub = InMemoryBroker(capabilities=Capabilities(sys_interval=0, receive_maximum=8),
+                         start=False)
+    Recorder(hub.broker, store, durable=True).open()
+    hub.broker.start()
+    subscriber = hub.client(protocol_level=5)
+    subscriber.connect("s", clean_start=False, properties=Properties(session_expiry_interval=60))
+    subscriber.send(Subscribe(1, (Subscription("t", 1),)))
+    hub.clock.advance(0)
+    store.release()
+    subscriber.received()
+    publisher = hub.client(protocol_level=5)
+    publisher.connect("p")
+    publisher.send(*(Publish("t", b"%d" % n, 1, packet_id=n) for n in range(1, 6)))
+    assert [p.payload for p in subscriber.received()] == [b"%d" % n for n in range(1, 6)]
+    hub.clock.advance(0)
+    assert publisher.received() == [] and len(store.held) == 1
+    store.release()
+    assert publisher.received() == [PubAck(n) for n in range(1, 6)]
+    publisher.send(*(Publish("t", b"%d" % n, 1, packet_id=n) for n in range(6, 11)))
+    hub.clock.advance(0)
+    publisher.send(*(Publish("t", b"%d" % n, 1, packet_id=n) for n in range(11, 16)))
+    got = publisher.received()
+    assert [(type(p).__name__, getattr(p, "reason_code", None)) for p in got] == [
+        ("Disconnect", 0x93)]
+    store.release()
+    assert publisher.received() == []
 
 
 def test_cited_labels() -> None:

@@ -799,15 +799,15 @@ class Broker:
         stats.packets_sent += sent
         return True
 
-    def forward_acked(self, run: AckedRun, origin: str) -> Optional[int]:
+    def forward_acked(self, run: AckedRun, origin: str) -> Optional[Tuple[int, List[Message]]]:
         """Route a run of plain QoS 1 messages from ``origin``: each subscriber that can get
         them as received (same protocol family, no subscription identifier, topic alias or
         smaller packet limit) is sent them from their own bytes with its packet identifiers in
-        one write, others get them one by one.  Return how many sessions each reached, or None
-        (and do nothing) when a hook or a shared subscription needs them one at a time."""
+        one write, others get them one by one.  Return how many sessions each reached and the
+        messages routed (for ``ack_held``), or None (and do nothing) when a hook or a shared
+        subscription needs them one at a time."""
         hooks = self.hooks
-        if (hooks.on_select_subscribers or hooks.on_publish_dropped or hooks.on_message_queued
-                or hooks.on_qos_publish):
+        if hooks.on_select_subscribers or hooks.on_publish_dropped:
             return None
         topic = run.topic
         routes = self._routes.get(topic)
@@ -843,6 +843,7 @@ class Broker:
             inflight = session.open_inflight()
             quota = session.send_quota
             out = []
+            sent_ids = []
             for index, message in enumerate(messages):
                 if session.queue or len(inflight) >= quota:
                     self._enqueue(session, Delivery(message, 1, False, ()))
@@ -853,13 +854,18 @@ class Broker:
                     continue
                 inflight[packet_id] = Delivery(message, 1, False, ())
                 out.append(heads[index] + packet_id.to_bytes(2, "big") + tails[index])
+                sent_ids.append(packet_id)
             if out:
                 network.write(b"".join(out))
                 sent = len(out)
                 stats.messages_sent += sent
                 stats.messages_sent_by_qos[1] += sent
                 stats.packets_sent += sent
-        return reached
+                if hooks.on_qos_publish:
+                    for packet_id in sent_ids:
+                        hooks.notify(hooks.on_qos_publish, session.client_id, packet_id,
+                                     inflight[packet_id], False)
+        return reached, messages
 
     def _retain(self, message: Message) -> None:
         topic = message.topic

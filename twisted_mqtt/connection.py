@@ -1348,11 +1348,11 @@ class Connection:
             ack = encode(PubRec(packet_id, code), self.protocol_level)
         self._after_commit(ack, message if count >= 0 else None)
 
-    def _acknowledge(self, _: Any, ack: bytes) -> None:
-        """Queue an acknowledgement held until the store committed what it acknowledges (the
-        store flushes the broker once per commit)."""
+    def _acknowledge(self, _: Any, ack: bytes, count: int = 1) -> None:
+        """Queue ``count`` acknowledgements (``ack``), which may have been held until what they
+        acknowledge was safe (the store flushes the broker once per commit)."""
         if self.state != CLOSED:
-            self.broker.stats.packets_sent += 1
+            self.broker.stats.packets_sent += count
             self.write(ack)
 
     def _after_commit(self, ack: bytes, message: Optional[Message] = None) -> None:
@@ -1369,10 +1369,10 @@ class Connection:
         else:
             held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
 
-    def _ack_released(self, result: Any) -> Any:
-        """A held PUBACK is answered (sent, or refused): one fewer counts against the client's
-        Receive Maximum."""
-        self._acks_held -= 1
+    def _ack_released(self, result: Any, count: int = 1) -> Any:
+        """Held PUBACKs are answered (sent, or refused): ``count`` fewer count against the
+        client's Receive Maximum."""
+        self._acks_held -= count
         return result
 
     def _ack_refused(self, failure: Failure) -> None:
@@ -1416,15 +1416,18 @@ class Connection:
 
     def _on_acked_run(self, run: AckedRun) -> None:
         """Plain QoS 1 PUBLISH packets to one topic: routed and acknowledged together when no
-        hook needs them one by one, else handled one by one."""
+        hook needs them one by one (their PUBACKs held together by the acknowledgement
+        barriers), else handled one by one."""
         broker = self.broker
         hooks = broker.hooks
         client = self.client
         caps = broker.capabilities
         if (self.state == CONNECTED and client is not None and not run.topic.startswith("$SYS")
-                and not hooks.on_publish and not hooks.on_published
-                and not broker.ack_barriers and caps.maximum_qos
-                and levels_within(run.topic, caps.maximum_topic_levels)):
+                and not hooks.on_publish and not hooks.on_published and caps.maximum_qos
+                and levels_within(run.topic, caps.maximum_topic_levels)
+                and (not broker.ack_barriers or self.session is None  # one by one, the
+                     or len(self.session.inbound_qos2) + self._acks_held + run.count
+                     <= caps.receive_maximum)):  # run would pass Receive Maximum [MQTT-3.3.4-7]
             if hooks.authorizers:
                 answer = hooks.may_publish(client, run.topic)
                 if isinstance(answer, Deferred):
@@ -1437,15 +1440,26 @@ class Connection:
                             return
                         self._refuse_publish(fields[0], 1, fields[5])
                     return
-            count = broker.forward_acked(run, client.client_id)
-            if count is not None:
+            routed = broker.forward_acked(run, client.client_id)
+            if routed is not None:
+                count, messages = routed
                 ids = run.ids
                 if count or not self.v5:
-                    self.write(b"".join([b"\x40\x02" + i.to_bytes(2, "big") for i in ids]))
+                    acks = b"".join([b"\x40\x02" + i.to_bytes(2, "big") for i in ids])
                 else:
-                    self.write(b"".join([encode(PubAck(i, _R.NO_MATCHING_SUBSCRIBERS), V5)
-                                         for i in ids]))
-                broker.stats.packets_sent += len(ids)
+                    acks = b"".join([encode(PubAck(i, _R.NO_MATCHING_SUBSCRIBERS), V5)
+                                     for i in ids])
+                if broker.ack_barriers:
+                    held = [d for d in map(broker.ack_held, messages) if d is not None]
+                    if held:
+                        self._acks_held += len(ids)
+                        waiter = held[0] if len(held) == 1 else gatherResults(
+                            held, consumeErrors=True)
+                        waiter.addBoth(self._ack_released, len(ids))
+                        waiter.addCallbacks(self._acknowledge, self._ack_refused,
+                                            callbackArgs=(acks, len(ids)))
+                        return
+                self._acknowledge(None, acks, len(ids))
                 return
             allowed = True
         else:
