@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from tests.spec import check_cited_labels
-from tests.test_storage_recorder import HeldStore
 from tests.test_runs import _expand, _stream
+from tests.test_storage_recorder import HeldStore
 from twisted_mqtt.capabilities import Capabilities
 from twisted_mqtt.codec import AckedRun, Decoder, PubAckRun, encode
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
