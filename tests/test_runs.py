@@ -57,6 +57,32 @@ def test_run_decoded_once() -> None:
         assert Decoder(level).feed(data) == packets
 
 
+@given(sizes=st.lists(st.integers(0, 140), min_size=2, max_size=12),
+       limit=st.integers(10, 300))
+@settings(max_examples=150, deadline=None)
+def test_run_bounded_by_the_maximum_packet_size(sizes: List[int], limit: int) -> None:
+    """A run's packets are held to the Maximum Packet Size each: the first one past it is
+    refused (what came before it decoded) [MQTT-3.2.2-15], and a run's ``largest`` is the size
+    of its largest packet."""
+    packets = [Publish("a/b", bytes(size)) for size in sizes]
+    data = _stream(4, *packets)
+    sized = [len(encode(p, 4)) for p in packets]
+    decoder = Decoder(4, max_packet_size=limit, raw_publish=True)
+    try:
+        items = decoder.feed(data)
+    except CodecError as error:
+        assert "exceeds" in str(error)
+        items = error.decoded
+        assert any(size > limit for size in sized)
+    got = [Publish(*f[:7]) for f in _expand(items)]
+    first_too_large = next((i for i, size in enumerate(sized) if size > limit), len(sized))
+    assert got == packets[:first_too_large]
+    for item in items:
+        if isinstance(item, PublishRun):
+            assert item.largest == max(len(encode(Publish(*f[:7]), 4))
+                                       for f in item.publishes())
+
+
 def test_run_broken_by_anything_else() -> None:
     """A run stops at another topic, a flag (RETAIN, QoS), properties or another packet; each
     of those is decoded and checked on its own [MQTT-3.3.2-2]."""

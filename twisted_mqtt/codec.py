@@ -741,20 +741,22 @@ class Decoder:
                     pos = end
                     # The run's next packets that have a one-byte length, in a tighter loop;
                     # anything else goes round the main loop.
+                    fits = limit >= 0x81  # any packet with a one-byte length is within it
+                    longest = 0
                     while pos + 1 < size:
                         length = buf[pos + 1]
                         end = pos + 2 + length
-                        if (buf[pos] != first or length >= 0x80 or end > size
-                                or end - pos > limit or length < prefix_size
+                        if (length >= 0x80 or buf[pos] != first or end > size
+                                or length < prefix_size or not (fits or end - pos <= limit)
                                 or not buf.startswith(run_prefix, pos + 2)):
                             break
                         count += 1
-                        if end - pos > largest:
-                            largest = end - pos
+                        if length > longest:
+                            longest = length
                         pos = end
                     run.end = pos
                     run.count = count
-                    run.largest = largest
+                    run.largest = max(largest, longest + 2)
                     continue
                 if run_prefix is not None and first == _PLAIN_QOS1 == run_first and (
                         buf.startswith(run_prefix, body)):
