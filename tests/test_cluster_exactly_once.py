@@ -64,10 +64,18 @@ def add_entry(router: Router, node: str) -> Any:
 
 
 @inlineCallbacks
+def subscribed(nodes: Cluster, node: NodeUnderTest, client_id: str, **session: Any) -> Any:
+    """A client ``client_id`` of ``node`` (``session``: as ``connect`` takes it) subscribed to
+    ``once/#`` (QoS 2): (the client, what it got after its CONNACK)."""
+    client, got, _ok = yield connect(node, nodes, client_id, **session)
+    client.send(Subscribe(1, (Subscription("once/#", 2),)))
+    return client, got
+
+
+@inlineCallbacks
 def offline_keeper(nodes: Cluster, node: NodeUnderTest) -> Any:
     """Leave on ``node`` a persistent session ``keeper`` subscribed to ``once/#`` (QoS 2)."""
-    keeper, _got, _ok = yield connect(node, nodes, "keeper")
-    keeper.send(Subscribe(1, (Subscription("once/#", 2),)))
+    keeper, _got = yield subscribed(nodes, node, "keeper")
     keeper.drop()
     yield nodes.settle()
 
@@ -157,8 +165,7 @@ def test_qos2_to_a_connected_session_waits_for_its_write(
     a = cluster.node("a", 1)
     b = cluster.node("b", 2)
     yield cluster.up()
-    keeper, _got, _ok = yield connect(a, cluster, "keeper")
-    keeper.send(Subscribe(1, (Subscription("once/#", 2),)))
+    keeper, _got = yield subscribed(cluster, a, "keeper")
     yield cluster.settle()
     keeper.received()
     made = routers(a, b)
@@ -192,8 +199,7 @@ def test_claimed_entry_reaches_only_the_dead_node_sessions(
     b = cluster.node("b", 2)
     yield cluster.up()
     yield offline_keeper(cluster, a)
-    watcher, _got, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
-    watcher.send(Subscribe(1, (Subscription("once/#", 2),)))
+    watcher, _got = yield subscribed(cluster, b, "watcher", clean_start=True, expiry=0)
     made = routers(a, b)
     yield add_entry(made[a], "a")
     yield add_entry(made[b], "b")
@@ -223,8 +229,7 @@ def test_message_routed_to_a_node_after_its_removal_reaches_its_adopted_session(
     p = cluster.node("p", 3)
     yield cluster.up()
     yield offline_keeper(cluster, a)
-    watcher, seen, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
-    watcher.send(Subscribe(1, (Subscription("once/#", 2),)))
+    watcher, seen = yield subscribed(cluster, b, "watcher", clean_start=True, expiry=0)
     made = routers(a, b, p)
     yield b.engine.command("HSET", b.engine.key("nodes"), "a", 1, "b", 2, "p", 3)
     yield b.engine.command("XGROUP", "CREATE", made[b].stream("b"), GROUP, "0", "MKSTREAM")
@@ -263,8 +268,7 @@ def test_message_routed_to_the_survivor_while_it_adopts_reaches_the_adopted_sess
     b = cluster.node("b", 2)
     yield cluster.up()
     yield offline_keeper(cluster, a)
-    watcher, _got, _ok = yield connect(b, cluster, "watcher", clean_start=True, expiry=0)
-    watcher.send(Subscribe(1, (Subscription("once/#", 2),)))
+    watcher, _got = yield subscribed(cluster, b, "watcher", clean_start=True, expiry=0)
     made = routers(a, b)
     yield a.engine.stop()  # a dies
     del b.members.members["a"]
