@@ -843,7 +843,6 @@ class Broker:
             inflight = session.open_inflight()
             quota = session.send_quota
             out = []
-            sent_ids = []
             for index, message in enumerate(messages):
                 if session.queue or len(inflight) >= quota:
                     self._enqueue(session, Delivery(message, 1, False, ()))
@@ -854,15 +853,14 @@ class Broker:
                     continue
                 inflight[packet_id] = Delivery(message, 1, False, ())
                 out.append(heads[index] + packet_id.to_bytes(2, "big") + tails[index])
-                sent_ids.append(packet_id)
             if out:
                 network.write(b"".join(out))
                 sent = len(out)
                 stats.messages_sent += sent
                 stats.messages_sent_by_qos[1] += sent
                 stats.packets_sent += sent
-                if hooks.on_qos_publish:
-                    for packet_id in sent_ids:
+                if hooks.on_qos_publish:  # the deliveries sent: the last ones added in flight
+                    for packet_id in list(inflight)[-sent:]:
                         hooks.notify(hooks.on_qos_publish, session.client_id, packet_id,
                                      inflight[packet_id], False)
         return reached, messages
