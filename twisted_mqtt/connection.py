@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 from twisted_mqtt.codec import (
     AckedRun,
     Decoder,
-    PubAckRun,
     PublishRun,
     Run,
     decode_all,
@@ -41,6 +40,7 @@ from twisted_mqtt.packets import (
     PingResp,
     ProtocolLevel,
     PubAck,
+    PubAckRun,
     PubComp,
     Publish,
     PubRec,

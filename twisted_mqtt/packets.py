@@ -249,6 +249,14 @@ class PubAck:
     properties: Properties = NO_PROPERTIES
 
 
+class PubAckRun(list):  # type: ignore[type-arg]
+    """The packet identifiers of consecutive plain PUBACK packets of one read (at least two),
+    in order, as the decoder gives them.  A plain ``list`` subclass, kept out of ``codec`` so
+    that the codec compiles with mypyc, which cannot subclass built-in types."""
+
+    __slots__ = ()
+
+
 @value
 class PubRec:
     """PUBREC: first acknowledgement of a QoS 2 PUBLISH."""

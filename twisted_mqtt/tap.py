@@ -561,8 +561,8 @@ def install_reload_signal(service: BrokerService, reactor: Any = None) -> bool:
 
 def tune_process(reactor: Any = None) -> bool:
     """When the broker owns the process (its real reactor): once the reactor runs, tune the
-    garbage collector (``twisted_mqtt.collector``) and say in the log which reactor runs and
-    whether a faster one exists.  Whether it applies."""
+    garbage collector (``twisted_mqtt.collector``) and say in the log which reactor runs,
+    whether a faster one exists, and whether the codec is compiled.  Whether it applies."""
     running = process_reactor(reactor)
     if running is None:
         return False
@@ -577,7 +577,7 @@ def _is_mqtt_reactor(reactor: Any) -> bool:
 
 
 def _tuned(reactor: Any) -> None:
-    from twisted_mqtt import collector
+    from twisted_mqtt import codec, collector
 
     name = f"{type(reactor).__module__}.{type(reactor).__qualname__}"
     if not hasattr(select, "epoll") or _is_mqtt_reactor(reactor):
@@ -588,3 +588,4 @@ def _tuned(reactor: Any) -> None:
     if collector.tune():
         log.info("garbage collector: start-up objects frozen, young generation threshold "
                  "{threshold}", threshold=collector.YOUNG_THRESHOLD)
+    log.info("codec: {kind}", kind="compiled (mypyc)" if codec.compiled() else "pure Python")
