@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import select
 import sys
 from functools import partial
@@ -588,4 +589,10 @@ def _tuned(reactor: Any) -> None:
     if collector.tune():
         log.info("garbage collector: start-up objects frozen, young generation threshold "
                  "{threshold}", threshold=collector.YOUNG_THRESHOLD)
-    log.info("codec: {kind}", kind="compiled (mypyc)" if codec.compiled() else "pure Python")
+    if codec.compiled():
+        log.info("codec: compiled (mypyc)")
+    elif platform.python_implementation() == "CPython":
+        log.info("codec: pure Python; installed with TWISTED_MQTT_COMPILE=1 it is compiled, "
+                 "for less CPU per message (README)")
+    else:
+        log.info("codec: pure Python")
