@@ -80,3 +80,19 @@ def test_refused_ack_disconnects_the_publisher() -> None:
     assert packets == [Disconnect(ReasonCode.QUOTA_EXCEEDED, packets[0].properties)]
     assert packets[0].properties.reason_string == "bridge buffer full"
     assert pub.closed
+
+
+def test_refused_run_disconnects_with_the_barriers_reason() -> None:
+    """A run of QoS 1 PUBLISHes (one read) that two barriers hold, one of which refuses it,
+    disconnects the publisher with the refusal's reason code and no acknowledgement, as for a
+    single PUBLISH."""
+    broker = hub()
+    holder = Holder("")
+    broker.broker.ack_barriers.extend([
+        holder, lambda message: fail(AckRefused("bridge buffer full")) if message else None])
+    pub = join(broker, "pub")
+    pub.send(*[Publish("k/1", b"%d" % n, 1, packet_id=n) for n in (1, 2, 3)])
+    packets = pub.received()
+    assert packets == [Disconnect(ReasonCode.QUOTA_EXCEEDED, packets[0].properties)]
+    assert packets[0].properties.reason_string == "bridge buffer full"
+    assert pub.closed

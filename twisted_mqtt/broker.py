@@ -130,13 +130,19 @@ class Broker:
         """Set by the service on a real reactor: see ``flush_soon``."""
         self._flush_call: Any = None
 
-    def ack_held(self, message: Optional[Message]) -> Optional[Deferred[Any]]:
-        """What an acknowledgement due for ``message`` (None: a PUBREL or PUBCOMP) waits for:
-        None to send it now, else a Deferred firing once every ``ack_barriers`` entry that holds
-        it fired."""
-        if not self.ack_barriers:
+    def ack_held(self, *messages: Optional[Message]) -> Optional[Deferred[Any]]:
+        """What the acknowledgements due for ``messages`` (None: a PUBREL or PUBCOMP) wait for:
+        None to send them now, else one Deferred firing once every ``ack_barriers`` entry that
+        holds one of them fired (failing with the first failure)."""
+        barriers = self.ack_barriers
+        if not barriers:
             return None
-        held = [d for d in (barrier(message) for barrier in self.ack_barriers) if d is not None]
+        held: List[Deferred[Any]] = []
+        for message in messages:
+            for barrier in barriers:
+                d = barrier(message)
+                if d is not None:
+                    held.append(d)
         if not held:
             return None
         if len(held) == 1:

@@ -1358,16 +1358,23 @@ class Connection:
     def _after_commit(self, ack: bytes, message: Optional[Message] = None) -> None:
         """Send ``ack`` now, or once what it answers is safe (``Broker.ack_held``: a durable
         store's commit, a bridge's delivery of ``message``)."""
-        held = self.broker.ack_held(message) if self.broker.ack_barriers else None
+        self._acknowledge_when_safe(ack, 1, message is not None and message.qos == 1, message)
+
+    def _acknowledge_when_safe(self, acks: bytes, count: int, pubacks: bool,
+                               *messages: Optional[Message]) -> None:
+        """Send ``count`` acknowledgements (``acks``) of ``messages`` now, or once every
+        acknowledgement barrier holding one of them let it go (``Broker.ack_held``); held
+        PUBACKs (``pubacks``) count against the client's Receive Maximum meanwhile."""
+        broker = self.broker
+        held = broker.ack_held(*messages) if broker.ack_barriers else None
         if held is None:
-            self.broker.stats.packets_sent += 1
-            self.write(ack)
-        elif message is not None and message.qos == 1:
-            self._acks_held += 1
-            held.addBoth(self._ack_released)
-            held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
-        else:
-            held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(ack,))
+            broker.stats.packets_sent += count
+            self.write(acks)
+            return
+        if pubacks:
+            self._acks_held += count
+            held.addBoth(self._ack_released, count)
+        held.addCallbacks(self._acknowledge, self._ack_refused, callbackArgs=(acks, count))
 
     def _ack_released(self, result: Any, count: int = 1) -> Any:
         """Held PUBACKs are answered (sent, or refused): ``count`` fewer count against the
@@ -1449,17 +1456,7 @@ class Connection:
                 else:
                     acks = b"".join([encode(PubAck(i, _R.NO_MATCHING_SUBSCRIBERS), V5)
                                      for i in ids])
-                if broker.ack_barriers:
-                    held = [d for d in map(broker.ack_held, messages) if d is not None]
-                    if held:
-                        self._acks_held += len(ids)
-                        waiter = held[0] if len(held) == 1 else gatherResults(
-                            held, consumeErrors=True)
-                        waiter.addBoth(self._ack_released, len(ids))
-                        waiter.addCallbacks(self._acknowledge, self._ack_refused,
-                                            callbackArgs=(acks, len(ids)))
-                        return
-                self._acknowledge(None, acks, len(ids))
+                self._acknowledge_when_safe(acks, len(ids), True, *messages)
                 return
             allowed = True
         else:
