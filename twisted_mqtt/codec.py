@@ -606,8 +606,6 @@ class PublishRun(Run):
         return out
 
 
-
-
 class Decoder:
     """Incremental decoder of one direction of one connection.
 
