@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    cast,
+)
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.python.failure import Failure
@@ -1358,10 +1370,15 @@ class Connection:
     def _after_commit(self, ack: bytes, message: Optional[Message] = None) -> None:
         """Send ``ack`` now, or once what it answers is safe (``Broker.ack_held``: a durable
         store's commit, a bridge's delivery of ``message``)."""
-        self._acknowledge_when_safe(ack, 1, message is not None and message.qos == 1, message)
+        broker = self.broker
+        if not broker.ack_barriers:  # nothing holds it: the usual case, kept short
+            broker.stats.packets_sent += 1
+            self.write(ack)
+            return
+        self._acknowledge_when_safe(ack, 1, message is not None and message.qos == 1, (message,))
 
     def _acknowledge_when_safe(self, acks: bytes, count: int, pubacks: bool,
-                               *messages: Optional[Message]) -> None:
+                               messages: Sequence[Optional[Message]]) -> None:
         """Send ``count`` acknowledgements (``acks``) of ``messages`` now, or once every
         acknowledgement barrier holding one of them let it go (``Broker.ack_held``); held
         PUBACKs (``pubacks``) count against the client's Receive Maximum meanwhile."""
@@ -1456,7 +1473,7 @@ class Connection:
                 else:
                     acks = b"".join([encode(PubAck(i, _R.NO_MATCHING_SUBSCRIBERS), V5)
                                      for i in ids])
-                self._acknowledge_when_safe(acks, len(ids), True, *messages)
+                self._acknowledge_when_safe(acks, len(ids), True, messages)
                 return
             allowed = True
         else:
